@@ -1,0 +1,26 @@
+//! The `order-pipeline` binary: sets up logging and hands the command line to
+//! [`order_pipeline::cli`].
+
+use std::io;
+use std::process::ExitCode;
+
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    init_tracing();
+    let code = order_pipeline::cli::run(std::env::args_os(), &mut io::stdout(), &mut io::stderr());
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Logs go to stderr; `RUST_LOG` filters (default `info`), `LOG_FORMAT=json` for machines.
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr);
+    if std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what is missing (the wasm32-wasip2
+# target, redis-server, the tansu Kafka-compatible broker), starts Redis and the broker on
+# free loopback ports, checks formatting and lints, runs the plugins' unit tests, builds
+# and tests the rule template, runs `cargo test`, and stops the services by PID.
+#
+#   scripts/test.sh            # everything
+#   scripts/test.sh -- FILTER  # pass arguments to the final `cargo test`
+#
+# Build caches live under $HOME/.cache/order-pipeline (override with CARGO_TARGET_DIR),
+# so repeated runs only rebuild what changed.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+CACHE="${ORDER_PIPELINE_CACHE:-$HOME/.cache/order-pipeline}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+TANSU_VERSION="0.6.0"
+HOST_TRIPLE="$(rustc -vV | sed -n 's/^host: //p')"
+[ "${1:-}" = "--" ] && shift
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain and wasm32-wasip2 target"
+rustup show active-toolchain >/dev/null   # installs the pinned toolchain if missing
+rustup target add wasm32-wasip2 >/dev/null
+
+step "redis-server"
+if ! command -v redis-server >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+fi
+redis-server --version
+
+step "tansu $TANSU_VERSION (Kafka-compatible broker)"
+if [ "$(tansu --version 2>/dev/null || true)" != "tansu $TANSU_VERSION" ]; then
+  echo "installing tansu $TANSU_VERSION (about 15 minutes the first time)"
+  CARGO_TARGET_DIR="$CACHE/tansu-target" cargo install tansu --version "$TANSU_VERSION" --locked --features libsql
+fi
+tansu --version
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { # port seconds name
+  for _ in $(seq 1 $(( $2 * 10 ))); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "error: $3 did not open port $1 within $2 s" >&2; return 1
+}
+
+RUN_DIR="$(mktemp -d -t order-pipeline-test.XXXXXX)"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$RUN_DIR"
+}
+trap cleanup EXIT
+
+step "starting redis-server and tansu on free ports"
+REDIS_PORT="$(free_port)"
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+  --dir "$RUN_DIR" --logfile "$RUN_DIR/redis.log" &
+PIDS+=("$!")
+KAFKA_PORT="$(free_port)"
+(cd "$RUN_DIR" && exec tansu broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+  --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+  --storage-engine "sqlite://tansu.db" > "$RUN_DIR/tansu.log" 2>&1) &
+PIDS+=("$!")
+wait_port "$REDIS_PORT" 30 redis-server
+wait_port "$KAFKA_PORT" 60 tansu
+export TEST_REDIS_ADDR="127.0.0.1:$REDIS_PORT"
+export TEST_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
+echo "redis at $TEST_REDIS_ADDR, broker at $TEST_KAFKA_BROKERS"
+
+step "cargo fmt --check and clippy"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+(cd plugins && cargo fmt --all -- --check && \
+  cargo clippy --workspace --all-targets --quiet --target "$HOST_TRIPLE" \
+    --target-dir "$CARGO_TARGET_DIR/wasm-plugins" -- -D warnings)
+
+step "plugin unit tests (decision logic, on $HOST_TRIPLE)"
+(cd plugins && cargo test --workspace --quiet --target "$HOST_TRIPLE" --target-dir "$CARGO_TARGET_DIR/wasm-plugins")
+
+step "rule template: unit tests, component build, plugin test"
+cargo build --quiet -p order-pipeline
+(cd examples/rule-template && \
+  cargo test --quiet --target "$HOST_TRIPLE" --target-dir "$CARGO_TARGET_DIR/rule-template" && \
+  cargo build --quiet --release --target-dir "$CARGO_TARGET_DIR/rule-template")
+"$CARGO_TARGET_DIR/debug/order-pipeline" plugin test \
+  --plugin "$CARGO_TARGET_DIR/rule-template/wasm32-wasip2/release/rule_small_order_fee.wasm" \
+  --examples examples/rule-template/examples
+
+step "cargo test"
+cargo test --workspace "$@"

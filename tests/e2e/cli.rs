@@ -1,0 +1,188 @@
+//! The plugin author's CLI: output and exit codes of `plugin run|test|bench|inspect`.
+
+use std::path::Path;
+
+use order_pipeline::cli::{EXIT_OK, EXIT_TEST_FAILED, EXIT_USAGE};
+use order_pipeline_tests::{built_plugin, cli, repo_root};
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn default_ruleset_passes_every_example_order() {
+    let examples = repo_root().join("examples/orders");
+    let count = std::fs::read_dir(&examples)
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name().into_string().unwrap();
+            name.ends_with(".json") && !name.ends_with(".expected.json")
+        })
+        .count();
+    assert!(count >= 20, "at least 20 example orders, found {count}");
+    let (code, out, err) = cli(&["plugin", "test", "--examples", path(&examples)]);
+    assert_eq!(code, EXIT_OK, "{out}{err}");
+    assert!(out.starts_with("EXAMPLE"), "{out}");
+    assert!(
+        out.contains(&format!("\n{count} passed, 0 failed\n")),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_wrong_expectation_fails_with_a_diff_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = repo_root().join("examples/orders");
+    for name in ["accepted-de-vat", "rejected-blocked-country"] {
+        for suffix in [".json", ".expected.json"] {
+            let file = format!("{name}{suffix}");
+            std::fs::copy(examples.join(&file), dir.path().join(&file)).unwrap();
+        }
+    }
+    std::fs::write(
+        dir.path().join("accepted-de-vat.expected.json"),
+        r#"{"status": "accepted", "totals": {"total": 5651}}"#,
+    )
+    .unwrap();
+    let (code, out, _) = cli(&["plugin", "test", "--examples", path(dir.path())]);
+    assert_eq!(code, EXIT_TEST_FAILED, "{out}");
+    assert!(out.contains("accepted-de-vat           FAIL"), "{out}");
+    assert!(out.contains("rejected-blocked-country  pass"), "{out}");
+    assert!(
+        out.contains("totals.total: expected 5651, got 5650"),
+        "{out}"
+    );
+    assert!(out.ends_with("1 passed, 1 failed\n"), "{out}");
+}
+
+#[test]
+fn missing_expectation_and_bad_order_are_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("lonely.json"),
+        r#"{"id":"x","currency":"EUR"}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("typo.json"), r#"{"id":"x","lnes":[]}"#).unwrap();
+    std::fs::write(dir.path().join("typo.expected.json"), "{}").unwrap();
+    let (code, out, _) = cli(&["plugin", "test", "--examples", path(dir.path())]);
+    assert_eq!(code, EXIT_TEST_FAILED, "{out}");
+    assert!(out.contains("missing lonely.expected.json"), "{out}");
+    assert!(out.contains("unknown field `lnes`"), "{out}");
+}
+
+#[test]
+fn each_plugin_passes_its_own_examples() {
+    for (rule, stem) in [
+        ("rule-validate", "rule_validate"),
+        ("rule-fraud", "rule_fraud"),
+        ("rule-discount", "rule_discount"),
+        ("rule-tax", "rule_tax"),
+        ("rule-chaos", "rule_chaos"),
+    ] {
+        let examples = repo_root().join("plugins").join(rule).join("examples");
+        let plugin = built_plugin(stem);
+        let (code, out, err) = cli(&[
+            "plugin",
+            "test",
+            "--plugin",
+            path(&plugin),
+            "--examples",
+            path(&examples),
+        ]);
+        assert_eq!(code, EXIT_OK, "{rule}: {out}{err}");
+        assert!(out.contains(" passed, 0 failed"), "{rule}: {out}");
+    }
+}
+
+#[test]
+fn run_prints_the_outcome_with_fuel_and_time() {
+    let order = repo_root().join("examples/orders/accepted-de-vat.json");
+    let plugin = built_plugin("rule_tax");
+    let (code, out, err) = cli(&[
+        "plugin",
+        "run",
+        "--plugin",
+        path(&plugin),
+        "--config",
+        "rates=DE:1000",
+        "--order",
+        path(&order),
+    ]);
+    assert_eq!(code, EXIT_OK, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["status"], "accepted");
+    assert_eq!(json["totals"]["tax"], 475);
+    assert_eq!(json["rules"][0]["name"], "rule-tax");
+    assert!(json["rules"][0]["fuel_used"].as_u64().unwrap() > 0);
+    assert!(json["rules"][0]["duration_us"].is_u64());
+}
+
+#[test]
+fn bad_inputs_exit_2_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_wasm = dir.path().join("rule.wasm");
+    std::fs::write(&not_wasm, "not wasm").unwrap();
+    let order = repo_root().join("examples/orders/accepted-de-vat.json");
+    let (code, _, err) = cli(&[
+        "plugin",
+        "run",
+        "--plugin",
+        path(&not_wasm),
+        "--order",
+        path(&order),
+    ]);
+    assert_eq!(code, EXIT_USAGE);
+    assert!(err.contains("not a WebAssembly file"), "{err}");
+
+    let (code, _, err) = cli(&["plugin", "test", "--examples", "/nonexistent/dir"]);
+    assert_eq!(code, EXIT_USAGE);
+    assert!(err.contains("/nonexistent/dir"), "{err}");
+
+    let (code, _, err) = cli(&["plugin", "test", "--examples", path(dir.path())]);
+    assert_eq!(code, EXIT_USAGE);
+    assert!(err.contains("no NAME.json examples"), "{err}");
+
+    let plugin = built_plugin("rule_tax");
+    let (code, _, err) = cli(&[
+        "plugin",
+        "run",
+        "--plugin",
+        path(&plugin),
+        "--config",
+        "rates=DE:x",
+        "--order",
+        path(&order),
+    ]);
+    assert_eq!(code, EXIT_USAGE);
+    assert!(
+        err.contains("rule `rule-tax` refused its configuration"),
+        "{err}"
+    );
+}
+
+#[test]
+fn inspect_and_bench() {
+    let plugin = built_plugin("rule_discount");
+    let (code, out, err) = cli(&["plugin", "inspect", path(&plugin)]);
+    assert_eq!(code, EXIT_OK, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["name"], "rule-discount");
+    assert_eq!(json["digest"].as_str().unwrap().len(), 64);
+
+    let examples = repo_root().join("examples/orders");
+    let (code, out, err) = cli(&[
+        "plugin",
+        "bench",
+        "--examples",
+        path(&examples),
+        "--count",
+        "200",
+        "--json",
+    ]);
+    assert_eq!(code, EXIT_OK, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["orders"], 200);
+    assert!(json["median_us"].as_f64().unwrap() > 0.0);
+    assert!(json["statuses"]["accepted"].as_u64().unwrap() > 0);
+}

@@ -1,0 +1,208 @@
+//! The rule engine on the real compiled plugins of the default ruleset.
+
+use std::sync::Arc;
+use std::thread;
+
+use order_pipeline::engine::{ChainError, FailureKind, Isolation, RuleChain, Status};
+use order_pipeline::order::Order;
+use order_pipeline::ruleset::{self, RulesetError};
+use order_pipeline_tests::{chain, chain_with, engine, go_order, repo_root};
+
+#[test]
+fn default_chain_accepts_the_go_order_and_records_every_rule() {
+    let engine = engine();
+    let chain = ruleset::load_default(&engine).unwrap();
+    let evaluation = chain.evaluate(&go_order());
+    assert_eq!(evaluation.status, Status::Accepted);
+    assert_eq!(evaluation.totals.total, 42);
+    let names: Vec<&str> = evaluation.rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["rule-validate", "rule-fraud", "rule-discount", "rule-tax"]
+    );
+    for (trace, spec) in evaluation.rules.iter().zip(chain.specs()) {
+        let builtin = ruleset::builtin(&trace.name).unwrap();
+        assert_eq!(trace.digest, order_pipeline::engine::digest(builtin));
+        assert_eq!(trace.digest, spec.plugin.digest());
+        assert_eq!(trace.version, "0.1.0");
+        assert_eq!(trace.outcome, "accept");
+        assert!(trace.fuel_used > 0, "{trace:?}");
+    }
+}
+
+#[test]
+fn adjustments_accumulate_through_the_chain() {
+    let engine = engine();
+    let chain = ruleset::load_default(&engine).unwrap();
+    let order: Order = serde_json::from_str(
+        r#"{"id":"o-1","currency":"EUR","shipping_country":"DE",
+            "lines":[{"sku":"mug","quantity":10,"unit_price":1000}],"coupon_codes":["SAVE10"]}"#,
+    )
+    .unwrap();
+    let evaluation = chain.evaluate(&order);
+    assert_eq!(evaluation.status, Status::Accepted);
+    // 10000 - 5% volume (500) - 10% coupon of 9500 (950) = 8550; VAT 19% of 8550 = 1624.5 -> 1625.
+    let amounts: Vec<(&str, i64)> = evaluation
+        .adjustments
+        .iter()
+        .map(|a| (a.rule.as_str(), a.amount))
+        .collect();
+    assert_eq!(
+        amounts,
+        [
+            ("rule-discount", 500),
+            ("rule-discount", 950),
+            ("rule-tax", 1625)
+        ]
+    );
+    assert_eq!(evaluation.totals.discounts, 1450);
+    assert_eq!(evaluation.totals.tax, 1625);
+    assert_eq!(evaluation.totals.total, 10175);
+}
+
+#[test]
+fn rejection_stops_the_chain() {
+    let engine = engine();
+    let chain = ruleset::load_default(&engine).unwrap();
+    let mut order = go_order();
+    order.shipping_country = "KP".into();
+    let evaluation = chain.evaluate(&order);
+    assert_eq!(evaluation.status, Status::Rejected);
+    assert_eq!(evaluation.rules.len(), 2, "discount and tax must not run");
+    assert_eq!(evaluation.reasons[0].rule, "rule-fraud");
+    assert_eq!(evaluation.reasons[0].code, "blocked-country");
+}
+
+#[test]
+fn retryable_outcome_names_the_rule() {
+    let engine = engine();
+    let chain = chain(&engine, &[("rule_validate", &[]), ("rule_chaos", &[])]).unwrap();
+    let evaluation = chain.evaluate(&Order::single_item("o", "fail-123", 42, "USD"));
+    assert_eq!(evaluation.status, Status::Retryable);
+    let retry = evaluation.retry.unwrap();
+    assert_eq!(
+        (retry.rule.as_str(), retry.code.as_str()),
+        ("rule-chaos", "simulated-failure")
+    );
+}
+
+#[test]
+fn reused_instances_decide_exactly_like_fresh_ones() {
+    let engine = engine();
+    let rules: &[(&str, &[(&str, &str)])] = &[
+        ("rule_validate", &[]),
+        (
+            "rule_discount",
+            &[("tiers", "10:500"), ("coupons", "SAVE10:percent:1000")],
+        ),
+        ("rule_tax", &[("rates", "DE:1900")]),
+    ];
+    let fresh = chain_with(&engine, rules, Isolation::Fresh).unwrap();
+    let reuse = chain_with(&engine, rules, Isolation::Reuse).unwrap();
+    for quantity in [1, 9, 10, 11, 25] {
+        let mut order = Order::single_item(&format!("o-{quantity}"), "mug", 999, "EUR");
+        order.lines[0].quantity = quantity;
+        order.shipping_country = "DE".into();
+        order.coupon_codes = if quantity % 2 == 0 {
+            vec!["SAVE10".into()]
+        } else {
+            vec![]
+        };
+        let (a, b) = (fresh.evaluate(&order), reuse.evaluate(&order));
+        assert_eq!(
+            (a.status, a.totals, &a.adjustments),
+            (b.status, b.totals, &b.adjustments)
+        );
+    }
+}
+
+#[test]
+fn one_chain_serves_many_threads() {
+    let engine = engine();
+    let chain = Arc::new(ruleset::load_default(&engine).unwrap());
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let chain = Arc::clone(&chain);
+            thread::spawn(move || {
+                (0..50)
+                    .map(|i| {
+                        let order =
+                            Order::single_item(&format!("t{t}-{i}"), "book", 100 + i, "EUR");
+                        chain.evaluate(&order).totals.total
+                    })
+                    .collect::<Vec<i64>>()
+            })
+        })
+        .collect();
+    for handle in handles {
+        let totals = handle.join().unwrap();
+        assert_eq!(totals, (0..50).map(|i| 100 + i).collect::<Vec<i64>>());
+    }
+}
+
+#[test]
+fn bad_config_is_refused_when_the_chain_is_built() {
+    let engine = engine();
+    let err = chain(&engine, &[("rule_tax", &[("rates", "DE:19%")])])
+        .err()
+        .unwrap();
+    let err = err.downcast::<ChainError>().unwrap();
+    match err {
+        ChainError::Rule(failure) => {
+            assert_eq!(failure.rule, "rule-tax");
+            assert_eq!(failure.kind, FailureKind::Configure);
+            assert!(failure.message.contains("`rates`"), "{}", failure.message);
+        }
+        other => panic!("expected a config failure, got {other}"),
+    }
+    let typo = chain(&engine, &[("rule_tax", &[("rate", "DE:1900")])])
+        .err()
+        .unwrap();
+    assert!(
+        typo.to_string().contains("unknown config key `rate`"),
+        "{typo}"
+    );
+}
+
+#[test]
+fn a_rule_may_appear_only_once() {
+    let engine = engine();
+    let err = chain(&engine, &[("rule_tax", &[]), ("rule_tax", &[])])
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err.downcast::<ChainError>(), Ok(ChainError::DuplicateRule(n)) if n == "rule-tax")
+    );
+}
+
+#[test]
+fn ruleset_files_resolve_plugins_and_report_errors() {
+    let engine = engine();
+    let dir = tempfile::tempdir().unwrap();
+    let tax = order_pipeline_tests::built_plugin("rule_tax");
+    std::fs::copy(&tax, dir.path().join("tax.wasm")).unwrap();
+    let path = dir.path().join("rules.toml");
+    std::fs::write(
+        &path,
+        "[[rule]]\nplugin = \"builtin:rule-validate\"\n\n[[rule]]\nplugin = \"tax.wasm\"\nisolation = \"reuse\"\n[rule.config]\nrates = [\"DE:1900\"]\n",
+    )
+    .unwrap();
+    let chain: RuleChain = ruleset::load_file(&engine, &path).unwrap();
+    let mut order = go_order();
+    order.shipping_country = "DE".into();
+    order.lines[0].unit_price = 1000;
+    assert_eq!(chain.evaluate(&order).totals.tax, 190);
+
+    std::fs::write(&path, "[[rule]]\nplugin = \"builtin:rule-nope\"\n").unwrap();
+    let err = ruleset::load_file(&engine, &path).err().unwrap();
+    assert!(matches!(err, RulesetError::UnknownBuiltin { .. }));
+    assert!(
+        err.to_string().contains("rule-tax"),
+        "lists the known plugins: {err}"
+    );
+
+    std::fs::write(&path, "[[rule]]\nplugin = \"missing.wasm\"\n").unwrap();
+    let err = ruleset::load_file(&engine, &path).err().unwrap();
+    assert!(err.to_string().contains("missing.wasm"), "{err}");
+    assert!(repo_root().join("plugins/ruleset.toml").is_file());
+}

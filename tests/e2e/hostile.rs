@@ -1,0 +1,188 @@
+//! Hostile plugins: each is contained with a classified error naming the rule, and the
+//! engine keeps evaluating orders afterwards.
+
+use std::time::{Duration, Instant};
+
+use order_pipeline::engine::{
+    Engine, Evaluation, FailureKind, Isolation, Limits, LoadError, Status,
+};
+use order_pipeline::ruleset;
+use order_pipeline_tests::{built_plugin, chain, chain_with, engine, engine_with, go_order};
+
+/// Runs `stem` (after rule-validate) on the Go order; returns the evaluation.
+fn run_hostile(
+    engine: &Engine,
+    stem: &str,
+    config: &[(&str, &str)],
+    isolation: Isolation,
+) -> Evaluation {
+    let chain = chain_with(engine, &[("rule_validate", &[]), (stem, config)], isolation).unwrap();
+    chain.evaluate(&go_order())
+}
+
+/// Asserts the evaluation failed in `rule` with `kind`, and that the engine still works.
+fn assert_contained(engine: &Engine, evaluation: &Evaluation, rule: &str, kind: FailureKind) {
+    assert_eq!(evaluation.status, Status::Failed, "{evaluation:?}");
+    let error = evaluation.error.as_ref().unwrap();
+    assert_eq!(error.rule, rule);
+    assert_eq!(error.kind, kind, "{}", error.message);
+    let traces: Vec<(&str, &str)> = evaluation
+        .rules
+        .iter()
+        .map(|r| (r.name.as_str(), r.outcome.as_str()))
+        .collect();
+    assert_eq!(traces, [("rule-validate", "accept"), (rule, "failed")]);
+    let next = ruleset::load_default(engine).unwrap().evaluate(&go_order());
+    assert_eq!(
+        next.status,
+        Status::Accepted,
+        "the engine must keep working"
+    );
+}
+
+#[test]
+fn infinite_loop_runs_out_of_fuel() {
+    let engine = engine();
+    for isolation in [Isolation::Fresh, Isolation::Reuse] {
+        let evaluation = run_hostile(&engine, "fixture_spin", &[], isolation);
+        assert_contained(
+            &engine,
+            &evaluation,
+            "fixture-spin",
+            FailureKind::FuelExhausted,
+        );
+    }
+}
+
+#[test]
+fn infinite_loop_hits_the_deadline_when_fuel_is_plentiful() {
+    let engine = engine_with(Limits {
+        fuel: u64::MAX / 2,
+        deadline: Duration::from_millis(50),
+        ..Limits::default()
+    });
+    let started = Instant::now();
+    let evaluation = run_hostile(&engine, "fixture_spin", &[], Isolation::Fresh);
+    assert_contained(
+        &engine,
+        &evaluation,
+        "fixture-spin",
+        FailureKind::DeadlineExceeded,
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// An engine with plenty of fuel, so that the limit under test is the one that trips.
+fn engine_plenty_of_fuel() -> Engine {
+    engine_with(Limits {
+        fuel: 1_000_000_000,
+        ..Limits::default()
+    })
+}
+
+#[test]
+fn unbounded_allocation_hits_the_memory_limit() {
+    let engine = engine_plenty_of_fuel();
+    let evaluation = run_hostile(&engine, "fixture_alloc", &[], Isolation::Reuse);
+    assert_contained(
+        &engine,
+        &evaluation,
+        "fixture-alloc",
+        FailureKind::MemoryLimit,
+    );
+    assert!(evaluation.error.unwrap().message.contains("16 MiB"));
+}
+
+#[test]
+fn panic_is_a_trap_with_the_panic_message() {
+    let engine = engine();
+    let evaluation = run_hostile(&engine, "fixture_panic", &[], Isolation::Fresh);
+    assert_contained(&engine, &evaluation, "fixture-panic", FailureKind::Trap);
+    let message = evaluation.error.unwrap().message;
+    assert!(
+        message.contains("fixture panic: this rule always fails"),
+        "{message}"
+    );
+}
+
+#[test]
+fn oversized_output_is_malformed() {
+    let engine = engine_plenty_of_fuel();
+    let evaluation = run_hostile(&engine, "fixture_huge_output", &[], Isolation::Fresh);
+    assert_contained(
+        &engine,
+        &evaluation,
+        "fixture-huge-output",
+        FailureKind::MalformedOutput,
+    );
+    assert!(evaluation.error.unwrap().message.contains("limit"));
+}
+
+#[test]
+fn outcomes_the_contract_forbids_are_malformed() {
+    let engine = engine();
+    for (mode, words) in [
+        ("empty-reject", "at least one reason"),
+        ("negative-adjustment", "negative amount"),
+    ] {
+        let evaluation = run_hostile(
+            &engine,
+            "fixture_malformed",
+            &[("mode", mode)],
+            Isolation::Reuse,
+        );
+        assert_contained(
+            &engine,
+            &evaluation,
+            "fixture-malformed",
+            FailureKind::MalformedOutput,
+        );
+        let message = evaluation.error.unwrap().message;
+        assert!(message.contains(words), "{mode}: {message}");
+    }
+}
+
+#[test]
+fn a_failed_reused_instance_is_replaced() {
+    let engine = engine();
+    let chain = chain_with(&engine, &[("fixture_panic", &[])], Isolation::Reuse).unwrap();
+    for _ in 0..3 {
+        let evaluation = chain.evaluate(&go_order());
+        assert_eq!(evaluation.error.unwrap().kind, FailureKind::Trap);
+    }
+}
+
+#[test]
+fn wrong_world_is_refused_at_load() {
+    let engine = engine();
+    let bytes = std::fs::read(built_plugin("fixture_wrong_world")).unwrap();
+    let err = engine.load(&bytes).unwrap_err();
+    assert!(matches!(err, LoadError::WrongWorld(_)), "{err}");
+    assert!(err.to_string().contains("order:rules/rule@0.1.0"), "{err}");
+}
+
+#[test]
+fn bytes_that_are_not_a_component_are_refused() {
+    let engine = engine();
+    assert!(matches!(
+        engine.load(b"#!/bin/sh\necho hi\n"),
+        Err(LoadError::NotWasm)
+    ));
+    assert!(matches!(
+        engine.load(b"\0asm\x01\0\0\0"),
+        Err(LoadError::CoreModule)
+    ));
+    let mut truncated = std::fs::read(built_plugin("rule_tax")).unwrap();
+    truncated.truncate(truncated.len() / 2);
+    assert!(matches!(
+        engine.load(&truncated),
+        Err(LoadError::Invalid(_))
+    ));
+    // The engine still loads and runs a good plugin.
+    let good = chain(&engine, &[("rule_tax", &[])]).unwrap();
+    assert_eq!(good.evaluate(&go_order()).status, Status::Accepted);
+}
