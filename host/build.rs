@@ -26,7 +26,17 @@ fn run() -> Result<(), String> {
     let plugins = root.join("plugins");
     let out_dir = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
 
-    println!("cargo:rerun-if-changed={}", plugins.display());
+    // Watch the plugin sources, not the whole directory (plugins/target may be in it).
+    for file in ["Cargo.toml", "Cargo.lock", ".cargo"] {
+        println!("cargo:rerun-if-changed={}", plugins.join(file).display());
+    }
+    for dir in crate_dirs(&plugins)? {
+        println!("cargo:rerun-if-changed={}", dir.join("src").display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            dir.join("Cargo.toml").display()
+        );
+    }
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
     println!("cargo:rerun-if-env-changed=ORDER_PIPELINE_PLUGIN_TARGET_DIR");
 
@@ -99,6 +109,20 @@ fn run() -> Result<(), String> {
     ));
     fs::write(out_dir.join("builtin_plugins.rs"), builtins).map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// Every crate directory of the plugin workspace: `plugins/*` and `plugins/fixtures/*`.
+fn crate_dirs(plugins: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut dirs = Vec::new();
+    for parent in [plugins.to_path_buf(), plugins.join("fixtures")] {
+        for entry in fs::read_dir(&parent).map_err(|e| format!("{}: {e}", parent.display()))? {
+            let path = entry.map_err(|e| e.to_string())?.path();
+            if path.join("Cargo.toml").is_file() {
+                dirs.push(path);
+            }
+        }
+    }
+    Ok(dirs)
 }
 
 /// The `rule-*` crates of the plugin workspace that build a component (not the shared lib).

@@ -182,6 +182,13 @@ impl RuleChain {
         };
         for step in &self.steps {
             let plugin = &step.spec.plugin;
+            let _span = tracing::debug_span!(
+                "plugin.evaluate",
+                order_id = %order.id,
+                rule = plugin.name(),
+                rule_digest = plugin.digest()
+            )
+            .entered();
             let started = Instant::now();
             let result = step.run(&wit_order, &context);
             let duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
