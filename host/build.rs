@@ -1,4 +1,4 @@
-//! Builds the rule plugins (the `plugins/` cargo workspace) for wasm32-wasip2 and embeds
+//! Generates the gRPC code from `proto/`, and builds the rule plugins (the `plugins/` cargo workspace) for wasm32-wasip2 and embeds
 //! the `rule-*` components in the binary, so that `order-pipeline run` and the default
 //! ruleset work from any directory. Nothing prebuilt is committed: this is the one place
 //! plugins get built for the host.
@@ -11,10 +11,23 @@ use std::process::Command;
 const WASM_TARGET: &str = "wasm32-wasip2";
 
 fn main() {
-    if let Err(message) = run() {
+    if let Err(message) = compile_proto().and_then(|()| run()) {
         eprintln!("error: {message}");
         std::process::exit(1);
     }
+}
+
+/// Generates the gRPC code of `proto/order.proto` with the protoc shipped in a crate.
+fn compile_proto() -> Result<(), String> {
+    let protoc = protoc_bin_vendored::protoc_bin_path().map_err(|e| e.to_string())?;
+    // SAFETY: the build script is single-threaded; the variable is read by the generator.
+    unsafe { env::set_var("PROTOC", protoc) };
+    let out_dir = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
+    println!("cargo:rerun-if-changed=../proto/order.proto");
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("order_descriptor.bin"))
+        .compile_protos(&["../proto/order.proto"], &["../proto"])
+        .map_err(|e| format!("compiling proto/order.proto: {e}"))
 }
 
 fn run() -> Result<(), String> {

@@ -1,15 +1,17 @@
-//! The command line: `order-pipeline plugin run|test|bench|inspect`. Kept in the library
-//! (with the output streams passed in) so that tests can run commands and check their
-//! output and exit codes.
+//! The command line: the pipeline roles (`run`, the default, and `order-service`,
+//! `worker`, `cache-service`), the `submit`/`get` clients, and the plugin tools
+//! (`plugin run|test|bench|inspect`). Kept in the library (with the output streams passed
+//! in) so that tests can run commands and check their output and exit codes.
 
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::engine::{Engine, Isolation, Limits, RuleChain, RuleSpec, limits};
+use crate::app::{self, Role};
+use crate::config::{Config, LimitArgs};
+use crate::engine::{Engine, Isolation, RuleChain, RuleSpec};
 use crate::order::Order;
 use crate::ruleset;
 use crate::runner;
@@ -26,14 +28,77 @@ pub const EXIT_USAGE: i32 = 2;
 #[command(name = "order-pipeline", version, about)]
 pub struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+}
+
+/// The pipeline's configuration alone, for `order-pipeline` without a command.
+#[derive(Debug, Parser)]
+struct RunOnly {
+    #[command(flatten)]
+    config: Config,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Runs every role in one process (the default). Without KAFKA_BROKERS and REDIS_ADDR
+    /// it uses the embedded log and store in DATA_DIR.
+    Run(Config),
+    /// Runs the OrderService (gRPC, ORDER_SERVICE_ADDR) publishing to Kafka.
+    OrderService(Config),
+    /// Runs a worker: consumes Kafka, applies the ruleset, writes results to Redis.
+    Worker(Config),
+    /// Runs the CacheService (gRPC, CACHE_SERVICE_ADDR) reading results from Redis.
+    CacheService(Config),
+    /// Submits one order to the OrderService and prints the answer.
+    Submit(SubmitArgs),
+    /// Prints the result of an order from the CacheService.
+    Get(GetArgs),
     /// Tools for rule plugins: run, test, benchmark and inspect them.
     #[command(subcommand)]
     Plugin(PluginCommand),
+}
+
+#[derive(Debug, Args)]
+struct SubmitArgs {
+    /// OrderService URL.
+    #[arg(
+        long,
+        env = "ORDER_SERVICE_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    addr: String,
+    /// Order id.
+    #[arg(long, required_unless_present = "order")]
+    id: Option<String>,
+    /// Single-item order: the item.
+    #[arg(long, requires = "id")]
+    item: Option<String>,
+    /// Single-item order: the price in minor units.
+    #[arg(long, requires = "id", allow_negative_numbers = true)]
+    price: Option<i32>,
+    /// Currency (ISO 4217); the server's default when not given.
+    #[arg(long)]
+    currency: Option<String>,
+    /// A full order as JSON (see examples/orders/) instead of --id/--item/--price.
+    #[arg(long, conflicts_with_all = ["id", "item", "price"])]
+    order: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct GetArgs {
+    /// CacheService URL.
+    #[arg(
+        long,
+        env = "CACHE_SERVICE_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    addr: String,
+    /// Order id.
+    #[arg(long)]
+    id: String,
+    /// Wait up to this long for the result, in ms (at most 30000).
+    #[arg(long, default_value_t = 5000)]
+    wait_ms: u32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,31 +169,6 @@ enum IsolationArg {
     Reuse,
 }
 
-/// Limits every plugin call is held to.
-#[derive(Debug, Args)]
-struct LimitArgs {
-    /// Fuel (about one unit per wasm instruction) per plugin call.
-    #[arg(long, env = "PLUGIN_FUEL", default_value_t = limits::DEFAULT_FUEL)]
-    fuel: u64,
-    /// Wall-clock deadline per plugin call, in milliseconds.
-    #[arg(long, env = "PLUGIN_DEADLINE_MS", default_value_t = limits::DEFAULT_DEADLINE.as_millis() as u64)]
-    deadline_ms: u64,
-    /// Memory cap per plugin instance, in MiB.
-    #[arg(long, env = "PLUGIN_MEMORY_MIB", default_value_t = limits::DEFAULT_MEMORY_BYTES >> 20)]
-    memory_mib: usize,
-}
-
-impl LimitArgs {
-    fn limits(&self) -> Limits {
-        Limits {
-            fuel: self.fuel,
-            deadline: Duration::from_millis(self.deadline_ms),
-            memory_bytes: self.memory_mib.saturating_mul(1 << 20),
-            ..Limits::default()
-        }
-    }
-}
-
 fn parse_key_value(raw: &str) -> Result<(String, String), String> {
     match raw.split_once('=') {
         Some((key, value)) if !key.trim().is_empty() => {
@@ -168,7 +208,22 @@ where
 }
 
 fn execute(cli: Cli, out: &mut dyn Write) -> Result<i32, String> {
-    let Command::Plugin(command) = cli.command;
+    let command = match cli.command {
+        Some(command) => command,
+        None => {
+            let run = RunOnly::try_parse_from(["order-pipeline"]).map_err(|e| e.to_string())?;
+            Command::Run(run.config)
+        }
+    };
+    let command = match command {
+        Command::Run(config) => return serve(Role::All, &config),
+        Command::OrderService(config) => return serve(Role::OrderService, &config),
+        Command::Worker(config) => return serve(Role::Worker, &config),
+        Command::CacheService(config) => return serve(Role::CacheService, &config),
+        Command::Submit(args) => return runtime()?.block_on(submit(args, out)),
+        Command::Get(args) => return runtime()?.block_on(get(args, out)),
+        Command::Plugin(command) => command,
+    };
     match command {
         PluginCommand::Run { chain, order } => {
             let chain = build_chain(&chain, None)?;
@@ -238,6 +293,130 @@ fn execute(cli: Cli, out: &mut dyn Write) -> Result<i32, String> {
             Ok(EXIT_OK)
         }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+/// Runs `role` until ctrl-c or SIGTERM, then shuts down gracefully.
+fn serve(role: Role, config: &Config) -> Result<i32, String> {
+    runtime()?.block_on(async {
+        let running = app::start(role, config)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        running
+            .run_until(shutdown_signal())
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        Ok(EXIT_OK)
+    })
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+async fn submit(args: SubmitArgs, out: &mut dyn Write) -> Result<i32, String> {
+    let request = match &args.order {
+        Some(path) => crate::api::convert::request_from_order(&read_order(path)?),
+        None => crate::proto::OrderRequest {
+            id: args.id.clone().unwrap_or_default(),
+            item: args.item.clone().unwrap_or_default(),
+            price: args.price.unwrap_or_default(),
+            currency: args.currency.clone().unwrap_or_default(),
+            ..Default::default()
+        },
+    };
+    let mut client =
+        crate::proto::order_service_client::OrderServiceClient::connect(args.addr.clone())
+            .await
+            .map_err(|e| format!("cannot reach the OrderService at {}: {e}", args.addr))?;
+    let response = client
+        .create_order(request)
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    writeln!(
+        out,
+        "{}",
+        serde_json::json!({"id": response.id, "status": response.status})
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(EXIT_OK)
+}
+
+async fn get(args: GetArgs, out: &mut dyn Write) -> Result<i32, String> {
+    let mut client =
+        crate::proto::cache_service_client::CacheServiceClient::connect(args.addr.clone())
+            .await
+            .map_err(|e| format!("cannot reach the CacheService at {}: {e}", args.addr))?;
+    let response = client
+        .get_order_result(crate::proto::ResultRequest {
+            id: args.id.clone(),
+            wait_ms: args.wait_ms,
+        })
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    let json = serde_json::to_string_pretty(&result_json(&response)).map_err(|e| e.to_string())?;
+    writeln!(out, "{json}").map_err(|e| e.to_string())?;
+    Ok(EXIT_OK)
+}
+
+/// A `ResultResponse` as JSON for people.
+fn result_json(r: &crate::proto::ResultResponse) -> serde_json::Value {
+    let totals = r.totals.unwrap_or_default();
+    serde_json::json!({
+        "id": r.id,
+        "status": r.status,
+        "item": r.item,
+        "price": r.price,
+        "currency": r.currency,
+        "totals": {
+            "subtotal": totals.subtotal,
+            "discounts": totals.discounts,
+            "surcharges": totals.surcharges,
+            "tax": totals.tax,
+            "total": totals.total,
+        },
+        "adjustments": r.adjustments.iter().map(|a| serde_json::json!({
+            "rule": a.rule, "kind": a.kind, "label": a.label, "amount": a.amount,
+        })).collect::<Vec<_>>(),
+        "reasons": r.reasons.iter().map(|x| serde_json::json!({
+            "rule": x.rule, "code": x.code, "message": x.message,
+        })).collect::<Vec<_>>(),
+        "rules": r.rules.iter().map(|x| serde_json::json!({
+            "name": x.name, "version": x.version, "digest": x.digest, "outcome": x.outcome,
+            "fuel_used": x.fuel_used, "duration_us": x.duration_us,
+        })).collect::<Vec<_>>(),
+        "error": r.error,
+        "attempts": r.attempts,
+        "processed_at_unix_ms": r.processed_at_unix_ms,
+    })
 }
 
 /// The chain the arguments name. With --plugin, `examples_dir/config.toml` (if any) gives

@@ -7,7 +7,14 @@ use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // A .env file, if present, sets variables that are not already set.
+    let dotenv = dotenvy::dotenv();
     init_tracing();
+    if let Err(e) = dotenv
+        && !e.not_found()
+    {
+        tracing::warn!(error = %e, "ignoring an unreadable .env file");
+    }
     let code = order_pipeline::cli::run(std::env::args_os(), &mut io::stdout(), &mut io::stderr());
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -1,0 +1,142 @@
+//! Kafka: an idempotent producer with acks=all (the OrderService and the dead-letter
+//! path), topic creation at start-up, and the consumer the worker uses.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use super::PublishError;
+
+/// A producer bound to one topic.
+#[derive(Clone)]
+pub struct KafkaPublisher {
+    producer: FutureProducer,
+    topic: String,
+    timeout: Duration,
+}
+
+/// Producer settings: durable (acks=all), idempotent, no compression (the test broker
+/// cannot read snappy), small linger so concurrent orders share a request.
+pub fn producer(brokers: &str, timeout: Duration) -> anyhow::Result<FutureProducer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("compression.type", "none")
+        .set("linger.ms", "1")
+        .set("message.timeout.ms", timeout.as_millis().to_string())
+        .create()
+        .with_context(|| format!("cannot create a Kafka producer for `{brokers}`"))
+}
+
+impl KafkaPublisher {
+    /// Publishes to `topic` with `producer`.
+    pub fn new(producer: FutureProducer, topic: &str, timeout: Duration) -> Self {
+        Self {
+            producer,
+            topic: topic.to_string(),
+            timeout,
+        }
+    }
+
+    /// Publishes `payload` keyed by `key`; returns once the broker acknowledged it.
+    pub async fn publish(&self, key: &str, payload: &[u8]) -> Result<(), PublishError> {
+        send(
+            &self.producer,
+            &self.topic,
+            key,
+            payload,
+            None,
+            self.timeout,
+        )
+        .await
+    }
+
+    /// The underlying producer.
+    pub fn producer(&self) -> &FutureProducer {
+        &self.producer
+    }
+}
+
+/// Sends one record and waits for the broker's acknowledgement.
+pub async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    headers: Option<&[(String, String)]>,
+    timeout: Duration,
+) -> Result<(), PublishError> {
+    let mut record = FutureRecord::to(topic).key(key).payload(payload);
+    if let Some(headers) = headers {
+        let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+        for (name, value) in headers {
+            owned = owned.insert(Header {
+                key: name,
+                value: Some(value.as_bytes()),
+            });
+        }
+        record = record.headers(owned);
+    }
+    producer
+        .send(record, timeout)
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| PublishError(format!("the broker did not acknowledge the order: {e}")))
+}
+
+/// Creates the topics that do not exist yet (the test broker does not auto-create).
+pub async fn ensure_topics(
+    brokers: &str,
+    topics: &[(&str, i32)],
+    replication: i32,
+) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .with_context(|| format!("cannot create a Kafka admin client for `{brokers}`"))?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, partitions)| {
+            NewTopic::new(name, *partitions, TopicReplication::Fixed(replication))
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results =
+        tokio::time::timeout(Duration::from_secs(30), admin.create_topics(&new, &options))
+            .await
+            .map_err(|_| anyhow::anyhow!("the broker at `{brokers}` did not answer within 30 s"))?
+            .with_context(|| format!("cannot create topics on `{brokers}`"))?;
+    for result in results {
+        match result {
+            Ok(topic) => tracing::info!(topic, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => anyhow::bail!("cannot create topic `{topic}`: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// A consumer in `group` that never auto-stores offsets: the worker stores an offset
+/// only after the message's result is written, and stored offsets are committed
+/// periodically and at shutdown.
+pub fn consumer(brokers: &str, group: &str) -> anyhow::Result<StreamConsumer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "200")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("enable.partition.eof", "false")
+        .create()
+        .with_context(|| format!("cannot create a Kafka consumer for `{brokers}`"))
+}

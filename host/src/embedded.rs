@@ -1,0 +1,304 @@
+//! The embedded, durable default: with no Kafka or Redis configured, one redb database in
+//! the data directory is the order log, the consumer offset, the result store and the
+//! dead-letter log. Appends are group-committed (one fsync for every order that arrived
+//! meanwhile) and acknowledged only after the commit; the worker writes a batch's results
+//! and its new offset in one transaction, so a restart re-processes nothing it finished
+//! and loses nothing that was accepted.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::result::{OrderResult, ResultStatus};
+use crate::store::PutOutcome;
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const RESULTS: TableDefinition<&str, &str> = TableDefinition::new("results");
+const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+
+/// META key: sequence number the next append gets.
+const NEXT_SEQ: &str = "next_seq";
+/// META key: sequence number of the first entry not yet processed.
+const CONSUMED: &str = "consumed";
+/// Most appends committed together.
+const MAX_APPEND_BATCH: usize = 4096;
+
+/// A dead-lettered log entry with why it was dead-lettered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetterRecord {
+    /// Log sequence number of the entry.
+    pub source_seq: u64,
+    /// The headers a Kafka dead letter would carry (reason, rule, attempts, ...).
+    pub headers: Vec<(String, String)>,
+    /// The entry's bytes.
+    pub payload: Vec<u8>,
+}
+
+struct Append {
+    payload: Vec<u8>,
+    reply: oneshot::Sender<Result<u64, String>>,
+}
+
+/// The embedded database.
+pub struct EmbeddedDb {
+    db: Arc<Database>,
+    appends: mpsc::Sender<Append>,
+    head: watch::Receiver<u64>,
+    results: watch::Sender<u64>,
+}
+
+impl EmbeddedDb {
+    /// Opens (or creates) `dir/pipeline.redb` and starts the appender task.
+    pub fn open(dir: &Path) -> anyhow::Result<Arc<Self>> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+        let path = dir.join("pipeline.redb");
+        let db = Database::create(&path).with_context(|| {
+            format!(
+                "cannot open {} (is another order-pipeline using this DATA_DIR?)",
+                path.display()
+            )
+        })?;
+        let txn = db.begin_write()?;
+        let next = {
+            txn.open_table(LOG)?;
+            txn.open_table(RESULTS)?;
+            txn.open_table(DEAD_LETTERS)?;
+            let meta = txn.open_table(META)?;
+            meta.get(NEXT_SEQ)?.map_or(0, |v| v.value())
+        };
+        txn.commit()?;
+        let db = Arc::new(db);
+        let (appends, rx) = mpsc::channel(MAX_APPEND_BATCH);
+        let (head_tx, head) = watch::channel(next);
+        tokio::spawn(append_loop(Arc::clone(&db), rx, head_tx));
+        let (results, _) = watch::channel(0);
+        Ok(Arc::new(Self {
+            db,
+            appends,
+            head,
+            results,
+        }))
+    }
+
+    /// Appends an entry durably; returns its sequence number once committed.
+    pub async fn append(&self, payload: Vec<u8>) -> anyhow::Result<u64> {
+        let (reply, answer) = oneshot::channel();
+        self.appends
+            .send(Append { payload, reply })
+            .await
+            .map_err(|_| anyhow::anyhow!("the embedded log is closed"))?;
+        answer
+            .await
+            .map_err(|_| anyhow::anyhow!("the embedded log stopped"))?
+            .map_err(anyhow::Error::msg)
+    }
+
+    /// The consumed offset and up to `max` unprocessed entries after it, in order.
+    pub async fn read_batch(&self, max: usize) -> anyhow::Result<(u64, Vec<(u64, Vec<u8>)>)> {
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            let txn = db.begin_read()?;
+            let consumed = txn
+                .open_table(META)?
+                .get(CONSUMED)?
+                .map_or(0, |v| v.value());
+            let log = txn.open_table(LOG)?;
+            let mut out = Vec::new();
+            for entry in log.range(consumed..)?.take(max) {
+                let (seq, payload) = entry?;
+                out.push((seq.value(), payload.value().to_vec()));
+            }
+            Ok((consumed, out))
+        })
+        .await
+    }
+
+    /// Waits until the log has an entry at or after `seq`, or `stop` resolves.
+    pub async fn wait_for_entries(&self, seq: u64, stop: impl std::future::Future<Output = ()>) {
+        let mut head = self.head.clone();
+        tokio::select! {
+            _ = head.wait_for(|h| *h > seq) => {}
+            () = stop => {}
+        }
+    }
+
+    /// Records the results and dead letters of processed entries and moves the consumed
+    /// offset to `next`, in one transaction. Final results are kept as in Redis.
+    pub async fn commit_batch(
+        &self,
+        results: Vec<OrderResult>,
+        dead_letters: Vec<DeadLetterRecord>,
+        next: u64,
+    ) -> anyhow::Result<Vec<PutOutcome>> {
+        let db = Arc::clone(&self.db);
+        let outcomes = blocking(move || {
+            let txn = db.begin_write()?;
+            let outcomes = {
+                let mut table = txn.open_table(RESULTS)?;
+                let mut outcomes = Vec::with_capacity(results.len());
+                for result in &results {
+                    outcomes.push(put(&mut table, result)?);
+                }
+                let mut dead = txn.open_table(DEAD_LETTERS)?;
+                for record in &dead_letters {
+                    dead.insert(record.source_seq, serde_json::to_vec(record)?.as_slice())?;
+                }
+                txn.open_table(META)?.insert(CONSUMED, next)?;
+                outcomes
+            };
+            txn.commit()?;
+            Ok(outcomes)
+        })
+        .await?;
+        self.results.send_modify(|v| *v += 1);
+        Ok(outcomes)
+    }
+
+    /// Writes one result (the CacheService path for tools; the worker uses batches).
+    pub async fn put_result(&self, result: &OrderResult) -> anyhow::Result<PutOutcome> {
+        let db = Arc::clone(&self.db);
+        let result = result.clone();
+        let outcome = blocking(move || {
+            let txn = db.begin_write()?;
+            let outcome = put(&mut txn.open_table(RESULTS)?, &result)?;
+            txn.commit()?;
+            Ok(outcome)
+        })
+        .await?;
+        self.results.send_modify(|v| *v += 1);
+        Ok(outcome)
+    }
+
+    /// The result of `id`.
+    pub async fn get_result(&self, id: &str) -> anyhow::Result<Option<OrderResult>> {
+        let db = Arc::clone(&self.db);
+        let id = id.to_string();
+        blocking(move || {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(RESULTS)?;
+            match table.get(id.as_str())? {
+                Some(json) => Ok(Some(serde_json::from_str(json.value())?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    /// The result of `id`, waiting until `deadline` for it to be written.
+    pub async fn wait_result(
+        &self,
+        id: &str,
+        deadline: Instant,
+    ) -> anyhow::Result<Option<OrderResult>> {
+        let mut changes = self.results.subscribe();
+        loop {
+            changes.borrow_and_update();
+            if let Some(result) = self.get_result(id).await? {
+                return Ok(Some(result));
+            }
+            let deadline = tokio::time::Instant::from_std(deadline);
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Every dead letter, oldest first.
+    pub async fn dead_letters(&self) -> anyhow::Result<Vec<DeadLetterRecord>> {
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(DEAD_LETTERS)?;
+            let mut out = Vec::new();
+            for entry in table.iter()? {
+                let (_, value) = entry?;
+                out.push(serde_json::from_slice(value.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// Writes `result` unless a final result for its id is there.
+fn put(
+    table: &mut redb::Table<'_, &'static str, &'static str>,
+    result: &OrderResult,
+) -> anyhow::Result<PutOutcome> {
+    if let Some(existing) = table.get(result.id.as_str())? {
+        let existing: OrderResult = serde_json::from_str(existing.value())?;
+        if existing.status != ResultStatus::Failed {
+            return Ok(PutOutcome::KeptExisting);
+        }
+    }
+    let json = serde_json::to_string(result)?;
+    table.insert(result.id.as_str(), json.as_str())?;
+    Ok(PutOutcome::Written)
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .context("embedded database task panicked")?
+}
+
+/// Commits appends in groups: everything that arrived while the last commit ran.
+async fn append_loop(db: Arc<Database>, mut rx: mpsc::Receiver<Append>, head: watch::Sender<u64>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_APPEND_BATCH {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let payloads: Vec<Vec<u8>> = batch
+            .iter_mut()
+            .map(|a| std::mem::take(&mut a.payload))
+            .collect();
+        let db = Arc::clone(&db);
+        let committed = blocking(move || {
+            let txn = db.begin_write()?;
+            let first = {
+                let mut meta = txn.open_table(META)?;
+                let first = meta.get(NEXT_SEQ)?.map_or(0, |v| v.value());
+                let mut log = txn.open_table(LOG)?;
+                for (i, payload) in payloads.iter().enumerate() {
+                    log.insert(first + i as u64, payload.as_slice())?;
+                }
+                meta.insert(NEXT_SEQ, first + payloads.len() as u64)?;
+                first
+            };
+            txn.commit()?;
+            Ok(first)
+        })
+        .await;
+        match committed {
+            Ok(first) => {
+                let count = batch.len() as u64;
+                for (i, append) in batch.into_iter().enumerate() {
+                    let _ = append.reply.send(Ok(first + i as u64));
+                }
+                head.send_replace(first + count);
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "embedded log append failed");
+                for append in batch {
+                    let _ = append.reply.send(Err(format!("{e:#}")));
+                }
+            }
+        }
+    }
+}

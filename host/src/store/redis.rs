@@ -1,0 +1,117 @@
+//! Results in Redis. `order:<id>` holds exactly what the Go system wrote (proto3 JSON of
+//! `{item, price, status}`), so a Go CacheService can still read it; `order-result:<id>`
+//! beside it holds the full result. Both are written by one Lua script, atomically.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use redis::aio::ConnectionManager;
+
+use super::PutOutcome;
+use crate::result::OrderResult;
+
+/// Key of the Go-compatible result.
+pub fn go_key(id: &str) -> String {
+    format!("order:{id}")
+}
+
+/// Key of the full result.
+pub fn full_key(id: &str) -> String {
+    format!("order-result:{id}")
+}
+
+/// Writes both keys unless a final (not `failed`) result exists. Returns 1 if written.
+const PUT_SCRIPT: &str = r#"
+local existing = redis.call('GET', KEYS[2])
+if existing then
+  local ok, decoded = pcall(cjson.decode, existing)
+  if ok and decoded['status'] ~= 'failed' then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+"#;
+
+/// A Redis connection (reconnects on its own) and the write script.
+#[derive(Clone)]
+pub struct RedisStore {
+    connection: ConnectionManager,
+    put: redis::Script,
+}
+
+impl RedisStore {
+    /// Connects to `addr` (`host:port` as the Go system took it, or a `redis://` URL).
+    pub async fn connect(addr: &str) -> anyhow::Result<Self> {
+        let url = if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("redis://{addr}")
+        };
+        let client = redis::Client::open(url.as_str())
+            .with_context(|| format!("REDIS_ADDR `{addr}` is not a Redis address"))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(2);
+        let connection = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.get_connection_manager_with_config(config),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out"))
+        .and_then(|r| r.map_err(anyhow::Error::from))
+        .with_context(|| format!("cannot connect to Redis at {addr}"))?;
+        Ok(Self {
+            connection,
+            put: redis::Script::new(PUT_SCRIPT),
+        })
+    }
+
+    /// Writes `result` (both keys, atomically) unless a final result exists.
+    pub async fn put(&self, result: &OrderResult) -> anyhow::Result<PutOutcome> {
+        let full = serde_json::to_string(result).context("serialising a result")?;
+        let mut connection = self.connection.clone();
+        let written: i64 = self
+            .put
+            .key(go_key(&result.id))
+            .key(full_key(&result.id))
+            .arg(result.go_json())
+            .arg(full)
+            .invoke_async(&mut connection)
+            .await
+            .context("writing a result to Redis")?;
+        Ok(if written == 1 {
+            PutOutcome::Written
+        } else {
+            PutOutcome::KeptExisting
+        })
+    }
+
+    /// The result of `id`: the full one, or one written by the Go worker.
+    pub async fn get(&self, id: &str) -> anyhow::Result<Option<OrderResult>> {
+        let mut connection = self.connection.clone();
+        let (full, go): (Option<String>, Option<String>) = redis::cmd("MGET")
+            .arg(full_key(id))
+            .arg(go_key(id))
+            .query_async(&mut connection)
+            .await
+            .context("reading a result from Redis")?;
+        if let Some(full) = full {
+            let result = serde_json::from_str(&full)
+                .with_context(|| format!("the stored result of `{id}` is not valid"))?;
+            return Ok(Some(result));
+        }
+        Ok(go.and_then(|json| OrderResult::from_go_json(id, &json)))
+    }
+
+    /// The raw value of a key (for tests and tools).
+    pub async fn raw(&self, key: &str) -> anyhow::Result<Option<String>> {
+        let mut connection = self.connection.clone();
+        Ok(redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut connection)
+            .await?)
+    }
+}

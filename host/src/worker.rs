@@ -1,0 +1,442 @@
+//! The worker: consume an order, run the rule chain, write the result, then commit.
+//!
+//! Every message ends in exactly one of: a result (`done`, `rejected`, `failed`) written
+//! to the store, or a dead letter (bytes that are not an order). A `retryable` outcome
+//! is retried in place with exponential backoff (the partition waits, so order is kept)
+//! up to `max_retries` times; then the order is written `failed` and dead-lettered with
+//! headers (reason, rule, attempts, source). The dead letter is written before the result
+//! and the offset is stored only after both, so a crash repeats work but loses nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message as _;
+use rdkafka::Message as _;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::FutureProducer;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::api::convert::order_from_request;
+use crate::bus::kafka;
+use crate::embedded::{DeadLetterRecord, EmbeddedDb};
+use crate::engine::{RuleChain, Status};
+use crate::order::Order;
+use crate::proto;
+use crate::result::{OrderResult, ResultStatus};
+use crate::store::{PutOutcome, Store};
+
+/// Most entries the embedded worker takes at once.
+const EMBEDDED_BATCH: usize = 512;
+/// Messages queued per partition before the consumer waits.
+const LANE_QUEUE: usize = 256;
+/// Longest pause between attempts to reach the store or the dead-letter topic.
+const MAX_IO_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How `retryable` outcomes are retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Pause before the first retry; doubles each time.
+    pub backoff: Duration,
+}
+
+/// What became of one message.
+#[derive(Debug)]
+pub enum Processed {
+    /// An order with its result; dead-letter it first (with these headers) when set.
+    Result {
+        /// The result to write.
+        result: Box<OrderResult>,
+        /// Dead-letter headers, for failed orders.
+        dead_letter: Option<Vec<(String, String)>>,
+    },
+    /// Not an order: dead-letter the bytes with these headers.
+    NotAnOrder {
+        /// Dead-letter headers.
+        headers: Vec<(String, String)>,
+    },
+}
+
+/// Turns log entries into results with a rule chain.
+pub struct Processor {
+    chain: Arc<RuleChain>,
+    retry: RetryPolicy,
+    default_currency: String,
+}
+
+impl Processor {
+    /// A processor running `chain`.
+    pub fn new(chain: Arc<RuleChain>, retry: RetryPolicy, default_currency: &str) -> Self {
+        Self {
+            chain,
+            retry,
+            default_currency: default_currency.to_string(),
+        }
+    }
+
+    /// Processes a batch: every order is evaluated once on one blocking thread, then
+    /// retryable ones are retried with backoff. Results come back in input order.
+    pub async fn process_batch(&self, payloads: &[&[u8]]) -> Vec<Processed> {
+        let decoded: Vec<Result<Order, String>> = payloads.iter().map(|p| self.decode(p)).collect();
+        let orders: Vec<Order> = decoded
+            .iter()
+            .filter_map(|d| d.as_ref().ok().cloned())
+            .collect();
+        let chain = Arc::clone(&self.chain);
+        let evaluations = tokio::task::spawn_blocking(move || {
+            let evaluations: Vec<_> = orders.iter().map(|o| chain.evaluate(o)).collect();
+            (orders, evaluations)
+        })
+        .await;
+        let (orders, evaluations) = match evaluations {
+            Ok(done) => done,
+            Err(e) => {
+                // A panic in the engine is a host bug; fail these orders visibly.
+                tracing::error!(error = %e, "rule evaluation panicked");
+                return decoded
+                    .into_iter()
+                    .map(|d| match d {
+                        Ok(order) => failed_by_host(&order, &format!("evaluation panicked: {e}")),
+                        Err(reason) => not_an_order(reason),
+                    })
+                    .collect();
+            }
+        };
+        let mut evaluated = orders.into_iter().zip(evaluations);
+        let mut out = Vec::with_capacity(payloads.len());
+        for d in decoded {
+            match d {
+                Err(reason) => out.push(not_an_order(reason)),
+                Ok(_) => {
+                    let Some((order, evaluation)) = evaluated.next() else {
+                        break;
+                    };
+                    let mut attempts = 1;
+                    let mut evaluation = evaluation;
+                    while evaluation.status == Status::Retryable
+                        && attempts <= self.retry.max_retries
+                    {
+                        let pause = self
+                            .retry
+                            .backoff
+                            .saturating_mul(1 << (attempts - 1).min(16));
+                        tracing::info!(order_id = %order.id, attempts, ?pause, "retryable outcome, retrying");
+                        tokio::time::sleep(pause).await;
+                        attempts += 1;
+                        let chain = Arc::clone(&self.chain);
+                        let again = order.clone();
+                        evaluation =
+                            match tokio::task::spawn_blocking(move || chain.evaluate(&again)).await
+                            {
+                                Ok(evaluation) => evaluation,
+                                Err(e) => {
+                                    out.push(failed_by_host(
+                                        &order,
+                                        &format!("evaluation panicked: {e}"),
+                                    ));
+                                    continue;
+                                }
+                            };
+                    }
+                    let result = OrderResult::from_evaluation(&order, evaluation, attempts);
+                    let dead_letter = (result.status == ResultStatus::Failed).then(|| {
+                        let rule = result
+                            .rules
+                            .iter()
+                            .rev()
+                            .find(|r| r.outcome != "accept")
+                            .map(|r| r.name.clone())
+                            .unwrap_or_default();
+                        vec![
+                            ("reason".to_string(), result.error.clone()),
+                            ("rule".to_string(), rule),
+                            ("attempts".to_string(), attempts.to_string()),
+                            ("order-id".to_string(), result.id.clone()),
+                        ]
+                    });
+                    out.push(Processed::Result {
+                        result: Box::new(result),
+                        dead_letter,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    fn decode(&self, payload: &[u8]) -> Result<Order, String> {
+        let request = proto::OrderRequest::decode(payload)
+            .map_err(|e| format!("not a protobuf OrderRequest: {e}"))?;
+        order_from_request(&request, &self.default_currency)
+            .map_err(|e| format!("not a valid order: {e}"))
+    }
+}
+
+fn not_an_order(reason: String) -> Processed {
+    tracing::warn!(%reason, "dead-lettering a message that is not an order");
+    Processed::NotAnOrder {
+        headers: vec![("reason".to_string(), reason)],
+    }
+}
+
+fn failed_by_host(order: &Order, message: &str) -> Processed {
+    let evaluation = crate::engine::Evaluation {
+        status: Status::Failed,
+        totals: crate::order::Totals::of(order),
+        adjustments: Vec::new(),
+        reasons: Vec::new(),
+        retry: None,
+        error: None,
+        rules: Vec::new(),
+    };
+    let mut result = OrderResult::from_evaluation(order, evaluation, 1);
+    result.error = message.to_string();
+    Processed::Result {
+        dead_letter: Some(vec![("reason".to_string(), message.to_string())]),
+        result: Box::new(result),
+    }
+}
+
+/// Retries `attempt` with backoff until it succeeds or `shutdown` is cancelled; returns
+/// whether it succeeded.
+async fn persist<F, Fut, T, E>(what: &str, shutdown: &CancellationToken, mut attempt: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Ok(_) => return true,
+            Err(e) => {
+                tracing::warn!(error = %e, ?pause, "{what} failed; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return false,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(MAX_IO_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Where the Kafka worker reads and writes.
+#[derive(Debug, Clone)]
+pub struct KafkaWorkerConfig {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Order topic.
+    pub topic: String,
+    /// Dead-letter topic.
+    pub dlq_topic: String,
+    /// Consumer group.
+    pub group: String,
+    /// How long a dead-letter publish may wait for the broker.
+    pub produce_timeout: Duration,
+}
+
+/// Consumes `config.topic` as a member of `config.group` until `shutdown`; each partition
+/// is processed in order by its own task, partitions concurrently.
+pub async fn run_kafka(
+    config: KafkaWorkerConfig,
+    processor: Arc<Processor>,
+    store: Store,
+    dlq: FutureProducer,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let consumer = Arc::new(kafka::consumer(&config.brokers, &config.group)?);
+    consumer.subscribe(&[config.topic.as_str()])?;
+    tracing::info!(topic = %config.topic, group = %config.group, "worker consuming");
+    let config = Arc::new(config);
+    let mut lanes: HashMap<i32, (mpsc::Sender<OwnedMessage>, JoinHandle<()>)> = HashMap::new();
+    loop {
+        let message = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            message = consumer.recv() => message.map(|m| m.detach()),
+        };
+        let message = match message {
+            Ok(message) => message,
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka consume error");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+        };
+        let partition = message.partition();
+        let (lane, _) = lanes.entry(partition).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(LANE_QUEUE);
+            let handle = tokio::spawn(
+                lane_loop(
+                    rx,
+                    Arc::clone(&consumer),
+                    Arc::clone(&processor),
+                    store.clone(),
+                    dlq.clone(),
+                    Arc::clone(&config),
+                    shutdown.clone(),
+                )
+                .instrument(tracing::info_span!("kafka.partition", partition)),
+            );
+            (tx, handle)
+        });
+        if lane.send(message).await.is_err() {
+            tracing::warn!(
+                partition,
+                "partition task stopped; message left for redelivery"
+            );
+        }
+    }
+    tracing::info!("worker stopping: finishing in-flight orders");
+    for (_, (tx, handle)) in lanes {
+        drop(tx);
+        let _ = handle.await;
+    }
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => tracing::info!("offsets committed"),
+        Err(e) => tracing::debug!(error = %e, "final commit (nothing new to commit?)"),
+    }
+    Ok(())
+}
+
+async fn lane_loop(
+    mut rx: mpsc::Receiver<OwnedMessage>,
+    consumer: Arc<StreamConsumer>,
+    processor: Arc<Processor>,
+    store: Store,
+    dlq: FutureProducer,
+    config: Arc<KafkaWorkerConfig>,
+    shutdown: CancellationToken,
+) {
+    while let Some(message) = rx.recv().await {
+        let payload = message.payload().unwrap_or_default();
+        let key = message
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default();
+        let source = [
+            ("source-topic".to_string(), message.topic().to_string()),
+            (
+                "source-partition".to_string(),
+                message.partition().to_string(),
+            ),
+            ("source-offset".to_string(), message.offset().to_string()),
+        ];
+        let processed = processor
+            .process_batch(&[payload])
+            .instrument(
+                tracing::debug_span!("kafka.process", offset = message.offset(), key = %key),
+            )
+            .await
+            .pop();
+        let dead_letter = |mut headers: Vec<(String, String)>| {
+            headers.extend(source.iter().cloned());
+            let dlq = dlq.clone();
+            let config = Arc::clone(&config);
+            let key = key.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                let ok = persist("dead-lettering", &shutdown, || {
+                    kafka::send(
+                        &dlq,
+                        &config.dlq_topic,
+                        &key,
+                        payload,
+                        Some(&headers),
+                        config.produce_timeout,
+                    )
+                })
+                .await;
+                if ok {
+                    tracing::warn!(key = %key, dlq = %config.dlq_topic, "dead-lettered");
+                }
+                ok
+            }
+        };
+        let done = match processed {
+            None => false,
+            Some(Processed::NotAnOrder { headers }) => dead_letter(headers).await,
+            Some(Processed::Result {
+                result,
+                dead_letter: headers,
+            }) => {
+                let dead_lettered = match headers {
+                    Some(headers) => dead_letter(headers).await,
+                    None => true,
+                };
+                dead_lettered && persist("writing a result", &shutdown, || store.put(&result)).await
+            }
+        };
+        if !done {
+            tracing::info!(
+                "stopping before the result was stored; the message will be redelivered"
+            );
+            break;
+        }
+        if let Err(e) =
+            consumer.store_offset(message.topic(), message.partition(), message.offset())
+        {
+            tracing::debug!(error = %e, "cannot store offset (partition revoked?)");
+        }
+    }
+}
+
+/// Consumes the embedded log until `shutdown`, in batches: each batch's results, dead
+/// letters and new offset are committed in one transaction.
+pub async fn run_embedded(
+    db: Arc<EmbeddedDb>,
+    processor: Arc<Processor>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    tracing::info!("worker consuming the embedded log");
+    while !shutdown.is_cancelled() {
+        let (consumed, batch) = db.read_batch(EMBEDDED_BATCH).await?;
+        let Some(&(last, _)) = batch.last() else {
+            db.wait_for_entries(consumed, shutdown.cancelled()).await;
+            continue;
+        };
+        let payloads: Vec<&[u8]> = batch.iter().map(|(_, p)| p.as_slice()).collect();
+        let processed = processor.process_batch(&payloads).await;
+        let mut results = Vec::with_capacity(batch.len());
+        let mut dead_letters = Vec::new();
+        for ((seq, payload), processed) in batch.iter().zip(processed) {
+            let headers = match processed {
+                Processed::NotAnOrder { headers } => Some(headers),
+                Processed::Result {
+                    result,
+                    dead_letter,
+                } => {
+                    results.push(*result);
+                    dead_letter
+                }
+            };
+            if let Some(mut headers) = headers {
+                headers.push(("source-seq".to_string(), seq.to_string()));
+                dead_letters.push(DeadLetterRecord {
+                    source_seq: *seq,
+                    headers,
+                    payload: payload.clone(),
+                });
+            }
+        }
+        let outcomes = db.commit_batch(results, dead_letters, last + 1).await?;
+        let kept = outcomes
+            .iter()
+            .filter(|o| **o == PutOutcome::KeptExisting)
+            .count();
+        if kept > 0 {
+            tracing::debug!(kept, "kept existing final results of resubmitted ids");
+        }
+    }
+    tracing::info!("worker stopped");
+    Ok(())
+}
