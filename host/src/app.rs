@@ -65,7 +65,7 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops every role gracefully and waits for them.
+    /// Stops every role gracefully, waits for them, and closes the embedded database.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         let mut first_error = None;
@@ -75,7 +75,18 @@ impl Running {
                 first_error.get_or_insert(e);
             }
         }
+        if let Some(db) = self.embedded.take()
+            && let Err(e) = db.close().await
+        {
+            first_error.get_or_insert(e);
+        }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Kills every role at once, as a crash would: nothing in flight is finished,
+    /// stored or committed. For tests of recovery.
+    pub fn abort(mut self) {
+        self.tasks.abort_all();
     }
 
     /// Runs until `signal` resolves or a role fails, then stops gracefully.

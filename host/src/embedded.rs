@@ -6,13 +6,14 @@
 //! and loses nothing that was accepted.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 
 use crate::result::{OrderResult, ResultStatus};
 use crate::store::PutOutcome;
@@ -49,6 +50,7 @@ struct Append {
 pub struct EmbeddedDb {
     db: Arc<Database>,
     appends: mpsc::Sender<Append>,
+    appender: Mutex<Option<JoinHandle<()>>>,
     head: watch::Receiver<u64>,
     results: watch::Sender<u64>,
 }
@@ -77,14 +79,49 @@ impl EmbeddedDb {
         let db = Arc::new(db);
         let (appends, rx) = mpsc::channel(MAX_APPEND_BATCH);
         let (head_tx, head) = watch::channel(next);
-        tokio::spawn(append_loop(Arc::clone(&db), rx, head_tx));
+        let appender = tokio::spawn(append_loop(Arc::clone(&db), rx, head_tx));
         let (results, _) = watch::channel(0);
         Ok(Arc::new(Self {
             db,
             appends,
+            appender: Mutex::new(Some(appender)),
             head,
             results,
         }))
+    }
+
+    /// Closes the database once every other user of it is gone (waiting up to 10 s):
+    /// pending appends are committed, and the file is released for the next `open`.
+    pub async fn close(self: Arc<Self>) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut this = self;
+        let inner = loop {
+            match Arc::try_unwrap(this) {
+                Ok(inner) => break inner,
+                Err(shared) if Instant::now() < deadline => {
+                    this = shared;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(_) => anyhow::bail!("the embedded database is still in use after 10 s"),
+            }
+        };
+        let Self {
+            db,
+            appends,
+            appender,
+            ..
+        } = inner;
+        drop(appends);
+        let appender = appender
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(appender) = appender {
+            appender
+                .await
+                .context("the embedded log's appender panicked")?;
+        }
+        drop(db);
+        Ok(())
     }
 
     /// Appends an entry durably; returns its sequence number once committed.

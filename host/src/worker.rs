@@ -17,7 +17,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureProducer;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -255,7 +255,9 @@ pub async fn run_kafka(
     consumer.subscribe(&[config.topic.as_str()])?;
     tracing::info!(topic = %config.topic, group = %config.group, "worker consuming");
     let config = Arc::new(config);
-    let mut lanes: HashMap<i32, (mpsc::Sender<OwnedMessage>, JoinHandle<()>)> = HashMap::new();
+    // Lanes live in a JoinSet owned here: if this task dies, they die with it.
+    let mut lanes: HashMap<i32, mpsc::Sender<OwnedMessage>> = HashMap::new();
+    let mut lane_tasks = JoinSet::new();
     loop {
         let message = tokio::select! {
             biased;
@@ -273,9 +275,9 @@ pub async fn run_kafka(
             }
         };
         let partition = message.partition();
-        let (lane, _) = lanes.entry(partition).or_insert_with(|| {
+        let lane = lanes.entry(partition).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(LANE_QUEUE);
-            let handle = tokio::spawn(
+            lane_tasks.spawn(
                 lane_loop(
                     rx,
                     Arc::clone(&consumer),
@@ -287,7 +289,7 @@ pub async fn run_kafka(
                 )
                 .instrument(tracing::info_span!("kafka.partition", partition)),
             );
-            (tx, handle)
+            tx
         });
         if lane.send(message).await.is_err() {
             tracing::warn!(
@@ -297,10 +299,8 @@ pub async fn run_kafka(
         }
     }
     tracing::info!("worker stopping: finishing in-flight orders");
-    for (_, (tx, handle)) in lanes {
-        drop(tx);
-        let _ = handle.await;
-    }
+    drop(lanes);
+    while lane_tasks.join_next().await.is_some() {}
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => tracing::info!("offsets committed"),
         Err(e) => tracing::debug!(error = %e, "final commit (nothing new to commit?)"),

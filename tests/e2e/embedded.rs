@@ -1,0 +1,169 @@
+//! The embedded mode (no Kafka, no Redis): the same API and semantics on one durable
+//! database in the data directory, across restarts.
+
+use order_pipeline::app::{self, Role};
+use order_pipeline::embedded::EmbeddedDb;
+use order_pipeline::proto::{CreateOrdersRequest, ResultRequest};
+use order_pipeline_tests::{cache_client, embedded_config, go_request, order_client, wait_result};
+use prost::Message as _;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_e2e_case_and_a_restart_keep_every_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = embedded_config(dir.path());
+    let running = app::start(Role::All, &config).await.unwrap();
+    let mut orders = order_client(running.order_addr.unwrap()).await;
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+
+    assert_eq!(
+        orders
+            .create_order(go_request("e2e-test-1", "book", 42))
+            .await
+            .unwrap()
+            .into_inner()
+            .status,
+        "accepted"
+    );
+    let result = wait_result(&mut cache, "e2e-test-1", 30).await.unwrap();
+    assert_eq!(
+        (result.item.as_str(), result.price, result.status.as_str()),
+        ("book", 42, "done")
+    );
+
+    let batch = (0..200)
+        .map(|i| go_request(&format!("o-{i}"), "pen", 100 + i))
+        .collect();
+    let responses = orders
+        .create_orders(CreateOrdersRequest { orders: batch })
+        .await
+        .unwrap()
+        .into_inner()
+        .responses;
+    assert!(responses.iter().all(|r| r.status == "accepted"));
+    running.stop().await.unwrap();
+
+    // Everything accepted before the stop is there after the restart.
+    let running = app::start(Role::All, &config).await.unwrap();
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+    for i in 0..200 {
+        let result = wait_result(&mut cache, &format!("o-{i}"), 30)
+            .await
+            .unwrap();
+        assert_eq!((result.status.as_str(), result.price), ("done", 100 + i));
+    }
+    assert_eq!(
+        wait_result(&mut cache, "e2e-test-1", 5)
+            .await
+            .unwrap()
+            .price,
+        42
+    );
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_but_unprocessed_orders_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // What the OrderService does before the worker gets to the orders: durable appends.
+        let db = EmbeddedDb::open(dir.path()).unwrap();
+        for i in 0..20 {
+            db.append(go_request(&format!("pending-{i}"), "book", i).encode_to_vec())
+                .await
+                .unwrap();
+        }
+        db.append(vec![0xff, 0xff]).await.unwrap();
+        db.close().await.unwrap();
+    }
+    let running = app::start(Role::All, &embedded_config(dir.path()))
+        .await
+        .unwrap();
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+    for i in 0..20 {
+        let result = wait_result(&mut cache, &format!("pending-{i}"), 30)
+            .await
+            .unwrap();
+        assert_eq!(result.status, "done");
+    }
+    let dead = running
+        .embedded
+        .as_ref()
+        .unwrap()
+        .dead_letters()
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].payload, vec![0xff, 0xff]);
+    assert!(
+        dead[0]
+            .headers
+            .iter()
+            .any(|(k, v)| k == "reason" && v.contains("not a protobuf"))
+    );
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_mode_has_the_same_semantics() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = embedded_config(dir.path());
+    let ruleset = dir.path().join("chaos.toml");
+    std::fs::write(&ruleset, "[[rule]]\nplugin = \"builtin:rule-validate\"\n\n[[rule]]\nplugin = \"builtin:rule-chaos\"\n").unwrap();
+    config.ruleset = Some(ruleset);
+    config.max_retries = 1;
+    let running = app::start(Role::All, &config).await.unwrap();
+    let mut orders = order_client(running.order_addr.unwrap()).await;
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+
+    // Validation, NOT_FOUND, first result kept, retries then failed + dead letter.
+    let status = orders
+        .create_order(go_request("x", "book", -5))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (tonic::Code::InvalidArgument, "price: -5 is negative")
+    );
+    let missing = cache
+        .get_order_result(ResultRequest {
+            id: "nope".into(),
+            wait_ms: 50,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+
+    orders
+        .create_order(go_request("same", "book", 1))
+        .await
+        .unwrap();
+    assert_eq!(wait_result(&mut cache, "same", 30).await.unwrap().price, 1);
+    orders
+        .create_order(go_request("same", "book", 2))
+        .await
+        .unwrap();
+    orders
+        .create_order(go_request("fail-me", "fail-1", 3))
+        .await
+        .unwrap();
+    let failed = wait_result(&mut cache, "fail-me", 30).await.unwrap();
+    assert_eq!((failed.status.as_str(), failed.attempts), ("failed", 2));
+    assert_eq!(
+        wait_result(&mut cache, "same", 5).await.unwrap().price,
+        1,
+        "the first result stays"
+    );
+    let dead = running
+        .embedded
+        .as_ref()
+        .unwrap()
+        .dead_letters()
+        .await
+        .unwrap();
+    assert!(dead.iter().any(|d| {
+        d.headers
+            .iter()
+            .any(|(k, v)| k == "rule" && v == "rule-chaos")
+    }));
+    running.stop().await.unwrap();
+}

@@ -1,0 +1,579 @@
+//! The pipeline against the real Redis and the real Kafka-compatible broker started by
+//! scripts/test.sh: OrderService -> Kafka -> worker (rule chain) -> Redis -> CacheService.
+
+use std::time::Duration;
+
+use order_pipeline::app::{self, Role};
+use order_pipeline::proto::{CreateOrdersRequest, OrderLine, OrderRequest, ResultRequest};
+use order_pipeline::store::redis::RedisStore;
+use order_pipeline_tests::{
+    cache_client, go_request, kafka_config, order_client, services, unique, wait_result,
+};
+use rdkafka::ClientConfig;
+use rdkafka::Message as _;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers as _, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+/// Reads `count` records of `topic` from the beginning, waiting up to 30 s.
+async fn read_topic(brokers: &str, topic: &str, count: usize) -> Vec<OwnedMessage> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while out.len() < count {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(message)) => out.push(message.detach()),
+            Ok(Err(e)) => panic!("reading {topic}: {e}"),
+            Err(_) => panic!(
+                "only {} of {count} records on {topic} within 30 s",
+                out.len()
+            ),
+        }
+    }
+    out
+}
+
+fn header(message: &OwnedMessage, name: &str) -> Option<String> {
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_e2e_case_reaches_done_with_the_go_redis_shape() {
+    let Some(services) = services() else { return };
+    let running = app::start(Role::All, &kafka_config(&services))
+        .await
+        .unwrap();
+    let mut orders = order_client(running.order_addr.unwrap()).await;
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+    let id = unique("e2e-test-1");
+
+    let answer = orders
+        .create_order(go_request(&id, "book", 42))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.status, "accepted");
+    let result = wait_result(&mut cache, &id, 30).await.unwrap();
+    assert_eq!(
+        (result.item.as_str(), result.price, result.status.as_str()),
+        ("book", 42, "done")
+    );
+    assert_eq!(result.id, id);
+    assert_eq!(result.rules.len(), 4);
+    assert!(
+        result
+            .rules
+            .iter()
+            .all(|r| r.digest.len() == 64 && r.outcome == "accept")
+    );
+
+    let redis = RedisStore::connect(&services.redis).await.unwrap();
+    let go_shape = redis.raw(&format!("order:{id}")).await.unwrap().unwrap();
+    assert_eq!(go_shape, r#"{"item":"book","price":42,"status":"done"}"#);
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejection_is_a_result_with_reasons() {
+    let Some(services) = services() else { return };
+    let running = app::start(Role::All, &kafka_config(&services))
+        .await
+        .unwrap();
+    let mut orders = order_client(running.order_addr.unwrap()).await;
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+    let id = unique("kp");
+    let request = OrderRequest {
+        id: id.clone(),
+        currency: "EUR".into(),
+        shipping_country: "KP".into(),
+        lines: vec![OrderLine {
+            sku: "book".into(),
+            quantity: 2,
+            unit_price: 1500,
+        }],
+        ..Default::default()
+    };
+    orders.create_order(request).await.unwrap();
+    let result = wait_result(&mut cache, &id, 30).await.unwrap();
+    assert_eq!(result.status, "rejected");
+    assert_eq!(result.reasons.len(), 1);
+    assert_eq!(
+        (
+            result.reasons[0].rule.as_str(),
+            result.reasons[0].code.as_str()
+        ),
+        ("rule-fraud", "blocked-country")
+    );
+    assert_eq!(result.totals.unwrap().total, 3000);
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_orders_are_retried_then_failed_and_dead_lettered() {
+    let Some(services) = services() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ruleset = dir.path().join("chaos.toml");
+    std::fs::write(&ruleset, "[[rule]]\nplugin = \"builtin:rule-validate\"\n\n[[rule]]\nplugin = \"builtin:rule-chaos\"\n").unwrap();
+    let mut config = kafka_config(&services);
+    config.ruleset = Some(ruleset);
+    config.max_retries = 2;
+    let running = app::start(Role::All, &config).await.unwrap();
+    let mut orders = order_client(running.order_addr.unwrap()).await;
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+    let id = unique("fail");
+
+    orders
+        .create_order(go_request(&id, "fail-123", 42))
+        .await
+        .unwrap();
+    let result = wait_result(&mut cache, &id, 30).await.unwrap();
+    assert_eq!(result.status, "failed");
+    assert_eq!(result.attempts, 3, "the first attempt and 2 retries");
+    assert!(
+        result.error.contains("simulated-failure"),
+        "{}",
+        result.error
+    );
+
+    let dead = read_topic(&services.kafka, &config.dlq_topic, 1).await;
+    let record = &dead[0];
+    assert_eq!(record.key(), Some(id.as_bytes()));
+    assert_eq!(header(record, "rule").as_deref(), Some("rule-chaos"));
+    assert_eq!(header(record, "attempts").as_deref(), Some("3"));
+    assert_eq!(
+        header(record, "source-topic").as_deref(),
+        Some(config.kafka_topic.as_str())
+    );
+    assert!(
+        header(record, "source-partition").is_some() && header(record, "source-offset").is_some()
+    );
+    assert!(
+        header(record, "reason")
+            .unwrap()
+            .contains("simulated-failure")
+    );
+    let original: OrderRequest = prost::Message::decode(record.payload().unwrap()).unwrap();
+    assert_eq!(original.id, id);
+
+    // A normal order still goes through.
+    let ok = unique("ok");
+    orders
+        .create_order(go_request(&ok, "book", 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_result(&mut cache, &ok, 30).await.unwrap().status,
+        "done"
+    );
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_message_is_dead_lettered_and_the_worker_goes_on() {
+    let Some(services) = services() else { return };
+    let config = kafka_config(&services);
+    let running = app::start(Role::All, &config).await.unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &services.kafka)
+        .set("compression.type", "none")
+        .create()
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to(&config.kafka_topic)
+                .key("garbage")
+                .payload(&[0xff_u8, 0xff, 0xff][..]),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let mut orders = order_client(running.order_addr.unwrap()).await;
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+    let id = unique("after-garbage");
+    orders
+        .create_order(go_request(&id, "book", 7))
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_result(&mut cache, &id, 30).await.unwrap().status,
+        "done"
+    );
+
+    let dead = read_topic(&services.kafka, &config.dlq_topic, 1).await;
+    assert_eq!(dead[0].payload(), Some(&[0xff_u8, 0xff, 0xff][..]));
+    assert!(
+        header(&dead[0], "reason")
+            .unwrap()
+            .contains("not a protobuf OrderRequest")
+    );
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubmitting_an_id_keeps_the_first_result() {
+    let Some(services) = services() else { return };
+    let mut config = kafka_config(&services);
+    config.kafka_partitions = 1;
+    let running = app::start(Role::All, &config).await.unwrap();
+    let mut orders = order_client(running.order_addr.unwrap()).await;
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+    let id = unique("twice");
+    orders
+        .create_order(go_request(&id, "book", 42))
+        .await
+        .unwrap();
+    assert_eq!(wait_result(&mut cache, &id, 30).await.unwrap().price, 42);
+
+    let again = orders
+        .create_order(go_request(&id, "book", 99))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.status, "accepted");
+    // One partition: once a later order is done, the resubmission was processed too.
+    let later = unique("later");
+    orders
+        .create_order(go_request(&later, "pen", 1))
+        .await
+        .unwrap();
+    wait_result(&mut cache, &later, 30).await.unwrap();
+    let result = wait_result(&mut cache, &id, 5).await.unwrap();
+    assert_eq!((result.price, result.status.as_str()), (42, "done"));
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_orders_are_refused_naming_the_field() {
+    let Some(services) = services() else { return };
+    let running = app::start(Role::All, &kafka_config(&services))
+        .await
+        .unwrap();
+    let mut orders = order_client(running.order_addr.unwrap()).await;
+    let line = |sku: &str, quantity: u32, unit_price: i64| OrderLine {
+        sku: sku.into(),
+        quantity,
+        unit_price,
+    };
+    let cases: Vec<(OrderRequest, &str)> = vec![
+        (go_request("", "book", 1), "id"),
+        (go_request(&"x".repeat(300), "book", 1), "id"),
+        (go_request("o", "", 1), "item"),
+        (go_request("o", "book", -1), "price"),
+        (
+            OrderRequest {
+                currency: "euro".into(),
+                ..go_request("o", "book", 1)
+            },
+            "currency",
+        ),
+        (
+            OrderRequest {
+                shipping_country: "Germany".into(),
+                ..go_request("o", "book", 1)
+            },
+            "shipping_country",
+        ),
+        (
+            OrderRequest {
+                lines: vec![line("a", 0, 1)],
+                ..go_request("o", "", 0)
+            },
+            "lines[0].quantity",
+        ),
+        (
+            OrderRequest {
+                lines: vec![line("a", 1, -1)],
+                ..go_request("o", "", 0)
+            },
+            "lines[0].unit_price",
+        ),
+        (
+            OrderRequest {
+                lines: vec![line("", 1, 1)],
+                ..go_request("o", "", 0)
+            },
+            "lines[0].sku",
+        ),
+        (
+            OrderRequest {
+                lines: vec![line("a", 1, 1)],
+                ..go_request("o", "book", 1)
+            },
+            "item",
+        ),
+        (
+            OrderRequest {
+                lines: (0..1001).map(|i| line(&format!("s{i}"), 1, 1)).collect(),
+                ..go_request("o", "", 0)
+            },
+            "lines",
+        ),
+        (
+            OrderRequest {
+                coupon_codes: vec![String::new()],
+                ..go_request("o", "book", 1)
+            },
+            "coupon_codes[0]",
+        ),
+    ];
+    for (request, field) in cases {
+        let status = orders.create_order(request).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{field}: {status:?}"
+        );
+        assert!(
+            status.message().starts_with(&format!("{field}: ")),
+            "{field}: {}",
+            status.message()
+        );
+    }
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+    let status = cache
+        .get_order_result(ResultRequest {
+            id: String::new(),
+            wait_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let status = cache
+        .get_order_result(ResultRequest {
+            id: "x".into(),
+            wait_ms: 60_000,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        status.message().starts_with("wait_ms: "),
+        "{}",
+        status.message()
+    );
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_submit_answers_per_order_and_unknown_ids_are_not_found() {
+    let Some(services) = services() else { return };
+    let running = app::start(Role::All, &kafka_config(&services))
+        .await
+        .unwrap();
+    let mut orders = order_client(running.order_addr.unwrap()).await;
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+    let ids: Vec<String> = (0..50).map(|i| unique(&format!("batch{i}"))).collect();
+    let mut batch: Vec<OrderRequest> = ids.iter().map(|id| go_request(id, "book", 10)).collect();
+    batch.push(go_request("", "book", 1));
+    let responses = orders
+        .create_orders(CreateOrdersRequest { orders: batch })
+        .await
+        .unwrap()
+        .into_inner()
+        .responses;
+    assert_eq!(responses.len(), 51);
+    assert!(responses[..50].iter().all(|r| r.status == "accepted"));
+    assert_eq!(responses[50].status, "invalid");
+    assert_eq!(responses[50].error, "orders[50].id: is required");
+    for id in &ids {
+        assert_eq!(
+            wait_result(&mut cache, id, 30).await.unwrap().status,
+            "done"
+        );
+    }
+    let started = std::time::Instant::now();
+    let missing = cache
+        .get_order_result(ResultRequest {
+            id: unique("never"),
+            wait_ms: 200,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (missing.code(), missing.message()),
+        (tonic::Code::NotFound, "order not found")
+    );
+    assert!(started.elapsed() >= Duration::from_millis(200), "it waited");
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborted_worker_loses_nothing_when_another_takes_over() {
+    let Some(services) = services() else { return };
+    let config = kafka_config(&services);
+    let front = app::start(Role::OrderService, &config).await.unwrap();
+    let reader = app::start(Role::CacheService, &config).await.unwrap();
+    // The first worker is slow (a rule that burns CPU), so it is mid-stream when killed.
+    let dir = tempfile::tempdir().unwrap();
+    let slow = dir.path().join("slow.toml");
+    let wasm = order_pipeline_tests::built_plugin("fixture_slow");
+    std::fs::write(
+        &slow,
+        format!(
+            "[[rule]]\nplugin = {:?}\n[rule.config]\niterations = 10000000\n",
+            wasm.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut slow_config = config.clone();
+    slow_config.ruleset = Some(slow);
+    slow_config.limits.fuel = 1_000_000_000;
+    let worker = app::start(Role::Worker, &slow_config).await.unwrap();
+    let mut orders = order_client(front.order_addr.unwrap()).await;
+    let mut cache = cache_client(reader.cache_addr.unwrap()).await;
+    let ids: Vec<String> = (0..400).map(|i| unique(&format!("crash{i}"))).collect();
+    let batch = ids.iter().map(|id| go_request(id, "book", 5)).collect();
+    let responses = orders
+        .create_orders(CreateOrdersRequest { orders: batch })
+        .await
+        .unwrap()
+        .into_inner()
+        .responses;
+    assert!(responses.iter().all(|r| r.status == "accepted"));
+
+    // Let the first worker get going, then kill its tasks mid-stream: no graceful stop,
+    // in-flight orders are abandoned with their offsets unstored.
+    let first = wait_result(&mut cache, &ids[0], 30).await.unwrap();
+    assert_eq!(first.rules[0].name, "fixture-slow");
+    worker.abort();
+    let second = app::start(Role::Worker, &config).await.unwrap();
+    let mut by_second = 0;
+    for id in &ids {
+        let result = wait_result(&mut cache, id, 60).await.unwrap();
+        assert_eq!(result.status, "done", "{id}");
+        by_second += usize::from(result.rules[0].name == "rule-validate");
+    }
+    assert!(
+        by_second > 0,
+        "the second worker took over part of the stream"
+    );
+    second.stop().await.unwrap();
+    front.stop().await.unwrap();
+    reader.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_v1_and_v1alpha_and_health_are_served() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient as V1;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest as V1Request;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse as V1Response;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as V1Alpha;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as AlphaRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse as AlphaResponse;
+
+    let Some(services) = services() else { return };
+    let running = app::start(Role::All, &kafka_config(&services))
+        .await
+        .unwrap();
+    for (addr, mine, other) in [
+        (
+            running.order_addr.unwrap(),
+            "order.OrderService",
+            "order.CacheService",
+        ),
+        (
+            running.cache_addr.unwrap(),
+            "order.CacheService",
+            "order.OrderService",
+        ),
+    ] {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(V1Request::ListServices(String::new())),
+        };
+        let mut v1 = V1::new(channel.clone());
+        let mut stream = v1
+            .server_reflection_info(futures::stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(V1Response::ListServicesResponse(list)) =
+            stream.message().await.unwrap().unwrap().message_response
+        else {
+            panic!("no service list");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(names.contains(&mine.to_string()), "{names:?}");
+        assert!(
+            names.contains(&"grpc.health.v1.Health".to_string()),
+            "{names:?}"
+        );
+        assert!(
+            !names.contains(&other.to_string()),
+            "each server lists only its own service: {names:?}"
+        );
+
+        let request = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(AlphaRequest::ListServices(String::new())),
+        };
+        let mut alpha = V1Alpha::new(channel.clone());
+        let mut stream = alpha
+            .server_reflection_info(futures::stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(AlphaResponse::ListServicesResponse(list)) =
+            stream.message().await.unwrap().unwrap().message_response
+        else {
+            panic!("no v1alpha service list");
+        };
+        assert!(list.service.iter().any(|s| s.name == mine));
+
+        let mut health = HealthClient::new(channel);
+        let answer = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: mine.to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            answer.status(),
+            tonic_health::pb::health_check_response::ServingStatus::Serving
+        );
+    }
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_is_unavailable_never_accepted() {
+    let Some(_services) = services() else { return };
+    let broker = order_pipeline_tests::Tansu::start();
+    let mut config = kafka_config(&_services);
+    config.kafka_brokers = Some(broker.addr.clone());
+    config.produce_timeout_ms = 1500;
+    let running = app::start(Role::OrderService, &config).await.unwrap();
+    let mut orders = order_client(running.order_addr.unwrap()).await;
+    let up = orders
+        .create_order(go_request(&unique("up"), "book", 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(up.status, "accepted");
+
+    drop(broker); // kills the broker
+    let status = orders
+        .create_order(go_request(&unique("down"), "book", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("broker"), "{}", status.message());
+    running.stop().await.unwrap();
+}
