@@ -53,9 +53,54 @@ enum Command {
     Submit(SubmitArgs),
     /// Prints the result of an order from the CacheService.
     Get(GetArgs),
+    /// Checks a server's grpc.health.v1 status; exits 0 when SERVING (for healthchecks).
+    Health(HealthArgs),
+    /// Load generator: concurrent clients submit orders and wait for their results;
+    /// prints throughput and latency percentiles.
+    Bench(BenchArgs),
     /// Tools for rule plugins: run, test, benchmark and inspect them.
     #[command(subcommand)]
     Plugin(PluginCommand),
+}
+
+#[derive(Debug, Args)]
+struct HealthArgs {
+    /// Server URL.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    /// Service to ask about; empty asks about the server as a whole.
+    #[arg(long, default_value = "")]
+    service: String,
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// OrderService URL.
+    #[arg(
+        long,
+        env = "ORDER_SERVICE_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    order_addr: String,
+    /// CacheService URL.
+    #[arg(
+        long,
+        env = "CACHE_SERVICE_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    cache_addr: String,
+    /// Orders to submit.
+    #[arg(long, default_value_t = 10_000)]
+    orders: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Orders per CreateOrders call; 0 submits one by one with CreateOrder.
+    #[arg(long, default_value_t = 0)]
+    batch: usize,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -222,6 +267,8 @@ fn execute(cli: Cli, out: &mut dyn Write) -> Result<i32, String> {
         Command::CacheService(config) => return serve(Role::CacheService, &config),
         Command::Submit(args) => return runtime()?.block_on(submit(args, out)),
         Command::Get(args) => return runtime()?.block_on(get(args, out)),
+        Command::Bench(args) => return runtime()?.block_on(load(args, out)),
+        Command::Health(args) => return runtime()?.block_on(health(args, out)),
         Command::Plugin(command) => command,
     };
     match command {
@@ -367,6 +414,65 @@ async fn submit(args: SubmitArgs, out: &mut dyn Write) -> Result<i32, String> {
     )
     .map_err(|e| e.to_string())?;
     Ok(EXIT_OK)
+}
+
+async fn health(args: HealthArgs, out: &mut dyn Write) -> Result<i32, String> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let channel = tonic::transport::Channel::from_shared(args.addr.clone())
+        .map_err(|e| format!("bad URL {}: {e}", args.addr))?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach {}: {e}", args.addr))?;
+    let answer = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: args.service,
+        })
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    let status = answer.status();
+    writeln!(out, "{}", status.as_str_name()).map_err(|e| e.to_string())?;
+    Ok(if status == ServingStatus::Serving {
+        EXIT_OK
+    } else {
+        EXIT_TEST_FAILED
+    })
+}
+
+async fn load(args: BenchArgs, out: &mut dyn Write) -> Result<i32, String> {
+    use std::io::IsTerminal as _;
+    let plan = crate::bench::BenchPlan {
+        order_url: args.order_addr,
+        cache_url: args.cache_addr,
+        orders: args.orders,
+        concurrency: args.concurrency,
+        batch: args.batch,
+    };
+    let total = plan.orders;
+    let tty = std::io::stderr().is_terminal();
+    let report = crate::bench::run(&plan, move |done| {
+        if tty && (done * 20 / total.max(1)) != ((done.saturating_sub(1)) * 20 / total.max(1)) {
+            eprint!("\r{done}/{total} orders readable");
+        }
+    })
+    .await
+    .map_err(|e| format!("{e:#}"))?;
+    if tty {
+        eprintln!();
+    }
+    let text = if args.json {
+        serde_json::to_string_pretty(&report).map_err(|e| e.to_string())? + "\n"
+    } else {
+        report.summary()
+    };
+    write!(out, "{text}").map_err(|e| e.to_string())?;
+    Ok(if report.errors == 0 {
+        EXIT_OK
+    } else {
+        EXIT_TEST_FAILED
+    })
 }
 
 async fn get(args: GetArgs, out: &mut dyn Write) -> Result<i32, String> {
