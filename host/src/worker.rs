@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::join_all;
 use prost::Message as _;
 use rdkafka::Message as _;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -33,7 +34,9 @@ use crate::store::{PutOutcome, Store};
 /// Most entries the embedded worker takes at once.
 const EMBEDDED_BATCH: usize = 512;
 /// Messages queued per partition before the consumer waits.
-const LANE_QUEUE: usize = 256;
+const LANE_QUEUE: usize = 1024;
+/// Most messages of one partition processed together.
+const LANE_BATCH: usize = 256;
 /// Longest pause between attempts to reach the store or the dead-letter topic.
 const MAX_IO_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -317,77 +320,124 @@ async fn lane_loop(
     config: Arc<KafkaWorkerConfig>,
     shutdown: CancellationToken,
 ) {
-    while let Some(message) = rx.recv().await {
-        let payload = message.payload().unwrap_or_default();
-        let key = message
-            .key()
-            .map(|k| String::from_utf8_lossy(k).into_owned())
-            .unwrap_or_default();
-        let source = [
-            ("source-topic".to_string(), message.topic().to_string()),
-            (
-                "source-partition".to_string(),
-                message.partition().to_string(),
-            ),
-            ("source-offset".to_string(), message.offset().to_string()),
-        ];
-        let processed = processor
-            .process_batch(&[payload])
-            .instrument(
-                tracing::debug_span!("kafka.process", offset = message.offset(), key = %key),
-            )
-            .await
-            .pop();
-        let dead_letter = |mut headers: Vec<(String, String)>| {
-            headers.extend(source.iter().cloned());
-            let dlq = dlq.clone();
-            let config = Arc::clone(&config);
-            let key = key.clone();
-            let shutdown = shutdown.clone();
-            async move {
-                let ok = persist("dead-lettering", &shutdown, || {
-                    kafka::send(
-                        &dlq,
-                        &config.dlq_topic,
-                        &key,
-                        payload,
-                        Some(&headers),
-                        config.produce_timeout,
-                    )
-                })
-                .await;
-                if ok {
-                    tracing::warn!(key = %key, dlq = %config.dlq_topic, "dead-lettered");
-                }
-                ok
+    let mut batch = Vec::with_capacity(LANE_BATCH);
+    while let Some(first) = rx.recv().await {
+        // Take what is queued (up to LANE_BATCH): one evaluation pass, pipelined writes.
+        batch.clear();
+        batch.push(first);
+        while batch.len() < LANE_BATCH {
+            match rx.try_recv() {
+                Ok(message) => batch.push(message),
+                Err(_) => break,
             }
-        };
-        let done = match processed {
-            None => false,
-            Some(Processed::NotAnOrder { headers }) => dead_letter(headers).await,
-            Some(Processed::Result {
-                result,
-                dead_letter: headers,
-            }) => {
-                let dead_lettered = match headers {
-                    Some(headers) => dead_letter(headers).await,
-                    None => true,
-                };
-                dead_lettered && persist("writing a result", &shutdown, || store.put(&result)).await
-            }
-        };
-        if !done {
-            tracing::info!(
-                "stopping before the result was stored; the message will be redelivered"
-            );
-            break;
         }
-        if let Err(e) =
-            consumer.store_offset(message.topic(), message.partition(), message.offset())
+        let payloads: Vec<&[u8]> = batch
+            .iter()
+            .map(|m| m.payload().unwrap_or_default())
+            .collect();
+        let processed = processor
+            .process_batch(&payloads)
+            .instrument(tracing::debug_span!(
+                "kafka.process",
+                messages = batch.len()
+            ))
+            .await;
+        // Dead letters first, in order; then the results; then the offset.
+        let mut results = Vec::with_capacity(batch.len());
+        for (message, processed) in batch.iter().zip(processed) {
+            let headers = match processed {
+                Processed::NotAnOrder { headers } => Some(headers),
+                Processed::Result {
+                    result,
+                    dead_letter,
+                } => {
+                    results.push(result);
+                    dead_letter
+                }
+            };
+            if let Some(headers) = headers
+                && !dead_letter(message, headers, &dlq, &config, &shutdown).await
+            {
+                tracing::info!("stopping before the batch was stored; it will be redelivered");
+                return;
+            }
+        }
+        if !write_results(&store, &results, &shutdown).await {
+            tracing::info!("stopping before the batch was stored; it will be redelivered");
+            return;
+        }
+        if let Some(last) = batch.last()
+            && let Err(e) = consumer.store_offset(last.topic(), last.partition(), last.offset())
         {
             tracing::debug!(error = %e, "cannot store offset (partition revoked?)");
         }
     }
+}
+
+/// Publishes `message` to the dead-letter topic with `headers` plus its source.
+async fn dead_letter(
+    message: &OwnedMessage,
+    mut headers: Vec<(String, String)>,
+    dlq: &FutureProducer,
+    config: &KafkaWorkerConfig,
+    shutdown: &CancellationToken,
+) -> bool {
+    headers.extend([
+        ("source-topic".to_string(), message.topic().to_string()),
+        (
+            "source-partition".to_string(),
+            message.partition().to_string(),
+        ),
+        ("source-offset".to_string(), message.offset().to_string()),
+    ]);
+    let key = message
+        .key()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .unwrap_or_default();
+    let payload = message.payload().unwrap_or_default();
+    let ok = persist("dead-lettering", shutdown, || {
+        kafka::send(
+            dlq,
+            &config.dlq_topic,
+            &key,
+            payload,
+            Some(&headers),
+            config.produce_timeout,
+        )
+    })
+    .await;
+    if ok {
+        tracing::warn!(key = %key, dlq = %config.dlq_topic, "dead-lettered");
+    }
+    ok
+}
+
+/// Writes a batch's results concurrently (Redis pipelines them on one connection), in
+/// waves so that two results of one id are written in message order.
+async fn write_results(
+    store: &Store,
+    results: &[Box<OrderResult>],
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut waves: Vec<Vec<&OrderResult>> = Vec::new();
+    for result in results {
+        let wave = seen.entry(result.id.as_str()).or_insert(0);
+        if waves.len() <= *wave {
+            waves.push(Vec::new());
+        }
+        waves[*wave].push(result);
+        *wave += 1;
+    }
+    for wave in waves {
+        let writes = wave
+            .iter()
+            .map(|result| persist("writing a result", shutdown, move || store.put(result)));
+        if !join_all(writes).await.into_iter().all(|ok| ok) {
+            return false;
+        }
+    }
+    true
 }
 
 /// Consumes the embedded log until `shutdown`, in batches: each batch's results, dead

@@ -139,7 +139,7 @@ pub fn consumer(brokers: &str, group: &str) -> anyhow::Result<StreamConsumer> {
         .set("enable.partition.eof", "false")
         // Brokers that do not answer a fetch as soon as data arrives (tansu) would
         // otherwise hold every fetch for librdkafka's default 500 ms.
-        .set("fetch.wait.max.ms", "10")
+        .set("fetch.wait.max.ms", "5")
         .create()
         .with_context(|| format!("cannot create a Kafka consumer for `{brokers}`"))
 }

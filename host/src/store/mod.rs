@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 use crate::embedded::EmbeddedDb;
 use crate::result::OrderResult;
 
+/// Longest pause between two reads of a result a client waits for in Redis: a result is
+/// seen at most this long after it is written.
+const REDIS_POLL_MAX: Duration = Duration::from_millis(4);
+
 /// Longest wait a client may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
 
@@ -68,7 +72,7 @@ impl Store {
                         return Ok(None);
                     }
                     tokio::time::sleep(pause.min(deadline - now)).await;
-                    pause = (pause * 2).min(Duration::from_millis(20));
+                    pause = (pause * 2).min(REDIS_POLL_MAX);
                 }
             }
         }
