@@ -192,6 +192,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
                     topic: config.kafka_topic.clone(),
                     dlq_topic: config.dlq_topic.clone(),
                     group: config.worker_group.clone(),
+                    instance_id: config.worker_instance_id.clone(),
                     produce_timeout,
                 };
                 let (producer, store) = (producer.clone(), store.clone());

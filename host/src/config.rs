@@ -24,6 +24,11 @@ pub struct Config {
     /// Consumer group of the workers.
     #[arg(long, env = "WORKER_GROUP", default_value = "worker-group")]
     pub worker_group: String,
+    /// Static consumer-group membership id of this worker (e.g. the pod name). A worker
+    /// restarted with the same id takes its partitions back at once; without one, the
+    /// group waits for the broker to notice the old member is gone.
+    #[arg(long, env = "WORKER_INSTANCE_ID")]
+    pub worker_instance_id: Option<String>,
     /// Partitions of the order topic when this process creates it.
     #[arg(long, env = "KAFKA_PARTITIONS", default_value_t = 4)]
     pub kafka_partitions: i32,
@@ -106,6 +111,7 @@ impl Default for Config {
             kafka_topic: "orders".into(),
             dlq_topic: "orders-dlq".into(),
             worker_group: "worker-group".into(),
+            worker_instance_id: None,
             kafka_partitions: 4,
             kafka_replication: 1,
             redis_addr: None,

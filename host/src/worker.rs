@@ -241,6 +241,8 @@ pub struct KafkaWorkerConfig {
     pub dlq_topic: String,
     /// Consumer group.
     pub group: String,
+    /// Static group membership id (`WORKER_INSTANCE_ID`), if any.
+    pub instance_id: Option<String>,
     /// How long a dead-letter publish may wait for the broker.
     pub produce_timeout: Duration,
 }
@@ -254,7 +256,11 @@ pub async fn run_kafka(
     dlq: FutureProducer,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let consumer = Arc::new(kafka::consumer(&config.brokers, &config.group)?);
+    let consumer = Arc::new(kafka::consumer(
+        &config.brokers,
+        &config.group,
+        config.instance_id.as_deref(),
+    )?);
     consumer.subscribe(&[config.topic.as_str()])?;
     tracing::info!(topic = %config.topic, group = %config.group, "worker consuming");
     let config = Arc::new(config);

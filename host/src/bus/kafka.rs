@@ -14,6 +14,19 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::PublishError;
 
+/// Settings every client shares; `KAFKA_DEBUG` passes librdkafka debug contexts
+/// (e.g. `cgrp,topic,fetch`), logged through `tracing` at target `librdkafka`.
+fn base(brokers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    if let Ok(debug) = std::env::var("KAFKA_DEBUG")
+        && !debug.is_empty()
+    {
+        config.set("debug", debug);
+    }
+    config
+}
+
 /// A producer bound to one topic.
 #[derive(Clone)]
 pub struct KafkaPublisher {
@@ -25,8 +38,7 @@ pub struct KafkaPublisher {
 /// Producer settings: durable (acks=all), idempotent, no compression (the test broker
 /// cannot read snappy), small linger so concurrent orders share a request.
 pub fn producer(brokers: &str, timeout: Duration) -> anyhow::Result<FutureProducer> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    base(brokers)
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("compression.type", "none")
@@ -127,9 +139,18 @@ pub async fn ensure_topics(
 /// A consumer in `group` that never auto-stores offsets: the worker stores an offset
 /// only after the message's result is written, and stored offsets are committed
 /// periodically and at shutdown.
-pub fn consumer(brokers: &str, group: &str) -> anyhow::Result<StreamConsumer> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+pub fn consumer(
+    brokers: &str,
+    group: &str,
+    instance_id: Option<&str>,
+) -> anyhow::Result<StreamConsumer> {
+    let mut config = base(brokers);
+    if let Some(id) = instance_id.filter(|id| !id.is_empty()) {
+        // Static membership: a restarted worker with the same id takes its partitions
+        // back at once instead of waiting for the group to notice the old one is gone.
+        config.set("group.instance.id", id);
+    }
+    config
         .set("group.id", group)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "200")

@@ -1,0 +1,165 @@
+//! A worker process killed with SIGKILL mid-stream, then restarted, loses no order:
+//! offsets are stored only after results, so the new process redoes what was in flight.
+//! Runs against the real Redis and broker started by scripts/test.sh.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use order_pipeline::app::{self, Role};
+use order_pipeline::config::Config;
+use order_pipeline::proto::cache_service_client::CacheServiceClient;
+use order_pipeline::proto::order_service_client::OrderServiceClient;
+use order_pipeline::proto::{CreateOrdersRequest, OrderRequest, ResultRequest};
+
+fn services() -> Option<(String, String)> {
+    match (
+        std::env::var("TEST_REDIS_ADDR"),
+        std::env::var("TEST_KAFKA_BROKERS"),
+    ) {
+        (Ok(redis), Ok(kafka)) => Some((redis, kafka)),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!(
+                "CI is set but TEST_REDIS_ADDR / TEST_KAFKA_BROKERS are not: use scripts/test.sh"
+            )
+        }
+        _ => {
+            eprintln!("skipped: TEST_REDIS_ADDR / TEST_KAFKA_BROKERS not set");
+            None
+        }
+    }
+}
+
+/// Starts `order-pipeline worker` as a child process with `config`'s Kafka and Redis.
+fn worker_process(config: &Config, ruleset: Option<&std::path::Path>) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_order-pipeline"));
+    command
+        .arg("worker")
+        .env("KAFKA_BROKERS", config.kafka_brokers.as_deref().unwrap())
+        .env("REDIS_ADDR", config.redis_addr.as_deref().unwrap())
+        .env("KAFKA_TOPIC", &config.kafka_topic)
+        .env("DLQ_TOPIC", &config.dlq_topic)
+        .env("WORKER_GROUP", &config.worker_group)
+        .env(
+            "WORKER_INSTANCE_ID",
+            format!("{}-worker-1", config.worker_group),
+        )
+        .env("PLUGIN_FUEL", "1000000000")
+        .env(
+            "RUST_LOG",
+            std::env::var("WORKER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    if let Some(ruleset) = ruleset {
+        command.env("RULESET", ruleset);
+    }
+    command.spawn().expect("start the worker binary")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_worker_loses_nothing() {
+    let Some((redis, kafka)) = services() else {
+        return;
+    };
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let config = Config {
+        kafka_brokers: Some(kafka),
+        redis_addr: Some(redis),
+        kafka_topic: format!("kill-orders-{stamp}"),
+        dlq_topic: format!("kill-dlq-{stamp}"),
+        worker_group: format!("kill-group-{stamp}"),
+        kafka_partitions: 2,
+        order_service_addr: "127.0.0.1:0".into(),
+        cache_service_addr: "127.0.0.1:0".into(),
+        ..Config::default()
+    };
+    let front = app::start(Role::OrderService, &config).await.unwrap();
+    let reader = app::start(Role::CacheService, &config).await.unwrap();
+    let mut orders = OrderServiceClient::connect(format!("http://{}", front.order_addr.unwrap()))
+        .await
+        .unwrap();
+    let mut cache = CacheServiceClient::connect(format!("http://{}", reader.cache_addr.unwrap()))
+        .await
+        .unwrap();
+
+    // A slow first worker (a rule that burns CPU), so that it is mid-stream when killed.
+    let dir = tempfile::tempdir().unwrap();
+    let slow = dir.path().join("slow.toml");
+    let wasm =
+        std::path::Path::new(order_pipeline::ruleset::PLUGIN_BUILD_DIR).join("fixture_slow.wasm");
+    std::fs::write(
+        &slow,
+        format!(
+            "[[rule]]\nplugin = {:?}\n[rule.config]\niterations = 10000000\n",
+            wasm.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut first = worker_process(&config, Some(&slow));
+
+    let ids: Vec<String> = (0..300).map(|i| format!("kill-{stamp}-{i}")).collect();
+    let batch = ids
+        .iter()
+        .map(|id| OrderRequest {
+            id: id.clone(),
+            item: "book".into(),
+            price: 3,
+            ..Default::default()
+        })
+        .collect();
+    let responses = orders
+        .create_orders(CreateOrdersRequest { orders: batch })
+        .await
+        .unwrap()
+        .into_inner()
+        .responses;
+    assert!(responses.iter().all(|r| r.status == "accepted"));
+
+    // Once the first worker has written a result, kill it without warning.
+    let get = |id: String, wait_ms: u32| ResultRequest { id, wait_ms };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if cache
+            .get_order_result(get(ids[0].clone(), 1000))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first worker wrote nothing within 60 s"
+        );
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    let mut second = worker_process(&config, None);
+    let mut by_second = 0;
+    for id in &ids {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let result = loop {
+            match cache.get_order_result(get(id.clone(), 5000)).await {
+                Ok(result) => break result.into_inner(),
+                Err(status)
+                    if status.code() == tonic::Code::NotFound && Instant::now() < deadline => {}
+                Err(status) => panic!("{id}: {status:?}"),
+            }
+        };
+        assert_eq!(result.status, "done", "{id}");
+        by_second += usize::from(result.rules[0].name == "rule-validate");
+    }
+    assert!(
+        by_second > 0,
+        "the restarted worker finished what the killed one left"
+    );
+    second.kill().unwrap();
+    second.wait().unwrap();
+    front.stop().await.unwrap();
+    reader.stop().await.unwrap();
+}
