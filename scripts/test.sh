@@ -91,4 +91,7 @@ cargo build --quiet -p order-pipeline
   --examples examples/rule-template/examples
 
 step "cargo test"
-cargo test --workspace "$@"
+cargo test --workspace "$@" 2>&1 | tee "$RUN_DIR/cargo-test.log"
+# One closing line for the whole run: every test binary's counts added up.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "\ncargo test: %d passed, %d failed\n", p, f }' "$RUN_DIR/cargo-test.log"
