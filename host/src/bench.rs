@@ -197,13 +197,7 @@ pub async fn run(
 
 fn percentiles(samples: &mut [Duration]) -> Percentiles {
     samples.sort_unstable();
-    let at = |p: f64| -> f64 {
-        if samples.is_empty() {
-            return 0.0;
-        }
-        let idx = ((samples.len() as f64 * p).ceil() as usize).clamp(1, samples.len()) - 1;
-        samples[idx].as_secs_f64() * 1e3
-    };
+    let at = |p: f64| crate::runner::percentile(samples, p).as_secs_f64() * 1e3;
     Percentiles {
         p50_ms: at(0.5),
         p90_ms: at(0.9),

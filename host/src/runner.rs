@@ -316,13 +316,7 @@ pub fn bench(chain: &RuleChain, orders: &[Order], count: usize, warmup: usize) -
     }
     let total = started.elapsed();
     times.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if times.is_empty() {
-            return 0.0;
-        }
-        let idx = ((times.len() as f64 * p).ceil() as usize).clamp(1, times.len()) - 1;
-        times[idx].as_secs_f64() * 1e6
-    };
+    let pct = |p: f64| percentile(&times, p).as_secs_f64() * 1e6;
     BenchReport {
         orders: times.len(),
         orders_per_sec: times.len() as f64 / total.as_secs_f64().max(f64::EPSILON),
@@ -332,6 +326,15 @@ pub fn bench(chain: &RuleChain, orders: &[Order], count: usize, warmup: usize) -
         max_us: pct(1.0),
         statuses,
     }
+}
+
+/// The nearest-rank `p` percentile (0..=1) of `sorted`; zero when empty.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
 }
 
 impl BenchReport {
@@ -355,6 +358,15 @@ impl BenchReport {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let times: Vec<Duration> = (1..=100).map(Duration::from_micros).collect();
+        assert_eq!(percentile(&times, 0.5), Duration::from_micros(50));
+        assert_eq!(percentile(&times, 0.99), Duration::from_micros(99));
+        assert_eq!(percentile(&times, 1.0), Duration::from_micros(100));
+        assert_eq!(percentile(&[], 0.5), Duration::ZERO);
+    }
 
     #[test]
     fn subset_match_ignores_unlisted_keys() {

@@ -66,6 +66,22 @@ pub enum Processed {
     },
 }
 
+/// Headers of a dead letter: (name, value).
+pub type Headers = Vec<(String, String)>;
+
+impl Processed {
+    /// The result to write (if any) and the dead-letter headers (if any).
+    pub fn into_parts(self) -> (Option<Box<OrderResult>>, Option<Headers>) {
+        match self {
+            Self::Result {
+                result,
+                dead_letter,
+            } => (Some(result), dead_letter),
+            Self::NotAnOrder { headers } => (None, Some(headers)),
+        }
+    }
+}
+
 /// Turns log entries into results with a rule chain.
 pub struct Processor {
     chain: Arc<RuleChain>,
@@ -351,16 +367,8 @@ async fn lane_loop(
         // Dead letters first, in order; then the results; then the offset.
         let mut results = Vec::with_capacity(batch.len());
         for (message, processed) in batch.iter().zip(processed) {
-            let headers = match processed {
-                Processed::NotAnOrder { headers } => Some(headers),
-                Processed::Result {
-                    result,
-                    dead_letter,
-                } => {
-                    results.push(result);
-                    dead_letter
-                }
-            };
+            let (result, headers) = processed.into_parts();
+            results.extend(result);
             if let Some(headers) = headers
                 && !dead_letter(message, headers, &dlq, &config, &shutdown).await
             {
@@ -465,16 +473,8 @@ pub async fn run_embedded(
         let mut results = Vec::with_capacity(batch.len());
         let mut dead_letters = Vec::new();
         for ((seq, payload), processed) in batch.iter().zip(processed) {
-            let headers = match processed {
-                Processed::NotAnOrder { headers } => Some(headers),
-                Processed::Result {
-                    result,
-                    dead_letter,
-                } => {
-                    results.push(*result);
-                    dead_letter
-                }
-            };
+            let (result, headers) = processed.into_parts();
+            results.extend(result.map(|r| *r));
             if let Some(mut headers) = headers {
                 headers.push(("source-seq".to_string(), seq.to_string()));
                 dead_letters.push(DeadLetterRecord {
