@@ -23,11 +23,14 @@ fn compile_proto() -> Result<(), String> {
     // SAFETY: the build script is single-threaded; the variable is read by the generator.
     unsafe { env::set_var("PROTOC", protoc) };
     let out_dir = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
-    println!("cargo:rerun-if-changed=../proto/order.proto");
+    println!("cargo:rerun-if-changed=../proto");
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("order_descriptor.bin"))
-        .compile_protos(&["../proto/order.proto"], &["../proto"])
-        .map_err(|e| format!("compiling proto/order.proto: {e}"))
+        .compile_protos(
+            &["../proto/order.proto", "../proto/admin.proto"],
+            &["../proto"],
+        )
+        .map_err(|e| format!("compiling proto/: {e}"))
 }
 
 fn run() -> Result<(), String> {

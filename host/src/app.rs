@@ -16,13 +16,17 @@ use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::service::Routes;
 
+use crate::api::admin_service::{AdminApi, TokenCheck};
 use crate::api::{self, cache_service::CacheApi, order_service::OrderApi};
 use crate::bus::{Publisher, kafka};
 use crate::config::Config;
 use crate::embedded::EmbeddedDb;
 use crate::engine::{Engine, RuleChain};
+use crate::live::LiveRuleset;
+use crate::proto::admin::admin_service_server::AdminServiceServer;
 use crate::proto::cache_service_server::CacheServiceServer;
 use crate::proto::order_service_server::OrderServiceServer;
+use crate::registry::{RedisRegistry, Registry};
 use crate::ruleset;
 use crate::store::{Store, redis::RedisStore};
 use crate::worker::{self, KafkaWorkerConfig, Processor, RetryPolicy};
@@ -58,6 +62,10 @@ pub struct Running {
     pub order_addr: Option<SocketAddr>,
     /// Where the CacheService listens, if this process runs it.
     pub cache_addr: Option<SocketAddr>,
+    /// Where the AdminService listens, if this process runs a worker.
+    pub admin_addr: Option<SocketAddr>,
+    /// The worker's live ruleset, if this process runs a worker.
+    pub live: Option<Arc<LiveRuleset>>,
     /// The embedded database, in embedded mode.
     pub embedded: Option<Arc<EmbeddedDb>>,
     shutdown: CancellationToken,
@@ -75,6 +83,7 @@ impl Running {
                 first_error.get_or_insert(e);
             }
         }
+        drop(self.live.take());
         if let Some(db) = self.embedded.take()
             && let Err(e) = db.close().await
         {
@@ -169,11 +178,23 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
 
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
+    let mut live_ruleset: Option<Arc<LiveRuleset>> = None;
 
     if role.works() {
-        let chain = Arc::new(load_chain(config).await?);
+        let (engine, seed) = load_chain(config).await?;
+        let registry = match (&embedded, redis_addr) {
+            (Some(db), _) => Registry::Embedded(Arc::clone(db)),
+            (None, Some(addr)) => Registry::Redis(Box::new(
+                RedisRegistry::connect(addr, &config.worker_group).await?,
+            )),
+            (None, None) => anyhow::bail!("the worker has no registry (a bug in start-up)"),
+        };
+        let live = LiveRuleset::start(engine, registry, seed).await?;
+        let stop = shutdown.clone();
+        tasks.spawn(Arc::clone(&live).follow(stop));
+        live_ruleset = Some(Arc::clone(&live));
         let processor = Arc::new(Processor::new(
-            chain,
+            live,
             RetryPolicy {
                 max_retries: config.max_retries,
                 backoff: Duration::from_millis(config.retry_backoff_ms),
@@ -252,9 +273,43 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         tracing::info!(addr = %cache_addr.map(|a| a.to_string()).unwrap_or_default(), "CacheService listening");
     }
 
+    let mut admin_addr = None;
+    if let Some(live) = &live_ruleset {
+        let addr = config.admin_socket().map_err(anyhow::Error::msg)?;
+        let token = config.admin_token.clone().filter(|t| !t.is_empty());
+        if token.is_none() {
+            if !addr.ip().is_loopback() {
+                anyhow::bail!(
+                    "ADMIN_ADDR {addr} is not a loopback address: set ADMIN_TOKEN, or listen on 127.0.0.1"
+                );
+            }
+            tracing::warn!(%addr, "admin API without ADMIN_TOKEN: anyone on this host can deploy rules");
+        }
+        let listener = bind("ADMIN_ADDR", Ok(addr)).await?;
+        admin_addr = Some(listener.local_addr()?);
+        let service = AdminServiceServer::with_interceptor(
+            AdminApi::new(Arc::clone(live)),
+            TokenCheck::new(token),
+        );
+        let routes = Routes::new(service);
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            api::serve(
+                listener,
+                AdminServiceServer::<AdminApi>::NAME,
+                routes,
+                stop.cancelled_owned(),
+            )
+            .await
+        });
+        tracing::info!(addr = %admin_addr.map(|a| a.to_string()).unwrap_or_default(), "AdminService listening");
+    }
+
     Ok(Running {
         order_addr,
         cache_addr,
+        admin_addr,
+        live: live_ruleset,
         embedded,
         shutdown,
         tasks,
@@ -269,7 +324,7 @@ async fn bind(name: &str, addr: Result<SocketAddr, String>) -> anyhow::Result<Tc
 }
 
 /// Loads the configured ruleset (or the default) with the configured limits.
-async fn load_chain(config: &Config) -> anyhow::Result<RuleChain> {
+async fn load_chain(config: &Config) -> anyhow::Result<(Engine, RuleChain)> {
     let limits = config.limits.limits();
     let path = config.ruleset.clone();
     tokio::task::spawn_blocking(move || {
@@ -287,7 +342,7 @@ async fn load_chain(config: &Config) -> anyhow::Result<RuleChain> {
                 "rule loaded"
             );
         }
-        Ok(chain)
+        Ok((engine, chain))
     })
     .await
     .context("loading the ruleset panicked")?

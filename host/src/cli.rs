@@ -180,6 +180,54 @@ enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Deploys a plugin to the running pipeline (through the AdminService): it is checked
+    /// (world, config, examples, smoke order) and goes live on every worker.
+    Deploy {
+        /// The plugin component (.wasm).
+        plugin: PathBuf,
+        /// Its config, as KEY=VALUE (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        config: Vec<(String, String)>,
+        /// Put it before this rule.
+        #[arg(long, conflicts_with_all = ["after", "replace"])]
+        before: Option<String>,
+        /// Put it after this rule.
+        #[arg(long, conflicts_with = "replace")]
+        after: Option<String>,
+        /// Replace this rule.
+        #[arg(long)]
+        replace: Option<String>,
+        /// Instance isolation.
+        #[arg(long, value_enum, default_value = "fresh")]
+        isolation: IsolationArg,
+        /// Examples (NAME.json + NAME.expected.json) the plugin must pass on its own first.
+        #[arg(long)]
+        examples: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Shows the active ruleset of the running pipeline.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Shows every ruleset version, newest first.
+    History {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Makes an earlier ruleset version active again.
+    Activate {
+        /// The version to activate.
+        version: u64,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Activates the version that was active before the current one.
+    Rollback {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Loads a plugin and prints its name, version, description, digest and size.
     Inspect {
         /// The plugin component (.wasm).
@@ -206,6 +254,17 @@ struct ChainArgs {
     isolation: IsolationArg,
     #[command(flatten)]
     limits: LimitArgs,
+}
+
+/// Where the AdminService is and how to authenticate.
+#[derive(Debug, Args)]
+struct AdminArgs {
+    /// AdminService URL.
+    #[arg(long, env = "ADMIN_URL", default_value = "http://127.0.0.1:50053")]
+    admin_addr: String,
+    /// Bearer token (ADMIN_TOKEN).
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -322,6 +381,75 @@ fn execute(cli: Cli, out: &mut dyn Write) -> Result<i32, String> {
             write!(out, "{text}").map_err(|e| e.to_string())?;
             Ok(EXIT_OK)
         }
+        PluginCommand::Deploy {
+            plugin,
+            config,
+            before,
+            after,
+            replace,
+            isolation,
+            examples,
+            admin,
+        } => {
+            use crate::proto::admin::{DeployRequest, Example, deploy_request::Position};
+            let wasm = std::fs::read(&plugin)
+                .map_err(|e| format!("cannot read {}: {e}", plugin.display()))?;
+            let examples = match examples {
+                Some(dir) => runner::load_examples(&dir)
+                    .map_err(|e| format!("cannot read examples in {}: {e}", dir.display()))?
+                    .into_iter()
+                    .map(|e| {
+                        let read = |suffix: &str| {
+                            let path = dir.join(format!("{}{suffix}", e.name));
+                            std::fs::read_to_string(&path)
+                                .map_err(|err| format!("{}: {err}", path.display()))
+                        };
+                        Ok(Example {
+                            order_json: read(".json")?,
+                            expected_json: read(runner::EXPECTED_SUFFIX)?,
+                            name: e.name,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, String>>()?,
+                None => Vec::new(),
+            };
+            let request = DeployRequest {
+                wasm,
+                config: config.into_iter().collect(),
+                position: before
+                    .map(Position::Before)
+                    .or(after.map(Position::After))
+                    .or(replace.map(Position::Replace)),
+                isolation: match isolation {
+                    IsolationArg::Fresh => "fresh".into(),
+                    IsolationArg::Reuse => "reuse".into(),
+                },
+                examples,
+            };
+            admin_call(&admin, out, |mut c| async move {
+                c.deploy(request).await.map(|r| vec![r.into_inner()])
+            })
+        }
+        PluginCommand::List { admin } => admin_call(&admin, out, |mut c| async move {
+            c.active(crate::proto::admin::ActiveRequest {})
+                .await
+                .map(|r| vec![r.into_inner()])
+        }),
+        PluginCommand::History { admin } => admin_call(&admin, out, |mut c| async move {
+            c.history(crate::proto::admin::HistoryRequest {})
+                .await
+                .map(|r| r.into_inner().versions)
+        }),
+        PluginCommand::Activate { version, admin } => admin_call(&admin, out, |mut c| async move {
+            c.activate(crate::proto::admin::ActivateRequest { version })
+                .await
+                .map(|r| vec![r.into_inner()])
+        }),
+        PluginCommand::Rollback { admin } => admin_call(&admin, out, |mut c| async move {
+            c.rollback(crate::proto::admin::RollbackRequest {})
+                .await
+                .map(|r| vec![r.into_inner()])
+        }),
         PluginCommand::Inspect { plugin, limits } => {
             let engine = Engine::new(limits.limits()).map_err(|e| format!("{e:#}"))?;
             let bytes = std::fs::read(&plugin)
@@ -340,6 +468,87 @@ fn execute(cli: Cli, out: &mut dyn Write) -> Result<i32, String> {
             Ok(EXIT_OK)
         }
     }
+}
+
+type AdminClient = crate::proto::admin::admin_service_client::AdminServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
+>;
+
+/// Adds `authorization: Bearer <token>` to every admin call.
+#[derive(Clone)]
+struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// Connects to the AdminService, runs `call`, prints the rulesets it answers.
+fn admin_call<F, Fut>(admin: &AdminArgs, out: &mut dyn Write, call: F) -> Result<i32, String>
+where
+    F: FnOnce(AdminClient) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<crate::proto::admin::RulesetInfo>, tonic::Status>>,
+{
+    let token =
+        match &admin.token {
+            Some(token) => Some(format!("Bearer {token}").parse().map_err(|_| {
+                "ADMIN_TOKEN has characters that cannot go in a header".to_string()
+            })?),
+            None => None,
+        };
+    let rulesets = runtime()?.block_on(async {
+        let channel = tonic::transport::Channel::from_shared(admin.admin_addr.clone())
+            .map_err(|e| format!("bad URL {}: {e}", admin.admin_addr))?
+            .connect()
+            .await
+            .map_err(|e| format!("cannot reach the AdminService at {}: {e}", admin.admin_addr))?;
+        let client =
+            crate::proto::admin::admin_service_client::AdminServiceClient::with_interceptor(
+                channel,
+                BearerToken(token),
+            );
+        call(client)
+            .await
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+    })?;
+    for ruleset in rulesets {
+        let active = if ruleset.active { " (active)" } else { "" };
+        writeln!(
+            out,
+            "version {}{active}: {}",
+            ruleset.version, ruleset.reason
+        )
+        .map_err(|e| e.to_string())?;
+        for (i, rule) in ruleset.rules.iter().enumerate() {
+            let mut config: Vec<String> = rule
+                .config
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            config.sort();
+            writeln!(
+                out,
+                "  {}. {} {} {} {} {}",
+                i + 1,
+                rule.name,
+                rule.version,
+                &rule.digest[..rule.digest.len().min(12)],
+                rule.isolation,
+                config.join(" ")
+            )
+            .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(EXIT_OK)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -521,6 +730,7 @@ fn result_json(r: &crate::proto::ResultResponse) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "error": r.error,
         "attempts": r.attempts,
+        "ruleset_version": r.ruleset_version,
         "processed_at_unix_ms": r.processed_at_unix_ms,
     })
 }

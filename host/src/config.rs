@@ -44,6 +44,13 @@ pub struct Config {
     /// Listen address of the CacheService.
     #[arg(long, env = "CACHE_SERVICE_ADDR", default_value = "0.0.0.0:50052")]
     pub cache_service_addr: String,
+    /// Listen address of the AdminService (deploy, activate, roll back rules); served by
+    /// processes that run a worker.
+    #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:50053")]
+    pub admin_addr: String,
+    /// Bearer token the AdminService requires; required unless ADMIN_ADDR is loopback.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Directory of the embedded log and store.
     #[arg(long, env = "DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -117,6 +124,8 @@ impl Default for Config {
             redis_addr: None,
             order_service_addr: "0.0.0.0:50051".into(),
             cache_service_addr: "0.0.0.0:50052".into(),
+            admin_addr: "127.0.0.1:50053".into(),
+            admin_token: None,
             data_dir: PathBuf::from("data"),
             ruleset: None,
             default_currency: "USD".into(),
@@ -133,6 +142,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         self.order_service_socket()?;
         self.cache_service_socket()?;
+        self.admin_socket()?;
         for (name, value) in [
             ("KAFKA_TOPIC", &self.kafka_topic),
             ("DLQ_TOPIC", &self.dlq_topic),
@@ -168,6 +178,11 @@ impl Config {
     /// The OrderService listen address.
     pub fn order_service_socket(&self) -> Result<SocketAddr, String> {
         parse_listen("ORDER_SERVICE_ADDR", &self.order_service_addr)
+    }
+
+    /// The AdminService listen address.
+    pub fn admin_socket(&self) -> Result<SocketAddr, String> {
+        parse_listen("ADMIN_ADDR", &self.admin_addr)
     }
 
     /// The CacheService listen address.

@@ -22,6 +22,12 @@ const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const RESULTS: TableDefinition<&str, &str> = TableDefinition::new("results");
 const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+const PLUGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugins");
+const RULESETS: TableDefinition<u64, &str> = TableDefinition::new("rulesets");
+/// META key: the active ruleset version.
+const ACTIVE_RULESET: &str = "active_ruleset";
+/// META key: the newest ruleset version.
+const LATEST_RULESET: &str = "latest_ruleset";
 
 /// META key: sequence number the next append gets.
 const NEXT_SEQ: &str = "next_seq";
@@ -53,6 +59,7 @@ pub struct EmbeddedDb {
     appender: Mutex<Option<JoinHandle<()>>>,
     head: watch::Receiver<u64>,
     results: watch::Sender<u64>,
+    rulesets: watch::Sender<u64>,
 }
 
 impl EmbeddedDb {
@@ -72,6 +79,8 @@ impl EmbeddedDb {
             txn.open_table(LOG)?;
             txn.open_table(RESULTS)?;
             txn.open_table(DEAD_LETTERS)?;
+            txn.open_table(PLUGINS)?;
+            txn.open_table(RULESETS)?;
             let meta = txn.open_table(META)?;
             meta.get(NEXT_SEQ)?.map_or(0, |v| v.value())
         };
@@ -81,7 +90,9 @@ impl EmbeddedDb {
         let (head_tx, head) = watch::channel(next);
         let appender = tokio::spawn(append_loop(Arc::clone(&db), rx, head_tx));
         let (results, _) = watch::channel(0);
+        let (rulesets, _) = watch::channel(0);
         Ok(Arc::new(Self {
+            rulesets,
             db,
             appends,
             appender: Mutex::new(Some(appender)),
@@ -252,6 +263,106 @@ impl EmbeddedDb {
                 return Ok(None);
             }
         }
+    }
+
+    /// Stores a plugin's bytes under its digest.
+    pub async fn put_plugin(&self, digest: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let (db, digest, bytes) = (Arc::clone(&self.db), digest.to_string(), bytes.to_vec());
+        blocking(move || {
+            let txn = db.begin_write()?;
+            txn.open_table(PLUGINS)?
+                .insert(digest.as_str(), bytes.as_slice())?;
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A plugin's bytes by digest.
+    pub async fn plugin(&self, digest: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let (db, digest) = (Arc::clone(&self.db), digest.to_string());
+        blocking(move || {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(PLUGINS)?;
+            Ok(table.get(digest.as_str())?.map(|v| v.value().to_vec()))
+        })
+        .await
+    }
+
+    async fn meta(&self, key: &'static str) -> anyhow::Result<Option<u64>> {
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            let txn = db.begin_read()?;
+            Ok(txn.open_table(META)?.get(key)?.map(|v| v.value()))
+        })
+        .await
+    }
+
+    /// The active ruleset version.
+    pub async fn active_ruleset(&self) -> anyhow::Result<Option<u64>> {
+        self.meta(ACTIVE_RULESET).await
+    }
+
+    /// The newest ruleset version (0 when there is none).
+    pub async fn latest_ruleset(&self) -> anyhow::Result<u64> {
+        Ok(self.meta(LATEST_RULESET).await?.unwrap_or(0))
+    }
+
+    /// A ruleset version's JSON body.
+    pub async fn ruleset(&self, version: u64) -> anyhow::Result<Option<String>> {
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(RULESETS)?;
+            Ok(table.get(version)?.map(|v| v.value().to_string()))
+        })
+        .await
+    }
+
+    /// Activates `body` as a new version if the active one is still `expect`.
+    pub async fn activate_ruleset(
+        &self,
+        body: String,
+        expect: crate::registry::Expect,
+    ) -> Result<u64, crate::registry::ActivateError> {
+        use crate::registry::{ActivateError, Expect};
+        let db = Arc::clone(&self.db);
+        let outcome = blocking(move || {
+            let txn = db.begin_write()?;
+            let outcome = {
+                let mut meta = txn.open_table(META)?;
+                let active = meta.get(ACTIVE_RULESET)?.map(|v| v.value());
+                let matches = match expect {
+                    Expect::Nothing => active.is_none(),
+                    Expect::Version(v) => active == Some(v),
+                };
+                if matches {
+                    let version = meta.get(LATEST_RULESET)?.map_or(0, |v| v.value()) + 1;
+                    txn.open_table(RULESETS)?.insert(version, body.as_str())?;
+                    meta.insert(LATEST_RULESET, version)?;
+                    meta.insert(ACTIVE_RULESET, version)?;
+                    Ok(version)
+                } else {
+                    Err(active)
+                }
+            };
+            txn.commit()?;
+            Ok(outcome)
+        })
+        .await
+        .map_err(ActivateError::Store)?;
+        match outcome {
+            Ok(version) => {
+                self.rulesets.send_replace(version);
+                Ok(version)
+            }
+            Err(active) => Err(ActivateError::Conflict(active)),
+        }
+    }
+
+    /// Changes whenever a ruleset version is activated.
+    pub fn ruleset_changes(&self) -> watch::Receiver<u64> {
+        self.rulesets.subscribe()
     }
 
     /// Every dead letter, oldest first.

@@ -3,5 +3,10 @@
 
 tonic::include_proto!("order");
 
+/// The admin API (`proto/admin.proto`, package `order.admin`).
+pub mod admin {
+    tonic::include_proto!("order.admin");
+}
+
 /// The encoded file descriptor set, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("order_descriptor");

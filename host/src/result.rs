@@ -57,6 +57,9 @@ pub struct OrderResult {
     pub error: String,
     /// How many times the chain ran.
     pub attempts: u32,
+    /// The ruleset version that made this result (0: none recorded).
+    #[serde(default)]
+    pub ruleset_version: u64,
     /// When the result was made, Unix milliseconds.
     pub processed_at_unix_ms: i64,
 }
@@ -104,6 +107,7 @@ impl OrderResult {
             rules: evaluation.rules,
             error,
             attempts,
+            ruleset_version: 0,
             processed_at_unix_ms: now_unix_ms(),
         }
     }
@@ -167,6 +171,7 @@ impl OrderResult {
             rules: Vec::new(),
             error: String::new(),
             attempts: 1,
+            ruleset_version: 0,
             processed_at_unix_ms: 0,
         })
     }
@@ -200,6 +205,7 @@ mod tests {
             rules: Vec::new(),
             error: String::new(),
             attempts: 1,
+            ruleset_version: 0,
             processed_at_unix_ms: 0,
         }
     }

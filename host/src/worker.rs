@@ -25,7 +25,8 @@ use tracing::Instrument as _;
 use crate::api::convert::order_from_request;
 use crate::bus::kafka;
 use crate::embedded::{DeadLetterRecord, EmbeddedDb};
-use crate::engine::{RuleChain, Status};
+use crate::engine::Status;
+use crate::live::LiveRuleset;
 use crate::order::Order;
 use crate::proto;
 use crate::result::{OrderResult, ResultStatus};
@@ -82,18 +83,18 @@ impl Processed {
     }
 }
 
-/// Turns log entries into results with a rule chain.
+/// Turns log entries into results with the live ruleset.
 pub struct Processor {
-    chain: Arc<RuleChain>,
+    live: Arc<LiveRuleset>,
     retry: RetryPolicy,
     default_currency: String,
 }
 
 impl Processor {
-    /// A processor running `chain`.
-    pub fn new(chain: Arc<RuleChain>, retry: RetryPolicy, default_currency: &str) -> Self {
+    /// A processor evaluating with `live`'s current chain.
+    pub fn new(live: Arc<LiveRuleset>, retry: RetryPolicy, default_currency: &str) -> Self {
         Self {
-            chain,
+            live,
             retry,
             default_currency: default_currency.to_string(),
         }
@@ -107,9 +108,11 @@ impl Processor {
             .iter()
             .filter_map(|d| d.as_ref().ok().cloned())
             .collect();
-        let chain = Arc::clone(&self.chain);
+        // The whole batch is evaluated by one ruleset version.
+        let active = self.live.current();
+        let first_version = active.version;
         let evaluations = tokio::task::spawn_blocking(move || {
-            let evaluations: Vec<_> = orders.iter().map(|o| chain.evaluate(o)).collect();
+            let evaluations: Vec<_> = orders.iter().map(|o| active.chain.evaluate(o)).collect();
             (orders, evaluations)
         })
         .await;
@@ -133,37 +136,40 @@ impl Processor {
             match d {
                 Err(reason) => out.push(not_an_order(reason)),
                 Ok(_) => {
-                    let Some((order, evaluation)) = evaluated.next() else {
+                    let Some((order, mut evaluation)) = evaluated.next() else {
                         break;
                     };
                     let mut attempts = 1;
-                    let mut evaluation = evaluation;
-                    while evaluation.status == Status::Retryable
-                        && attempts <= self.retry.max_retries
+                    let mut version = first_version;
+                    // Retry a retryable outcome; and a failure if the ruleset was switched
+                    // meanwhile (a rollback), under the new version.
+                    while attempts <= self.retry.max_retries
+                        && (evaluation.status == Status::Retryable
+                            || (evaluation.status == Status::Failed
+                                && self.live.current().version != version))
                     {
                         let pause = self
                             .retry
                             .backoff
                             .saturating_mul(1 << (attempts - 1).min(16));
-                        tracing::info!(order_id = %order.id, attempts, ?pause, "retryable outcome, retrying");
+                        tracing::info!(order_id = %order.id, attempts, ?pause, "retrying");
                         tokio::time::sleep(pause).await;
                         attempts += 1;
-                        let chain = Arc::clone(&self.chain);
+                        let active = self.live.current();
+                        version = active.version;
                         let again = order.clone();
-                        evaluation =
-                            match tokio::task::spawn_blocking(move || chain.evaluate(&again)).await
-                            {
-                                Ok(evaluation) => evaluation,
-                                Err(e) => {
-                                    out.push(failed_by_host(
-                                        &order,
-                                        &format!("evaluation panicked: {e}"),
-                                    ));
-                                    continue;
-                                }
-                            };
+                        match tokio::task::spawn_blocking(move || active.chain.evaluate(&again))
+                            .await
+                        {
+                            Ok(next) => evaluation = next,
+                            Err(e) => {
+                                tracing::error!(error = %e, "rule evaluation panicked");
+                                break;
+                            }
+                        }
                     }
-                    let result = OrderResult::from_evaluation(&order, evaluation, attempts);
+                    let mut result = OrderResult::from_evaluation(&order, evaluation, attempts);
+                    result.ruleset_version = version;
                     let dead_letter = (result.status == ResultStatus::Failed).then(|| {
                         let rule = result
                             .rules

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
+mod deploy;
 mod embedded;
 mod engine;
 mod hostile;

@@ -140,6 +140,7 @@ pub fn kafka_config(services: &Services) -> order_pipeline::config::Config {
         kafka_partitions: 2,
         order_service_addr: "127.0.0.1:0".into(),
         cache_service_addr: "127.0.0.1:0".into(),
+        admin_addr: "127.0.0.1:0".into(),
         retry_backoff_ms: 10,
         produce_timeout_ms: 5000,
         ..order_pipeline::config::Config::default()
@@ -152,6 +153,7 @@ pub fn embedded_config(data_dir: &Path) -> order_pipeline::config::Config {
         data_dir: data_dir.to_path_buf(),
         order_service_addr: "127.0.0.1:0".into(),
         cache_service_addr: "127.0.0.1:0".into(),
+        admin_addr: "127.0.0.1:0".into(),
         retry_backoff_ms: 10,
         ..order_pipeline::config::Config::default()
     }

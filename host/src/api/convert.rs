@@ -272,6 +272,7 @@ pub fn result_response(result: &OrderResult) -> proto::ResultResponse {
         error: result.error.clone(),
         attempts: result.attempts,
         processed_at_unix_ms: result.processed_at_unix_ms,
+        ruleset_version: result.ruleset_version,
     }
 }
 

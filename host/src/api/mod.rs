@@ -2,6 +2,7 @@
 //! Each server carries its own service plus `grpc.health.v1` and gRPC reflection (v1
 //! and v1alpha, as the Go servers did), advertising only what it serves.
 
+pub mod admin_service;
 pub mod cache_service;
 pub mod convert;
 pub mod order_service;

@@ -76,7 +76,7 @@ pub struct Plugin {
     name: Arc<str>,
     info: PluginInfo,
     digest: String,
-    size: usize,
+    bytes: Arc<[u8]>,
 }
 
 impl fmt::Debug for Plugin {
@@ -110,7 +110,7 @@ impl Engine {
                 description: String::new(),
             },
             digest: digest(bytes),
-            size: bytes.len(),
+            bytes: Arc::from(bytes),
         };
         let info = Instance::new(&plugin)
             .and_then(|mut instance| instance.describe(&plugin))
@@ -144,7 +144,12 @@ impl Plugin {
 
     /// Size of the component in bytes.
     pub fn size(&self) -> usize {
-        self.size
+        self.bytes.len()
+    }
+
+    /// The component's bytes (what its digest is of).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
     }
 
     pub(crate) fn engine(&self) -> &Engine {

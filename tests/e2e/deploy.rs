@@ -1,0 +1,360 @@
+//! Deploying, swapping and rolling back rules while orders flow (AdminService).
+
+use std::time::{Duration, Instant};
+
+use order_pipeline::app::{self, Role};
+use order_pipeline::proto::admin::admin_service_client::AdminServiceClient;
+use order_pipeline::proto::admin::{self, DeployRequest, deploy_request::Position};
+use order_pipeline::proto::{CreateOrdersRequest, OrderLine, OrderRequest};
+use order_pipeline_tests::{
+    built_plugin, cache_client, embedded_config, kafka_config, order_client, services, unique,
+    wait_result,
+};
+use tonic::Request;
+
+const TOKEN: &str = "test-token-123";
+
+fn authed<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+fn tax_deploy(rates: &str) -> DeployRequest {
+    DeployRequest {
+        wasm: std::fs::read(built_plugin("rule_tax")).unwrap(),
+        config: [("rates".to_string(), rates.to_string())]
+            .into_iter()
+            .collect(),
+        position: Some(Position::Replace("rule-tax".into())),
+        ..Default::default()
+    }
+}
+
+fn us_order(id: &str) -> OrderRequest {
+    OrderRequest {
+        id: id.to_string(),
+        currency: "USD".into(),
+        shipping_country: "US".into(),
+        lines: vec![OrderLine {
+            sku: "book".into(),
+            quantity: 1,
+            unit_price: 1000,
+        }],
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_under_load_fails_and_loses_nothing() {
+    let Some(services) = services() else { return };
+    let mut config = kafka_config(&services);
+    config.admin_token = Some(TOKEN.into());
+    let running = app::start(Role::All, &config).await.unwrap();
+    let mut admin = AdminServiceClient::connect(format!("http://{}", running.admin_addr.unwrap()))
+        .await
+        .unwrap();
+    let before = admin
+        .active(authed(admin::ActiveRequest {}, TOKEN))
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+
+    // Orders keep flowing in the background while the tax rule is swapped.
+    let order_addr = running.order_addr.unwrap();
+    let ids: Vec<String> = (0..600).map(|i| unique(&format!("swap{i}"))).collect();
+    let submit_ids = ids.clone();
+    let submitter = tokio::spawn(async move {
+        let mut orders = order_client(order_addr).await;
+        for chunk in submit_ids.chunks(20) {
+            let batch = chunk.iter().map(|id| us_order(id)).collect();
+            let responses = orders
+                .create_orders(CreateOrdersRequest { orders: batch })
+                .await
+                .unwrap()
+                .into_inner()
+                .responses;
+            assert!(responses.iter().all(|r| r.status == "accepted"));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let deployed = admin
+        .deploy(authed(tax_deploy("US:1000"), TOKEN))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(deployed.version, before + 1);
+    assert!(deployed.active);
+    submitter.await.unwrap();
+
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+    let (mut old, mut new) = (0, 0);
+    for id in &ids {
+        let result = wait_result(&mut cache, id, 60).await.unwrap();
+        assert_eq!(
+            result.status, "done",
+            "{id}: no order may fail during a swap"
+        );
+        let total = result.totals.unwrap().total;
+        // Every result is attributable to exactly one version: US tax 0% before, 10% after.
+        match result.ruleset_version {
+            v if v == before => {
+                assert_eq!(total, 1000, "{id}");
+                old += 1;
+            }
+            v if v == deployed.version => {
+                assert_eq!(total, 1100, "{id}");
+                new += 1;
+            }
+            v => panic!("{id}: unexpected ruleset version {v}"),
+        }
+        let tax = result.rules.iter().find(|r| r.name == "rule-tax").unwrap();
+        assert_eq!(
+            tax.digest,
+            deployed
+                .rules
+                .iter()
+                .find(|r| r.name == "rule-tax")
+                .unwrap()
+                .digest
+        );
+    }
+    assert!(
+        new > 0,
+        "orders after the deploy use the new version ({old} old, {new} new)"
+    );
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_worker_converges_on_the_new_version() {
+    let Some(services) = services() else { return };
+    let mut config = kafka_config(&services);
+    config.admin_token = Some(TOKEN.into());
+    let first = app::start(Role::All, &config).await.unwrap();
+    let second = app::start(Role::Worker, &config).await.unwrap();
+    let mut admin = AdminServiceClient::connect(format!("http://{}", first.admin_addr.unwrap()))
+        .await
+        .unwrap();
+    let deployed = admin
+        .deploy(authed(tax_deploy("US:500"), TOKEN))
+        .await
+        .unwrap()
+        .into_inner();
+    let returned = Instant::now();
+    let live = second.live.as_ref().unwrap();
+    while live.current().version != deployed.version {
+        assert!(
+            returned.elapsed() < Duration::from_secs(10),
+            "the second worker did not switch within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    println!(
+        "second worker on version {} {:?} after deploy returned",
+        deployed.version,
+        returned.elapsed()
+    );
+    assert_eq!(
+        first.live.as_ref().unwrap().current().version,
+        deployed.version
+    );
+    second.stop().await.unwrap();
+    first.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_deploys_leave_the_live_ruleset_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = embedded_config(dir.path());
+    config.admin_token = Some(TOKEN.into());
+    let running = app::start(Role::All, &config).await.unwrap();
+    let mut admin = AdminServiceClient::connect(format!("http://{}", running.admin_addr.unwrap()))
+        .await
+        .unwrap();
+    let active = || admin::ActiveRequest {};
+    let before = admin
+        .active(authed(active(), TOKEN))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let missing = admin.active(Request::new(active())).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::Unauthenticated);
+    let wrong = admin
+        .deploy(authed(tax_deploy("US:1000"), "nope"))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
+
+    let not_wasm = DeployRequest {
+        wasm: b"hello".to_vec(),
+        ..Default::default()
+    };
+    let status = admin.deploy(authed(not_wasm, TOKEN)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("not a WebAssembly file"),
+        "{}",
+        status.message()
+    );
+
+    let wrong_world = DeployRequest {
+        wasm: std::fs::read(built_plugin("fixture_wrong_world")).unwrap(),
+        ..Default::default()
+    };
+    let status = admin.deploy(authed(wrong_world, TOKEN)).await.unwrap_err();
+    assert!(
+        status.message().contains("order:rules/rule@0.1.0"),
+        "{}",
+        status.message()
+    );
+
+    let mut failing = tax_deploy("DE:1900");
+    failing.examples = vec![admin::Example {
+        name: "de".into(),
+        order_json: r#"{"id":"x","currency":"EUR","shipping_country":"DE","lines":[{"sku":"a","quantity":1,"unit_price":1000}]}"#.into(),
+        expected_json: r#"{"totals":{"tax":200}}"#.into(),
+    }];
+    let status = admin.deploy(authed(failing, TOKEN)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        status
+            .message()
+            .contains("totals.tax: expected 200, got 190"),
+        "{}",
+        status.message()
+    );
+
+    let bad_config = tax_deploy("DE:19%");
+    let status = admin.deploy(authed(bad_config, TOKEN)).await.unwrap_err();
+    assert!(
+        status.message().contains("refused its configuration"),
+        "{}",
+        status.message()
+    );
+
+    let panics = DeployRequest {
+        wasm: std::fs::read(built_plugin("fixture_panic")).unwrap(),
+        ..Default::default()
+    };
+    let status = admin.deploy(authed(panics, TOKEN)).await.unwrap_err();
+    assert!(
+        status.message().contains("smoke order failed"),
+        "{}",
+        status.message()
+    );
+
+    let after = admin
+        .active(authed(active(), TOKEN))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after, before, "the live ruleset is untouched");
+    assert_eq!(
+        running.live.as_ref().unwrap().current().version,
+        before.version
+    );
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_and_activate_make_new_versions_with_old_contents() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = app::start(Role::All, &embedded_config(dir.path()))
+        .await
+        .unwrap();
+    let mut admin = AdminServiceClient::connect(format!("http://{}", running.admin_addr.unwrap()))
+        .await
+        .unwrap();
+    let mut orders = order_client(running.order_addr.unwrap()).await;
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+
+    let v1 = admin
+        .active(admin::ActiveRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let v2 = admin
+        .deploy(tax_deploy("US:1000"))
+        .await
+        .unwrap()
+        .into_inner();
+    // Deploying the same bytes and config again changes nothing.
+    let same = admin
+        .deploy(tax_deploy("US:1000"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(same.version, v2.version);
+    orders.create_order(us_order("after-deploy")).await.unwrap();
+    assert_eq!(
+        wait_result(&mut cache, "after-deploy", 30)
+            .await
+            .unwrap()
+            .totals
+            .unwrap()
+            .total,
+        1100
+    );
+
+    let v3 = admin
+        .rollback(admin::RollbackRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (v3.version, v3.reason.as_str()),
+        (v2.version + 1, "rollback to 1")
+    );
+    assert_eq!(v3.rules, v1.rules);
+    orders
+        .create_order(us_order("after-rollback"))
+        .await
+        .unwrap();
+    let result = wait_result(&mut cache, "after-rollback", 30).await.unwrap();
+    assert_eq!(
+        (result.totals.unwrap().total, result.ruleset_version),
+        (1000, v3.version)
+    );
+
+    let v4 = admin
+        .activate(admin::ActivateRequest {
+            version: v2.version,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v4.rules, v2.rules);
+    let missing = admin
+        .activate(admin::ActivateRequest { version: 99 })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    let history = admin
+        .history(admin::HistoryRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .versions;
+    let reasons: Vec<&str> = history.iter().map(|v| v.reason.as_str()).collect();
+    assert_eq!(
+        reasons[..3],
+        ["activate 2", "rollback to 1", "deploy rule-tax 0.1.0"]
+    );
+    assert!(history[0].active && !history[1].active);
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_refuses_a_public_address_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = embedded_config(dir.path());
+    config.admin_addr = "0.0.0.0:0".into();
+    let err = app::start(Role::All, &config).await.err().unwrap();
+    assert!(format!("{err:#}").contains("ADMIN_TOKEN"), "{err:#}");
+}
