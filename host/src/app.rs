@@ -29,7 +29,7 @@ use crate::proto::order_service_server::OrderServiceServer;
 use crate::registry::{RedisRegistry, Registry};
 use crate::ruleset;
 use crate::store::{Store, redis::RedisStore};
-use crate::worker::{self, KafkaWorkerConfig, Processor, RetryPolicy};
+use crate::worker::{self, KafkaWorkerConfig, Processor, QuarantinePolicy, RetryPolicy};
 
 /// Which roles a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,6 +198,10 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
             RetryPolicy {
                 max_retries: config.max_retries,
                 backoff: Duration::from_millis(config.retry_backoff_ms),
+            },
+            QuarantinePolicy {
+                failures: config.quarantine_failures,
+                window: config.quarantine_window,
             },
             &config.default_currency,
         ));

@@ -66,6 +66,13 @@ pub struct Config {
     /// Pause before the first retry, in ms; doubles on each retry.
     #[arg(long, env = "RETRY_BACKOFF_MS", default_value_t = 200)]
     pub retry_backoff_ms: u64,
+    /// A rule that fails (trap, limits, malformed outcome) on more than this many of its
+    /// last QUARANTINE_WINDOW orders is taken out: the previous ruleset is restored.
+    #[arg(long, env = "QUARANTINE_FAILURES", default_value_t = 5)]
+    pub quarantine_failures: usize,
+    /// How many of a rule's latest orders QUARANTINE_FAILURES counts over.
+    #[arg(long, env = "QUARANTINE_WINDOW", default_value_t = 20)]
+    pub quarantine_window: usize,
     /// How long the OrderService waits for the broker's acknowledgement, in ms.
     #[arg(long, env = "PRODUCE_TIMEOUT_MS", default_value_t = 5000)]
     pub produce_timeout_ms: u64,
@@ -131,6 +138,8 @@ impl Default for Config {
             default_currency: "USD".into(),
             max_retries: 3,
             retry_backoff_ms: 200,
+            quarantine_failures: 5,
+            quarantine_window: 20,
             produce_timeout_ms: 5000,
             limits: LimitArgs::default(),
         }
@@ -167,6 +176,12 @@ impl Config {
             return Err(format!(
                 "DEFAULT_CURRENCY `{}` is not an ISO 4217 code such as USD",
                 self.default_currency
+            ));
+        }
+        if self.quarantine_window == 0 || self.quarantine_failures >= self.quarantine_window {
+            return Err(format!(
+                "QUARANTINE_FAILURES ({}) must be below QUARANTINE_WINDOW ({}), which must be at least 1",
+                self.quarantine_failures, self.quarantine_window
             ));
         }
         if self.produce_timeout_ms == 0 {

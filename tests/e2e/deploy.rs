@@ -358,3 +358,67 @@ async fn admin_refuses_a_public_address_without_a_token() {
     let err = app::start(Role::All, &config).await.err().unwrap();
     assert!(format!("{err:#}").contains("ADMIN_TOKEN"), "{err:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_rule_is_quarantined_and_its_orders_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = embedded_config(dir.path());
+    config.quarantine_failures = 3;
+    config.quarantine_window = 10;
+    let running = app::start(Role::All, &config).await.unwrap();
+    let mut admin = AdminServiceClient::connect(format!("http://{}", running.admin_addr.unwrap()))
+        .await
+        .unwrap();
+    let mut orders = order_client(running.order_addr.unwrap()).await;
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+
+    // It passes the deploy gate (the smoke order has no `boom` SKU)...
+    let trap = DeployRequest {
+        wasm: std::fs::read(built_plugin("fixture_trap_on")).unwrap(),
+        position: Some(Position::After("rule-validate".into())),
+        ..Default::default()
+    };
+    let deployed = admin.deploy(trap).await.unwrap().into_inner();
+    // ...then fails on real orders.
+    let batch = (0..20)
+        .map(|i| order_pipeline_tests::go_request(&format!("boom-{i}"), &format!("boom-{i}"), 10))
+        .collect();
+    orders
+        .create_orders(CreateOrdersRequest { orders: batch })
+        .await
+        .unwrap();
+    let mut done = 0;
+    for i in 0..20 {
+        let result = wait_result(&mut cache, &format!("boom-{i}"), 30)
+            .await
+            .unwrap();
+        if result.status == "done" {
+            assert!(
+                result.ruleset_version > deployed.version,
+                "done under the restored version"
+            );
+            assert!(result.rules.iter().all(|r| r.name != "fixture-trap-on"));
+            done += 1;
+        }
+    }
+    let history = admin
+        .history(admin::HistoryRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .versions;
+    assert!(
+        history[0]
+            .reason
+            .starts_with("quarantine: rule fixture-trap-on"),
+        "{:?}",
+        history[0].reason
+    );
+    assert!(history[0].active);
+    assert!(history[0].rules.iter().all(|r| r.name != "fixture-trap-on"));
+    assert!(
+        done >= 16,
+        "orders failed by the rule before it was taken out are at most a few: {done} done of 20"
+    );
+    running.stop().await.unwrap();
+}
