@@ -16,13 +16,16 @@ cd "$ROOT"
 CACHE="${ORDER_PIPELINE_CACHE:-$HOME/.cache/order-pipeline}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 TANSU_VERSION="0.6.0"
-HOST_TRIPLE="$(rustc -vV | sed -n 's/^host: //p')"
 [ "${1:-}" = "--" ] && shift
 step() { printf '\n==> %s\n' "$*"; }
 
 step "toolchain and wasm32-wasip2 target"
-rustup show active-toolchain >/dev/null   # installs the pinned toolchain if missing
-rustup target add wasm32-wasip2 >/dev/null
+# The pinned toolchain (rust-toolchain.toml), installed explicitly: rustup's automatic
+# install may be switched off (RUSTUP_AUTO_INSTALL=0).
+TOOLCHAIN="$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)"
+rustup toolchain install "$TOOLCHAIN" --profile minimal -c rustfmt -c clippy -t wasm32-wasip2 >/dev/null
+rustup target add --toolchain "$TOOLCHAIN" wasm32-wasip2 >/dev/null
+HOST_TRIPLE="$(rustc -vV | sed -n 's/^host: //p')"
 
 step "redis-server"
 if ! command -v redis-server >/dev/null; then
