@@ -44,7 +44,17 @@ impl LiveRuleset {
         seed: RuleChain,
     ) -> anyhow::Result<Arc<Self>> {
         let active = match registry.active().await? {
-            Some(active) => active,
+            Some(active) => {
+                let seeded: Vec<RuleRef> = seed.specs().map(rule_ref).collect();
+                if seeded != active.body.rules {
+                    tracing::info!(
+                        version = active.version,
+                        "the registry has an active ruleset: using it, not the configured one \
+                         (change it with `plugin deploy`, `plugin activate`)"
+                    );
+                }
+                active
+            }
             None => {
                 let rules = seed.specs().map(rule_ref).collect();
                 for spec in seed.specs() {

@@ -416,11 +416,10 @@ pub async fn run_kafka(
             );
             tx
         });
-        if lane.send(message).await.is_err() {
-            tracing::warn!(
-                partition,
-                "partition task stopped; message left for redelivery"
-            );
+        if lane.send(message).await.is_err() && !shutdown.is_cancelled() {
+            // A partition task only stops on shutdown; anything else is a bug. Fail the
+            // role (the process exits, its messages are redelivered) rather than stall.
+            anyhow::bail!("the task of partition {partition} stopped unexpectedly");
         }
     }
     tracing::info!("worker stopping: finishing in-flight orders");
