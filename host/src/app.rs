@@ -171,7 +171,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
     let store = match (&embedded, redis_addr) {
         (Some(db), _) => Some(Store::Embedded(Arc::clone(db))),
         (None, Some(addr)) if role.works() || role.serves_results() => {
-            Some(Store::Redis(RedisStore::connect(addr).await?))
+            Some(Store::Redis(Box::new(RedisStore::connect(addr).await?)))
         }
         _ => None,
     };

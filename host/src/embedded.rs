@@ -58,7 +58,7 @@ pub struct EmbeddedDb {
     appends: mpsc::Sender<Append>,
     appender: Mutex<Option<JoinHandle<()>>>,
     head: watch::Receiver<u64>,
-    results: watch::Sender<u64>,
+    waiters: crate::store::Waiters,
     rulesets: watch::Sender<u64>,
 }
 
@@ -89,15 +89,14 @@ impl EmbeddedDb {
         let (appends, rx) = mpsc::channel(MAX_APPEND_BATCH);
         let (head_tx, head) = watch::channel(next);
         let appender = tokio::spawn(append_loop(Arc::clone(&db), rx, head_tx));
-        let (results, _) = watch::channel(0);
         let (rulesets, _) = watch::channel(0);
         Ok(Arc::new(Self {
             rulesets,
+            waiters: crate::store::Waiters::default(),
             db,
             appends,
             appender: Mutex::new(Some(appender)),
             head,
-            results,
         }))
     }
 
@@ -186,6 +185,7 @@ impl EmbeddedDb {
         next: u64,
     ) -> anyhow::Result<Vec<PutOutcome>> {
         let db = Arc::clone(&self.db);
+        let ids: Vec<String> = results.iter().map(|r| r.id.clone()).collect();
         let outcomes = blocking(move || {
             let mut txn = db.begin_write()?;
             // Results and offset commit together without their own fsync: a crash rolls
@@ -209,13 +209,14 @@ impl EmbeddedDb {
             Ok(outcomes)
         })
         .await?;
-        self.results.send_modify(|v| *v += 1);
+        self.waiters.wake(ids.iter().map(String::as_str));
         Ok(outcomes)
     }
 
     /// Writes one result (the CacheService path for tools; the worker uses batches).
     pub async fn put_result(&self, result: &OrderResult) -> anyhow::Result<PutOutcome> {
         let db = Arc::clone(&self.db);
+        let id = result.id.clone();
         let result = result.clone();
         let outcome = blocking(move || {
             let txn = db.begin_write()?;
@@ -224,7 +225,7 @@ impl EmbeddedDb {
             Ok(outcome)
         })
         .await?;
-        self.results.send_modify(|v| *v += 1);
+        self.waiters.wake([id.as_str()]);
         Ok(outcome)
     }
 
@@ -249,20 +250,19 @@ impl EmbeddedDb {
         id: &str,
         deadline: Instant,
     ) -> anyhow::Result<Option<OrderResult>> {
-        let mut changes = self.results.subscribe();
-        loop {
-            changes.borrow_and_update();
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let found = loop {
+            // Register before reading, so a write between the two is not missed.
+            let woken = self.waiters.register(id);
             if let Some(result) = self.get_result(id).await? {
-                return Ok(Some(result));
+                break Some(result);
             }
-            let deadline = tokio::time::Instant::from_std(deadline);
-            if tokio::time::timeout_at(deadline, changes.changed())
-                .await
-                .is_err()
-            {
-                return Ok(None);
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                break None;
             }
-        }
+        };
+        self.waiters.forget(id);
+        Ok(found)
     }
 
     /// Stores a plugin's bytes under its digest.

@@ -550,6 +550,11 @@ async fn write_results(
             return false;
         }
     }
+    // Waiting readers re-read on this; if it is lost they re-read within 100 ms anyway.
+    let ids: Vec<&str> = results.iter().map(|r| r.id.as_str()).collect();
+    if let Err(e) = store.announce(&ids).await {
+        tracing::debug!(error = %format!("{e:#}"), "results written but not announced");
+    }
     true
 }
 

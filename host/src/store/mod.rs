@@ -12,12 +12,60 @@ use std::time::{Duration, Instant};
 use crate::embedded::EmbeddedDb;
 use crate::result::OrderResult;
 
-/// Longest pause between two reads of a result a client waits for in Redis: a result is
-/// seen at most this long after it is written.
-const REDIS_POLL_MAX: Duration = Duration::from_millis(4);
-
 /// Longest wait a client may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// Clients waiting for the results of order ids, woken by id when a result is written
+/// (instead of every waiter re-reading the store on every write).
+#[derive(Default)]
+pub struct Waiters {
+    by_id:
+        std::sync::Mutex<std::collections::HashMap<String, Vec<tokio::sync::oneshot::Sender<()>>>>,
+}
+
+impl Waiters {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<String, Vec<tokio::sync::oneshot::Sender<()>>>,
+    > {
+        self.by_id
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers interest in `id`; the receiver fires when [`Waiters::wake`] names it.
+    pub fn register(&self, id: &str) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.lock().entry(id.to_string()).or_default().push(tx);
+        rx
+    }
+
+    /// Drops the registrations of `id` whose receivers are gone.
+    pub fn forget(&self, id: &str) {
+        let mut by_id = self.lock();
+        if let Some(list) = by_id.get_mut(id) {
+            list.retain(|tx| !tx.is_closed());
+            if list.is_empty() {
+                by_id.remove(id);
+            }
+        }
+    }
+
+    /// Wakes everyone waiting for one of `ids`.
+    pub fn wake<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let mut by_id = self.lock();
+        if by_id.is_empty() {
+            return;
+        }
+        for id in ids {
+            for tx in by_id.remove(id).unwrap_or_default() {
+                let _ = tx.send(());
+            }
+        }
+    }
+}
 
 /// What a write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +80,7 @@ pub enum PutOutcome {
 #[derive(Clone)]
 pub enum Store {
     /// Redis (`REDIS_ADDR`).
-    Redis(redis::RedisStore),
+    Redis(Box<redis::RedisStore>),
     /// The embedded database in the data directory.
     Embedded(Arc<EmbeddedDb>),
 }
@@ -60,21 +108,19 @@ impl Store {
         match self {
             Self::Embedded(db) => db.wait_result(id, deadline).await,
             Self::Redis(store) => {
-                // Poll with a growing pause: quick for results that are nearly there,
-                // gentle on Redis for those that are not.
-                let mut pause = Duration::from_millis(1);
-                loop {
-                    if let Some(result) = store.get(id).await? {
-                        return Ok(Some(result));
-                    }
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return Ok(None);
-                    }
-                    tokio::time::sleep(pause.min(deadline - now)).await;
-                    pause = (pause * 2).min(REDIS_POLL_MAX);
-                }
+                store
+                    .wait(id, tokio::time::Instant::from_std(deadline))
+                    .await
             }
+        }
+    }
+
+    /// Tells waiting readers that these ids have results now (Redis: one message for
+    /// the batch; the embedded store wakes them on commit already).
+    pub async fn announce(&self, ids: &[&str]) -> anyhow::Result<()> {
+        match self {
+            Self::Redis(store) => store.announce(ids).await,
+            Self::Embedded(_) => Ok(()),
         }
     }
 }

@@ -34,11 +34,23 @@ redis.call('SET', KEYS[2], ARGV[2])
 return 1
 "#;
 
-/// A Redis connection (reconnects on its own) and the write script.
+/// Channel on which workers announce the ids whose results they wrote, so that waiting
+/// CacheService calls wake at once instead of polling.
+pub const WRITTEN_CHANNEL: &str = "pipeline:results-written";
+
+/// How often a waiting call re-reads Redis even without an announcement (results written
+/// by other writers, such as the Go worker, or a missed message).
+pub const FALLBACK_POLL: Duration = Duration::from_millis(100);
+
+/// A Redis connection (reconnects on its own), the write script, and the waiters woken
+/// by result announcements.
 #[derive(Clone)]
 pub struct RedisStore {
+    client: redis::Client,
     connection: ConnectionManager,
     put: redis::Script,
+    waiters: std::sync::Arc<super::Waiters>,
+    listening: std::sync::Arc<std::sync::OnceLock<()>>,
 }
 
 impl RedisStore {
@@ -64,8 +76,11 @@ impl RedisStore {
         .and_then(|r| r.map_err(anyhow::Error::from))
         .with_context(|| format!("cannot connect to Redis at {addr}"))?;
         Ok(Self {
+            client,
             connection,
             put: redis::Script::new(PUT_SCRIPT),
+            waiters: std::sync::Arc::default(),
+            listening: std::sync::Arc::default(),
         })
     }
 
@@ -104,6 +119,74 @@ impl RedisStore {
             return Ok(Some(result));
         }
         Ok(go.and_then(|json| OrderResult::from_go_json(id, &json)))
+    }
+
+    /// Tells waiting readers (in any process) that these ids have results now.
+    pub async fn announce(&self, ids: &[&str]) -> anyhow::Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut connection = self.connection.clone();
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(WRITTEN_CHANNEL)
+            .arg(ids.join("\n"))
+            .query_async(&mut connection)
+            .await
+            .context("announcing results")?;
+        Ok(())
+    }
+
+    /// The result of `id`, waiting until `deadline` for it: woken by announcements, with
+    /// a re-read every [`FALLBACK_POLL`].
+    pub async fn wait(
+        &self,
+        id: &str,
+        deadline: tokio::time::Instant,
+    ) -> anyhow::Result<Option<OrderResult>> {
+        self.listen();
+        let found = loop {
+            let woken = self.waiters.register(id);
+            if let Some(result) = self.get(id).await? {
+                break Some(result);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                break None;
+            }
+            let _ = tokio::time::timeout((deadline - now).min(FALLBACK_POLL), woken).await;
+        };
+        self.waiters.forget(id);
+        Ok(found)
+    }
+
+    /// Subscribes (once per store) to result announcements and wakes the waiters.
+    fn listen(&self) {
+        if self.listening.set(()).is_err() {
+            return;
+        }
+        let client = self.client.clone();
+        let waiters = std::sync::Arc::clone(&self.waiters);
+        tokio::spawn(async move {
+            use futures::StreamExt as _;
+            loop {
+                match client.get_async_pubsub().await {
+                    Ok(mut pubsub) => match pubsub.subscribe(WRITTEN_CHANNEL).await {
+                        Ok(()) => {
+                            let mut messages = pubsub.on_message();
+                            while let Some(message) = messages.next().await {
+                                let ids: String = message.get_payload().unwrap_or_default();
+                                waiters.wake(ids.split('\n'));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot subscribe to result announcements")
+                        }
+                    },
+                    Err(e) => tracing::warn!(error = %e, "result announcements lost; reconnecting"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
     }
 
     /// The raw value of a key (for tests and tools).
