@@ -204,6 +204,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
                 window: config.quarantine_window,
             },
             &config.default_currency,
+            &worker_name(config),
         ));
         let stop = shutdown.clone();
         match (&embedded, &producer, &store, kafka_brokers) {
@@ -318,6 +319,23 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         shutdown,
         tasks,
     })
+}
+
+/// How results name this worker: WORKER_INSTANCE_ID, or host:pid.
+fn worker_name(config: &Config) -> String {
+    match config
+        .worker_instance_id
+        .as_deref()
+        .filter(|id| !id.is_empty())
+    {
+        Some(id) => id.to_string(),
+        None => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "worker".into());
+            format!("{host}:{}", std::process::id())
+        }
+    }
 }
 
 async fn bind(name: &str, addr: Result<SocketAddr, String>) -> anyhow::Result<TcpListener> {

@@ -731,6 +731,7 @@ fn result_json(r: &crate::proto::ResultResponse) -> serde_json::Value {
         "error": r.error,
         "attempts": r.attempts,
         "ruleset_version": r.ruleset_version,
+        "processed_by": r.processed_by,
         "processed_at_unix_ms": r.processed_at_unix_ms,
     })
 }

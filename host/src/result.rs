@@ -60,6 +60,9 @@ pub struct OrderResult {
     /// The ruleset version that made this result (0: none recorded).
     #[serde(default)]
     pub ruleset_version: u64,
+    /// The worker that made it (WORKER_INSTANCE_ID, or host:pid).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub processed_by: String,
     /// When the result was made, Unix milliseconds.
     pub processed_at_unix_ms: i64,
 }
@@ -108,6 +111,7 @@ impl OrderResult {
             error,
             attempts,
             ruleset_version: 0,
+            processed_by: String::new(),
             processed_at_unix_ms: now_unix_ms(),
         }
     }
@@ -172,6 +176,7 @@ impl OrderResult {
             error: String::new(),
             attempts: 1,
             ruleset_version: 0,
+            processed_by: String::new(),
             processed_at_unix_ms: 0,
         })
     }
@@ -206,6 +211,7 @@ mod tests {
             error: String::new(),
             attempts: 1,
             ruleset_version: 0,
+            processed_by: String::new(),
             processed_at_unix_ms: 0,
         }
     }

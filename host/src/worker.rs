@@ -99,6 +99,8 @@ pub struct Processor {
     retry: RetryPolicy,
     quarantine: QuarantinePolicy,
     default_currency: String,
+    /// Who this worker is, recorded in every result.
+    name: String,
     /// Latest outcomes (true = failed) per plugin digest.
     windows: std::sync::Mutex<HashMap<String, VecDeque<bool>>>,
 }
@@ -110,12 +112,14 @@ impl Processor {
         retry: RetryPolicy,
         quarantine: QuarantinePolicy,
         default_currency: &str,
+        name: &str,
     ) -> Self {
         Self {
             live,
             retry,
             quarantine,
             default_currency: default_currency.to_string(),
+            name: name.to_string(),
             windows: std::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -264,6 +268,7 @@ impl Processor {
                     }
                     let mut result = OrderResult::from_evaluation(&order, evaluation, attempts);
                     result.ruleset_version = version;
+                    result.processed_by.clone_from(&self.name);
                     let dead_letter = (result.status == ResultStatus::Failed).then(|| {
                         let rule = result
                             .rules

@@ -63,7 +63,7 @@ fn worker_process_with(
         .env("WORKER_GROUP", &config.worker_group)
         .env(
             "WORKER_INSTANCE_ID",
-            format!("{}-worker-1", config.worker_group),
+            format!("{}-{instance}", config.worker_group),
         )
         .env("PLUGIN_FUEL", "1000000000")
         .env("PLUGIN_DEADLINE_MS", "5000")

@@ -273,6 +273,7 @@ pub fn result_response(result: &OrderResult) -> proto::ResultResponse {
         attempts: result.attempts,
         processed_at_unix_ms: result.processed_at_unix_ms,
         ruleset_version: result.ruleset_version,
+        processed_by: result.processed_by.clone(),
     }
 }
 
