@@ -90,8 +90,24 @@ async fn deploy_under_load_fails_and_loses_nothing() {
     assert_eq!(deployed.version, before + 1);
     assert!(deployed.active);
     submitter.await.unwrap();
+    // Orders submitted after the deploy returned must be decided by the new version.
+    let mut orders = order_client(order_addr).await;
+    let after: Vec<String> = (0..20).map(|i| unique(&format!("after-swap{i}"))).collect();
+    let batch = after.iter().map(|id| us_order(id)).collect();
+    orders
+        .create_orders(CreateOrdersRequest { orders: batch })
+        .await
+        .unwrap();
 
     let mut cache = cache_client(running.cache_addr.unwrap()).await;
+    for id in &after {
+        let result = wait_result(&mut cache, id, 60).await.unwrap();
+        assert_eq!(
+            (result.ruleset_version, result.totals.unwrap().total),
+            (deployed.version, 1100),
+            "{id}"
+        );
+    }
     let (mut old, mut new) = (0, 0);
     for id in &ids {
         let result = wait_result(&mut cache, id, 60).await.unwrap();
