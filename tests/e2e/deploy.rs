@@ -69,7 +69,7 @@ async fn deploy_under_load_fails_and_loses_nothing() {
     let submit_ids = ids.clone();
     let submitter = tokio::spawn(async move {
         let mut orders = order_client(order_addr).await;
-        for chunk in submit_ids.chunks(20) {
+        for chunk in submit_ids.chunks(10) {
             let batch = chunk.iter().map(|id| us_order(id)).collect();
             let responses = orders
                 .create_orders(CreateOrdersRequest { orders: batch })
@@ -81,7 +81,9 @@ async fn deploy_under_load_fails_and_loses_nothing() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Swap once the worker is busy with the stream.
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+    wait_result(&mut cache, &ids[0], 60).await.unwrap();
     let deployed = admin
         .deploy(authed(tax_deploy("US:1000"), TOKEN))
         .await
@@ -99,7 +101,6 @@ async fn deploy_under_load_fails_and_loses_nothing() {
         .await
         .unwrap();
 
-    let mut cache = cache_client(running.cache_addr.unwrap()).await;
     for id in &after {
         let result = wait_result(&mut cache, id, 60).await.unwrap();
         assert_eq!(
@@ -140,6 +141,7 @@ async fn deploy_under_load_fails_and_loses_nothing() {
         );
     }
     println!("during the swap: {old} orders on the old version, {new} on the new one");
+    assert!(old > 0, "the first order was decided before the deploy");
     running.stop().await.unwrap();
 }
 
