@@ -132,19 +132,7 @@ impl RedisRegistry {
     /// Connects to Redis at `addr` (as `REDIS_ADDR`) for the rulesets of worker group
     /// `group`.
     pub async fn connect(addr: &str, group: &str) -> anyhow::Result<Self> {
-        let url = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("redis://{addr}")
-        };
-        let client = redis::Client::open(url.as_str())
-            .with_context(|| format!("REDIS_ADDR `{addr}` is not a Redis address"))?;
-        let connection =
-            tokio::time::timeout(Duration::from_secs(10), client.get_connection_manager())
-                .await
-                .map_err(|_| anyhow::anyhow!("timed out"))
-                .and_then(|r| r.map_err(anyhow::Error::from))
-                .with_context(|| format!("cannot connect to Redis at {addr}"))?;
+        let (client, connection) = crate::store::redis::connect(addr).await?;
         Ok(Self {
             client,
             connection,

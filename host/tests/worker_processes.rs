@@ -32,6 +32,27 @@ fn services() -> Option<(String, String)> {
     }
 }
 
+/// A config with topics and group of its own (named after `prefix` and the time), on
+/// free loopback ports; returns the time stamp too, for unique order ids.
+fn config_for(prefix: &str, redis: String, kafka: String) -> (u128, Config) {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let config = Config {
+        kafka_brokers: Some(kafka),
+        redis_addr: Some(redis),
+        kafka_topic: format!("{prefix}-orders-{stamp}"),
+        dlq_topic: format!("{prefix}-dlq-{stamp}"),
+        worker_group: format!("{prefix}-group-{stamp}"),
+        kafka_partitions: 2,
+        order_service_addr: "127.0.0.1:0".into(),
+        cache_service_addr: "127.0.0.1:0".into(),
+        ..Config::default()
+    };
+    (stamp, config)
+}
+
 /// A child process that is killed when dropped, so a failing test leaves none behind.
 struct KillOnDrop(Child);
 
@@ -85,21 +106,7 @@ async fn sigkilled_worker_loses_nothing() {
     let Some((redis, kafka)) = services() else {
         return;
     };
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let config = Config {
-        kafka_brokers: Some(kafka),
-        redis_addr: Some(redis),
-        kafka_topic: format!("kill-orders-{stamp}"),
-        dlq_topic: format!("kill-dlq-{stamp}"),
-        worker_group: format!("kill-group-{stamp}"),
-        kafka_partitions: 2,
-        order_service_addr: "127.0.0.1:0".into(),
-        cache_service_addr: "127.0.0.1:0".into(),
-        ..Config::default()
-    };
+    let (stamp, config) = config_for("kill", redis, kafka);
     let front = app::start(Role::OrderService, &config).await.unwrap();
     let reader = app::start(Role::CacheService, &config).await.unwrap();
     let mut orders = OrderServiceClient::connect(format!("http://{}", front.order_addr.unwrap()))
@@ -205,21 +212,7 @@ async fn two_worker_processes_converge_on_a_deployed_ruleset() {
     let Some((redis, kafka)) = services() else {
         return;
     };
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let config = Config {
-        kafka_brokers: Some(kafka),
-        redis_addr: Some(redis),
-        kafka_topic: format!("converge-orders-{stamp}"),
-        dlq_topic: format!("converge-dlq-{stamp}"),
-        worker_group: format!("converge-group-{stamp}"),
-        kafka_partitions: 2,
-        order_service_addr: "127.0.0.1:0".into(),
-        cache_service_addr: "127.0.0.1:0".into(),
-        ..Config::default()
-    };
+    let (stamp, config) = config_for("converge", redis, kafka);
     let front = app::start(Role::OrderService, &config).await.unwrap();
     let reader = app::start(Role::CacheService, &config).await.unwrap();
     let admin_port = free_port();
