@@ -102,12 +102,17 @@ pub fn parse_settings<R: Rule>(config: Vec<(String, String)>) -> Result<R::Setti
     Ok(settings)
 }
 
-/// Exports a [`Rule`] implementation as this component's `rule` world.
+/// Exports a [`Rule`] implementation as this component's `rule` world. Only on wasm:
+/// natively the crate is a plain library (its `decide` used by tests and benchmarks),
+/// and several rules can be linked into one program.
 #[macro_export]
 macro_rules! export_rule {
-    ($rule:ty) => {
-        type __OrderPipelineRule = $crate::Component<$rule>;
-        $crate::bindings::__export_rule_world!(__OrderPipelineRule with_types_in $crate::bindings);
+    ($rule:ident) => {
+        #[cfg(target_arch = "wasm32")]
+        mod __order_pipeline_export {
+            type __OrderPipelineRule = $crate::Component<super::$rule>;
+            $crate::bindings::__export_rule_world!(__OrderPipelineRule with_types_in $crate::bindings);
+        }
     };
 }
 
