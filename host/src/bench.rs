@@ -195,6 +195,21 @@ pub async fn run(
     })
 }
 
+/// A one-line progress bar: `[#######-------------]  35%  7000/20000 readable  9.1k/s`.
+pub fn progress_line(done: usize, total: usize, elapsed: Duration) -> String {
+    const WIDTH: usize = 30;
+    let done = done.min(total);
+    let filled = (done * WIDTH).checked_div(total).unwrap_or(WIDTH);
+    let rate = done as f64 / elapsed.as_secs_f64().max(1e-9);
+    format!(
+        "[{}{}] {:>3}%  {done}/{total} readable  {:.1}k/s",
+        "#".repeat(filled),
+        "-".repeat(WIDTH - filled),
+        (done * 100).checked_div(total).unwrap_or(100),
+        rate / 1000.0
+    )
+}
+
 fn percentiles(samples: &mut [Duration]) -> Percentiles {
     samples.sort_unstable();
     let at = |p: f64| crate::runner::percentile(samples, p).as_secs_f64() * 1e3;
@@ -233,5 +248,21 @@ impl BenchReport {
             self.submit_to_readable.p99_ms,
             self.submit_to_readable.max_ms,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_bar_fills_with_the_orders() {
+        let line = progress_line(5_000, 20_000, Duration::from_secs(1));
+        assert!(
+            line.starts_with("[#######-----------------------]  25%"),
+            "{line}"
+        );
+        assert!(line.ends_with("5000/20000 readable  5.0k/s"), "{line}");
+        assert!(progress_line(3, 0, Duration::ZERO).contains("100%"));
     }
 }

@@ -661,9 +661,18 @@ async fn load(args: BenchArgs, out: &mut dyn Write) -> Result<i32, String> {
     };
     let total = plan.orders;
     let tty = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let last = std::sync::Mutex::new(started);
     let report = crate::bench::run(&plan, move |done| {
-        if tty && (done * 20 / total.max(1)) != ((done.saturating_sub(1)) * 20 / total.max(1)) {
-            eprint!("\r{done}/{total} orders readable");
+        let mut last = last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if tty && (last.elapsed() >= std::time::Duration::from_millis(100) || done >= total) {
+            *last = std::time::Instant::now();
+            eprint!(
+                "\r{}",
+                crate::bench::progress_line(done, total, started.elapsed())
+            );
         }
     })
     .await
