@@ -159,11 +159,15 @@ impl OrderResult {
             "failed" => ResultStatus::Failed,
             _ => return None,
         };
-        let total = i64::from(go.price);
-        Some(Self {
+        Some(Self::minimal(id, status, go.item, i64::from(go.price)))
+    }
+
+    /// A result with only an id, status, item and total (what the Go shape holds).
+    fn minimal(id: &str, status: ResultStatus, item: String, total: i64) -> Self {
+        Self {
             id: id.to_string(),
             status,
-            item: go.item,
+            item,
             currency: String::new(),
             totals: Totals {
                 subtotal: total,
@@ -178,7 +182,7 @@ impl OrderResult {
             ruleset_version: 0,
             processed_by: String::new(),
             processed_at_unix_ms: 0,
-        })
+        }
     }
 }
 
@@ -195,25 +199,7 @@ mod tests {
     use super::*;
 
     fn result(status: ResultStatus, item: &str, total: i64) -> OrderResult {
-        OrderResult {
-            id: "o".into(),
-            status,
-            item: item.into(),
-            currency: "USD".into(),
-            totals: Totals {
-                subtotal: total,
-                total,
-                ..Totals::default()
-            },
-            adjustments: Vec::new(),
-            reasons: Vec::new(),
-            rules: Vec::new(),
-            error: String::new(),
-            attempts: 1,
-            ruleset_version: 0,
-            processed_by: String::new(),
-            processed_at_unix_ms: 0,
-        }
+        OrderResult::minimal("o", status, item.to_string(), total)
     }
 
     #[test]
