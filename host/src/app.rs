@@ -350,6 +350,12 @@ async fn load_chain(config: &Config) -> anyhow::Result<(Engine, RuleChain)> {
     let limits = config.limits.limits();
     let path = config.ruleset.clone();
     tokio::task::spawn_blocking(move || {
+        if limits.native_builtins {
+            tracing::warn!(
+                "NATIVE_RULES_BASELINE is on: the built-in rules run compiled into the host, \
+                 without Wasm isolation or limits; use this to benchmark, never in production"
+            );
+        }
         let engine = Engine::new(limits)?;
         let chain = match &path {
             Some(path) => ruleset::load_file(&engine, path)?,

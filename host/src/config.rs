@@ -93,6 +93,10 @@ pub struct LimitArgs {
     /// Memory cap per plugin instance, in MiB.
     #[arg(long, env = "PLUGIN_MEMORY_MIB", default_value_t = limits::DEFAULT_MEMORY_BYTES >> 20)]
     pub memory_mib: usize,
+    /// Benchmark baseline, not for production: run the built-in rules compiled into the
+    /// binary instead of as isolated Wasm components, to measure what Wasm costs.
+    #[arg(long, env = "NATIVE_RULES_BASELINE")]
+    pub native_baseline: bool,
 }
 
 impl Default for LimitArgs {
@@ -101,6 +105,7 @@ impl Default for LimitArgs {
             fuel: limits::DEFAULT_FUEL,
             deadline_ms: limits::DEFAULT_DEADLINE.as_millis() as u64,
             memory_mib: limits::DEFAULT_MEMORY_BYTES >> 20,
+            native_baseline: false,
         }
     }
 }
@@ -112,6 +117,7 @@ impl LimitArgs {
             fuel: self.fuel,
             deadline: Duration::from_millis(self.deadline_ms),
             memory_bytes: self.memory_mib.saturating_mul(1 << 20),
+            native_builtins: self.native_baseline,
             ..Limits::default()
         }
     }

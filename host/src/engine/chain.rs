@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::bindings::order::rules::types as wit;
 use super::instance::{Failure, FailureKind, Instance, RuleFailure};
 use super::limits::{MAX_ADJUSTMENTS, MAX_REASONS};
+use super::native::{self, NativeRule};
 use super::plugin::{Isolation, Plugin};
 use crate::order::{AdjustmentKind, Order, Totals};
 
@@ -129,11 +130,15 @@ pub struct Evaluation {
 /// An ordered list of configured rules, ready to evaluate orders from many threads.
 pub struct RuleChain {
     steps: Vec<Step>,
+    /// Whether any step runs natively (benchmark baseline).
+    any_native: bool,
 }
 
 struct Step {
     spec: RuleSpec,
     idle: Mutex<Vec<Instance>>,
+    /// The rule compiled natively, in the benchmark baseline only.
+    native: Option<NativeRule>,
 }
 
 impl RuleChain {
@@ -151,12 +156,24 @@ impl RuleChain {
                 Isolation::Reuse => vec![instance],
                 Isolation::Fresh => Vec::new(),
             };
+            let native = if spec.plugin.engine().limits().native_builtins
+                && crate::ruleset::builtin(name).map(super::digest).as_deref()
+                    == Some(spec.plugin.digest())
+            {
+                NativeRule::new(name, &spec.config)
+                    .transpose()
+                    .map_err(|m| Failure::new(FailureKind::Configure, m).named(name))?
+            } else {
+                None
+            };
             steps.push(Step {
                 spec,
                 idle: Mutex::new(idle),
+                native,
             });
         }
-        Ok(Self { steps })
+        let any_native = steps.iter().any(|s| s.native.is_some());
+        Ok(Self { steps, any_native })
     }
 
     /// The rules in order.
@@ -167,6 +184,7 @@ impl RuleChain {
     /// Runs every rule on `order` until one rejects, asks for a retry or fails.
     pub fn evaluate(&self, order: &Order) -> Evaluation {
         let wit_order = to_wit_order(order);
+        let native_order = self.any_native.then(|| native::to_native_order(&wit_order));
         let mut evaluation = Evaluation {
             status: Status::Accepted,
             totals: Totals::of(order),
@@ -190,7 +208,10 @@ impl RuleChain {
             )
             .entered();
             let started = Instant::now();
-            let result = step.run(&wit_order, &context);
+            let result = match (&step.native, &native_order) {
+                (Some(rule), Some(order)) => Ok((rule.evaluate(order, &context), 0)),
+                _ => step.run(&wit_order, &context),
+            };
             let duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             let (outcome, fuel_used) = match result {
                 Ok((outcome, fuel)) => (check_outcome(outcome, plugin), fuel),
@@ -202,9 +223,13 @@ impl RuleChain {
                 Ok(wit::Outcome::Retryable(_)) => "retryable",
                 Err(_) => "failed",
             };
+            let version = match step.native {
+                Some(_) => format!("{} (native baseline)", plugin.info().version),
+                None => plugin.info().version.clone(),
+            };
             evaluation.rules.push(RuleTrace {
                 name: plugin.name().to_string(),
-                version: plugin.info().version.clone(),
+                version,
                 digest: plugin.digest().to_string(),
                 outcome: label.to_string(),
                 fuel_used,

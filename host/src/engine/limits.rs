@@ -40,6 +40,9 @@ pub struct Limits {
     pub max_instances: u32,
     /// Largest outcome, in bytes of text.
     pub max_output_bytes: usize,
+    /// Benchmark baseline: run the built-in rules compiled natively instead of as Wasm
+    /// (see `engine::native`); never for production.
+    pub native_builtins: bool,
 }
 
 impl Default for Limits {
@@ -50,6 +53,7 @@ impl Default for Limits {
             memory_bytes: DEFAULT_MEMORY_BYTES,
             max_instances: DEFAULT_MAX_INSTANCES,
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            native_builtins: false,
         }
     }
 }

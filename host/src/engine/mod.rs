@@ -14,6 +14,7 @@
 mod chain;
 mod instance;
 pub mod limits;
+mod native;
 mod plugin;
 
 use std::sync::Arc;
