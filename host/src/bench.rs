@@ -13,7 +13,7 @@ use tonic::transport::Channel;
 
 use crate::proto::cache_service_client::CacheServiceClient;
 use crate::proto::order_service_client::OrderServiceClient;
-use crate::proto::{CreateOrdersRequest, OrderRequest, ResultRequest};
+use crate::proto::{CreateOrdersRequest, OrderRequest, ResultRequest, ResultsRequest};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -28,6 +28,21 @@ pub struct BenchPlan {
     pub concurrency: usize,
     /// Orders per `CreateOrders` call; 0 submits with unary `CreateOrder`.
     pub batch: usize,
+    /// Fixed rate, orders per second over all clients; `None`: as fast as they can.
+    pub rate: Option<f64>,
+    /// Stop submitting after this long (`orders` still caps the count).
+    pub duration: Option<Duration>,
+}
+
+/// One order's measurements.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// When its submit call started, from the start of the run.
+    pub at: Duration,
+    /// Submit call latency.
+    pub submit: Duration,
+    /// Submit start to result readable; `None` when not accepted or never readable.
+    pub readable: Option<Duration>,
 }
 
 /// Latency percentiles in milliseconds.
@@ -64,6 +79,12 @@ pub struct BenchReport {
     pub errors: usize,
     /// Wall time of the run, seconds.
     pub seconds: f64,
+    /// The fixed rate asked for, orders/s (absent: as fast as possible).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_rate: Option<f64>,
+    /// Every order's measurements, for plots.
+    #[serde(skip)]
+    pub samples: Vec<Sample>,
 }
 
 /// Runs `plan`, calling `progress` with the number of finished orders now and then.
@@ -75,6 +96,12 @@ pub async fn run(
         plan.orders > 0 && plan.concurrency > 0,
         "--orders and --concurrency must be at least 1"
     );
+    if let Some(rate) = plan.rate {
+        anyhow::ensure!(
+            rate.is_finite() && rate > 0.0,
+            "--rate must be a positive number of orders per second, got {rate}"
+        );
+    }
     let order_channel = Channel::from_shared(plan.order_url.clone())
         .context("bad OrderService URL")?
         .connect()
@@ -97,14 +124,23 @@ pub async fn run(
             let cache = CacheServiceClient::new(cache_channel.clone());
             let (next, done, progress) =
                 (Arc::clone(&next), Arc::clone(&done), Arc::clone(&progress));
-            let (total, batch) = (plan.orders, plan.batch);
+            let (total, batch, rate, duration) =
+                (plan.orders, plan.batch, plan.rate, plan.duration);
             tokio::spawn(async move {
-                // (submit latency, submit->readable latency, when it was accepted)
-                let mut samples: Vec<(Duration, Option<Duration>, Instant)> = Vec::new();
+                let mut samples: Vec<Sample> = Vec::new();
                 loop {
                     let first = next.fetch_add(step, Ordering::Relaxed);
                     if first >= total {
                         break;
+                    }
+                    // At a fixed rate, order `first` is due at first/rate; latencies count
+                    // from when it was due, so a client that falls behind shows up in them.
+                    let due = rate.map(|r| started + Duration::from_secs_f64(first as f64 / r));
+                    if duration.is_some_and(|d| due.unwrap_or_else(Instant::now) >= started + d) {
+                        break;
+                    }
+                    if let Some(due) = due {
+                        tokio::time::sleep_until(due.into()).await;
                     }
                     let ids: Vec<String> = (first..(first + step).min(total))
                         .map(|i| format!("bench-{run_id}-{i}"))
@@ -118,7 +154,7 @@ pub async fn run(
                             ..Default::default()
                         })
                         .collect();
-                    let t0 = Instant::now();
+                    let t0 = due.unwrap_or_else(Instant::now);
                     let accepted: Vec<bool> = if batch == 0 {
                         let mut accepted = Vec::new();
                         for request in requests {
@@ -140,25 +176,36 @@ pub async fn run(
                         }
                     };
                     let submit = t0.elapsed();
-                    let reads = ids.iter().zip(&accepted).map(|(id, ok)| {
-                        let mut cache = cache.clone();
-                        let id = id.clone();
-                        let ok = *ok;
-                        async move {
-                            if !ok {
-                                return None;
+                    let at = t0.saturating_duration_since(started);
+                    let readable: Vec<Option<Duration>> = if batch == 0 {
+                        let reads = ids.iter().zip(&accepted).map(|(id, ok)| {
+                            let mut cache = cache.clone();
+                            let id = id.clone();
+                            let ok = *ok;
+                            async move {
+                                if !ok {
+                                    return None;
+                                }
+                                let answer = cache
+                                    .get_order_result(ResultRequest {
+                                        id,
+                                        wait_ms: 30_000,
+                                    })
+                                    .await;
+                                answer.ok().map(|_| t0.elapsed())
                             }
-                            let answer = cache
-                                .get_order_result(ResultRequest {
-                                    id,
-                                    wait_ms: 30_000,
-                                })
-                                .await;
-                            answer.ok().map(|_| t0.elapsed())
-                        }
-                    });
-                    for readable in join_all(reads).await {
-                        samples.push((submit, readable, t0 + submit));
+                        });
+                        join_all(reads).await
+                    } else {
+                        // A batch client reads its batch's results in one call too.
+                        read_batch(&mut cache.clone(), &ids, &accepted, t0).await
+                    };
+                    for readable in readable {
+                        samples.push(Sample {
+                            at,
+                            submit,
+                            readable,
+                        });
                     }
                     let finished = done.fetch_add(ids.len(), Ordering::Relaxed) + ids.len();
                     progress(finished);
@@ -167,21 +214,22 @@ pub async fn run(
             })
         })
         .collect();
-    let mut samples = Vec::with_capacity(plan.orders);
+    let mut samples = Vec::with_capacity(plan.orders.min(1 << 24));
     for client in clients {
         samples.extend(client.await.context("a bench client panicked")?);
     }
     let seconds = started.elapsed().as_secs_f64();
-    let errors = samples.iter().filter(|s| s.1.is_none()).count();
-    let mut submit: Vec<Duration> = samples.iter().map(|s| s.0).collect();
-    let mut readable: Vec<Duration> = samples.iter().filter_map(|s| s.1).collect();
+    let errors = samples.iter().filter(|s| s.readable.is_none()).count();
+    let mut submit: Vec<Duration> = samples.iter().map(|s| s.submit).collect();
+    let mut readable: Vec<Duration> = samples.iter().filter_map(|s| s.readable).collect();
     let accepted_by = samples
         .iter()
-        .map(|s| s.2.saturating_duration_since(started))
+        .map(|s| s.at + s.submit)
         .max()
         .unwrap_or_default()
         .as_secs_f64()
         .max(f64::EPSILON);
+    samples.sort_unstable_by_key(|s| s.at);
     Ok(BenchReport {
         orders: samples.len(),
         concurrency: plan.concurrency,
@@ -192,20 +240,80 @@ pub async fn run(
         submit_to_readable: percentiles(&mut readable),
         errors,
         seconds,
+        target_rate: plan.rate,
+        samples,
     })
 }
 
-/// A one-line progress bar: `[#######-------------]  35%  7000/20000 readable  9.1k/s`.
-pub fn progress_line(done: usize, total: usize, elapsed: Duration) -> String {
+/// Reads the results of a batch with `GetOrderResults`, asking again for those still
+/// missing, until each is readable (its latency) or has waited 30 s (`None`).
+async fn read_batch(
+    cache: &mut CacheServiceClient<Channel>,
+    ids: &[String],
+    accepted: &[bool],
+    t0: Instant,
+) -> Vec<Option<Duration>> {
+    let mut readable: Vec<Option<Duration>> = vec![None; ids.len()];
+    let mut missing: Vec<usize> = (0..ids.len()).filter(|i| accepted[*i]).collect();
+    let give_up = t0 + Duration::from_secs(30);
+    while !missing.is_empty() && Instant::now() < give_up {
+        let request = ResultsRequest {
+            ids: missing.iter().map(|i| ids[*i].clone()).collect(),
+            wait_ms: 1_000,
+        };
+        let Ok(answer) = cache.get_order_results(request).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let now = t0.elapsed();
+        let mut still = Vec::new();
+        for (i, entry) in missing.iter().zip(answer.into_inner().results) {
+            if entry.found {
+                readable[*i] = Some(now);
+            } else {
+                still.push(*i);
+            }
+        }
+        missing = still;
+    }
+    readable
+}
+
+/// A one-line progress bar: `[#######-------------]  35%  7000/20000 readable  9.1k/s`;
+/// for a run of fixed `duration`, the bar follows the clock.
+pub fn progress_line(
+    done: usize,
+    total: usize,
+    elapsed: Duration,
+    duration: Option<Duration>,
+) -> String {
     const WIDTH: usize = 30;
-    let done = done.min(total);
-    let filled = (done * WIDTH).checked_div(total).unwrap_or(WIDTH);
     let rate = done as f64 / elapsed.as_secs_f64().max(1e-9);
+    let (fraction, count) = match duration {
+        Some(d) => (
+            elapsed.as_secs_f64() / d.as_secs_f64().max(1e-9),
+            format!(
+                "{done} readable, {:.0}/{:.0} s",
+                elapsed.as_secs_f64(),
+                d.as_secs_f64()
+            ),
+        ),
+        None => (
+            if total == 0 {
+                1.0
+            } else {
+                done.min(total) as f64 / total as f64
+            },
+            format!("{}/{total} readable", done.min(total)),
+        ),
+    };
+    let fraction = fraction.clamp(0.0, 1.0);
+    let filled = (fraction * WIDTH as f64) as usize;
     format!(
-        "[{}{}] {:>3}%  {done}/{total} readable  {:.1}k/s",
+        "[{}{}] {:>3}%  {count}  {:.1}k/s",
         "#".repeat(filled),
         "-".repeat(WIDTH - filled),
-        (done * 100).checked_div(total).unwrap_or(100),
+        (fraction * 100.0) as usize,
         rate / 1000.0
     )
 }
@@ -224,11 +332,14 @@ fn percentiles(samples: &mut [Duration]) -> Percentiles {
 impl BenchReport {
     /// A short human summary.
     pub fn summary(&self) -> String {
-        let mode = if self.batch == 0 {
+        let mut mode = if self.batch == 0 {
             "unary CreateOrder".to_string()
         } else {
             format!("CreateOrders x{}", self.batch)
         };
+        if let Some(rate) = self.target_rate {
+            mode.push_str(&format!(" at {rate:.0} orders/s"));
+        }
         format!(
             "{} orders, {} clients, {mode}, {:.1} s, {} errors\n\
              submitted: {:.0} orders/s; submit latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n\
@@ -257,12 +368,23 @@ mod tests {
 
     #[test]
     fn progress_bar_fills_with_the_orders() {
-        let line = progress_line(5_000, 20_000, Duration::from_secs(1));
+        let line = progress_line(5_000, 20_000, Duration::from_secs(1), None);
         assert!(
             line.starts_with("[#######-----------------------]  25%"),
             "{line}"
         );
         assert!(line.ends_with("5000/20000 readable  5.0k/s"), "{line}");
-        assert!(progress_line(3, 0, Duration::ZERO).contains("100%"));
+        assert!(progress_line(3, 0, Duration::ZERO, None).contains("100%"));
+        let timed = progress_line(
+            900,
+            usize::MAX,
+            Duration::from_secs(3),
+            Some(Duration::from_secs(12)),
+        );
+        assert!(
+            timed.starts_with("[#######-----------------------]  25%"),
+            "{timed}"
+        );
+        assert!(timed.contains("900 readable, 3/12 s"), "{timed}");
     }
 }

@@ -89,9 +89,16 @@ struct BenchArgs {
         default_value = "http://127.0.0.1:50052"
     )]
     cache_addr: String,
-    /// Orders to submit.
-    #[arg(long, default_value_t = 10_000)]
-    orders: usize,
+    /// Orders to submit [default: 10000, or no limit with --duration].
+    #[arg(long)]
+    orders: Option<usize>,
+    /// Stop submitting after this many seconds.
+    #[arg(long, value_parser = parse_seconds)]
+    duration: Option<std::time::Duration>,
+    /// Submit at this fixed rate (orders/s over all clients) instead of as fast as
+    /// possible; latencies then count from when each order was due.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Concurrent clients.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
@@ -101,6 +108,20 @@ struct BenchArgs {
     /// Print the figures as JSON.
     #[arg(long)]
     json: bool,
+    /// Also draw the latency distribution (CDF and latency over time) into this PNG.
+    #[arg(long, value_name = "FILE.png")]
+    plot: Option<PathBuf>,
+}
+
+fn parse_seconds(raw: &str) -> Result<std::time::Duration, String> {
+    let seconds: f64 = raw
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("`{raw}` is not a number of seconds (e.g. 30 or 2.5)"))?;
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err(format!("`{raw}`: the duration must be more than 0 seconds"));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
 }
 
 #[derive(Debug, Args)]
@@ -652,14 +673,28 @@ async fn health(args: HealthArgs, out: &mut dyn Write) -> Result<i32, String> {
 
 async fn load(args: BenchArgs, out: &mut dyn Write) -> Result<i32, String> {
     use std::io::IsTerminal as _;
+    if let Some(path) = &args.plot
+        && path.extension().and_then(|e| e.to_str()) != Some("png")
+    {
+        return Err(format!(
+            "--plot {}: the plot is a PNG; give a file name ending in .png",
+            path.display()
+        ));
+    }
     let plan = crate::bench::BenchPlan {
         order_url: args.order_addr,
         cache_url: args.cache_addr,
-        orders: args.orders,
+        orders: args.orders.unwrap_or(match args.duration {
+            Some(_) => usize::MAX,
+            None => 10_000,
+        }),
         concurrency: args.concurrency,
         batch: args.batch,
+        rate: args.rate,
+        duration: args.duration,
     };
     let total = plan.orders;
+    let duration = plan.duration;
     let tty = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
     let last = std::sync::Mutex::new(started);
@@ -671,7 +706,7 @@ async fn load(args: BenchArgs, out: &mut dyn Write) -> Result<i32, String> {
             *last = std::time::Instant::now();
             eprint!(
                 "\r{}",
-                crate::bench::progress_line(done, total, started.elapsed())
+                crate::bench::progress_line(done, total, started.elapsed(), duration)
             );
         }
     })
@@ -686,6 +721,12 @@ async fn load(args: BenchArgs, out: &mut dyn Write) -> Result<i32, String> {
         report.summary()
     };
     write!(out, "{text}").map_err(|e| e.to_string())?;
+    if let Some(path) = &args.plot {
+        crate::plot::latency_png(path, &report).map_err(|e| format!("{e:#}"))?;
+        if !args.json {
+            writeln!(out, "latency plot: {}", path.display()).map_err(|e| e.to_string())?;
+        }
+    }
     Ok(if report.errors == 0 {
         EXIT_OK
     } else {

@@ -20,6 +20,7 @@ pub mod embedded;
 pub mod engine;
 pub mod live;
 pub mod order;
+pub mod plot;
 pub mod proto;
 pub mod registry;
 pub mod result;

@@ -3,11 +3,30 @@
 
 use std::time::Duration;
 
+use futures::future::join_all;
 use tonic::{Request, Response, Status};
 
 use super::convert::result_response;
 use crate::proto::{self, cache_service_server::CacheService};
 use crate::store::{MAX_WAIT, Store};
+
+/// Most ids one `GetOrderResults` call may ask for.
+pub const MAX_IDS_PER_CALL: usize = 1000;
+
+fn check_wait(wait_ms: u32) -> Result<Option<Duration>, Status> {
+    let max_ms = MAX_WAIT.as_millis();
+    if u128::from(wait_ms) > max_ms {
+        return Err(Status::invalid_argument(format!(
+            "wait_ms: {wait_ms} is more than the maximum of {max_ms}"
+        )));
+    }
+    Ok((wait_ms > 0).then(|| Duration::from_millis(u64::from(wait_ms))))
+}
+
+fn unavailable(e: &anyhow::Error) -> Status {
+    tracing::warn!(error = %format!("{e:#}"), "result store error");
+    Status::unavailable(format!("result store unavailable: {e:#}"))
+}
 
 /// The CacheService.
 pub struct CacheApi {
@@ -32,28 +51,49 @@ impl CacheService for CacheApi {
         if request.id.is_empty() {
             return Err(Status::invalid_argument("id: is required"));
         }
-        let max_ms = MAX_WAIT.as_millis();
-        if u128::from(request.wait_ms) > max_ms {
-            return Err(Status::invalid_argument(format!(
-                "wait_ms: {} is more than the maximum of {max_ms}",
-                request.wait_ms
-            )));
-        }
-        let found = if request.wait_ms == 0 {
-            self.store.get(&request.id).await
-        } else {
-            let wait = Duration::from_millis(u64::from(request.wait_ms));
-            self.store.wait(&request.id, wait).await
+        let found = match check_wait(request.wait_ms)? {
+            None => self.store.get(&request.id).await,
+            Some(wait) => self.store.wait(&request.id, wait).await,
         };
         match found {
             Ok(Some(result)) => Ok(Response::new(result_response(&result))),
             Ok(None) => Err(Status::not_found("order not found")),
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "result store error");
-                Err(Status::unavailable(format!(
-                    "result store unavailable: {e:#}"
-                )))
-            }
+            Err(e) => Err(unavailable(&e)),
         }
+    }
+
+    #[tracing::instrument(name = "grpc.get_order_results", skip_all, fields(ids = request.get_ref().ids.len()))]
+    async fn get_order_results(
+        &self,
+        request: Request<proto::ResultsRequest>,
+    ) -> Result<Response<proto::ResultsResponse>, Status> {
+        let request = request.into_inner();
+        if request.ids.len() > MAX_IDS_PER_CALL {
+            return Err(Status::invalid_argument(format!(
+                "ids: {} ids, at most {MAX_IDS_PER_CALL} per call",
+                request.ids.len()
+            )));
+        }
+        if let Some(i) = request.ids.iter().position(String::is_empty) {
+            return Err(Status::invalid_argument(format!("ids[{i}]: is empty")));
+        }
+        let wait = check_wait(request.wait_ms)?;
+        let lookups = request.ids.iter().map(|id| async move {
+            match wait {
+                None => self.store.get(id).await,
+                Some(wait) => self.store.wait(id, wait).await,
+            }
+        });
+        let found = join_all(lookups).await;
+        let mut results = Vec::with_capacity(found.len());
+        for (id, found) in request.ids.iter().cloned().zip(found) {
+            let result = found.map_err(|e| unavailable(&e))?;
+            results.push(proto::ResultEntry {
+                id,
+                found: result.is_some(),
+                result: result.as_ref().map(result_response),
+            });
+        }
+        Ok(Response::new(proto::ResultsResponse { results }))
     }
 }

@@ -168,7 +168,11 @@ mod tests {
             assert_eq!(a.totals, b.totals, "{}", example.name);
             assert_eq!(a.adjustments, b.adjustments, "{}", example.name);
             assert_eq!(a.reasons, b.reasons, "{}", example.name);
-            assert!(b.rules.iter().all(|r| r.version.ends_with("(native baseline)")));
+            assert!(
+                b.rules
+                    .iter()
+                    .all(|r| r.version.ends_with("(native baseline)"))
+            );
             assert!(a.rules.iter().all(|r| !r.version.contains("native")));
         }
     }
