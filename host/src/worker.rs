@@ -32,6 +32,46 @@ use crate::proto;
 use crate::result::{OrderResult, ResultStatus};
 use crate::store::{PutOutcome, Store};
 
+/// Batches at least this big are split over the evaluation threads.
+const PARALLEL_MIN: usize = 32;
+
+/// Evaluates `orders` on blocking threads: big batches are split in as many parts as
+/// there are CPUs (a fresh Wasm instance per rule per order is the worker's main cost).
+async fn evaluate_all(
+    active: Arc<crate::live::ActiveChain>,
+    orders: Vec<Order>,
+) -> Result<(Vec<Order>, Vec<Evaluation>), tokio::task::JoinError> {
+    let parts = std::thread::available_parallelism().map_or(1, usize::from);
+    if parts < 2 || orders.len() < PARALLEL_MIN {
+        return tokio::task::spawn_blocking(move || {
+            let evaluations: Vec<_> = orders.iter().map(|o| active.chain.evaluate(o)).collect();
+            (orders, evaluations)
+        })
+        .await;
+    }
+    let orders = Arc::new(orders);
+    let chunk = orders.len().div_ceil(parts);
+    let tasks: Vec<_> = (0..parts)
+        .map(|part| {
+            let (active, orders) = (Arc::clone(&active), Arc::clone(&orders));
+            tokio::task::spawn_blocking(move || {
+                let end = ((part + 1) * chunk).min(orders.len());
+                let start = (part * chunk).min(end);
+                orders[start..end]
+                    .iter()
+                    .map(|o| active.chain.evaluate(o))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut evaluations = Vec::with_capacity(orders.len());
+    for task in tasks {
+        evaluations.extend(task.await?);
+    }
+    let orders = Arc::try_unwrap(orders).unwrap_or_else(|shared| (*shared).clone());
+    Ok((orders, evaluations))
+}
+
 /// Most entries the embedded worker takes at once.
 const EMBEDDED_BATCH: usize = 512;
 /// Messages queued per partition before the consumer waits.
@@ -204,11 +244,7 @@ impl Processor {
         // The whole batch is evaluated by one ruleset version.
         let active = self.live.current();
         let first_version = active.version;
-        let evaluations = tokio::task::spawn_blocking(move || {
-            let evaluations: Vec<_> = orders.iter().map(|o| active.chain.evaluate(o)).collect();
-            (orders, evaluations)
-        })
-        .await;
+        let evaluations = evaluate_all(active, orders).await;
         let (orders, evaluations) = match evaluations {
             Ok(done) => done,
             Err(e) => {

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use futures::future::join_all;
 use tonic::{Request, Response, Status};
 
 use super::convert::result_response;
@@ -78,22 +77,21 @@ impl CacheService for CacheApi {
             return Err(Status::invalid_argument(format!("ids[{i}]: is empty")));
         }
         let wait = check_wait(request.wait_ms)?;
-        let lookups = request.ids.iter().map(|id| async move {
-            match wait {
-                None => self.store.get(id).await,
-                Some(wait) => self.store.wait(id, wait).await,
-            }
-        });
-        let found = join_all(lookups).await;
-        let mut results = Vec::with_capacity(found.len());
-        for (id, found) in request.ids.iter().cloned().zip(found) {
-            let result = found.map_err(|e| unavailable(&e))?;
-            results.push(proto::ResultEntry {
+        let found = self
+            .store
+            .get_many(&request.ids, wait)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let results = request
+            .ids
+            .into_iter()
+            .zip(found)
+            .map(|(id, result)| proto::ResultEntry {
                 id,
                 found: result.is_some(),
                 result: result.as_ref().map(result_response),
-            });
-        }
+            })
+            .collect();
         Ok(Response::new(proto::ResultsResponse { results }))
     }
 }

@@ -115,6 +115,32 @@ impl Store {
         }
     }
 
+    /// The results of `ids`, in order; with `wait`, waits up to that long for missing
+    /// ones (the embedded store reads them in one transaction per wake-up; Redis
+    /// pipelines the reads on its multiplexed connection).
+    pub async fn get_many(
+        &self,
+        ids: &[String],
+        wait: Option<Duration>,
+    ) -> anyhow::Result<Vec<Option<OrderResult>>> {
+        match (self, wait) {
+            (Self::Embedded(db), None) => db.get_results(ids.to_vec()).await,
+            (Self::Embedded(db), Some(wait)) => {
+                db.wait_results(ids, Instant::now() + wait.min(MAX_WAIT))
+                    .await
+            }
+            (Self::Redis(_), _) => {
+                let reads = ids.iter().map(|id| async move {
+                    match wait {
+                        None => self.get(id).await,
+                        Some(wait) => self.wait(id, wait).await,
+                    }
+                });
+                futures::future::join_all(reads).await.into_iter().collect()
+            }
+        }
+    }
+
     /// Tells waiting readers that these ids have results now (Redis: one message for
     /// the batch; the embedded store wakes them on commit already).
     pub async fn announce(&self, ids: &[&str]) -> anyhow::Result<()> {
