@@ -80,6 +80,8 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 (cd plugins && cargo fmt --all -- --check && \
   cargo clippy --workspace --all-targets --quiet --target "$HOST_TRIPLE" \
     --target-dir "$CARGO_TARGET_DIR/wasm-plugins" -- -D warnings)
+# The microbenchmarks' own workspace (zen-engine): kept compiling and lint-clean.
+(cd bench && cargo fmt -- --check && cargo clippy --all-targets --quiet -- -D warnings)
 
 step "plugin unit tests (decision logic, on $HOST_TRIPLE)"
 (cd plugins && cargo test --workspace --quiet --target "$HOST_TRIPLE" --target-dir "$CARGO_TARGET_DIR/wasm-plugins")

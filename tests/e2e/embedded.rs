@@ -167,3 +167,13 @@ async fn embedded_mode_has_the_same_semantics() {
     }));
     running.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_results_are_read_in_one_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = app::start(Role::All, &embedded_config(dir.path()))
+        .await
+        .unwrap();
+    order_pipeline_tests::check_batch_results(&running, "emb-batch").await;
+    running.stop().await.unwrap();
+}

@@ -580,3 +580,13 @@ async fn broker_down_is_unavailable_never_accepted() {
     assert!(status.message().contains("broker"), "{}", status.message());
     running.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_results_are_read_in_one_call_from_redis() {
+    let Some(services) = services() else { return };
+    let running = app::start(Role::All, &kafka_config(&services))
+        .await
+        .unwrap();
+    order_pipeline_tests::check_batch_results(&running, "kafka-batch").await;
+    running.stop().await.unwrap();
+}

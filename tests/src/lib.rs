@@ -282,3 +282,96 @@ impl Drop for Tansu {
         let _ = self.child.wait();
     }
 }
+
+/// `CacheService.GetOrderResults` against a running pipeline: a batch read back in one
+/// call, in order; found = false for ids without a result (at once, or after a wait);
+/// and its INVALID_ARGUMENT cases.
+pub async fn check_batch_results(running: &order_pipeline::app::Running, prefix: &str) {
+    use order_pipeline::proto::{CreateOrdersRequest, ResultsRequest};
+    let mut orders = order_client(running.order_addr.unwrap()).await;
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+    let ids: Vec<String> = (0..50).map(|i| unique(&format!("{prefix}-{i}"))).collect();
+    let requests = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| go_request(id, &format!("item-{i}"), 100 + i as i32))
+        .collect();
+    let answer = orders
+        .create_orders(CreateOrdersRequest { orders: requests })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.responses.iter().all(|r| r.status == "accepted"));
+
+    let results = cache
+        .get_order_results(ResultsRequest {
+            ids: ids.clone(),
+            wait_ms: 30_000,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), ids.len());
+    for (i, (entry, id)) in results.iter().zip(&ids).enumerate() {
+        assert_eq!(&entry.id, id);
+        assert!(entry.found, "{id} not found after waiting");
+        let result = entry.result.as_ref().unwrap();
+        assert_eq!(result.item, format!("item-{i}"));
+        assert_eq!(result.price, 100 + i as i32);
+        assert_eq!(result.status, "done");
+    }
+
+    let unknown = unique(&format!("{prefix}-unknown"));
+    let mixed = cache
+        .get_order_results(ResultsRequest {
+            ids: vec![ids[3].clone(), unknown.clone(), ids[3].clone()],
+            wait_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let found: Vec<(&str, bool)> = mixed.iter().map(|e| (e.id.as_str(), e.found)).collect();
+    assert_eq!(
+        found,
+        vec![
+            (ids[3].as_str(), true),
+            (unknown.as_str(), false),
+            (ids[3].as_str(), true)
+        ]
+    );
+    assert!(mixed[1].result.is_none());
+
+    let started = std::time::Instant::now();
+    let waited = cache
+        .get_order_results(ResultsRequest {
+            ids: vec![unknown.clone()],
+            wait_ms: 200,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert!(!waited[0].found);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(190));
+
+    let too_many = vec!["x".to_string(); 1001];
+    let bad = [
+        (too_many, 0, "ids: 1001 ids"),
+        (vec!["a".into(), String::new()], 0, "ids[1]: is empty"),
+        (vec!["a".into()], 60_000, "wait_ms: 60000 is more than"),
+    ];
+    for (ids, wait_ms, message) in bad {
+        let status = cache
+            .get_order_results(ResultsRequest { ids, wait_ms })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{message}");
+        assert!(
+            status.message().starts_with(message),
+            "{}",
+            status.message()
+        );
+    }
+}
