@@ -285,7 +285,8 @@ impl Drop for Tansu {
 
 /// `CacheService.GetOrderResults` against a running pipeline: a batch read back in one
 /// call, in order; found = false for ids without a result (at once, or after a wait);
-/// and its INVALID_ARGUMENT cases.
+/// and its INVALID_ARGUMENT cases. Panics (a failed test) on any mismatch.
+#[allow(clippy::unwrap_used)]
 pub async fn check_batch_results(running: &order_pipeline::app::Running, prefix: &str) {
     use order_pipeline::proto::{CreateOrdersRequest, ResultsRequest};
     let mut orders = order_client(running.order_addr.unwrap()).await;
