@@ -681,6 +681,13 @@ async fn load(args: BenchArgs, out: &mut dyn Write) -> Result<i32, String> {
             path.display()
         ));
     }
+    if let Some(rate) = args.rate
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        return Err(format!(
+            "--rate {rate}: give a positive number of orders per second"
+        ));
+    }
     let plan = crate::bench::BenchPlan {
         order_url: args.order_addr,
         cache_url: args.cache_addr,

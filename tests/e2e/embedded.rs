@@ -177,3 +177,79 @@ async fn batch_results_are_read_in_one_call() {
     order_pipeline_tests::check_batch_results(&running, "emb-batch").await;
     running.stop().await.unwrap();
 }
+
+/// `order-pipeline bench` end to end against an embedded pipeline: a batched run with a
+/// plot, a fixed-rate timed run (exactly rate x duration orders), and bad flags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_generator_runs_batched_and_at_a_fixed_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = app::start(Role::All, &embedded_config(dir.path()))
+        .await
+        .unwrap();
+    let order_url = format!("http://{}", running.order_addr.unwrap());
+    let cache_url = format!("http://{}", running.cache_addr.unwrap());
+    let plot = dir.path().join("latency.png");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec![
+            "bench".to_string(),
+            "--order-addr".into(),
+            order_url.clone(),
+            "--cache-addr".into(),
+            cache_url.clone(),
+            "--json".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            order_pipeline_tests::cli(&args)
+        })
+    };
+
+    let plot_arg = plot.display().to_string();
+    let (code, out, err) = run(args(&[
+        "--orders",
+        "300",
+        "--concurrency",
+        "3",
+        "--batch",
+        "50",
+        "--plot",
+        &plot_arg,
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["orders"], 300, "{out}");
+    assert_eq!(report["errors"], 0, "{out}");
+    assert_eq!(report["batch"], 50, "{out}");
+    assert!(report["submit_to_readable"]["p99_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(&std::fs::read(&plot).unwrap()[..4], b"\x89PNG");
+
+    // Orders are due at i / rate; a run of 0.3 s at 1000/s submits exactly 300.
+    let (code, out, err) = run(args(&["--rate", "1000", "--duration", "0.3"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (report["orders"].as_u64(), report["target_rate"].as_f64()),
+        (Some(300), Some(1000.0)),
+        "{out}"
+    );
+
+    for (bad, message) in [
+        (vec!["--plot", "latency.svg"], "the plot is a PNG"),
+        (vec!["--rate", "0"], "--rate 0: give a positive number"),
+        (vec!["--duration", "0"], "the duration must be more than 0"),
+        (vec!["--duration", "soon"], "is not a number of seconds"),
+    ] {
+        let (code, _, err) = run(args(&bad)).await.unwrap();
+        assert_eq!(code, 2, "{bad:?}: {err}");
+        assert!(err.contains(message), "{bad:?}: {err}");
+    }
+    running.stop().await.unwrap();
+}
