@@ -1,10 +1,11 @@
 # One image for every role of order-pipeline: `run` (default), `order-service`, `worker`,
-# `cache-service`. The rule plugins are built from source (wasm32-wasip2) by the host's
+# `cache-service`. The rule plugins are built from source by the host's
 # build script and embedded in the binary.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-# rust-toolchain.toml pins the toolchain and adds the wasm32-wasip2 target.
+# rust-toolchain.toml pins the toolchain and adds the wasm targets (wasm32-unknown-unknown
+# for the built-in plugins, wasm32-wasip2 for plugins built by hand).
 RUN rustup show active-toolchain \
  && cargo build --release --locked -p order-pipeline \
  && cp target/release/order-pipeline /order-pipeline

@@ -19,12 +19,13 @@ TANSU_VERSION="0.6.0"
 [ "${1:-}" = "--" ] && shift
 step() { printf '\n==> %s\n' "$*"; }
 
-step "toolchain and wasm32-wasip2 target"
+step "toolchain and wasm targets (wasm32-wasip2, wasm32-unknown-unknown)"
 # The pinned toolchain (rust-toolchain.toml), installed explicitly: rustup's automatic
 # install may be switched off (RUSTUP_AUTO_INSTALL=0).
 TOOLCHAIN="$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)"
-rustup toolchain install "$TOOLCHAIN" --profile minimal -c rustfmt -c clippy -t wasm32-wasip2 >/dev/null
-rustup target add --toolchain "$TOOLCHAIN" wasm32-wasip2 >/dev/null
+rustup toolchain install "$TOOLCHAIN" --profile minimal -c rustfmt -c clippy \
+  -t wasm32-wasip2 -t wasm32-unknown-unknown >/dev/null
+rustup target add --toolchain "$TOOLCHAIN" wasm32-wasip2 wasm32-unknown-unknown >/dev/null
 HOST_TRIPLE="$(rustc -vV | sed -n 's/^host: //p')"
 
 step "redis-server"

@@ -94,6 +94,8 @@ pub(crate) struct HostState {
     rule: Arc<str>,
     limiter: MemoryCap,
     log_lines: u32,
+    /// The message of a guest panic, as reported by rule-common's panic hook.
+    panic: Option<String>,
     stderr: MemoryOutputPipe,
     wasi: WasiCtx,
     table: ResourceTable,
@@ -110,6 +112,10 @@ impl WasiView for HostState {
 
 impl bindings::order::rules::log::Host for HostState {
     fn log(&mut self, level: log::Level, message: String) {
+        if level == log::Level::Error && message.starts_with("panic: ") {
+            // rule-common's panic hook: kept for the trap report that follows.
+            self.panic = Some(truncate(&message["panic: ".len()..], 1024).to_string());
+        }
         self.log_lines += 1;
         if self.log_lines > MAX_LOG_LINES_PER_CALL {
             if self.log_lines == MAX_LOG_LINES_PER_CALL + 1 {
@@ -210,6 +216,7 @@ impl Instance {
                 hit: false,
             },
             log_lines: 0,
+            panic: None,
             stderr,
             wasi,
             table: ResourceTable::new(),
@@ -305,7 +312,9 @@ fn classify(store: &Store<HostState>, error: wasmtime::Error, other: FailureKind
             let stderr = String::from_utf8_lossy(&state.stderr.contents())
                 .trim()
                 .to_string();
-            let message = if stderr.is_empty() {
+            let message = if let Some(panic) = &state.panic {
+                format!("wasm trap: {trap}; plugin panicked: {panic}")
+            } else if stderr.is_empty() {
                 format!("wasm trap: {trap}")
             } else {
                 format!(
