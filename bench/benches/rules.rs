@@ -1,4 +1,4 @@
-//! `cargo bench -p order-pipeline-bench`: the cost of running rules as Wasm components,
+//! `cd bench && cargo bench`: the cost of running rules as Wasm components,
 //! next to the same rules compiled natively and the same decisions in zen-engine (GoRules
 //! ZEN, a peer business-rules engine). Prints criterion's figures, then the ratios.
 
@@ -12,23 +12,7 @@ use order_pipeline::engine::Status;
 use order_pipeline::engine::{Engine, Isolation, Limits, RuleChain, RuleSpec};
 use order_pipeline::order::{Order, OrderLine};
 use order_pipeline::ruleset;
-use rule_common::{AdjustmentKind, ChainContext, Outcome, Rule, Totals};
 use std::path::Path;
-
-// The rules' own sources, compiled natively: the same `decide` functions the plugins run.
-// (Their unit tests come along under cfg(test); they are not run here.)
-#[allow(unused, dead_code, clippy::all)]
-#[path = "../../plugins/rule-discount/src/lib.rs"]
-mod rule_discount;
-#[allow(unused, dead_code, clippy::all)]
-#[path = "../../plugins/rule-fraud/src/lib.rs"]
-mod rule_fraud;
-#[allow(unused, dead_code, clippy::all)]
-#[path = "../../plugins/rule-tax/src/lib.rs"]
-mod rule_tax;
-#[allow(unused, dead_code, clippy::all)]
-#[path = "../../plugins/rule-validate/src/lib.rs"]
-mod rule_validate;
 
 fn order(lines: usize) -> Order {
     Order {
@@ -65,98 +49,15 @@ fn chain(engine: &Engine, rules: &[&str], isolation: Isolation) -> RuleChain {
     .unwrap()
 }
 
-/// The default chain, natively.
-struct Native {
-    validate: rule_validate::Settings,
-    fraud: rule_fraud::Settings,
-    discount: rule_discount::Settings,
-    tax: rule_tax::Settings,
-}
-
-impl Native {
-    fn new() -> Self {
-        Self {
-            validate: rule_common::parse_settings::<rule_validate::Validate>(config(
-                "rule-validate",
-            ))
-            .unwrap(),
-            fraud: rule_common::parse_settings::<rule_fraud::Fraud>(config("rule-fraud")).unwrap(),
-            discount: rule_common::parse_settings::<rule_discount::Discount>(config(
-                "rule-discount",
-            ))
-            .unwrap(),
-            tax: rule_common::parse_settings::<rule_tax::Tax>(config("rule-tax")).unwrap(),
-        }
-    }
-
-    fn evaluate(&self, order: &rule_common::Order) -> Totals {
-        let subtotal = order
-            .lines
-            .iter()
-            .map(|l| l.unit_price * i64::from(l.quantity))
-            .sum();
-        let mut context = ChainContext {
-            totals: Totals {
-                subtotal,
-                discounts: 0,
-                surcharges: 0,
-                tax: 0,
-                total: subtotal,
-            },
-            adjustments: Vec::new(),
-        };
-        for step in 0..4 {
-            let outcome = match step {
-                0 => rule_validate::Validate::decide(order, &context, &self.validate),
-                1 => rule_fraud::Fraud::decide(order, &context, &self.fraud),
-                2 => rule_discount::Discount::decide(order, &context, &self.discount),
-                _ => rule_tax::Tax::decide(order, &context, &self.tax),
-            };
-            match outcome {
-                Outcome::Accept(adjustments) => {
-                    for a in adjustments {
-                        match a.kind {
-                            AdjustmentKind::Discount => {
-                                context.totals.discounts += a.amount;
-                                context.totals.total -= a.amount;
-                            }
-                            AdjustmentKind::Surcharge => {
-                                context.totals.surcharges += a.amount;
-                                context.totals.total += a.amount;
-                            }
-                            AdjustmentKind::Tax => {
-                                context.totals.tax += a.amount;
-                                context.totals.total += a.amount;
-                            }
-                        }
-                        context.adjustments.push(a);
-                    }
-                }
-                _ => break,
-            }
-        }
-        context.totals
-    }
-}
-
-fn native_order(order: &Order) -> rule_common::Order {
-    rule_common::Order {
-        id: order.id.clone(),
-        customer_id: order.customer_id.clone(),
-        currency: order.currency.clone(),
-        lines: order
-            .lines
-            .iter()
-            .map(|l| rule_common::OrderLine {
-                sku: l.sku.clone(),
-                quantity: l.quantity,
-                unit_price: l.unit_price,
-            })
-            .collect(),
-        shipping_country: order.shipping_country.clone(),
-        coupon_codes: order.coupon_codes.clone(),
-        attributes: Vec::new(),
-    }
+/// The default chain with the same rules compiled natively: the host's benchmark
+/// baseline (`NATIVE_RULES_BASELINE`), through the same chain code as the Wasm rules.
+fn native_chain() -> RuleChain {
+    let engine = Engine::new(Limits {
+        native_builtins: true,
+        ..Limits::default()
+    })
+    .unwrap();
+    ruleset::load_default(&engine).unwrap()
 }
 
 const DEFAULT_CHAIN: [&str; 4] = ["rule-validate", "rule-fraud", "rule-discount", "rule-tax"];
@@ -179,10 +80,9 @@ fn benches(c: &mut Criterion) {
             b.iter(|| black_box(default.evaluate(black_box(&o))))
         });
     }
-    let native = Native::new();
-    let n = native_order(&o);
+    let native = native_chain();
     c.bench_function("default chain native", |b| {
-        b.iter(|| black_box(native.evaluate(black_box(&n))))
+        b.iter(|| black_box(native.evaluate(black_box(&o))))
     });
     let rt = order_pipeline_bench::runtime().unwrap();
     let zen = order_pipeline_bench::decision().unwrap();
@@ -247,10 +147,9 @@ fn main() {
     Criterion::default().configure_from_args().final_summary();
     // The ratios, from one more direct measurement each.
     let o = order(5);
-    let native = Native::new();
-    let n = native_order(&o);
+    let native = native_chain();
     let native_ns = median_ns(20_000, || {
-        black_box(native.evaluate(black_box(&n)));
+        black_box(native.evaluate(black_box(&o)));
     });
     let rt = order_pipeline_bench::runtime().unwrap();
     let zen = order_pipeline_bench::decision().unwrap();
