@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use order_pipeline::cli::{EXIT_OK, EXIT_TEST_FAILED, EXIT_USAGE};
-use order_pipeline_tests::{built_plugin, cli, repo_root};
+use crate::support::{built_plugin, cli, repo_root};
+use order_pipeline_cli::{EXIT_OK, EXIT_TEST_FAILED, EXIT_USAGE};
 
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()

@@ -2,14 +2,14 @@
 
 use std::time::{Duration, Instant};
 
+use crate::support::{
+    built_plugin, cache_client, embedded_config, kafka_config, order_client, services, unique,
+    wait_result,
+};
 use order_pipeline::app::{self, Role};
 use order_pipeline::proto::admin::admin_service_client::AdminServiceClient;
 use order_pipeline::proto::admin::{self, DeployRequest, deploy_request::Position};
 use order_pipeline::proto::{CreateOrdersRequest, OrderLine, OrderRequest};
-use order_pipeline_tests::{
-    built_plugin, cache_client, embedded_config, kafka_config, order_client, services, unique,
-    wait_result,
-};
 use tonic::Request;
 
 const TOKEN: &str = "test-token-123";
@@ -396,7 +396,7 @@ async fn a_failing_rule_is_quarantined_and_its_orders_retried() {
     let deployed = admin.deploy(trap).await.unwrap().into_inner();
     // ...then fails on real orders.
     let batch = (0..20)
-        .map(|i| order_pipeline_tests::go_request(&format!("boom-{i}"), &format!("boom-{i}"), 10))
+        .map(|i| crate::support::go_request(&format!("boom-{i}"), &format!("boom-{i}"), 10))
         .collect();
     orders
         .create_orders(CreateOrdersRequest { orders: batch })

@@ -1,10 +1,10 @@
 //! The embedded mode (no Kafka, no Redis): the same API and semantics on one durable
 //! database in the data directory, across restarts.
 
+use crate::support::{cache_client, embedded_config, go_request, order_client, wait_result};
 use order_pipeline::app::{self, Role};
-use order_pipeline::embedded::EmbeddedDb;
+use order_pipeline::backends::embedded::EmbeddedDb;
 use order_pipeline::proto::{CreateOrdersRequest, ResultRequest};
-use order_pipeline_tests::{cache_client, embedded_config, go_request, order_client, wait_result};
 use prost::Message as _;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,7 +174,7 @@ async fn batch_results_are_read_in_one_call() {
     let running = app::start(Role::All, &embedded_config(dir.path()))
         .await
         .unwrap();
-    order_pipeline_tests::check_batch_results(&running, "emb-batch").await;
+    crate::support::check_batch_results(&running, "emb-batch").await;
     running.stop().await.unwrap();
 }
 
@@ -204,7 +204,7 @@ async fn the_load_generator_runs_batched_and_at_a_fixed_rate() {
     let run = |args: Vec<String>| {
         tokio::task::spawn_blocking(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            order_pipeline_tests::cli(&args)
+            crate::support::cli(&args)
         })
     };
 

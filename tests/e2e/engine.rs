@@ -3,10 +3,11 @@
 use std::sync::Arc;
 use std::thread;
 
-use order_pipeline::engine::{ChainError, FailureKind, Isolation, RuleChain, Status};
-use order_pipeline::order::Order;
-use order_pipeline::ruleset::{self, RulesetError};
-use order_pipeline_tests::{chain, chain_with, engine, go_order, repo_root};
+use crate::support::{chain, chain_with, engine, go_order, repo_root};
+use order_builtin_rules as ruleset;
+use order_rules_engine::Order;
+use order_rules_engine::ruleset::RulesetError;
+use order_rules_engine::{ChainError, FailureKind, Isolation, RuleChain, Status};
 
 #[test]
 fn default_chain_accepts_the_go_order_and_records_every_rule() {
@@ -22,7 +23,7 @@ fn default_chain_accepts_the_go_order_and_records_every_rule() {
     );
     for (trace, spec) in evaluation.rules.iter().zip(chain.specs()) {
         let builtin = ruleset::builtin(&trace.name).unwrap();
-        assert_eq!(trace.digest, order_pipeline::engine::digest(builtin));
+        assert_eq!(trace.digest, order_rules_engine::digest(builtin));
         assert_eq!(trace.digest, spec.plugin.digest());
         assert_eq!(trace.version, "0.1.0");
         assert_eq!(trace.outcome, "accept");
@@ -179,7 +180,7 @@ fn a_rule_may_appear_only_once() {
 fn ruleset_files_resolve_plugins_and_report_errors() {
     let engine = engine();
     let dir = tempfile::tempdir().unwrap();
-    let tax = order_pipeline_tests::built_plugin("rule_tax");
+    let tax = crate::support::built_plugin("rule_tax");
     std::fs::copy(&tax, dir.path().join("tax.wasm")).unwrap();
     let path = dir.path().join("rules.toml");
     std::fs::write(

@@ -3,11 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use order_pipeline::engine::{
-    Engine, Evaluation, FailureKind, Isolation, Limits, LoadError, Status,
-};
-use order_pipeline::ruleset;
-use order_pipeline_tests::{built_plugin, chain, chain_with, engine, engine_with, go_order};
+use crate::support::{built_plugin, chain, chain_with, engine, engine_with, go_order};
+use order_builtin_rules as ruleset;
+use order_rules_engine::{Engine, Evaluation, FailureKind, Isolation, Limits, LoadError, Status};
 
 /// Runs `stem` (after rule-validate) on the Go order; returns the evaluation.
 fn run_hostile(

@@ -1,5 +1,8 @@
-//! End-to-end tests: the engine on the real compiled plugins, hostile plugins, the
-//! plugin author's CLI, and the pipeline in embedded mode and against real Redis and Kafka. Plugins are built from source by the host's build script.
+//! End-to-end tests, all of them: the engine on the real compiled plugins, hostile
+//! plugins, the plugin author's CLI, the pipeline in embedded mode and against real Redis
+//! and Kafka, and the real binary as separate processes. Plugins are built from source by
+//! the build script of `host/builtin-rules`. This is the `e2e` test target of `host/cli`
+//! (so that it gets the built binary); `support` holds the shared helpers.
 
 // Test code: a failed unwrap is a failed test with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -10,3 +13,5 @@ mod embedded;
 mod engine;
 mod hostile;
 mod pipeline;
+mod processes;
+mod support;

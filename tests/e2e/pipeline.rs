@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use order_pipeline::app::{self, Role};
-use order_pipeline::proto::{CreateOrdersRequest, OrderLine, OrderRequest, ResultRequest};
-use order_pipeline::store::redis::RedisStore;
-use order_pipeline_tests::{
+use crate::support::{
     cache_client, go_request, kafka_config, order_client, services, unique, wait_result,
 };
+use order_pipeline::app::{self, Role};
+use order_pipeline::backends::redis::RedisStore;
+use order_pipeline::proto::{CreateOrdersRequest, OrderLine, OrderRequest, ResultRequest};
 use rdkafka::ClientConfig;
 use rdkafka::Message as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -416,7 +416,7 @@ async fn aborted_worker_loses_nothing_when_another_takes_over() {
     // The first worker is slow (a rule that burns CPU), so it is mid-stream when killed.
     let dir = tempfile::tempdir().unwrap();
     let slow = dir.path().join("slow.toml");
-    let wasm = order_pipeline_tests::built_plugin("fixture_slow");
+    let wasm = crate::support::built_plugin("fixture_slow");
     std::fs::write(
         &slow,
         format!(
@@ -447,7 +447,7 @@ async fn aborted_worker_loses_nothing_when_another_takes_over() {
     let first = wait_result(&mut cache, &ids[0], 30).await.unwrap();
     assert_eq!(first.rules[0].name, "fixture-slow");
     worker.abort();
-    let aborted_at = order_pipeline::result::now_unix_ms();
+    let aborted_at = order_pipeline::domain::now_unix_ms();
     // The group's registry keeps the slow ruleset active: the new worker uses it too.
     let second = app::start(Role::Worker, &slow_config).await.unwrap();
     let mut by_second = 0;
@@ -558,7 +558,7 @@ async fn reflection_v1_and_v1alpha_and_health_are_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_is_unavailable_never_accepted() {
     let Some(_services) = services() else { return };
-    let broker = order_pipeline_tests::Tansu::start();
+    let broker = crate::support::Tansu::start();
     let mut config = kafka_config(&_services);
     config.kafka_brokers = Some(broker.addr.clone());
     config.produce_timeout_ms = 1500;
@@ -587,6 +587,6 @@ async fn batch_results_are_read_in_one_call_from_redis() {
     let running = app::start(Role::All, &kafka_config(&services))
         .await
         .unwrap();
-    order_pipeline_tests::check_batch_results(&running, "kafka-batch").await;
+    crate::support::check_batch_results(&running, "kafka-batch").await;
     running.stop().await.unwrap();
 }

@@ -1,0 +1,183 @@
+//! The clients of the pipeline's gRPC services: `submit`, `get`, `health`, and `bench`
+//! (the load generator of [`loadgen`](crate::loadgen)).
+
+use std::io::Write;
+
+use order_pipeline::proto;
+
+use super::plugin::read_order;
+use crate::{BenchArgs, EXIT_OK, EXIT_TEST_FAILED, GetArgs, HealthArgs, SubmitArgs};
+
+pub(crate) async fn submit(args: SubmitArgs, out: &mut dyn Write) -> Result<i32, String> {
+    let request = match &args.order {
+        Some(path) => order_pipeline::domain::wire::request_from_order(&read_order(path)?),
+        None => proto::OrderRequest {
+            id: args.id.clone().unwrap_or_default(),
+            item: args.item.clone().unwrap_or_default(),
+            price: args.price.unwrap_or_default(),
+            currency: args.currency.clone().unwrap_or_default(),
+            ..Default::default()
+        },
+    };
+    let mut client = proto::order_service_client::OrderServiceClient::connect(args.addr.clone())
+        .await
+        .map_err(|e| format!("cannot reach the OrderService at {}: {e}", args.addr))?;
+    let response = client
+        .create_order(request)
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    writeln!(
+        out,
+        "{}",
+        serde_json::json!({"id": response.id, "status": response.status})
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(EXIT_OK)
+}
+
+pub(crate) async fn health(args: HealthArgs, out: &mut dyn Write) -> Result<i32, String> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let channel = tonic::transport::Channel::from_shared(args.addr.clone())
+        .map_err(|e| format!("bad URL {}: {e}", args.addr))?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach {}: {e}", args.addr))?;
+    let answer = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: args.service,
+        })
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    let status = answer.status();
+    writeln!(out, "{}", status.as_str_name()).map_err(|e| e.to_string())?;
+    Ok(if status == ServingStatus::Serving {
+        EXIT_OK
+    } else {
+        EXIT_TEST_FAILED
+    })
+}
+
+pub(crate) async fn load(args: BenchArgs, out: &mut dyn Write) -> Result<i32, String> {
+    use std::io::IsTerminal as _;
+    if let Some(path) = &args.plot
+        && path.extension().and_then(|e| e.to_str()) != Some("png")
+    {
+        return Err(format!(
+            "--plot {}: the plot is a PNG; give a file name ending in .png",
+            path.display()
+        ));
+    }
+    if let Some(rate) = args.rate
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        return Err(format!(
+            "--rate {rate}: give a positive number of orders per second"
+        ));
+    }
+    let plan = crate::loadgen::BenchPlan {
+        order_url: args.order_addr,
+        cache_url: args.cache_addr,
+        orders: args.orders.unwrap_or(match args.duration {
+            Some(_) => usize::MAX,
+            None => 10_000,
+        }),
+        concurrency: args.concurrency,
+        batch: args.batch,
+        rate: args.rate,
+        duration: args.duration,
+    };
+    let total = plan.orders;
+    let duration = plan.duration;
+    let tty = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let last = std::sync::Mutex::new(started);
+    let report = crate::loadgen::run(&plan, move |done| {
+        let mut last = last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if tty && (last.elapsed() >= std::time::Duration::from_millis(100) || done >= total) {
+            *last = std::time::Instant::now();
+            eprint!(
+                "\r{}",
+                crate::loadgen::progress_line(done, total, started.elapsed(), duration)
+            );
+        }
+    })
+    .await
+    .map_err(|e| format!("{e:#}"))?;
+    if tty {
+        eprintln!();
+    }
+    let text = if args.json {
+        serde_json::to_string_pretty(&report).map_err(|e| e.to_string())? + "\n"
+    } else {
+        report.summary()
+    };
+    write!(out, "{text}").map_err(|e| e.to_string())?;
+    if let Some(path) = &args.plot {
+        crate::loadgen::plot::latency_png(path, &report).map_err(|e| format!("{e:#}"))?;
+        if !args.json {
+            writeln!(out, "latency plot: {}", path.display()).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(if report.errors == 0 {
+        EXIT_OK
+    } else {
+        EXIT_TEST_FAILED
+    })
+}
+
+pub(crate) async fn get(args: GetArgs, out: &mut dyn Write) -> Result<i32, String> {
+    let mut client = proto::cache_service_client::CacheServiceClient::connect(args.addr.clone())
+        .await
+        .map_err(|e| format!("cannot reach the CacheService at {}: {e}", args.addr))?;
+    let response = client
+        .get_order_result(proto::ResultRequest {
+            id: args.id.clone(),
+            wait_ms: args.wait_ms,
+        })
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    let json = serde_json::to_string_pretty(&result_json(&response)).map_err(|e| e.to_string())?;
+    writeln!(out, "{json}").map_err(|e| e.to_string())?;
+    Ok(EXIT_OK)
+}
+
+/// A `ResultResponse` as JSON for people.
+fn result_json(r: &proto::ResultResponse) -> serde_json::Value {
+    let totals = r.totals.unwrap_or_default();
+    serde_json::json!({
+        "id": r.id,
+        "status": r.status,
+        "item": r.item,
+        "price": r.price,
+        "currency": r.currency,
+        "totals": {
+            "subtotal": totals.subtotal,
+            "discounts": totals.discounts,
+            "surcharges": totals.surcharges,
+            "tax": totals.tax,
+            "total": totals.total,
+        },
+        "adjustments": r.adjustments.iter().map(|a| serde_json::json!({
+            "rule": a.rule, "kind": a.kind, "label": a.label, "amount": a.amount,
+        })).collect::<Vec<_>>(),
+        "reasons": r.reasons.iter().map(|x| serde_json::json!({
+            "rule": x.rule, "code": x.code, "message": x.message,
+        })).collect::<Vec<_>>(),
+        "rules": r.rules.iter().map(|x| serde_json::json!({
+            "name": x.name, "version": x.version, "digest": x.digest, "outcome": x.outcome,
+            "fuel_used": x.fuel_used, "duration_us": x.duration_us,
+        })).collect::<Vec<_>>(),
+        "error": r.error,
+        "attempts": r.attempts,
+        "ruleset_version": r.ruleset_version,
+        "processed_by": r.processed_by,
+        "processed_at_unix_ms": r.processed_at_unix_ms,
+    })
+}

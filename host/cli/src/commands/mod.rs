@@ -1,0 +1,8 @@
+//! The commands: [`serve`] the roles, the [`client`]s (`submit`, `get`, `health`,
+//! `bench`), the [`plugin`] author's tools, and the [`admin`] calls that change the live
+//! ruleset.
+
+pub(crate) mod admin;
+pub(crate) mod client;
+pub(crate) mod plugin;
+pub(crate) mod serve;

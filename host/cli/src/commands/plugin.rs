@@ -1,0 +1,194 @@
+//! `plugin run|test|bench|inspect` (the plugin author's tools, no server) and the admin
+//! calls `plugin deploy|list|history|activate|rollback`.
+
+use std::io::Write;
+use std::path::Path;
+
+use order_builtin_rules as builtin_rules;
+use order_pipeline::proto;
+use order_rules_engine::{Engine, Isolation, Order, RuleChain, RuleSpec, runner};
+
+use super::admin::admin_call;
+use crate::{ChainArgs, EXIT_OK, EXIT_TEST_FAILED, IsolationArg, PluginCommand};
+
+/// Runs one `plugin` subcommand.
+pub(crate) fn run(command: PluginCommand, out: &mut dyn Write) -> Result<i32, String> {
+    match command {
+        PluginCommand::Run { chain, order } => {
+            let chain = build_chain(&chain, None)?;
+            let order = read_order(&order)?;
+            let evaluation = chain.evaluate(&order);
+            let json = serde_json::to_string_pretty(&evaluation).map_err(|e| e.to_string())?;
+            writeln!(out, "{json}").map_err(|e| e.to_string())?;
+            Ok(EXIT_OK)
+        }
+        PluginCommand::Test { chain, examples } => {
+            let chain = build_chain(&chain, Some(&examples))?;
+            let loaded = runner::load_examples(&examples)
+                .map_err(|e| format!("cannot read examples in {}: {e}", examples.display()))?;
+            if loaded.is_empty() {
+                return Err(format!(
+                    "no NAME.json examples in {}; add orders with NAME.expected.json beside them",
+                    examples.display()
+                ));
+            }
+            let results = runner::run_examples(&chain, &loaded);
+            let (_, failed) = runner::print_report(out, &results).map_err(|e| e.to_string())?;
+            Ok(if failed == 0 {
+                EXIT_OK
+            } else {
+                EXIT_TEST_FAILED
+            })
+        }
+        PluginCommand::Bench {
+            chain,
+            examples,
+            count,
+            json,
+        } => {
+            let chain = build_chain(&chain, Some(&examples))?;
+            let orders: Vec<Order> = runner::load_examples(&examples)
+                .map_err(|e| format!("cannot read examples in {}: {e}", examples.display()))?
+                .into_iter()
+                .filter_map(|e| e.order.ok())
+                .collect();
+            if orders.is_empty() {
+                return Err(format!("no valid orders in {}", examples.display()));
+            }
+            let report = runner::bench(&chain, &orders, count, count.min(1000));
+            let text = if json {
+                serde_json::to_string_pretty(&report).map_err(|e| e.to_string())? + "\n"
+            } else {
+                report.summary()
+            };
+            write!(out, "{text}").map_err(|e| e.to_string())?;
+            Ok(EXIT_OK)
+        }
+        PluginCommand::Deploy {
+            plugin,
+            config,
+            before,
+            after,
+            replace,
+            isolation,
+            examples,
+            admin,
+        } => {
+            use proto::admin::{DeployRequest, Example, deploy_request::Position};
+            let wasm = std::fs::read(&plugin)
+                .map_err(|e| format!("cannot read {}: {e}", plugin.display()))?;
+            let examples = match examples {
+                Some(dir) => runner::load_examples(&dir)
+                    .map_err(|e| format!("cannot read examples in {}: {e}", dir.display()))?
+                    .into_iter()
+                    .map(|e| {
+                        let read = |suffix: &str| {
+                            let path = dir.join(format!("{}{suffix}", e.name));
+                            std::fs::read_to_string(&path)
+                                .map_err(|err| format!("{}: {err}", path.display()))
+                        };
+                        Ok(Example {
+                            order_json: read(".json")?,
+                            expected_json: read(runner::EXPECTED_SUFFIX)?,
+                            name: e.name,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, String>>()?,
+                None => Vec::new(),
+            };
+            let request = DeployRequest {
+                wasm,
+                config: config.into_iter().collect(),
+                position: before
+                    .map(Position::Before)
+                    .or(after.map(Position::After))
+                    .or(replace.map(Position::Replace)),
+                isolation: match isolation {
+                    IsolationArg::Fresh => "fresh".into(),
+                    IsolationArg::Reuse => "reuse".into(),
+                },
+                examples,
+            };
+            admin_call(&admin, out, |mut c| async move {
+                c.deploy(request).await.map(|r| vec![r.into_inner()])
+            })
+        }
+        PluginCommand::List { admin } => admin_call(&admin, out, |mut c| async move {
+            c.active(proto::admin::ActiveRequest {})
+                .await
+                .map(|r| vec![r.into_inner()])
+        }),
+        PluginCommand::History { admin } => admin_call(&admin, out, |mut c| async move {
+            c.history(proto::admin::HistoryRequest {})
+                .await
+                .map(|r| r.into_inner().versions)
+        }),
+        PluginCommand::Activate { version, admin } => admin_call(&admin, out, |mut c| async move {
+            c.activate(proto::admin::ActivateRequest { version })
+                .await
+                .map(|r| vec![r.into_inner()])
+        }),
+        PluginCommand::Rollback { admin } => admin_call(&admin, out, |mut c| async move {
+            c.rollback(proto::admin::RollbackRequest {})
+                .await
+                .map(|r| vec![r.into_inner()])
+        }),
+        PluginCommand::Inspect { plugin, limits } => {
+            let engine = Engine::new(limits.limits()).map_err(|e| format!("{e:#}"))?;
+            let bytes = std::fs::read(&plugin)
+                .map_err(|e| format!("cannot read {}: {e}", plugin.display()))?;
+            let loaded = engine
+                .load(&bytes)
+                .map_err(|e| format!("{}: {e}", plugin.display()))?;
+            let json = serde_json::json!({
+                "name": loaded.info().name,
+                "version": loaded.info().version,
+                "description": loaded.info().description,
+                "digest": loaded.digest(),
+                "size": loaded.size(),
+            });
+            writeln!(out, "{json:#}").map_err(|e| e.to_string())?;
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+/// The chain the arguments name. With --plugin, `examples_dir/config.toml` (if any) gives
+/// the config, overridden key by key by --config.
+fn build_chain(args: &ChainArgs, examples_dir: Option<&Path>) -> Result<RuleChain, String> {
+    let engine = builtin_rules::engine(args.limits.limits(), args.limits.native_baseline)
+        .map_err(|e| format!("{e:#}"))?;
+    if let Some(path) = &args.plugin {
+        let plugin = builtin_rules::load_plugin(&engine, &path.to_string_lossy(), None)
+            .map_err(|e| e.to_string())?;
+        let mut config = match examples_dir {
+            Some(dir) => runner::load_examples_config(dir)?,
+            None => Vec::new(),
+        };
+        for (key, value) in &args.config {
+            config.retain(|(k, _)| k != key);
+            config.push((key.clone(), value.clone()));
+        }
+        let isolation = match args.isolation {
+            IsolationArg::Fresh => Isolation::Fresh,
+            IsolationArg::Reuse => Isolation::Reuse,
+        };
+        return RuleChain::new(vec![RuleSpec {
+            plugin,
+            config,
+            isolation,
+        }])
+        .map_err(|e| e.to_string());
+    }
+    match &args.ruleset {
+        Some(path) => builtin_rules::load_file(&engine, path),
+        None => builtin_rules::load_default(&engine),
+    }
+    .map_err(|e| e.to_string())
+}
+
+pub(crate) fn read_order(path: &Path) -> Result<Order, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{} is not a valid order: {e}", path.display()))
+}

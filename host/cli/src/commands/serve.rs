@@ -1,0 +1,51 @@
+//! `run`, `order-service`, `worker`, `cache-service`: a role until ctrl-c or SIGTERM.
+
+use order_pipeline::app::{self, Role};
+use order_pipeline::config::Config;
+
+use crate::EXIT_OK;
+
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+/// Runs `role` until ctrl-c or SIGTERM, then shuts down gracefully.
+pub(crate) fn serve(role: Role, config: &Config) -> Result<i32, String> {
+    runtime()?.block_on(async {
+        let running = app::start(role, config)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        running
+            .run_until(shutdown_signal())
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        Ok(EXIT_OK)
+    })
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,393 @@
+//! The command line: the pipeline roles (`run`, the default, and `order-service`,
+//! `worker`, `cache-service`), the `submit`/`get` clients, and the plugin tools
+//! (`plugin run|test|bench|inspect`). Kept in the library (with the output streams passed
+//! in) so that tests can run commands and check their output and exit codes.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use order_pipeline::app::Role;
+use order_pipeline::config::{Config, LimitArgs};
+
+mod commands;
+mod loadgen;
+
+use commands::client::{get, health, load, submit};
+pub use commands::serve::shutdown_signal;
+use commands::serve::{runtime, serve};
+
+/// Exit code: success.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: an example did not match its expectation.
+pub const EXIT_TEST_FAILED: i32 = 1;
+/// Exit code: bad usage or input (file missing, plugin refused, invalid JSON...).
+pub const EXIT_USAGE: i32 = 2;
+
+/// Order pipeline with business rules as hot-swappable WebAssembly plugins.
+#[derive(Debug, Parser)]
+#[command(name = "order-pipeline", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// The pipeline's configuration alone, for `order-pipeline` without a command.
+#[derive(Debug, Parser)]
+struct RunOnly {
+    #[command(flatten)]
+    config: Config,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs every role in one process (the default). Without KAFKA_BROKERS and REDIS_ADDR
+    /// it uses the embedded log and store in DATA_DIR.
+    Run(Config),
+    /// Runs the OrderService (gRPC, ORDER_SERVICE_ADDR) publishing to Kafka.
+    OrderService(Config),
+    /// Runs a worker: consumes Kafka, applies the ruleset, writes results to Redis.
+    Worker(Config),
+    /// Runs the CacheService (gRPC, CACHE_SERVICE_ADDR) reading results from Redis.
+    CacheService(Config),
+    /// Submits one order to the OrderService and prints the answer.
+    Submit(SubmitArgs),
+    /// Prints the result of an order from the CacheService.
+    Get(GetArgs),
+    /// Checks a server's grpc.health.v1 status; exits 0 when SERVING (for healthchecks).
+    Health(HealthArgs),
+    /// Load generator: concurrent clients submit orders and wait for their results;
+    /// prints throughput and latency percentiles.
+    Bench(BenchArgs),
+    /// Tools for rule plugins: run, test, benchmark and inspect them.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, Args)]
+struct HealthArgs {
+    /// Server URL.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    /// Service to ask about; empty asks about the server as a whole.
+    #[arg(long, default_value = "")]
+    service: String,
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// OrderService URL.
+    #[arg(
+        long,
+        env = "ORDER_SERVICE_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    order_addr: String,
+    /// CacheService URL.
+    #[arg(
+        long,
+        env = "CACHE_SERVICE_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    cache_addr: String,
+    /// Orders to submit [default: 10000, or no limit with --duration].
+    #[arg(long)]
+    orders: Option<usize>,
+    /// Stop submitting after this many seconds.
+    #[arg(long, value_parser = parse_seconds)]
+    duration: Option<std::time::Duration>,
+    /// Submit at this fixed rate (orders/s over all clients) instead of as fast as
+    /// possible; latencies then count from when each order was due.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Orders per CreateOrders call; 0 submits one by one with CreateOrder.
+    #[arg(long, default_value_t = 0)]
+    batch: usize,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Also draw the latency distribution (CDF and latency over time) into this PNG.
+    #[arg(long, value_name = "FILE.png")]
+    plot: Option<PathBuf>,
+}
+
+fn parse_seconds(raw: &str) -> Result<std::time::Duration, String> {
+    let seconds: f64 = raw
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("`{raw}` is not a number of seconds (e.g. 30 or 2.5)"))?;
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err(format!("`{raw}`: the duration must be more than 0 seconds"));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
+}
+
+#[derive(Debug, Args)]
+struct SubmitArgs {
+    /// OrderService URL.
+    #[arg(
+        long,
+        env = "ORDER_SERVICE_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    addr: String,
+    /// Order id.
+    #[arg(long, required_unless_present = "order")]
+    id: Option<String>,
+    /// Single-item order: the item.
+    #[arg(long, requires = "id")]
+    item: Option<String>,
+    /// Single-item order: the price in minor units.
+    #[arg(long, requires = "id", allow_negative_numbers = true)]
+    price: Option<i32>,
+    /// Currency (ISO 4217); the server's default when not given.
+    #[arg(long)]
+    currency: Option<String>,
+    /// A full order as JSON (see examples/orders/) instead of --id/--item/--price.
+    #[arg(long, conflicts_with_all = ["id", "item", "price"])]
+    order: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct GetArgs {
+    /// CacheService URL.
+    #[arg(
+        long,
+        env = "CACHE_SERVICE_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    addr: String,
+    /// Order id.
+    #[arg(long)]
+    id: String,
+    /// Wait up to this long for the result, in ms (at most 30000).
+    #[arg(long, default_value_t = 5000)]
+    wait_ms: u32,
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Evaluates one order and prints the outcome as JSON, with fuel used and time.
+    Run {
+        #[command(flatten)]
+        chain: ChainArgs,
+        /// The order, as JSON (see examples/orders/).
+        #[arg(long)]
+        order: PathBuf,
+    },
+    /// Runs every NAME.json order in a directory and compares the outcome with
+    /// NAME.expected.json; prints a pass/fail table and exits 1 on any failure.
+    Test {
+        #[command(flatten)]
+        chain: ChainArgs,
+        /// Directory of NAME.json orders and NAME.expected.json expectations. With
+        /// --plugin, a config.toml there gives the plugin's config (--config overrides it).
+        #[arg(long)]
+        examples: PathBuf,
+    },
+    /// Times the chain on the orders of an examples directory, cycling through them.
+    Bench {
+        #[command(flatten)]
+        chain: ChainArgs,
+        /// Directory of NAME.json orders.
+        #[arg(long)]
+        examples: PathBuf,
+        /// How many orders to evaluate.
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deploys a plugin to the running pipeline (through the AdminService): it is checked
+    /// (world, config, examples, smoke order) and goes live on every worker.
+    Deploy {
+        /// The plugin component (.wasm).
+        plugin: PathBuf,
+        /// Its config, as KEY=VALUE (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        config: Vec<(String, String)>,
+        /// Put it before this rule.
+        #[arg(long, conflicts_with_all = ["after", "replace"])]
+        before: Option<String>,
+        /// Put it after this rule.
+        #[arg(long, conflicts_with = "replace")]
+        after: Option<String>,
+        /// Replace this rule.
+        #[arg(long)]
+        replace: Option<String>,
+        /// Instance isolation.
+        #[arg(long, value_enum, default_value = "fresh")]
+        isolation: IsolationArg,
+        /// Examples (NAME.json + NAME.expected.json) the plugin must pass on its own first.
+        #[arg(long)]
+        examples: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Shows the active ruleset of the running pipeline.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Shows every ruleset version, newest first.
+    History {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Makes an earlier ruleset version active again.
+    Activate {
+        /// The version to activate.
+        version: u64,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Activates the version that was active before the current one.
+    Rollback {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Loads a plugin and prints its name, version, description, digest and size.
+    Inspect {
+        /// The plugin component (.wasm).
+        plugin: PathBuf,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+}
+
+/// Which chain to use: one plugin, a ruleset file, or the default ruleset.
+#[derive(Debug, Args)]
+struct ChainArgs {
+    /// A single plugin component (.wasm) to run as a chain of one.
+    #[arg(long, conflicts_with = "ruleset")]
+    plugin: Option<PathBuf>,
+    /// A ruleset file (TOML); without --plugin or --ruleset, the default ruleset.
+    #[arg(long)]
+    ruleset: Option<PathBuf>,
+    /// Config of the plugin given with --plugin, as KEY=VALUE (repeatable).
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value, requires = "plugin")]
+    config: Vec<(String, String)>,
+    /// Instance isolation of the plugin given with --plugin.
+    #[arg(long, value_enum, default_value = "fresh", requires = "plugin")]
+    isolation: IsolationArg,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Where the AdminService is and how to authenticate.
+#[derive(Debug, Args)]
+struct AdminArgs {
+    /// AdminService URL.
+    #[arg(long, env = "ADMIN_URL", default_value = "http://127.0.0.1:50053")]
+    admin_addr: String,
+    /// Bearer token (ADMIN_TOKEN).
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum IsolationArg {
+    Fresh,
+    Reuse,
+}
+
+fn parse_key_value(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.to_string()))
+        }
+        _ => Err(format!("`{raw}` is not KEY=VALUE")),
+    }
+}
+
+/// Runs the command line `args` (program name first), writing to `out` and `err`;
+/// returns the process exit code.
+pub fn run<I, T>(args: I, out: &mut dyn Write, err: &mut dyn Write) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = e.exit_code();
+            let text = e.render().to_string();
+            let _ = if code == 0 {
+                write!(out, "{text}")
+            } else {
+                write!(err, "{text}")
+            };
+            return code;
+        }
+    };
+    match execute(cli, out) {
+        Ok(code) => code,
+        Err(message) => {
+            let _ = writeln!(err, "error: {message}");
+            EXIT_USAGE
+        }
+    }
+}
+
+fn execute(cli: Cli, out: &mut dyn Write) -> Result<i32, String> {
+    let command = match cli.command {
+        Some(command) => command,
+        None => {
+            let run = RunOnly::try_parse_from(["order-pipeline"]).map_err(|e| e.to_string())?;
+            Command::Run(run.config)
+        }
+    };
+    let command = match command {
+        Command::Run(config) => return serve(Role::All, &config),
+        Command::OrderService(config) => return serve(Role::OrderService, &config),
+        Command::Worker(config) => return serve(Role::Worker, &config),
+        Command::CacheService(config) => return serve(Role::CacheService, &config),
+        Command::Submit(args) => return runtime()?.block_on(submit(args, out)),
+        Command::Get(args) => return runtime()?.block_on(get(args, out)),
+        Command::Bench(args) => return runtime()?.block_on(load(args, out)),
+        Command::Health(args) => return runtime()?.block_on(health(args, out)),
+        Command::Plugin(command) => command,
+    };
+    commands::plugin::run(command, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_value_parsing() {
+        assert_eq!(parse_key_value("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert!(parse_key_value("novalue").is_err());
+        assert!(parse_key_value("=x").is_err());
+    }
+
+    #[test]
+    fn usage_errors_exit_2_with_a_message() {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = run(["order-pipeline", "plugin", "test"], &mut out, &mut err);
+        assert_eq!(code, EXIT_USAGE);
+        assert!(String::from_utf8_lossy(&err).contains("--examples"));
+    }
+
+    #[test]
+    fn config_requires_a_plugin() {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let args = [
+            "order-pipeline",
+            "plugin",
+            "run",
+            "--order",
+            "o.json",
+            "--config",
+            "a=b",
+        ];
+        assert_eq!(run(args, &mut out, &mut err), EXIT_USAGE);
+    }
+}

@@ -1,0 +1,448 @@
+//! A rule chain: an ordered list of configured plugins run on one order. A rejection,
+//! a retryable outcome or a failure stops the chain; adjustments accumulate into the
+//! totals that later rules see. The [`Evaluation`] records, per rule, the name, version,
+//! digest, outcome, fuel used and time taken.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::bindings::order::rules::types as wit;
+use super::instance::{Failure, FailureKind, Instance, RuleFailure};
+use super::limits::{MAX_ADJUSTMENTS, MAX_REASONS};
+use super::native::{self, NativeRule};
+use super::plugin::{Isolation, Plugin};
+use crate::order::{AdjustmentKind, Order, Totals};
+
+/// Idle instances kept per rule with [`Isolation::Reuse`].
+pub const REUSE_POOL_SIZE: usize = 16;
+
+/// A plugin with its configuration, as one step of a chain.
+#[derive(Debug, Clone)]
+pub struct RuleSpec {
+    /// The loaded plugin.
+    pub plugin: Arc<Plugin>,
+    /// Its key/value configuration.
+    pub config: Vec<(String, String)>,
+    /// How its instances are used.
+    pub isolation: Isolation,
+}
+
+/// Why a chain could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// Two steps have the same rule name.
+    #[error("rule `{0}` appears twice in the ruleset; each rule may appear once")]
+    DuplicateRule(String),
+    /// A plugin refused its config or could not start.
+    #[error(transparent)]
+    Rule(#[from] RuleFailure),
+}
+
+/// The overall decision about an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// Every rule accepted.
+    Accepted,
+    /// A rule rejected the order.
+    Rejected,
+    /// A rule asked for the order to be retried later.
+    Retryable,
+    /// A rule failed (trap, limit, malformed outcome).
+    Failed,
+}
+
+/// An adjustment with the rule that made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedAdjustment {
+    /// Rule that made it.
+    pub rule: String,
+    /// Discount, surcharge or tax.
+    pub kind: AdjustmentKind,
+    /// Label for people.
+    pub label: String,
+    /// Amount in minor units, >= 0.
+    pub amount: i64,
+}
+
+/// A rejection reason with the rule that gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleReason {
+    /// Rule that rejected.
+    pub rule: String,
+    /// Machine-readable code.
+    pub code: String,
+    /// Message for people.
+    pub message: String,
+}
+
+/// A retry request with the rule that made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleRetry {
+    /// Rule that asked.
+    pub rule: String,
+    /// Machine-readable code.
+    pub code: String,
+    /// Message for people.
+    pub message: String,
+}
+
+/// What one rule did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleTrace {
+    /// Rule name.
+    pub name: String,
+    /// Rule version.
+    pub version: String,
+    /// sha256 of the component.
+    pub digest: String,
+    /// `accept`, `reject`, `retryable` or `failed`.
+    pub outcome: String,
+    /// Fuel the evaluation used (0 when it failed before evaluating).
+    pub fuel_used: u64,
+    /// Wall time of the rule, instantiation included, in microseconds.
+    pub duration_us: u64,
+}
+
+/// The result of running a chain on an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// The decision.
+    pub status: Status,
+    /// Totals after every applied adjustment.
+    pub totals: Totals,
+    /// Adjustments of the rules that accepted, in order.
+    pub adjustments: Vec<AppliedAdjustment>,
+    /// Reasons of the rejecting rule.
+    pub reasons: Vec<RuleReason>,
+    /// The retry request, when `status` is `retryable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RuleRetry>,
+    /// The failure, when `status` is `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RuleFailure>,
+    /// One entry per rule that ran.
+    pub rules: Vec<RuleTrace>,
+}
+
+/// An ordered list of configured rules, ready to evaluate orders from many threads.
+pub struct RuleChain {
+    steps: Vec<Step>,
+    /// Whether any step runs natively (benchmark baseline).
+    any_native: bool,
+}
+
+struct Step {
+    spec: RuleSpec,
+    idle: Mutex<Vec<Instance>>,
+    /// The rule compiled natively, in the benchmark baseline only.
+    native: Option<NativeRule>,
+}
+
+impl RuleChain {
+    /// Builds a chain; every rule is instantiated and configured once here so that a bad
+    /// config is refused now, not on the first order.
+    pub fn new(specs: Vec<RuleSpec>) -> Result<Self, ChainError> {
+        let mut steps: Vec<Step> = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let name = spec.plugin.name();
+            if steps.iter().any(|s| s.spec.plugin.name() == name) {
+                return Err(ChainError::DuplicateRule(name.to_string()));
+            }
+            let instance = configured(&spec).map_err(|f| f.named(name))?;
+            let idle = match spec.isolation {
+                Isolation::Reuse => vec![instance],
+                Isolation::Fresh => Vec::new(),
+            };
+            let native = match spec.plugin.engine().native_twins() {
+                Some(twins) => twins
+                    .twin(name, spec.plugin.digest(), &spec.config)
+                    .transpose()
+                    .map_err(|m| Failure::new(FailureKind::Configure, m).named(name))?
+                    .map(NativeRule::new),
+                None => None,
+            };
+            steps.push(Step {
+                spec,
+                idle: Mutex::new(idle),
+                native,
+            });
+        }
+        let any_native = steps.iter().any(|s| s.native.is_some());
+        Ok(Self { steps, any_native })
+    }
+
+    /// The rules in order.
+    pub fn specs(&self) -> impl Iterator<Item = &RuleSpec> {
+        self.steps.iter().map(|s| &s.spec)
+    }
+
+    /// Runs every rule on `order` until one rejects, asks for a retry or fails.
+    pub fn evaluate(&self, order: &Order) -> Evaluation {
+        let wit_order = to_wit_order(order);
+        let native_order = self.any_native.then(|| native::to_native_order(&wit_order));
+        let mut evaluation = Evaluation {
+            status: Status::Accepted,
+            totals: Totals::of(order),
+            adjustments: Vec::new(),
+            reasons: Vec::new(),
+            retry: None,
+            error: None,
+            rules: Vec::with_capacity(self.steps.len()),
+        };
+        let mut context = wit::ChainContext {
+            totals: to_wit_totals(&evaluation.totals),
+            adjustments: Vec::new(),
+        };
+        for step in &self.steps {
+            let plugin = &step.spec.plugin;
+            let _span = tracing::debug_span!(
+                "plugin.evaluate",
+                order_id = %order.id,
+                rule = plugin.name(),
+                rule_digest = plugin.digest()
+            )
+            .entered();
+            let started = Instant::now();
+            let result = match (&step.native, &native_order) {
+                (Some(rule), Some(order)) => Ok((rule.evaluate(order, &context), 0)),
+                _ => step.run(&wit_order, &context),
+            };
+            let duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let (outcome, fuel_used) = match result {
+                Ok((outcome, fuel)) => (check_outcome(outcome, plugin), fuel),
+                Err(failure) => (Err(failure), 0),
+            };
+            let label = match &outcome {
+                Ok(wit::Outcome::Accept(_)) => "accept",
+                Ok(wit::Outcome::Reject(_)) => "reject",
+                Ok(wit::Outcome::Retryable(_)) => "retryable",
+                Err(_) => "failed",
+            };
+            let version = match step.native {
+                Some(_) => format!("{} (native baseline)", plugin.info().version),
+                None => plugin.info().version.clone(),
+            };
+            evaluation.rules.push(RuleTrace {
+                name: plugin.name().to_string(),
+                version,
+                digest: plugin.digest().to_string(),
+                outcome: label.to_string(),
+                fuel_used,
+                duration_us,
+            });
+            let name = plugin.name();
+            match outcome {
+                Ok(wit::Outcome::Accept(adjustments)) => {
+                    if let Err(failure) = apply(&mut evaluation, &mut context, name, adjustments) {
+                        evaluation.status = Status::Failed;
+                        evaluation.error = Some(failure.named(name));
+                        if let Some(trace) = evaluation.rules.last_mut() {
+                            trace.outcome = "failed".into();
+                        }
+                        break;
+                    }
+                }
+                Ok(wit::Outcome::Reject(reasons)) => {
+                    evaluation.status = Status::Rejected;
+                    evaluation.reasons = reasons
+                        .into_iter()
+                        .map(|r| RuleReason {
+                            rule: name.to_string(),
+                            code: r.code,
+                            message: r.message,
+                        })
+                        .collect();
+                    break;
+                }
+                Ok(wit::Outcome::Retryable(e)) => {
+                    evaluation.status = Status::Retryable;
+                    evaluation.retry = Some(RuleRetry {
+                        rule: name.to_string(),
+                        code: e.code,
+                        message: e.message,
+                    });
+                    break;
+                }
+                Err(failure) => {
+                    tracing::warn!(rule = name, kind = ?failure.kind, "{}", failure.message);
+                    evaluation.status = Status::Failed;
+                    evaluation.error = Some(failure.named(name));
+                    break;
+                }
+            }
+        }
+        evaluation
+    }
+}
+
+impl Step {
+    fn run(
+        &self,
+        order: &wit::Order,
+        context: &wit::ChainContext,
+    ) -> Result<(wit::Outcome, u64), Failure> {
+        let plugin = &self.spec.plugin;
+        match self.spec.isolation {
+            Isolation::Fresh => configured(&self.spec)?.evaluate(plugin.limits(), order, context),
+            Isolation::Reuse => {
+                let pooled = lock(&self.idle).pop();
+                let mut instance = match pooled {
+                    Some(instance) => instance,
+                    None => configured(&self.spec)?,
+                };
+                let result = instance.evaluate(plugin.limits(), order, context);
+                if result.is_ok() {
+                    let mut idle = lock(&self.idle);
+                    if idle.len() < REUSE_POOL_SIZE {
+                        idle.push(instance);
+                    }
+                }
+                // After a failure the instance is dropped: its state is not trusted.
+                result
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn configured(spec: &RuleSpec) -> Result<Instance, Failure> {
+    let mut instance = spec.plugin.instantiate()?;
+    instance.configure(spec.plugin.limits(), &spec.config)?;
+    Ok(instance)
+}
+
+/// Checks an outcome against the contract and the engine's output limit.
+fn check_outcome(outcome: wit::Outcome, plugin: &Plugin) -> Result<wit::Outcome, Failure> {
+    let malformed = |message: String| Err(Failure::new(FailureKind::MalformedOutput, message));
+    let max_bytes = plugin.limits().max_output_bytes;
+    let text_bytes: usize = match &outcome {
+        wit::Outcome::Accept(adjs) => adjs.iter().map(|a| a.label.len()).sum(),
+        wit::Outcome::Reject(reasons) => {
+            reasons.iter().map(|r| r.code.len() + r.message.len()).sum()
+        }
+        wit::Outcome::Retryable(e) => e.code.len() + e.message.len(),
+    };
+    if text_bytes > max_bytes {
+        return malformed(format!(
+            "the outcome holds {text_bytes} bytes of text, more than the limit of {max_bytes}"
+        ));
+    }
+    match &outcome {
+        wit::Outcome::Accept(adjs) => {
+            if adjs.len() > MAX_ADJUSTMENTS {
+                return malformed(format!(
+                    "{} adjustments, at most {MAX_ADJUSTMENTS} allowed",
+                    adjs.len()
+                ));
+            }
+            if let Some(a) = adjs.iter().find(|a| a.amount < 0) {
+                return malformed(format!(
+                    "adjustment `{}` has a negative amount {}; amounts are >= 0 and the kind gives the direction",
+                    a.label, a.amount
+                ));
+            }
+            if adjs.iter().any(|a| a.label.trim().is_empty()) {
+                return malformed("an adjustment has an empty label".into());
+            }
+        }
+        wit::Outcome::Reject(reasons) => {
+            if reasons.is_empty() {
+                return malformed("a rejection must give at least one reason".into());
+            }
+            if reasons.len() > MAX_REASONS {
+                return malformed(format!(
+                    "{} reasons, at most {MAX_REASONS} allowed",
+                    reasons.len()
+                ));
+            }
+            if reasons.iter().any(|r| r.code.is_empty()) {
+                return malformed("a rejection reason has an empty code".into());
+            }
+        }
+        wit::Outcome::Retryable(e) => {
+            if e.code.is_empty() {
+                return malformed("a retryable error has an empty code".into());
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+/// Applies accepted adjustments to the evaluation and to the context later rules see.
+fn apply(
+    evaluation: &mut Evaluation,
+    context: &mut wit::ChainContext,
+    rule: &str,
+    adjustments: Vec<wit::Adjustment>,
+) -> Result<(), Failure> {
+    for adjustment in adjustments {
+        let kind = match adjustment.kind {
+            wit::AdjustmentKind::Discount => AdjustmentKind::Discount,
+            wit::AdjustmentKind::Surcharge => AdjustmentKind::Surcharge,
+            wit::AdjustmentKind::Tax => AdjustmentKind::Tax,
+        };
+        evaluation.totals = evaluation
+            .totals
+            .apply(kind, adjustment.amount)
+            .ok_or_else(|| {
+                Failure::new(
+                    FailureKind::MalformedOutput,
+                    format!(
+                        "adjustment `{}` makes the totals overflow",
+                        adjustment.label
+                    ),
+                )
+            })?;
+        evaluation.adjustments.push(AppliedAdjustment {
+            rule: rule.to_string(),
+            kind,
+            label: adjustment.label.clone(),
+            amount: adjustment.amount,
+        });
+        context.adjustments.push(adjustment);
+    }
+    context.totals = to_wit_totals(&evaluation.totals);
+    Ok(())
+}
+
+fn to_wit_order(order: &Order) -> wit::Order {
+    wit::Order {
+        id: order.id.clone(),
+        customer_id: order.customer_id.clone(),
+        currency: order.currency.clone(),
+        lines: order
+            .lines
+            .iter()
+            .map(|l| wit::OrderLine {
+                sku: l.sku.clone(),
+                quantity: l.quantity,
+                unit_price: l.unit_price,
+            })
+            .collect(),
+        shipping_country: order.shipping_country.clone(),
+        coupon_codes: order.coupon_codes.clone(),
+        attributes: order
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
+}
+
+fn to_wit_totals(t: &Totals) -> wit::Totals {
+    wit::Totals {
+        subtotal: t.subtotal,
+        discounts: t.discounts,
+        surcharges: t.surcharges,
+        tax: t.tax,
+        total: t.total,
+    }
+}

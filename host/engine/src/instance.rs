@@ -1,0 +1,368 @@
+//! One live instance of a plugin: its `Store` (limits, captured stderr, an empty WASI
+//! context), the calls into it, and the classification of everything that can go wrong
+//! in a call into a [`FailureKind`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{
+    HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
+};
+
+use super::bindings::RulePre;
+use super::bindings::{self, order::rules::log, order::rules::types as wit};
+use super::limits::Limits;
+use super::limits::{MAX_LOG_LINE_BYTES, MAX_LOG_LINES_PER_CALL, MAX_STDERR_BYTES};
+
+/// What kind of infrastructure failure stopped a rule. Business outcomes (reject,
+/// retryable) are not failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    /// The plugin trapped: a panic, `unreachable`, an out-of-bounds access.
+    Trap,
+    /// The call used up its fuel budget.
+    FuelExhausted,
+    /// The call ran past its wall-clock deadline.
+    DeadlineExceeded,
+    /// The plugin tried to grow its memory beyond the cap.
+    MemoryLimit,
+    /// The plugin answered something the contract forbids (too large, negative amounts...).
+    MalformedOutput,
+    /// No instance could be created (instance slots exhausted, memory too small...).
+    Instantiate,
+    /// The plugin refused its configuration.
+    Configure,
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Trap => "trapped",
+            Self::FuelExhausted => "ran out of fuel",
+            Self::DeadlineExceeded => "exceeded its deadline",
+            Self::MemoryLimit => "hit its memory limit",
+            Self::MalformedOutput => "returned a malformed outcome",
+            Self::Instantiate => "could not be instantiated",
+            Self::Configure => "refused its configuration",
+        })
+    }
+}
+
+/// A classified failure of one rule, naming the rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("rule `{rule}` {kind}: {message}")]
+pub struct RuleFailure {
+    /// Name of the rule that failed.
+    pub rule: String,
+    /// What went wrong.
+    pub kind: FailureKind,
+    /// Details for people.
+    pub message: String,
+}
+
+/// A failure before the rule's name is attached.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl Failure {
+    pub(crate) fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn named(self, rule: &str) -> RuleFailure {
+        RuleFailure {
+            rule: rule.to_string(),
+            kind: self.kind,
+            message: self.message,
+        }
+    }
+}
+
+/// Store data of one plugin instance.
+pub(crate) struct HostState {
+    rule: Arc<str>,
+    limiter: MemoryCap,
+    log_lines: u32,
+    /// The message of a guest panic, as reported by rule-common's panic hook.
+    panic: Option<String>,
+    stderr: MemoryOutputPipe,
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl bindings::order::rules::log::Host for HostState {
+    fn log(&mut self, level: log::Level, message: String) {
+        if level == log::Level::Error && message.starts_with("panic: ") {
+            // rule-common's panic hook: kept for the trap report that follows.
+            self.panic = Some(truncate(&message["panic: ".len()..], 1024).to_string());
+        }
+        self.log_lines += 1;
+        if self.log_lines > MAX_LOG_LINES_PER_CALL {
+            if self.log_lines == MAX_LOG_LINES_PER_CALL + 1 {
+                tracing::warn!(rule = %self.rule, "plugin log limit reached, dropping further lines of this call");
+            }
+            return;
+        }
+        let message = truncate(&message, MAX_LOG_LINE_BYTES);
+        let rule = &*self.rule;
+        match level {
+            log::Level::Trace => tracing::trace!(target: "plugin", rule, "{message}"),
+            log::Level::Debug => tracing::debug!(target: "plugin", rule, "{message}"),
+            log::Level::Info => tracing::info!(target: "plugin", rule, "{message}"),
+            log::Level::Warn => tracing::warn!(target: "plugin", rule, "{message}"),
+            log::Level::Error => tracing::error!(target: "plugin", rule, "{message}"),
+        }
+    }
+}
+
+impl wit::Host for HostState {}
+
+/// Caps linear memory and remembers whether the cap was hit, so that the trap that
+/// follows (Rust aborts when allocation fails) is reported as a memory limit.
+struct MemoryCap {
+    max_bytes: usize,
+    hit: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// Plugins get no clock: both WASI clocks stand still at zero.
+struct StoppedClock;
+
+impl HostWallClock for StoppedClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for StoppedClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// A live, configured or not, instance of a plugin.
+pub(crate) struct Instance {
+    store: Store<HostState>,
+    rule: bindings::Rule,
+}
+
+impl Instance {
+    /// Instantiates the plugin pre-instantiated as `pre` (named `rule`) in a fresh store
+    /// of `engine` held to `limits`.
+    pub(crate) fn new(
+        engine: &wasmtime::Engine,
+        limits: &Limits,
+        pre: &RulePre<HostState>,
+        rule: Arc<str>,
+    ) -> Result<Self, Failure> {
+        let stderr = MemoryOutputPipe::new(MAX_STDERR_BYTES);
+        // No preopens, env, args, network or stdin; clocks stopped; stderr captured.
+        let wasi = WasiCtxBuilder::new()
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .wall_clock(StoppedClock)
+            .monotonic_clock(StoppedClock)
+            .build();
+        let state = HostState {
+            rule,
+            limiter: MemoryCap {
+                max_bytes: limits.memory_bytes,
+                hit: false,
+            },
+            log_lines: 0,
+            panic: None,
+            stderr,
+            wasi,
+            table: ResourceTable::new(),
+        };
+        let mut store = Store::new(engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store.epoch_deadline_trap();
+        arm(&mut store, limits.fuel, limits.deadline_ticks())?;
+        let rule = pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(&store, e, FailureKind::Instantiate))?;
+        Ok(Self { store, rule })
+    }
+
+    /// Calls `describe`.
+    pub(crate) fn describe(&mut self, limits: &Limits) -> Result<wit::PluginInfo, Failure> {
+        self.arm(limits)?;
+        self.rule
+            .call_describe(&mut self.store)
+            .map_err(|e| classify(&self.store, e, FailureKind::Trap))
+    }
+
+    /// Calls `configure`; the plugin's own refusal is a [`FailureKind::Configure`].
+    pub(crate) fn configure(
+        &mut self,
+        limits: &Limits,
+        config: &[(String, String)],
+    ) -> Result<(), Failure> {
+        self.arm(limits)?;
+        self.rule
+            .call_configure(&mut self.store, config)
+            .map_err(|e| classify(&self.store, e, FailureKind::Trap))?
+            .map_err(|message| Failure::new(FailureKind::Configure, message))
+    }
+
+    /// Calls `evaluate`; returns the outcome and the fuel it used.
+    pub(crate) fn evaluate(
+        &mut self,
+        limits: &Limits,
+        order: &wit::Order,
+        context: &wit::ChainContext,
+    ) -> Result<(wit::Outcome, u64), Failure> {
+        let budget = self.arm(limits)?;
+        let outcome = self
+            .rule
+            .call_evaluate(&mut self.store, order, context)
+            .map_err(|e| classify(&self.store, e, FailureKind::Trap))?;
+        let left = self.store.get_fuel().unwrap_or(0);
+        Ok((outcome, budget.saturating_sub(left)))
+    }
+
+    /// Gives the next call a fresh fuel budget and deadline; returns the budget.
+    fn arm(&mut self, limits: &Limits) -> Result<u64, Failure> {
+        self.store.data_mut().log_lines = 0;
+        arm(&mut self.store, limits.fuel, limits.deadline_ticks())?;
+        Ok(limits.fuel)
+    }
+}
+
+fn arm(store: &mut Store<HostState>, fuel: u64, deadline_ticks: u64) -> Result<(), Failure> {
+    store.set_epoch_deadline(deadline_ticks);
+    store
+        .set_fuel(fuel)
+        .map_err(|e| Failure::new(FailureKind::Instantiate, format!("setting fuel: {e}")))
+}
+
+/// Turns a wasmtime error from a call into a classified failure. `other` is the kind of
+/// an error that is not a trap (a host-side error of instantiation, say).
+fn classify(store: &Store<HostState>, error: wasmtime::Error, other: FailureKind) -> Failure {
+    let state = store.data();
+    let limits_hit = state.limiter.hit;
+    let max_mib = state.limiter.max_bytes >> 20;
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => Failure::new(
+            FailureKind::FuelExhausted,
+            "used its whole fuel budget; make the rule cheaper or raise the fuel limit",
+        ),
+        Some(Trap::Interrupt) => Failure::new(
+            FailureKind::DeadlineExceeded,
+            "ran past its deadline; make the rule faster or raise the deadline",
+        ),
+        Some(_) if limits_hit => Failure::new(
+            FailureKind::MemoryLimit,
+            format!("tried to grow its memory beyond {max_mib} MiB"),
+        ),
+        Some(trap) => {
+            let stderr = String::from_utf8_lossy(&state.stderr.contents())
+                .trim()
+                .to_string();
+            let message = if let Some(panic) = &state.panic {
+                format!("wasm trap: {trap}; plugin panicked: {panic}")
+            } else if stderr.is_empty() {
+                format!("wasm trap: {trap}")
+            } else {
+                format!(
+                    "wasm trap: {trap}; plugin stderr: {}",
+                    truncate(&stderr, 1024)
+                )
+            };
+            Failure::new(FailureKind::Trap, message)
+        }
+        None if limits_hit => Failure::new(
+            FailureKind::MemoryLimit,
+            format!("needs more memory than the {max_mib} MiB cap: {error:#}"),
+        ),
+        None => Failure::new(other, format!("{error:#}")),
+    }
+}
+
+/// `text` cut to at most `max` bytes on a character boundary.
+pub(crate) fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("héllo", 3), "hé");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
+
+    #[test]
+    fn failure_names_the_rule() {
+        let failure = Failure::new(FailureKind::FuelExhausted, "used it all").named("rule-x");
+        assert_eq!(
+            failure.to_string(),
+            "rule `rule-x` ran out of fuel: used it all"
+        );
+        let json = serde_json::to_value(&failure).unwrap();
+        assert_eq!(json["kind"], "fuel-exhausted");
+    }
+}

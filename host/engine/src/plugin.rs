@@ -1,0 +1,244 @@
+//! A plugin loaded once: checked to be a component of the `rule` world, compiled,
+//! pre-instantiated, described and fingerprinted (sha256), ready to be instantiated
+//! cheaply for every evaluation.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use wasmtime::component::Component;
+
+use super::Engine;
+use super::bindings::RulePre;
+use super::instance::{Failure, HostState, Instance};
+use super::limits::Limits;
+
+/// How instances of a rule are used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// A fresh instance per order: no state can leak between orders (the default).
+    #[default]
+    Fresh,
+    /// Instances are kept and reused across orders, and discarded after any failure.
+    /// Faster; the rule must not keep state between calls.
+    Reuse,
+}
+
+impl fmt::Display for Isolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Fresh => "fresh",
+            Self::Reuse => "reuse",
+        })
+    }
+}
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The bytes are not WebAssembly at all.
+    #[error(
+        "not a WebAssembly file (it does not start with \\0asm); build the plugin for wasm32-wasip2"
+    )]
+    NotWasm,
+    /// A core module instead of a component.
+    #[error(
+        "this is a core WebAssembly module, not a component; build for wasm32-wasip2 (or run `wasm-tools component new`)"
+    )]
+    CoreModule,
+    /// The component does not validate or compile.
+    #[error("invalid component: {0}")]
+    Invalid(String),
+    /// The component does not implement the `order:rules/rule@0.1.0` world.
+    #[error("the component does not implement the order:rules/rule@0.1.0 world: {0}")]
+    WrongWorld(String),
+    /// `describe` failed or said something unusable.
+    #[error("the plugin's describe() failed: {0}")]
+    Describe(String),
+}
+
+/// What a plugin says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginInfo {
+    /// Rule name, kebab-case.
+    pub name: String,
+    /// Rule version.
+    pub version: String,
+    /// What the rule decides.
+    pub description: String,
+}
+
+/// A compiled, checked plugin.
+pub struct Plugin {
+    engine: Engine,
+    pre: RulePre<HostState>,
+    name: Arc<str>,
+    info: PluginInfo,
+    digest: String,
+    bytes: Arc<[u8]>,
+}
+
+impl fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plugin")
+            .field("info", &self.info)
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Compiles and checks a plugin: WebAssembly component, the `rule` world, a sane
+    /// `describe()`. The plugin's name comes from `describe()`.
+    pub fn load(&self, bytes: &[u8]) -> Result<Arc<Plugin>, LoadError> {
+        check_header(bytes)?;
+        let component = Component::new(self.wasmtime(), bytes)
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let pre = self
+            .linker()
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let pre = RulePre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let mut plugin = Plugin {
+            engine: self.clone(),
+            pre,
+            name: Arc::from("(loading)"),
+            info: PluginInfo {
+                name: String::new(),
+                version: String::new(),
+                description: String::new(),
+            },
+            digest: digest(bytes),
+            bytes: Arc::from(bytes),
+        };
+        let info = plugin
+            .instantiate()
+            .and_then(|mut instance| instance.describe(plugin.limits()))
+            .map_err(|f| LoadError::Describe(format!("{}: {}", f.kind, f.message)))?;
+        check_info(&info.name, &info.version)?;
+        plugin.name = Arc::from(info.name.as_str());
+        plugin.info = PluginInfo {
+            name: info.name,
+            version: info.version,
+            description: info.description,
+        };
+        Ok(Arc::new(plugin))
+    }
+}
+
+impl Plugin {
+    /// Name, version and description from `describe()`.
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    /// The rule's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// sha256 of the component bytes, lowercase hex.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Size of the component in bytes.
+    pub fn size(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The component's bytes (what its digest is of).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The limits every call into this plugin is held to.
+    pub(crate) fn limits(&self) -> &Limits {
+        self.engine.limits()
+    }
+
+    /// A new instance in a fresh store.
+    pub(crate) fn instantiate(&self) -> Result<Instance, Failure> {
+        Instance::new(
+            self.engine.wasmtime(),
+            self.limits(),
+            &self.pre,
+            self.name.clone(),
+        )
+    }
+}
+
+/// sha256 of `bytes` as lowercase hex.
+pub fn digest(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(LoadError::NotWasm);
+    }
+    // Bytes 4..8: a core module has version 1, layer 0; a component has layer 1.
+    if bytes[4..8] == [1, 0, 0, 0] {
+        return Err(LoadError::CoreModule);
+    }
+    Ok(())
+}
+
+fn check_info(name: &str, version: &str) -> Result<(), LoadError> {
+    let kebab = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-');
+    if !kebab {
+        return Err(LoadError::Describe(format!(
+            "name `{name}` must be 1-64 characters of lowercase kebab-case"
+        )));
+    }
+    if version.is_empty() || version.len() > 64 {
+        return Err(LoadError::Describe(format!(
+            "version `{version}` must be 1-64 characters"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_told_apart() {
+        assert!(matches!(
+            check_header(b"hello world"),
+            Err(LoadError::NotWasm)
+        ));
+        assert!(matches!(
+            check_header(b"\0asm\x01\0\0\0"),
+            Err(LoadError::CoreModule)
+        ));
+        assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+
+    #[test]
+    fn names_must_be_kebab_case() {
+        assert!(check_info("rule-tax", "1.0.0").is_ok());
+        assert!(check_info("Rule Tax", "1.0.0").is_err());
+        assert!(check_info("rule-tax", "").is_err());
+    }
+
+    #[test]
+    fn digest_is_sha256_hex() {
+        assert_eq!(
+            digest(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

@@ -1,0 +1,380 @@
+//! Starting and stopping the pipeline roles: the seam every test and the binary use.
+//!
+//! `start(role, config)` picks the backends (Kafka + Redis when configured, the embedded
+//! database otherwise), loads the ruleset, binds the listeners and spawns the roles;
+//! [`Running::stop`] shuts them down gracefully: servers stop accepting, the worker
+//! finishes its in-flight orders and commits, producers flush.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+
+use order_rules_engine::{Engine, RuleChain};
+
+use crate::backends::embedded::{self, EmbeddedDb};
+use crate::backends::kafka::{self, KafkaWorkerConfig};
+use crate::backends::redis::{RedisRegistry, RedisStore};
+use crate::config::Config;
+use crate::grpc::admin_service::{AdminApi, TokenCheck};
+use crate::grpc::{self, cache_service::CacheApi, order_service::OrderApi};
+use crate::order_log::Publisher;
+use crate::processor::{Processor, QuarantinePolicy, RetryPolicy};
+use crate::proto::admin::admin_service_server::AdminServiceServer;
+use crate::proto::cache_service_server::CacheServiceServer;
+use crate::proto::order_service_server::OrderServiceServer;
+use crate::rules::live::LiveRuleset;
+use crate::rules::registry::Registry;
+use crate::store::Store;
+
+/// Which roles a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Every role in one process (`order-pipeline run`).
+    All,
+    /// The OrderService only.
+    OrderService,
+    /// The worker only.
+    Worker,
+    /// The CacheService only.
+    CacheService,
+}
+
+impl Role {
+    fn serves_orders(self) -> bool {
+        matches!(self, Self::All | Self::OrderService)
+    }
+    fn works(self) -> bool {
+        matches!(self, Self::All | Self::Worker)
+    }
+    fn serves_results(self) -> bool {
+        matches!(self, Self::All | Self::CacheService)
+    }
+}
+
+/// Running roles.
+pub struct Running {
+    /// Where the OrderService listens, if this process runs it.
+    pub order_addr: Option<SocketAddr>,
+    /// Where the CacheService listens, if this process runs it.
+    pub cache_addr: Option<SocketAddr>,
+    /// Where the AdminService listens, if this process runs a worker.
+    pub admin_addr: Option<SocketAddr>,
+    /// The worker's live ruleset, if this process runs a worker.
+    pub live: Option<Arc<LiveRuleset>>,
+    /// The embedded database, in embedded mode.
+    pub embedded: Option<Arc<EmbeddedDb>>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Stops every role gracefully, waits for them, and closes the embedded database.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        let mut first_error = None;
+        while let Some(joined) = self.tasks.join_next().await {
+            if let Err(e) = joined.map_err(anyhow::Error::from).and_then(|r| r) {
+                tracing::error!(error = %format!("{e:#}"), "role failed during shutdown");
+                first_error.get_or_insert(e);
+            }
+        }
+        drop(self.live.take());
+        if let Some(db) = self.embedded.take()
+            && let Err(e) = db.close().await
+        {
+            first_error.get_or_insert(e);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Kills every role at once, as a crash would: nothing in flight is finished,
+    /// stored or committed. For tests of recovery.
+    pub fn abort(mut self) {
+        self.tasks.abort_all();
+    }
+
+    /// Runs until `signal` resolves or a role fails, then stops gracefully.
+    pub async fn run_until(
+        mut self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let failure = tokio::select! {
+            () = signal => None,
+            Some(joined) = self.tasks.join_next() => Some(
+                joined
+                    .map_err(anyhow::Error::from)
+                    .and_then(|r| r)
+                    .err()
+                    .unwrap_or_else(|| anyhow::anyhow!("a role stopped unexpectedly")),
+            ),
+        };
+        tracing::info!("shutting down");
+        let stopped = self.stop().await;
+        match failure {
+            Some(e) => Err(e),
+            None => stopped,
+        }
+    }
+}
+
+/// Starts `role` with `config`.
+pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let kafka_brokers = config
+        .kafka_brokers
+        .as_deref()
+        .filter(|b| !b.trim().is_empty());
+    let redis_addr = config
+        .redis_addr
+        .as_deref()
+        .filter(|a| !a.trim().is_empty());
+    match (role, kafka_brokers, redis_addr) {
+        (Role::All, Some(_), None) | (Role::All, None, Some(_)) => anyhow::bail!(
+            "set both KAFKA_BROKERS and REDIS_ADDR, or neither to use the embedded log and store"
+        ),
+        (Role::OrderService | Role::Worker, None, _) => anyhow::bail!(
+            "this role needs KAFKA_BROKERS; the embedded log only works with `order-pipeline run`"
+        ),
+        (Role::Worker | Role::CacheService, _, None) => anyhow::bail!(
+            "this role needs REDIS_ADDR; the embedded store only works with `order-pipeline run`"
+        ),
+        _ => {}
+    }
+    let embedded = match (kafka_brokers, redis_addr) {
+        (None, None) => {
+            tracing::info!(data_dir = %config.data_dir.display(), "using the embedded log and store");
+            Some(EmbeddedDb::open(&config.data_dir)?)
+        }
+        _ => None,
+    };
+    let produce_timeout = Duration::from_millis(config.produce_timeout_ms);
+    let producer = match kafka_brokers {
+        Some(brokers) if role.serves_orders() || role.works() => {
+            kafka::ensure_topics(
+                brokers,
+                &[
+                    (config.kafka_topic.as_str(), config.kafka_partitions),
+                    (config.dlq_topic.as_str(), 1),
+                ],
+                config.kafka_replication,
+            )
+            .await?;
+            Some(kafka::producer(brokers, produce_timeout)?)
+        }
+        _ => None,
+    };
+    let store = match (&embedded, redis_addr) {
+        (Some(db), _) => Some(Store::Embedded(Arc::clone(db))),
+        (None, Some(addr)) if role.works() || role.serves_results() => {
+            Some(Store::Redis(Box::new(RedisStore::connect(addr).await?)))
+        }
+        _ => None,
+    };
+
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let mut live_ruleset: Option<Arc<LiveRuleset>> = None;
+
+    if role.works() {
+        let (engine, seed) = load_chain(config).await?;
+        let registry = match (&embedded, redis_addr) {
+            (Some(db), _) => Registry::Embedded(Arc::clone(db)),
+            (None, Some(addr)) => Registry::Redis(Box::new(
+                RedisRegistry::connect(addr, &config.worker_group).await?,
+            )),
+            (None, None) => anyhow::bail!("the worker has no registry (a bug in start-up)"),
+        };
+        let live = LiveRuleset::start(engine, registry, seed).await?;
+        let stop = shutdown.clone();
+        tasks.spawn(Arc::clone(&live).follow(stop));
+        live_ruleset = Some(Arc::clone(&live));
+        let processor = Arc::new(Processor::new(
+            live,
+            RetryPolicy {
+                max_retries: config.max_retries,
+                backoff: Duration::from_millis(config.retry_backoff_ms),
+            },
+            QuarantinePolicy {
+                failures: config.quarantine_failures,
+                window: config.quarantine_window,
+            },
+            &config.default_currency,
+            &worker_name(config),
+        ));
+        let stop = shutdown.clone();
+        match (&embedded, &producer, &store, kafka_brokers) {
+            (Some(db), _, _, _) => {
+                let db = Arc::clone(db);
+                tasks.spawn(async move { embedded::run_worker(db, processor, stop).await });
+            }
+            (None, Some(producer), Some(store), Some(brokers)) => {
+                let worker_config = KafkaWorkerConfig {
+                    brokers: brokers.to_string(),
+                    topic: config.kafka_topic.clone(),
+                    dlq_topic: config.dlq_topic.clone(),
+                    group: config.worker_group.clone(),
+                    instance_id: config.worker_instance_id.clone(),
+                    produce_timeout,
+                };
+                let (producer, store) = (producer.clone(), store.clone());
+                tasks.spawn(async move {
+                    kafka::run_worker(worker_config, processor, store, producer, stop).await
+                });
+            }
+            _ => anyhow::bail!("the worker has no log or store (a bug in start-up)"),
+        }
+    }
+
+    let mut order_addr = None;
+    if role.serves_orders() {
+        let publisher = match (&embedded, &producer) {
+            (Some(db), _) => Publisher::Embedded(Arc::clone(db)),
+            (None, Some(producer)) => Publisher::Kafka(kafka::KafkaPublisher::new(
+                producer.clone(),
+                &config.kafka_topic,
+                produce_timeout,
+            )),
+            _ => anyhow::bail!("the OrderService has no log (a bug in start-up)"),
+        };
+        let listener = bind("ORDER_SERVICE_ADDR", config.order_service_socket()).await?;
+        order_addr = Some(listener.local_addr()?);
+        let routes = Routes::new(OrderServiceServer::new(OrderApi::new(publisher)));
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            grpc::serve(
+                listener,
+                OrderServiceServer::<OrderApi>::NAME,
+                routes,
+                stop.cancelled_owned(),
+            )
+            .await
+        });
+        tracing::info!(addr = %order_addr.map(|a| a.to_string()).unwrap_or_default(), "OrderService listening");
+    }
+
+    let mut cache_addr = None;
+    if role.serves_results() {
+        let Some(store) = store.clone() else {
+            anyhow::bail!("the CacheService has no store (a bug in start-up)");
+        };
+        let listener = bind("CACHE_SERVICE_ADDR", config.cache_service_socket()).await?;
+        cache_addr = Some(listener.local_addr()?);
+        let routes = Routes::new(CacheServiceServer::new(CacheApi::new(store)));
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            grpc::serve(
+                listener,
+                CacheServiceServer::<CacheApi>::NAME,
+                routes,
+                stop.cancelled_owned(),
+            )
+            .await
+        });
+        tracing::info!(addr = %cache_addr.map(|a| a.to_string()).unwrap_or_default(), "CacheService listening");
+    }
+
+    let mut admin_addr = None;
+    if let Some(live) = &live_ruleset {
+        let addr = config.admin_socket().map_err(anyhow::Error::msg)?;
+        let token = config.admin_token.clone().filter(|t| !t.is_empty());
+        if token.is_none() {
+            if !addr.ip().is_loopback() {
+                anyhow::bail!(
+                    "ADMIN_ADDR {addr} is not a loopback address: set ADMIN_TOKEN, or listen on 127.0.0.1"
+                );
+            }
+            tracing::warn!(%addr, "admin API without ADMIN_TOKEN: anyone on this host can deploy rules");
+        }
+        let listener = bind("ADMIN_ADDR", Ok(addr)).await?;
+        admin_addr = Some(listener.local_addr()?);
+        let service = AdminServiceServer::with_interceptor(
+            AdminApi::new(Arc::clone(live)),
+            TokenCheck::new(token),
+        );
+        let routes = Routes::new(service);
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            grpc::serve(
+                listener,
+                AdminServiceServer::<AdminApi>::NAME,
+                routes,
+                stop.cancelled_owned(),
+            )
+            .await
+        });
+        tracing::info!(addr = %admin_addr.map(|a| a.to_string()).unwrap_or_default(), "AdminService listening");
+    }
+
+    Ok(Running {
+        order_addr,
+        cache_addr,
+        admin_addr,
+        live: live_ruleset,
+        embedded,
+        shutdown,
+        tasks,
+    })
+}
+
+/// How results name this worker: WORKER_INSTANCE_ID, or host:pid.
+fn worker_name(config: &Config) -> String {
+    match config
+        .worker_instance_id
+        .as_deref()
+        .filter(|id| !id.is_empty())
+    {
+        Some(id) => id.to_string(),
+        None => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "worker".into());
+            format!("{host}:{}", std::process::id())
+        }
+    }
+}
+
+async fn bind(name: &str, addr: Result<SocketAddr, String>) -> anyhow::Result<TcpListener> {
+    let addr = addr.map_err(anyhow::Error::msg)?;
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({name}); is it in use?"))
+}
+
+/// Loads the configured ruleset (or the default) with the configured limits.
+async fn load_chain(config: &Config) -> anyhow::Result<(Engine, RuleChain)> {
+    let limits = config.limits.limits();
+    let native = config.limits.native_baseline;
+    let path = config.ruleset.clone();
+    tokio::task::spawn_blocking(move || {
+        if native {
+            tracing::warn!(
+                "NATIVE_RULES_BASELINE is on: the built-in rules run compiled into the host, \
+                 without Wasm isolation or limits; use this to benchmark, never in production"
+            );
+        }
+        let engine = order_builtin_rules::engine(limits, native)?;
+        let chain = match &path {
+            Some(path) => order_builtin_rules::load_file(&engine, path)?,
+            None => order_builtin_rules::load_default(&engine)?,
+        };
+        for spec in chain.specs() {
+            tracing::info!(
+                rule = spec.plugin.name(),
+                version = %spec.plugin.info().version,
+                digest = spec.plugin.digest(),
+                isolation = %spec.isolation,
+                "rule loaded"
+            );
+        }
+        Ok((engine, chain))
+    })
+    .await
+    .context("loading the ruleset panicked")?
+}

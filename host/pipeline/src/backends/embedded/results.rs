@@ -1,0 +1,141 @@
+//! The embedded result store: first final result wins, batch reads in one transaction,
+//! waits woken by the commit that writes the ids.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use redb::{ReadableDatabase, ReadableTable};
+
+use super::{EmbeddedDb, RESULTS, blocking};
+use crate::domain::{OrderResult, PutOutcome, ResultStatus};
+
+impl EmbeddedDb {
+    /// Writes one result (the CacheService path for tools; the worker uses batches).
+    pub async fn put_result(&self, result: &OrderResult) -> anyhow::Result<PutOutcome> {
+        let db = Arc::clone(&self.db);
+        let id = result.id.clone();
+        let result = result.clone();
+        let outcome = blocking(move || {
+            let txn = db.begin_write()?;
+            let outcome = put(&mut txn.open_table(RESULTS)?, &result)?;
+            txn.commit()?;
+            Ok(outcome)
+        })
+        .await?;
+        self.waiters.wake([id.as_str()]);
+        Ok(outcome)
+    }
+
+    /// The result of `id`. Read on the calling thread: a read transaction on cached
+    /// pages takes microseconds, less than handing it to a blocking thread.
+    pub async fn get_result(&self, id: &str) -> anyhow::Result<Option<OrderResult>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(RESULTS)?;
+        match table.get(id)? {
+            Some(json) => Ok(Some(serde_json::from_str(json.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The results of `ids`, in order, from one read transaction.
+    pub async fn get_results(&self, ids: Vec<String>) -> anyhow::Result<Vec<Option<OrderResult>>> {
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(RESULTS)?;
+            ids.iter()
+                .map(|id| match table.get(id.as_str())? {
+                    Some(json) => Ok(Some(serde_json::from_str(json.value())?)),
+                    None => Ok(None),
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// The results of `ids`, in order, waiting until `deadline` for missing ones; a
+    /// commit wakes the waiter once, however many of its ids it wrote.
+    pub async fn wait_results(
+        &self,
+        ids: &[String],
+        deadline: Instant,
+    ) -> anyhow::Result<Vec<Option<OrderResult>>> {
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let mut results: Vec<Option<OrderResult>> = ids.iter().map(|_| None).collect();
+        let mut missing: Vec<usize> = (0..ids.len()).collect();
+        let outcome = loop {
+            // Register before reading, so a write between the two is not missed.
+            let woken: Vec<_> = missing
+                .iter()
+                .map(|&i| self.waiters.register(&ids[i]))
+                .collect();
+            let read = match self
+                .get_results(missing.iter().map(|&i| ids[i].clone()).collect())
+                .await
+            {
+                Ok(read) => read,
+                Err(e) => break Err(e),
+            };
+            let mut still = Vec::new();
+            let mut still_woken = Vec::new();
+            for ((i, found), rx) in missing.iter().zip(read).zip(woken) {
+                match found {
+                    Some(result) => results[*i] = Some(result),
+                    None => {
+                        still.push(*i);
+                        still_woken.push(rx);
+                    }
+                }
+            }
+            missing = still;
+            if missing.is_empty() {
+                break Ok(());
+            }
+            let any = futures::future::select_all(still_woken);
+            if tokio::time::timeout_at(deadline, any).await.is_err() {
+                break Ok(());
+            }
+        };
+        for id in ids {
+            self.waiters.forget(id);
+        }
+        outcome.map(|()| results)
+    }
+
+    /// The result of `id`, waiting until `deadline` for it to be written.
+    pub async fn wait_result(
+        &self,
+        id: &str,
+        deadline: Instant,
+    ) -> anyhow::Result<Option<OrderResult>> {
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let found = loop {
+            // Register before reading, so a write between the two is not missed.
+            let woken = self.waiters.register(id);
+            if let Some(result) = self.get_result(id).await? {
+                break Some(result);
+            }
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                break None;
+            }
+        };
+        self.waiters.forget(id);
+        Ok(found)
+    }
+}
+
+/// Writes `result` unless a final result for its id is there.
+pub(super) fn put(
+    table: &mut redb::Table<'_, &'static str, &'static str>,
+    result: &OrderResult,
+) -> anyhow::Result<PutOutcome> {
+    if let Some(existing) = table.get(result.id.as_str())? {
+        let existing: OrderResult = serde_json::from_str(existing.value())?;
+        if existing.status != ResultStatus::Failed {
+            return Ok(PutOutcome::KeptExisting);
+        }
+    }
+    let json = serde_json::to_string(result)?;
+    table.insert(result.id.as_str(), json.as_str())?;
+    Ok(PutOutcome::Written)
+}

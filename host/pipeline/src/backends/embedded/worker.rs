@@ -1,0 +1,57 @@
+//! The embedded worker: reads the embedded log in batches, hands them to the
+//! [`Processor`], and commits each batch's results, dead letters and new offset in one
+//! transaction.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{DeadLetterRecord, EmbeddedDb};
+use crate::domain::PutOutcome;
+use crate::processor::Processor;
+
+/// Most entries the embedded worker takes at once.
+const EMBEDDED_BATCH: usize = 512;
+
+/// Consumes the embedded log until `shutdown`, in batches: each batch's results, dead
+/// letters and new offset are committed in one transaction.
+pub async fn run(
+    db: Arc<EmbeddedDb>,
+    processor: Arc<Processor>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    tracing::info!("worker consuming the embedded log");
+    while !shutdown.is_cancelled() {
+        let (consumed, batch) = db.read_batch(EMBEDDED_BATCH).await?;
+        let Some(&(last, _)) = batch.last() else {
+            db.wait_for_entries(consumed, shutdown.cancelled()).await;
+            continue;
+        };
+        let payloads: Vec<&[u8]> = batch.iter().map(|(_, p)| p.as_slice()).collect();
+        let processed = processor.process_batch(&payloads).await;
+        let mut results = Vec::with_capacity(batch.len());
+        let mut dead_letters = Vec::new();
+        for ((seq, payload), processed) in batch.iter().zip(processed) {
+            let (result, headers) = processed.into_parts();
+            results.extend(result.map(|r| *r));
+            if let Some(mut headers) = headers {
+                headers.push(("source-seq".to_string(), seq.to_string()));
+                dead_letters.push(DeadLetterRecord {
+                    source_seq: *seq,
+                    headers,
+                    payload: payload.clone(),
+                });
+            }
+        }
+        let outcomes = db.commit_batch(results, dead_letters, last + 1).await?;
+        let kept = outcomes
+            .iter()
+            .filter(|o| **o == PutOutcome::KeptExisting)
+            .count();
+        if kept > 0 {
+            tracing::debug!(kept, "kept existing final results of resubmitted ids");
+        }
+    }
+    tracing::info!("worker stopped");
+    Ok(())
+}

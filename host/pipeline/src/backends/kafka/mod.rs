@@ -1,0 +1,168 @@
+//! Kafka: an idempotent producer with acks=all (the OrderService and the dead-letter
+//! path), topic creation at start-up, and the consumer the worker uses.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+mod worker;
+
+pub use worker::{KafkaWorkerConfig, run as run_worker};
+
+/// Settings every client shares; `KAFKA_DEBUG` passes librdkafka debug contexts
+/// (e.g. `cgrp,topic,fetch`), logged through `tracing` at target `librdkafka`.
+fn base(brokers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    if let Ok(debug) = std::env::var("KAFKA_DEBUG")
+        && !debug.is_empty()
+    {
+        config.set("debug", debug);
+    }
+    config
+}
+
+/// A producer bound to one topic.
+#[derive(Clone)]
+pub struct KafkaPublisher {
+    producer: FutureProducer,
+    topic: String,
+    timeout: Duration,
+}
+
+/// Producer settings: durable (acks=all), idempotent, no compression (the test broker
+/// cannot read snappy), small linger so concurrent orders share a request.
+pub fn producer(brokers: &str, timeout: Duration) -> anyhow::Result<FutureProducer> {
+    base(brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("compression.type", "none")
+        .set("linger.ms", "1")
+        .set("message.timeout.ms", timeout.as_millis().to_string())
+        .create()
+        .with_context(|| format!("cannot create a Kafka producer for `{brokers}`"))
+}
+
+impl KafkaPublisher {
+    /// Publishes to `topic` with `producer`.
+    pub fn new(producer: FutureProducer, topic: &str, timeout: Duration) -> Self {
+        Self {
+            producer,
+            topic: topic.to_string(),
+            timeout,
+        }
+    }
+
+    /// Publishes `payload` keyed by `key`; returns once the broker acknowledged it.
+    pub async fn publish(&self, key: &str, payload: &[u8]) -> anyhow::Result<()> {
+        send(
+            &self.producer,
+            &self.topic,
+            key,
+            payload,
+            None,
+            self.timeout,
+        )
+        .await
+    }
+
+    /// The underlying producer.
+    pub fn producer(&self) -> &FutureProducer {
+        &self.producer
+    }
+}
+
+/// Sends one record and waits for the broker's acknowledgement.
+pub async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    headers: Option<&[(String, String)]>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let mut record = FutureRecord::to(topic).key(key).payload(payload);
+    if let Some(headers) = headers {
+        let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+        for (name, value) in headers {
+            owned = owned.insert(Header {
+                key: name,
+                value: Some(value.as_bytes()),
+            });
+        }
+        record = record.headers(owned);
+    }
+    producer
+        .send(record, timeout)
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| anyhow::anyhow!("the broker did not acknowledge the order: {e}"))
+}
+
+/// Creates the topics that do not exist yet (the test broker does not auto-create).
+pub async fn ensure_topics(
+    brokers: &str,
+    topics: &[(&str, i32)],
+    replication: i32,
+) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .with_context(|| format!("cannot create a Kafka admin client for `{brokers}`"))?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, partitions)| {
+            NewTopic::new(name, *partitions, TopicReplication::Fixed(replication))
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results =
+        tokio::time::timeout(Duration::from_secs(30), admin.create_topics(&new, &options))
+            .await
+            .map_err(|_| anyhow::anyhow!("the broker at `{brokers}` did not answer within 30 s"))?
+            .with_context(|| format!("cannot create topics on `{brokers}`"))?;
+    for result in results {
+        match result {
+            Ok(topic) => tracing::info!(topic, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => anyhow::bail!("cannot create topic `{topic}`: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// A consumer in `group` that never auto-stores offsets: the worker stores an offset
+/// only after the message's result is written, and stored offsets are committed
+/// periodically and at shutdown.
+pub fn consumer(
+    brokers: &str,
+    group: &str,
+    instance_id: Option<&str>,
+) -> anyhow::Result<StreamConsumer> {
+    let mut config = base(brokers);
+    if let Some(id) = instance_id.filter(|id| !id.is_empty()) {
+        // Static membership: a restarted worker with the same id takes its partitions
+        // back at once instead of waiting for the group to notice the old one is gone.
+        config.set("group.instance.id", id);
+    }
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "200")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("enable.partition.eof", "false")
+        // Brokers that do not answer a fetch as soon as data arrives (tansu) would
+        // otherwise hold every fetch for librdkafka's default 500 ms.
+        .set("fetch.wait.max.ms", "5")
+        .create()
+        .with_context(|| format!("cannot create a Kafka consumer for `{brokers}`"))
+}

@@ -1,0 +1,264 @@
+//! The Kafka worker: consumes the order topic as a member of the group, one task per
+//! partition (in order within it, partitions concurrently), hands batches to the
+//! [`Processor`], writes results and dead letters, and only then stores the offsets.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use rdkafka::Message as _;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::FutureProducer;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::domain::OrderResult;
+use crate::processor::Processor;
+use crate::store::Store;
+
+/// Messages queued per partition before the consumer waits.
+const LANE_QUEUE: usize = 1024;
+/// Most messages of one partition processed together.
+const LANE_BATCH: usize = 256;
+/// Longest pause between attempts to reach the store or the dead-letter topic.
+const MAX_IO_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Retries `attempt` with backoff until it succeeds or `shutdown` is cancelled; returns
+/// whether it succeeded.
+async fn persist<F, Fut, T, E>(what: &str, shutdown: &CancellationToken, mut attempt: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Ok(_) => return true,
+            Err(e) => {
+                tracing::warn!(error = %e, ?pause, "{what} failed; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return false,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(MAX_IO_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Where the Kafka worker reads and writes.
+#[derive(Debug, Clone)]
+pub struct KafkaWorkerConfig {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Order topic.
+    pub topic: String,
+    /// Dead-letter topic.
+    pub dlq_topic: String,
+    /// Consumer group.
+    pub group: String,
+    /// Static group membership id (`WORKER_INSTANCE_ID`), if any.
+    pub instance_id: Option<String>,
+    /// How long a dead-letter publish may wait for the broker.
+    pub produce_timeout: Duration,
+}
+
+/// Consumes `config.topic` as a member of `config.group` until `shutdown`; each partition
+/// is processed in order by its own task, partitions concurrently.
+pub async fn run(
+    config: KafkaWorkerConfig,
+    processor: Arc<Processor>,
+    store: Store,
+    dlq: FutureProducer,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let consumer = Arc::new(super::consumer(
+        &config.brokers,
+        &config.group,
+        config.instance_id.as_deref(),
+    )?);
+    consumer.subscribe(&[config.topic.as_str()])?;
+    tracing::info!(topic = %config.topic, group = %config.group, "worker consuming");
+    let config = Arc::new(config);
+    // Lanes live in a JoinSet owned here: if this task dies, they die with it.
+    let mut lanes: HashMap<i32, mpsc::Sender<OwnedMessage>> = HashMap::new();
+    let mut lane_tasks = JoinSet::new();
+    loop {
+        let message = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            message = consumer.recv() => message.map(|m| m.detach()),
+        };
+        let message = match message {
+            Ok(message) => message,
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka consume error");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+        };
+        let partition = message.partition();
+        let lane = lanes.entry(partition).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(LANE_QUEUE);
+            lane_tasks.spawn(
+                lane_loop(
+                    rx,
+                    Arc::clone(&consumer),
+                    Arc::clone(&processor),
+                    store.clone(),
+                    dlq.clone(),
+                    Arc::clone(&config),
+                    shutdown.clone(),
+                )
+                .instrument(tracing::info_span!("kafka.partition", partition)),
+            );
+            tx
+        });
+        if lane.send(message).await.is_err() && !shutdown.is_cancelled() {
+            // A partition task only stops on shutdown; anything else is a bug. Fail the
+            // role (the process exits, its messages are redelivered) rather than stall.
+            anyhow::bail!("the task of partition {partition} stopped unexpectedly");
+        }
+    }
+    tracing::info!("worker stopping: finishing in-flight orders");
+    drop(lanes);
+    while lane_tasks.join_next().await.is_some() {}
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => tracing::info!("offsets committed"),
+        Err(e) => tracing::debug!(error = %e, "final commit (nothing new to commit?)"),
+    }
+    Ok(())
+}
+
+async fn lane_loop(
+    mut rx: mpsc::Receiver<OwnedMessage>,
+    consumer: Arc<StreamConsumer>,
+    processor: Arc<Processor>,
+    store: Store,
+    dlq: FutureProducer,
+    config: Arc<KafkaWorkerConfig>,
+    shutdown: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(LANE_BATCH);
+    while let Some(first) = rx.recv().await {
+        // Take what is queued (up to LANE_BATCH): one evaluation pass, pipelined writes.
+        batch.clear();
+        batch.push(first);
+        while batch.len() < LANE_BATCH {
+            match rx.try_recv() {
+                Ok(message) => batch.push(message),
+                Err(_) => break,
+            }
+        }
+        let payloads: Vec<&[u8]> = batch
+            .iter()
+            .map(|m| m.payload().unwrap_or_default())
+            .collect();
+        let processed = processor
+            .process_batch(&payloads)
+            .instrument(tracing::debug_span!(
+                "kafka.process",
+                messages = batch.len()
+            ))
+            .await;
+        // Dead letters first, in order; then the results; then the offset.
+        let mut results = Vec::with_capacity(batch.len());
+        for (message, processed) in batch.iter().zip(processed) {
+            let (result, headers) = processed.into_parts();
+            results.extend(result);
+            if let Some(headers) = headers
+                && !dead_letter(message, headers, &dlq, &config, &shutdown).await
+            {
+                tracing::info!("stopping before the batch was stored; it will be redelivered");
+                return;
+            }
+        }
+        if !write_results(&store, &results, &shutdown).await {
+            tracing::info!("stopping before the batch was stored; it will be redelivered");
+            return;
+        }
+        if let Some(last) = batch.last()
+            && let Err(e) = consumer.store_offset(last.topic(), last.partition(), last.offset())
+        {
+            tracing::debug!(error = %e, "cannot store offset (partition revoked?)");
+        }
+    }
+}
+
+/// Publishes `message` to the dead-letter topic with `headers` plus its source.
+async fn dead_letter(
+    message: &OwnedMessage,
+    mut headers: Vec<(String, String)>,
+    dlq: &FutureProducer,
+    config: &KafkaWorkerConfig,
+    shutdown: &CancellationToken,
+) -> bool {
+    headers.extend([
+        ("source-topic".to_string(), message.topic().to_string()),
+        (
+            "source-partition".to_string(),
+            message.partition().to_string(),
+        ),
+        ("source-offset".to_string(), message.offset().to_string()),
+    ]);
+    let key = message
+        .key()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .unwrap_or_default();
+    let payload = message.payload().unwrap_or_default();
+    let ok = persist("dead-lettering", shutdown, || {
+        super::send(
+            dlq,
+            &config.dlq_topic,
+            &key,
+            payload,
+            Some(&headers),
+            config.produce_timeout,
+        )
+    })
+    .await;
+    if ok {
+        tracing::warn!(key = %key, dlq = %config.dlq_topic, "dead-lettered");
+    }
+    ok
+}
+
+/// Writes a batch's results concurrently (Redis pipelines them on one connection), in
+/// waves so that two results of one id are written in message order.
+async fn write_results(
+    store: &Store,
+    results: &[Box<OrderResult>],
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut waves: Vec<Vec<&OrderResult>> = Vec::new();
+    for result in results {
+        let wave = seen.entry(result.id.as_str()).or_insert(0);
+        if waves.len() <= *wave {
+            waves.push(Vec::new());
+        }
+        waves[*wave].push(result);
+        *wave += 1;
+    }
+    for wave in waves {
+        let writes = wave
+            .iter()
+            .map(|result| persist("writing a result", shutdown, move || store.put(result)));
+        if !join_all(writes).await.into_iter().all(|ok| ok) {
+            return false;
+        }
+    }
+    // Waiting readers re-read on this; if it is lost they re-read within 100 ms anyway.
+    let ids: Vec<&str> = results.iter().map(|r| r.id.as_str()).collect();
+    if let Err(e) = store.announce(&ids).await {
+        tracing::debug!(error = %format!("{e:#}"), "results written but not announced");
+    }
+    true
+}

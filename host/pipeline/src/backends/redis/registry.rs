@@ -1,0 +1,187 @@
+//! The ruleset registry in Redis: plugin blobs by digest (`pipeline:plugin:<sha256>`,
+//! shared by every group), ruleset versions under the worker group's name, activated by
+//! one compare-and-set script that also publishes the new version.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use redis::aio::ConnectionManager;
+use tokio::sync::watch;
+
+use crate::rules::versions::{ActivateError, Expect};
+
+/// Plugins are content-addressed, so every group shares them.
+const PLUGIN_PREFIX: &str = "pipeline:plugin:";
+
+/// Compare-and-set activation: KEYS = active, latest; ARGV = body, expected, prefix,
+/// channel. Returns the new version, or -active / 0 (none active) on a conflict.
+const ACTIVATE_SCRIPT: &str = r#"
+local active = redis.call('GET', KEYS[1])
+if ARGV[2] == 'none' then
+  if active then return -tonumber(active) end
+elseif active ~= ARGV[2] then
+  if active then return -tonumber(active) end
+  return 0
+end
+local v = redis.call('INCR', KEYS[2])
+redis.call('SET', ARGV[3] .. v, ARGV[1])
+redis.call('SET', KEYS[1], v)
+redis.call('PUBLISH', ARGV[4], v)
+return v
+"#;
+
+/// The Redis registry: a connection plus the client for pub/sub. Rulesets live under
+/// the worker group's name (`pipeline:<group>:ruleset...`), so several pipelines can
+/// share one Redis; plugins are shared by digest.
+#[derive(Clone)]
+pub struct RedisRegistry {
+    client: redis::Client,
+    connection: ConnectionManager,
+    activate: redis::Script,
+    namespace: String,
+}
+
+impl RedisRegistry {
+    fn ruleset_prefix(&self) -> String {
+        format!("pipeline:{}:ruleset:", self.namespace)
+    }
+    fn active_key(&self) -> String {
+        format!("pipeline:{}:ruleset-active", self.namespace)
+    }
+    fn latest_key(&self) -> String {
+        format!("pipeline:{}:ruleset-latest", self.namespace)
+    }
+    /// Pub/sub channel announcing a new active version.
+    pub fn channel(&self) -> String {
+        format!("pipeline:{}:ruleset-changed", self.namespace)
+    }
+
+    /// Connects to Redis at `addr` (as `REDIS_ADDR`) for the rulesets of worker group
+    /// `group`.
+    pub async fn connect(addr: &str, group: &str) -> anyhow::Result<Self> {
+        let (client, connection) = super::connect(addr).await?;
+        Ok(Self {
+            client,
+            connection,
+            activate: redis::Script::new(ACTIVATE_SCRIPT),
+            namespace: group.to_string(),
+        })
+    }
+}
+
+impl RedisRegistry {
+    /// Stores a plugin's bytes under its digest (idempotent).
+    pub async fn put_plugin(&self, digest: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let mut c = self.connection.clone();
+        let () = redis::cmd("SET")
+            .arg(format!("{PLUGIN_PREFIX}{digest}"))
+            .arg(bytes)
+            .query_async(&mut c)
+            .await
+            .context("storing a plugin in Redis")?;
+        Ok(())
+    }
+
+    /// A plugin's bytes by digest.
+    pub async fn plugin(&self, digest: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let mut c = self.connection.clone();
+        Ok(redis::cmd("GET")
+            .arg(format!("{PLUGIN_PREFIX}{digest}"))
+            .query_async(&mut c)
+            .await
+            .context("reading a plugin from Redis")?)
+    }
+
+    /// The active version number.
+    pub async fn active_version(&self) -> anyhow::Result<Option<u64>> {
+        let mut c = self.connection.clone();
+        Ok(redis::cmd("GET")
+            .arg(self.active_key())
+            .query_async(&mut c)
+            .await
+            .context("reading the active ruleset version")?)
+    }
+
+    /// The newest version number (0 when there is none).
+    pub async fn latest_version(&self) -> anyhow::Result<u64> {
+        let mut c = self.connection.clone();
+        let latest: Option<u64> = redis::cmd("GET")
+            .arg(self.latest_key())
+            .query_async(&mut c)
+            .await
+            .context("reading the ruleset history")?;
+        Ok(latest.unwrap_or(0))
+    }
+
+    /// A version's JSON body.
+    pub async fn ruleset(&self, version: u64) -> anyhow::Result<Option<String>> {
+        let mut c = self.connection.clone();
+        Ok(redis::cmd("GET")
+            .arg(format!("{}{version}", self.ruleset_prefix()))
+            .query_async(&mut c)
+            .await
+            .context("reading a ruleset")?)
+    }
+
+    /// Activates `json` as a new version if the active one is still `expect`, and
+    /// publishes it.
+    pub async fn activate(&self, json: String, expect: Expect) -> Result<u64, ActivateError> {
+        let mut c = self.connection.clone();
+        let expected = match expect {
+            Expect::Nothing => "none".to_string(),
+            Expect::Version(v) => v.to_string(),
+        };
+        let answer: i64 = self
+            .activate
+            .key(self.active_key())
+            .key(self.latest_key())
+            .arg(json)
+            .arg(expected)
+            .arg(self.ruleset_prefix())
+            .arg(self.channel())
+            .invoke_async(&mut c)
+            .await
+            .context("activating a ruleset in Redis")?;
+        match answer {
+            v if v > 0 => Ok(v.unsigned_abs()),
+            0 => Err(ActivateError::Conflict(None)),
+            v => Err(ActivateError::Conflict(Some(v.unsigned_abs()))),
+        }
+    }
+
+    /// A receiver that changes whenever another version may have become active: a
+    /// pub/sub subscription that reconnects.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        let (tx, rx) = watch::channel(0u64);
+        let client = self.client.clone();
+        let channel = self.channel();
+        tokio::spawn(async move {
+            loop {
+                if tx.is_closed() {
+                    return;
+                }
+                match client.get_async_pubsub().await {
+                    Ok(mut pubsub) => {
+                        if let Err(e) = pubsub.subscribe(&channel).await {
+                            tracing::warn!(error = %e, "cannot subscribe to ruleset changes");
+                        } else {
+                            let mut messages = pubsub.on_message();
+                            while let Some(message) = messages.next().await {
+                                let version: u64 = message.get_payload().unwrap_or(0);
+                                if tx.send(version).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ruleset change subscription lost")
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        rx
+    }
+}

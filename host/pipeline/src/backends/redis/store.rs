@@ -1,0 +1,183 @@
+//! Results in Redis. `order:<id>` holds exactly what the Go system wrote (proto3 JSON of
+//! `{item, price, status}`), so a Go CacheService can still read it; `order-result:<id>`
+//! beside it holds the full result. Both are written by one Lua script, atomically.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use redis::aio::ConnectionManager;
+
+use super::connect;
+use crate::domain::{OrderResult, PutOutcome};
+use crate::waiters::Waiters;
+
+/// Key of the Go-compatible result.
+pub fn go_key(id: &str) -> String {
+    format!("order:{id}")
+}
+
+/// Key of the full result.
+pub fn full_key(id: &str) -> String {
+    format!("order-result:{id}")
+}
+
+/// Writes both keys unless a final (not `failed`) result exists. Returns 1 if written.
+const PUT_SCRIPT: &str = r#"
+local existing = redis.call('GET', KEYS[2])
+if existing then
+  local ok, decoded = pcall(cjson.decode, existing)
+  if ok and decoded['status'] ~= 'failed' then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+"#;
+
+/// Channel on which workers announce the ids whose results they wrote, so that waiting
+/// CacheService calls wake at once instead of polling.
+pub const WRITTEN_CHANNEL: &str = "pipeline:results-written";
+
+/// How often a waiting call re-reads Redis even without an announcement (results written
+/// by other writers, such as the Go worker, or a missed message).
+pub const FALLBACK_POLL: Duration = Duration::from_millis(100);
+
+/// A Redis connection (reconnects on its own), the write script, and the waiters woken
+/// by result announcements.
+#[derive(Clone)]
+pub struct RedisStore {
+    client: redis::Client,
+    connection: ConnectionManager,
+    put: redis::Script,
+    waiters: std::sync::Arc<Waiters>,
+    listening: std::sync::Arc<std::sync::OnceLock<()>>,
+}
+
+impl RedisStore {
+    /// Connects to `addr` (`host:port` as the Go system took it, or a `redis://` URL).
+    pub async fn connect(addr: &str) -> anyhow::Result<Self> {
+        let (client, connection) = connect(addr).await?;
+        Ok(Self {
+            client,
+            connection,
+            put: redis::Script::new(PUT_SCRIPT),
+            waiters: std::sync::Arc::default(),
+            listening: std::sync::Arc::default(),
+        })
+    }
+
+    /// Writes `result` (both keys, atomically) unless a final result exists.
+    pub async fn put(&self, result: &OrderResult) -> anyhow::Result<PutOutcome> {
+        let full = serde_json::to_string(result).context("serialising a result")?;
+        let mut connection = self.connection.clone();
+        let written: i64 = self
+            .put
+            .key(go_key(&result.id))
+            .key(full_key(&result.id))
+            .arg(result.go_json())
+            .arg(full)
+            .invoke_async(&mut connection)
+            .await
+            .context("writing a result to Redis")?;
+        Ok(if written == 1 {
+            PutOutcome::Written
+        } else {
+            PutOutcome::KeptExisting
+        })
+    }
+
+    /// The result of `id`: the full one, or one written by the Go worker.
+    pub async fn get(&self, id: &str) -> anyhow::Result<Option<OrderResult>> {
+        let mut connection = self.connection.clone();
+        let (full, go): (Option<String>, Option<String>) = redis::cmd("MGET")
+            .arg(full_key(id))
+            .arg(go_key(id))
+            .query_async(&mut connection)
+            .await
+            .context("reading a result from Redis")?;
+        if let Some(full) = full {
+            let result = serde_json::from_str(&full)
+                .with_context(|| format!("the stored result of `{id}` is not valid"))?;
+            return Ok(Some(result));
+        }
+        Ok(go.and_then(|json| OrderResult::from_go_json(id, &json)))
+    }
+
+    /// Tells waiting readers (in any process) that these ids have results now.
+    pub async fn announce(&self, ids: &[&str]) -> anyhow::Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut connection = self.connection.clone();
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(WRITTEN_CHANNEL)
+            .arg(ids.join("\n"))
+            .query_async(&mut connection)
+            .await
+            .context("announcing results")?;
+        Ok(())
+    }
+
+    /// The result of `id`, waiting until `deadline` for it: woken by announcements, with
+    /// a re-read every [`FALLBACK_POLL`].
+    pub async fn wait(
+        &self,
+        id: &str,
+        deadline: tokio::time::Instant,
+    ) -> anyhow::Result<Option<OrderResult>> {
+        self.listen();
+        let found = loop {
+            let woken = self.waiters.register(id);
+            if let Some(result) = self.get(id).await? {
+                break Some(result);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                break None;
+            }
+            let _ = tokio::time::timeout((deadline - now).min(FALLBACK_POLL), woken).await;
+        };
+        self.waiters.forget(id);
+        Ok(found)
+    }
+
+    /// Subscribes (once per store) to result announcements and wakes the waiters.
+    fn listen(&self) {
+        if self.listening.set(()).is_err() {
+            return;
+        }
+        let client = self.client.clone();
+        let waiters = std::sync::Arc::clone(&self.waiters);
+        tokio::spawn(async move {
+            use futures::StreamExt as _;
+            loop {
+                match client.get_async_pubsub().await {
+                    Ok(mut pubsub) => match pubsub.subscribe(WRITTEN_CHANNEL).await {
+                        Ok(()) => {
+                            let mut messages = pubsub.on_message();
+                            while let Some(message) = messages.next().await {
+                                let ids: String = message.get_payload().unwrap_or_default();
+                                waiters.wake(ids.split('\n'));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot subscribe to result announcements")
+                        }
+                    },
+                    Err(e) => tracing::warn!(error = %e, "result announcements lost; reconnecting"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// The raw value of a key (for tests and tools).
+    pub async fn raw(&self, key: &str) -> anyhow::Result<Option<String>> {
+        let mut connection = self.connection.clone();
+        Ok(redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut connection)
+            .await?)
+    }
+}

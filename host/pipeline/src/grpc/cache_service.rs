@@ -1,0 +1,97 @@
+//! `order.CacheService`: serves results from the store; NOT_FOUND until a result exists,
+//! optionally after waiting for it.
+
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use crate::domain::wire::result_response;
+use crate::proto::{self, cache_service_server::CacheService};
+use crate::store::{MAX_WAIT, Store};
+
+/// Most ids one `GetOrderResults` call may ask for.
+pub const MAX_IDS_PER_CALL: usize = 1000;
+
+fn check_wait(wait_ms: u32) -> Result<Option<Duration>, Status> {
+    let max_ms = MAX_WAIT.as_millis();
+    if u128::from(wait_ms) > max_ms {
+        return Err(Status::invalid_argument(format!(
+            "wait_ms: {wait_ms} is more than the maximum of {max_ms}"
+        )));
+    }
+    Ok((wait_ms > 0).then(|| Duration::from_millis(u64::from(wait_ms))))
+}
+
+fn unavailable(e: &anyhow::Error) -> Status {
+    tracing::warn!(error = %format!("{e:#}"), "result store error");
+    Status::unavailable(format!("result store unavailable: {e:#}"))
+}
+
+/// The CacheService.
+pub struct CacheApi {
+    store: Store,
+}
+
+impl CacheApi {
+    /// A CacheService reading from `store`.
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+}
+
+#[tonic::async_trait]
+impl CacheService for CacheApi {
+    #[tracing::instrument(name = "grpc.get_order_result", skip_all, fields(order_id = %request.get_ref().id))]
+    async fn get_order_result(
+        &self,
+        request: Request<proto::ResultRequest>,
+    ) -> Result<Response<proto::ResultResponse>, Status> {
+        let request = request.into_inner();
+        if request.id.is_empty() {
+            return Err(Status::invalid_argument("id: is required"));
+        }
+        let found = match check_wait(request.wait_ms)? {
+            None => self.store.get(&request.id).await,
+            Some(wait) => self.store.wait(&request.id, wait).await,
+        };
+        match found {
+            Ok(Some(result)) => Ok(Response::new(result_response(&result))),
+            Ok(None) => Err(Status::not_found("order not found")),
+            Err(e) => Err(unavailable(&e)),
+        }
+    }
+
+    #[tracing::instrument(name = "grpc.get_order_results", skip_all, fields(ids = request.get_ref().ids.len()))]
+    async fn get_order_results(
+        &self,
+        request: Request<proto::ResultsRequest>,
+    ) -> Result<Response<proto::ResultsResponse>, Status> {
+        let request = request.into_inner();
+        if request.ids.len() > MAX_IDS_PER_CALL {
+            return Err(Status::invalid_argument(format!(
+                "ids: {} ids, at most {MAX_IDS_PER_CALL} per call",
+                request.ids.len()
+            )));
+        }
+        if let Some(i) = request.ids.iter().position(String::is_empty) {
+            return Err(Status::invalid_argument(format!("ids[{i}]: is empty")));
+        }
+        let wait = check_wait(request.wait_ms)?;
+        let found = self
+            .store
+            .get_many(&request.ids, wait)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let results = request
+            .ids
+            .into_iter()
+            .zip(found)
+            .map(|(id, result)| proto::ResultEntry {
+                id,
+                found: result.is_some(),
+                result: result.as_ref().map(result_response),
+            })
+            .collect();
+        Ok(Response::new(proto::ResultsResponse { results }))
+    }
+}

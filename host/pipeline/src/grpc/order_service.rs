@@ -1,0 +1,90 @@
+//! `order.OrderService`: validates each order envelope and publishes it to the order log;
+//! answers `accepted` only after the log acknowledged it.
+
+use futures::future::join_all;
+use prost::Message as _;
+use tonic::{Request, Response, Status};
+
+use crate::domain::wire as convert;
+use crate::order_log::Publisher;
+use crate::proto::{self, order_service_server::OrderService};
+
+/// Most orders in one `CreateOrders` call.
+pub const MAX_BATCH: usize = 10_000;
+
+/// The OrderService.
+pub struct OrderApi {
+    publisher: Publisher,
+}
+
+impl OrderApi {
+    /// An OrderService publishing to `publisher`.
+    pub fn new(publisher: Publisher) -> Self {
+        Self { publisher }
+    }
+
+    /// Validates and publishes one order; the error is the status to answer.
+    async fn submit(&self, order: proto::OrderRequest) -> Result<String, Status> {
+        let payload = order.encode_to_vec();
+        convert::validate(&order, payload.len())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.publisher
+            .publish(&order.id, payload)
+            .await
+            .map_err(|e| {
+                tracing::warn!(order_id = %order.id, error = %e, "order not accepted");
+                Status::unavailable(e.to_string())
+            })?;
+        Ok(order.id)
+    }
+}
+
+fn accepted(id: String) -> proto::OrderResponse {
+    proto::OrderResponse {
+        status: "accepted".into(),
+        id,
+        error: String::new(),
+    }
+}
+
+#[tonic::async_trait]
+impl OrderService for OrderApi {
+    #[tracing::instrument(name = "grpc.create_order", skip_all, fields(order_id = %request.get_ref().id))]
+    async fn create_order(
+        &self,
+        request: Request<proto::OrderRequest>,
+    ) -> Result<Response<proto::OrderResponse>, Status> {
+        let id = self.submit(request.into_inner()).await?;
+        Ok(Response::new(accepted(id)))
+    }
+
+    #[tracing::instrument(name = "grpc.create_orders", skip_all, fields(orders = request.get_ref().orders.len()))]
+    async fn create_orders(
+        &self,
+        request: Request<proto::CreateOrdersRequest>,
+    ) -> Result<Response<proto::CreateOrdersResponse>, Status> {
+        let orders = request.into_inner().orders;
+        if orders.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "orders: {} orders, at most {MAX_BATCH} per call",
+                orders.len()
+            )));
+        }
+        let responses = join_all(orders.into_iter().enumerate().map(|(i, order)| async move {
+            let id = order.id.clone();
+            match self.submit(order).await {
+                Ok(id) => accepted(id),
+                Err(status) => proto::OrderResponse {
+                    status: match status.code() {
+                        tonic::Code::InvalidArgument => "invalid".into(),
+                        _ => "unavailable".into(),
+                    },
+                    id,
+                    error: format!("orders[{i}].{}", status.message()),
+                },
+            }
+        }))
+        .await;
+        Ok(Response::new(proto::CreateOrdersResponse { responses }))
+    }
+}

@@ -1,0 +1,344 @@
+//! The processor: decode -> evaluate -> retry -> result, for a batch of messages from
+//! any order log; no I/O of its own (the backends' worker loops consume, write and
+//! commit: [`backends::kafka`](crate::backends::kafka), [`backends::embedded`](crate::backends::embedded)).
+//!
+//! Every message ends in exactly one of: a result (`done`, `rejected`, `failed`) written
+//! to the store, or a dead letter (bytes that are not an order). A `retryable` outcome
+//! is retried in place with exponential backoff (the partition waits, so order is kept)
+//! up to `max_retries` times; then the order is written `failed` and dead-lettered with
+//! headers (reason, rule, attempts, source). The dead letter is written before the result
+//! and the offset is stored only after both, so a crash repeats work but loses nothing.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use order_rules_engine::{Evaluation, Status};
+use prost::Message as _;
+
+use crate::domain::wire::order_from_request;
+use crate::domain::{Order, OrderResult, ResultStatus};
+use crate::proto;
+use crate::rules::live::LiveRuleset;
+
+/// Batches at least this big are split over the evaluation threads.
+const PARALLEL_MIN: usize = 32;
+
+/// Evaluates `orders` on blocking threads: big batches are split in as many parts as
+/// there are CPUs (a fresh Wasm instance per rule per order is the worker's main cost).
+async fn evaluate_all(
+    active: Arc<crate::rules::live::ActiveChain>,
+    orders: Vec<Order>,
+) -> Result<(Vec<Order>, Vec<Evaluation>), tokio::task::JoinError> {
+    let parts = std::thread::available_parallelism().map_or(1, usize::from);
+    if parts < 2 || orders.len() < PARALLEL_MIN {
+        return tokio::task::spawn_blocking(move || {
+            let evaluations: Vec<_> = orders.iter().map(|o| active.chain.evaluate(o)).collect();
+            (orders, evaluations)
+        })
+        .await;
+    }
+    let orders = Arc::new(orders);
+    let chunk = orders.len().div_ceil(parts);
+    let tasks: Vec<_> = (0..parts)
+        .map(|part| {
+            let (active, orders) = (Arc::clone(&active), Arc::clone(&orders));
+            tokio::task::spawn_blocking(move || {
+                let end = ((part + 1) * chunk).min(orders.len());
+                let start = (part * chunk).min(end);
+                orders[start..end]
+                    .iter()
+                    .map(|o| active.chain.evaluate(o))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut evaluations = Vec::with_capacity(orders.len());
+    for task in tasks {
+        evaluations.extend(task.await?);
+    }
+    let orders = Arc::try_unwrap(orders).unwrap_or_else(|shared| (*shared).clone());
+    Ok((orders, evaluations))
+}
+
+/// How `retryable` outcomes are retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Pause before the first retry; doubles each time.
+    pub backoff: Duration,
+}
+
+/// What became of one message.
+#[derive(Debug)]
+pub enum Processed {
+    /// An order with its result; dead-letter it first (with these headers) when set.
+    Result {
+        /// The result to write.
+        result: Box<OrderResult>,
+        /// Dead-letter headers, for failed orders.
+        dead_letter: Option<Vec<(String, String)>>,
+    },
+    /// Not an order: dead-letter the bytes with these headers.
+    NotAnOrder {
+        /// Dead-letter headers.
+        headers: Vec<(String, String)>,
+    },
+}
+
+/// Headers of a dead letter: (name, value).
+pub type Headers = Vec<(String, String)>;
+
+impl Processed {
+    /// The result to write (if any) and the dead-letter headers (if any).
+    pub fn into_parts(self) -> (Option<Box<OrderResult>>, Option<Headers>) {
+        match self {
+            Self::Result {
+                result,
+                dead_letter,
+            } => (Some(result), dead_letter),
+            Self::NotAnOrder { headers } => (None, Some(headers)),
+        }
+    }
+}
+
+/// When a rule is taken out of the live ruleset: more than `failures` of its last
+/// `window` evaluations failed (trap, fuel, deadline, memory, malformed outcome).
+#[derive(Debug, Clone, Copy)]
+pub struct QuarantinePolicy {
+    /// Failures tolerated within the window.
+    pub failures: usize,
+    /// How many of a rule's latest evaluations are looked at.
+    pub window: usize,
+}
+
+/// Turns log entries into results with the live ruleset.
+pub struct Processor {
+    live: Arc<LiveRuleset>,
+    retry: RetryPolicy,
+    quarantine: QuarantinePolicy,
+    default_currency: String,
+    /// Who this worker is, recorded in every result.
+    name: String,
+    /// Latest outcomes (true = failed) per plugin digest.
+    windows: std::sync::Mutex<HashMap<String, VecDeque<bool>>>,
+}
+
+impl Processor {
+    /// A processor evaluating with `live`'s current chain.
+    pub fn new(
+        live: Arc<LiveRuleset>,
+        retry: RetryPolicy,
+        quarantine: QuarantinePolicy,
+        default_currency: &str,
+        name: &str,
+    ) -> Self {
+        Self {
+            live,
+            retry,
+            quarantine,
+            default_currency: default_currency.to_string(),
+            name: name.to_string(),
+            windows: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records what each rule did; returns a rule (name, digest, failures) that broke
+    /// the quarantine policy, if one did.
+    fn observe(&self, evaluations: &[Evaluation]) -> Option<(String, String, usize)> {
+        let mut windows = self
+            .windows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut broken = None;
+        for trace in evaluations.iter().flat_map(|e| &e.rules) {
+            let window = windows.entry(trace.digest.clone()).or_default();
+            window.push_back(trace.outcome == "failed");
+            while window.len() > self.quarantine.window {
+                window.pop_front();
+            }
+            let failed = window.iter().filter(|f| **f).count();
+            if failed > self.quarantine.failures {
+                broken = Some((trace.name.clone(), trace.digest.clone(), failed));
+            }
+        }
+        if let Some((_, digest, _)) = &broken {
+            windows.remove(digest);
+        }
+        broken
+    }
+
+    /// Takes a failing rule out: restores the version before `version` (if `version` is
+    /// still active), logs it, and switches this worker at once. The event is in the
+    /// ruleset history as the new version's reason.
+    async fn take_out(&self, version: u64, rule: &str, digest: &str, failed: usize) {
+        let registry = self.live.registry();
+        let outcome: anyhow::Result<()> = async {
+            let Some(current) = registry.get(version).await? else {
+                return Ok(());
+            };
+            let Some(target) = current.body.based_on.unwrap_or(version).checked_sub(1).filter(|v| *v > 0) else {
+                anyhow::bail!("version {version} has no earlier version to restore");
+            };
+            let restored = registry
+                .get(target)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("ruleset version {target} is missing"))?;
+            if restored.body.rules.iter().any(|r| r.digest == digest) {
+                anyhow::bail!("version {target} has the same plugin");
+            }
+            let body = crate::rules::versions::RulesetBody {
+                rules: restored.body.rules,
+                reason: format!(
+                    "quarantine: rule {rule} ({}) failed {failed} of its last {} orders; restored version {target}",
+                    &digest[..digest.len().min(12)],
+                    self.quarantine.window
+                ),
+                based_on: Some(target),
+                created_at_unix_ms: crate::domain::now_unix_ms(),
+            };
+            match registry.activate(&body, crate::rules::versions::Expect::Version(version)).await {
+                Ok(new) => tracing::error!(rule, digest, failed, new_version = new, "{}", body.reason),
+                // Another worker took it out first, or an operator changed the ruleset.
+                Err(crate::rules::versions::ActivateError::Conflict(_)) => {}
+                Err(crate::rules::versions::ActivateError::Store(e)) => return Err(e),
+            }
+            self.live.refresh().await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = outcome {
+            tracing::error!(rule, digest, failed, error = %format!("{e:#}"), "rule breaks the quarantine policy but cannot be taken out");
+        }
+    }
+
+    /// Processes a batch: every order is evaluated once on one blocking thread, then
+    /// retryable ones are retried with backoff. Results come back in input order.
+    pub async fn process_batch(&self, payloads: &[&[u8]]) -> Vec<Processed> {
+        let decoded: Vec<Result<Order, String>> = payloads.iter().map(|p| self.decode(p)).collect();
+        let orders: Vec<Order> = decoded
+            .iter()
+            .filter_map(|d| d.as_ref().ok().cloned())
+            .collect();
+        // The whole batch is evaluated by one ruleset version.
+        let active = self.live.current();
+        let first_version = active.version;
+        let evaluations = evaluate_all(active, orders).await;
+        let (orders, evaluations) = match evaluations {
+            Ok(done) => done,
+            Err(e) => {
+                // A panic in the engine is a host bug; fail these orders visibly.
+                tracing::error!(error = %e, "rule evaluation panicked");
+                return decoded
+                    .into_iter()
+                    .map(|d| match d {
+                        Ok(order) => failed_by_host(&order, &format!("evaluation panicked: {e}")),
+                        Err(reason) => not_an_order(reason),
+                    })
+                    .collect();
+            }
+        };
+        if let Some((rule, digest, failed)) = self.observe(&evaluations) {
+            // Take the rule out before deciding about this batch: its failed orders are
+            // then retried under the restored version.
+            self.take_out(first_version, &rule, &digest, failed).await;
+        }
+        let mut evaluated = orders.into_iter().zip(evaluations);
+        let mut out = Vec::with_capacity(payloads.len());
+        for d in decoded {
+            match d {
+                Err(reason) => out.push(not_an_order(reason)),
+                Ok(_) => {
+                    let Some((order, mut evaluation)) = evaluated.next() else {
+                        break;
+                    };
+                    let mut attempts = 1;
+                    let mut version = first_version;
+                    // Retry a retryable outcome; and a failure if the ruleset was switched
+                    // meanwhile (a rollback), under the new version.
+                    while attempts <= self.retry.max_retries
+                        && (evaluation.status == Status::Retryable
+                            || (evaluation.status == Status::Failed
+                                && self.live.current().version != version))
+                    {
+                        let pause = self
+                            .retry
+                            .backoff
+                            .saturating_mul(1 << (attempts - 1).min(16));
+                        tracing::info!(order_id = %order.id, attempts, ?pause, "retrying");
+                        tokio::time::sleep(pause).await;
+                        attempts += 1;
+                        let active = self.live.current();
+                        version = active.version;
+                        let again = order.clone();
+                        match tokio::task::spawn_blocking(move || active.chain.evaluate(&again))
+                            .await
+                        {
+                            Ok(next) => evaluation = next,
+                            Err(e) => {
+                                tracing::error!(error = %e, "rule evaluation panicked");
+                                break;
+                            }
+                        }
+                    }
+                    let mut result = OrderResult::from_evaluation(&order, evaluation, attempts);
+                    result.ruleset_version = version;
+                    result.processed_by.clone_from(&self.name);
+                    let dead_letter = (result.status == ResultStatus::Failed).then(|| {
+                        let rule = result
+                            .rules
+                            .iter()
+                            .rev()
+                            .find(|r| r.outcome != "accept")
+                            .map(|r| r.name.clone())
+                            .unwrap_or_default();
+                        vec![
+                            ("reason".to_string(), result.error.clone()),
+                            ("rule".to_string(), rule),
+                            ("attempts".to_string(), attempts.to_string()),
+                            ("order-id".to_string(), result.id.clone()),
+                        ]
+                    });
+                    out.push(Processed::Result {
+                        result: Box::new(result),
+                        dead_letter,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    fn decode(&self, payload: &[u8]) -> Result<Order, String> {
+        let request = proto::OrderRequest::decode(payload)
+            .map_err(|e| format!("not a protobuf OrderRequest: {e}"))?;
+        order_from_request(&request, &self.default_currency)
+            .map_err(|e| format!("not a valid order: {e}"))
+    }
+}
+
+fn not_an_order(reason: String) -> Processed {
+    tracing::warn!(%reason, "dead-lettering a message that is not an order");
+    Processed::NotAnOrder {
+        headers: vec![("reason".to_string(), reason)],
+    }
+}
+
+fn failed_by_host(order: &Order, message: &str) -> Processed {
+    let evaluation = order_rules_engine::Evaluation {
+        status: Status::Failed,
+        totals: crate::domain::Totals::of(order),
+        adjustments: Vec::new(),
+        reasons: Vec::new(),
+        retry: None,
+        error: None,
+        rules: Vec::new(),
+    };
+    let mut result = OrderResult::from_evaluation(order, evaluation, 1);
+    result.error = message.to_string();
+    Processed::Result {
+        dead_letter: Some(vec![("reason".to_string(), message.to_string())]),
+        result: Box::new(result),
+    }
+}

@@ -1,0 +1,225 @@
+//! The live ruleset of a worker: the rule chain of the registry's active version, swapped
+//! atomically when another version becomes active (told by the registry's notification,
+//! and checked periodically in case one was missed). Every evaluation takes the chain
+//! current when it starts and finishes on it; each result records that version.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use super::registry::Registry;
+use super::versions::{ActivateError, Expect, RuleRef, RulesetBody, RulesetRecord};
+use crate::domain::now_unix_ms;
+use order_rules_engine::{Engine, Plugin, RuleChain, RuleSpec};
+
+/// How often a worker checks the active version even without a notification.
+pub const RECHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A ruleset version with its ready chain.
+pub struct ActiveChain {
+    /// The registry version.
+    pub version: u64,
+    /// The chain.
+    pub chain: RuleChain,
+}
+
+/// The worker's current chain and what it needs to build the next one.
+pub struct LiveRuleset {
+    current: ArcSwap<ActiveChain>,
+    engine: Engine,
+    registry: Registry,
+    plugins: Mutex<HashMap<String, Arc<Plugin>>>,
+    swap: tokio::sync::Mutex<()>,
+}
+
+impl LiveRuleset {
+    /// Starts from the registry's active version; with none, stores `seed` (the
+    /// configured ruleset) as version 1.
+    pub async fn start(
+        engine: Engine,
+        registry: Registry,
+        seed: RuleChain,
+    ) -> anyhow::Result<Arc<Self>> {
+        let active = match registry.active().await? {
+            Some(active) => {
+                let seeded: Vec<RuleRef> = seed.specs().map(rule_ref).collect();
+                if seeded != active.body.rules {
+                    tracing::info!(
+                        version = active.version,
+                        "the registry has an active ruleset: using it, not the configured one \
+                         (change it with `plugin deploy`, `plugin activate`)"
+                    );
+                }
+                active
+            }
+            None => {
+                let rules = seed.specs().map(rule_ref).collect();
+                for spec in seed.specs() {
+                    registry
+                        .put_plugin(spec.plugin.digest(), spec.plugin.bytes())
+                        .await?;
+                }
+                let body = RulesetBody {
+                    rules,
+                    reason: "initial ruleset (from the configuration)".into(),
+                    based_on: None,
+                    created_at_unix_ms: now_unix_ms(),
+                };
+                match registry.activate(&body, Expect::Nothing).await {
+                    Ok(version) => RulesetRecord { version, body },
+                    // Another worker seeded it first: use theirs.
+                    Err(ActivateError::Conflict(_)) => registry
+                        .active()
+                        .await?
+                        .context("the registry lost its active ruleset")?,
+                    Err(ActivateError::Store(e)) => return Err(e),
+                }
+            }
+        };
+        let plugins = seed
+            .specs()
+            .map(|s| (s.plugin.digest().to_string(), Arc::clone(&s.plugin)))
+            .collect();
+        let live = Arc::new(Self {
+            current: ArcSwap::from_pointee(ActiveChain {
+                version: 0,
+                chain: seed,
+            }),
+            engine,
+            registry,
+            plugins: Mutex::new(plugins),
+            swap: tokio::sync::Mutex::new(()),
+        });
+        live.switch_to(&active).await?;
+        Ok(live)
+    }
+
+    /// The chain to evaluate the next order with.
+    pub fn current(&self) -> Arc<ActiveChain> {
+        self.current.load_full()
+    }
+
+    /// The engine plugins are loaded into.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Switches to the registry's active version if it is not the current one; returns
+    /// whether it switched.
+    pub async fn refresh(&self) -> anyhow::Result<bool> {
+        let Some(active) = self.registry.active_version().await? else {
+            return Ok(false);
+        };
+        if active == self.current().version {
+            return Ok(false);
+        }
+        let record = self
+            .registry
+            .get(active)
+            .await?
+            .with_context(|| format!("active ruleset version {active} is missing"))?;
+        self.switch_to(&record).await
+    }
+
+    /// Builds `record`'s chain and swaps it in (unless it is current already).
+    async fn switch_to(&self, record: &RulesetRecord) -> anyhow::Result<bool> {
+        let _one_at_a_time = self.swap.lock().await;
+        if self.current().version == record.version {
+            return Ok(false);
+        }
+        let chain = self.build(&record.body.rules).await?;
+        let previous = self.current().version;
+        self.current.store(Arc::new(ActiveChain {
+            version: record.version,
+            chain,
+        }));
+        tracing::info!(
+            from = previous,
+            to = record.version,
+            reason = %record.body.reason,
+            rules = %record.body.rules.iter().map(|r| format!("{}@{}", r.name, &r.digest[..12.min(r.digest.len())])).collect::<Vec<_>>().join(","),
+            "ruleset switched"
+        );
+        Ok(true)
+    }
+
+    /// Builds a chain of stored plugins, compiling each digest once per process.
+    pub async fn build(&self, rules: &[RuleRef]) -> anyhow::Result<RuleChain> {
+        let mut specs = Vec::with_capacity(rules.len());
+        for rule in rules {
+            let cached = self
+                .plugins
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&rule.digest)
+                .cloned();
+            let plugin = match cached {
+                Some(plugin) => plugin,
+                None => {
+                    let bytes = self.registry.plugin(&rule.digest).await?.with_context(|| {
+                        format!(
+                            "plugin {} ({}) is not in the registry",
+                            rule.name, rule.digest
+                        )
+                    })?;
+                    let engine = self.engine.clone();
+                    let plugin = tokio::task::spawn_blocking(move || engine.load(&bytes))
+                        .await
+                        .context("loading a plugin panicked")?
+                        .with_context(|| format!("loading plugin {}", rule.name))?;
+                    self.plugins
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(rule.digest.clone(), Arc::clone(&plugin));
+                    plugin
+                }
+            };
+            specs.push(RuleSpec {
+                plugin,
+                config: rule.config.clone(),
+                isolation: rule.isolation,
+            });
+        }
+        tokio::task::spawn_blocking(move || RuleChain::new(specs))
+            .await
+            .context("building a chain panicked")?
+            .map_err(anyhow::Error::from)
+    }
+
+    /// Follows the registry until `shutdown`: on every notification, and every
+    /// [`RECHECK_INTERVAL`].
+    pub async fn follow(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut changes = self.registry.changes().await;
+        let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                _ = changes.changed() => {}
+                _ = recheck.tick() => {}
+            }
+            if let Err(e) = self.refresh().await {
+                tracing::warn!(error = %format!("{e:#}"), "cannot switch to the active ruleset; keeping the current one");
+            }
+        }
+    }
+}
+
+/// A chain step as a registry entry.
+pub fn rule_ref(spec: &RuleSpec) -> RuleRef {
+    RuleRef {
+        name: spec.plugin.name().to_string(),
+        version: spec.plugin.info().version.clone(),
+        digest: spec.plugin.digest().to_string(),
+        config: spec.config.clone(),
+        isolation: spec.isolation,
+    }
+}

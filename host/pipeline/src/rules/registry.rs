@@ -1,0 +1,109 @@
+//! The plugin registry shared by every worker: plugin components stored by sha256 digest,
+//! and the active ruleset (ordered plugin digests with their config) with a
+//! monotonically increasing version and its whole history. In Redis in Kafka mode
+//! ([`backends::redis`](crate::backends::redis)), in the embedded database otherwise
+//! ([`backends::embedded`](crate::backends::embedded)). Every activation is one atomic
+//! compare-and-set that also notifies the workers (Redis pub/sub, or an in-process
+//! channel).
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+
+use super::versions::{ActivateError, Expect, RulesetBody, RulesetRecord};
+use crate::backends::embedded::EmbeddedDb;
+use crate::backends::redis::RedisRegistry;
+
+/// The registry.
+#[derive(Clone)]
+pub enum Registry {
+    /// In Redis.
+    Redis(Box<RedisRegistry>),
+    /// In the embedded database.
+    Embedded(Arc<EmbeddedDb>),
+}
+
+impl Registry {
+    /// Stores a plugin's bytes under its digest (idempotent).
+    pub async fn put_plugin(&self, digest: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        match self {
+            Self::Redis(r) => r.put_plugin(digest, bytes).await,
+            Self::Embedded(db) => db.put_plugin(digest, bytes).await,
+        }
+    }
+
+    /// A plugin's bytes by digest.
+    pub async fn plugin(&self, digest: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        match self {
+            Self::Redis(r) => r.plugin(digest).await,
+            Self::Embedded(db) => db.plugin(digest).await,
+        }
+    }
+
+    /// The active version number.
+    pub async fn active_version(&self) -> anyhow::Result<Option<u64>> {
+        match self {
+            Self::Redis(r) => r.active_version().await,
+            Self::Embedded(db) => db.active_ruleset().await,
+        }
+    }
+
+    /// A version by number.
+    pub async fn get(&self, version: u64) -> anyhow::Result<Option<RulesetRecord>> {
+        let body = match self {
+            Self::Redis(r) => r.ruleset(version).await?,
+            Self::Embedded(db) => db.ruleset(version).await?,
+        };
+        body.map(|json| {
+            Ok(RulesetRecord {
+                version,
+                body: serde_json::from_str(&json)
+                    .with_context(|| format!("ruleset version {version} is not valid"))?,
+            })
+        })
+        .transpose()
+    }
+
+    /// The active version.
+    pub async fn active(&self) -> anyhow::Result<Option<RulesetRecord>> {
+        match self.active_version().await? {
+            Some(version) => self.get(version).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Every version, newest first.
+    pub async fn history(&self) -> anyhow::Result<Vec<RulesetRecord>> {
+        let latest = match self {
+            Self::Redis(r) => r.latest_version().await?,
+            Self::Embedded(db) => db.latest_ruleset().await?,
+        };
+        let mut out = Vec::new();
+        for version in (1..=latest).rev() {
+            if let Some(record) = self.get(version).await? {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes `body` the active ruleset as a new version, if the active version is still
+    /// `expect`; notifies the workers.
+    pub async fn activate(&self, body: &RulesetBody, expect: Expect) -> Result<u64, ActivateError> {
+        let json = serde_json::to_string(body).map_err(anyhow::Error::from)?;
+        match self {
+            Self::Redis(r) => r.activate(json, expect).await,
+            Self::Embedded(db) => db.activate_ruleset(json, expect).await,
+        }
+    }
+
+    /// A receiver that changes whenever another version may have become active. Redis:
+    /// a pub/sub subscription (reconnecting); embedded: the database's own channel.
+    pub async fn changes(&self) -> watch::Receiver<u64> {
+        match self {
+            Self::Embedded(db) => db.ruleset_changes(),
+            Self::Redis(r) => r.changes(),
+        }
+    }
+}

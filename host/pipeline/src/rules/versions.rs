@@ -1,0 +1,65 @@
+//! Ruleset versions as the registry stores them: the rules (digests and config), why a
+//! version exists, and the compare-and-set that activates one. Plain data, shared by the
+//! registry seam and its backends.
+
+use serde::{Deserialize, Serialize};
+
+use order_rules_engine::Isolation;
+
+/// One rule of a stored ruleset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleRef {
+    /// Rule name (from the plugin's `describe`).
+    pub name: String,
+    /// Rule version (from `describe`).
+    pub version: String,
+    /// sha256 of the component; its bytes are stored under it.
+    pub digest: String,
+    /// The rule's config.
+    pub config: Vec<(String, String)>,
+    /// How its instances are used.
+    pub isolation: Isolation,
+}
+
+/// What a ruleset version holds (its number is its key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RulesetBody {
+    /// The rules, in order.
+    pub rules: Vec<RuleRef>,
+    /// Why this version exists.
+    pub reason: String,
+    /// The version whose contents this one copies (activate, rollback), if any.
+    #[serde(default)]
+    pub based_on: Option<u64>,
+    /// When it was made, Unix milliseconds.
+    pub created_at_unix_ms: i64,
+}
+
+/// A ruleset version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RulesetRecord {
+    /// The version number (1, 2, ...).
+    pub version: u64,
+    /// Its contents.
+    pub body: RulesetBody,
+}
+
+/// What the active version must be for an activation to go through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// No ruleset may be active yet (bootstrap).
+    Nothing,
+    /// This version must be active (nobody changed it meanwhile).
+    Version(u64),
+}
+
+/// Why an activation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The active version was not the expected one.
+    #[error("the active ruleset changed meanwhile (now version {0:?}); look again and retry")]
+    Conflict(Option<u64>),
+    /// The registry could not be reached or written.
+    #[error(transparent)]
+    Store(#[from] anyhow::Error),
+}

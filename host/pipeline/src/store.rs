@@ -1,0 +1,90 @@
+//! The result store: where the worker writes each order's result and the CacheService
+//! reads it. Redis in production, the embedded database otherwise; both keep the
+//! first final result of an order id (`done` or `rejected`), so that resubmitting an
+//! id or re-processing a message never changes a result a client has seen. A `failed`
+//! result may be replaced by a later attempt.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::backends::embedded::EmbeddedDb;
+use crate::backends::redis::RedisStore;
+use crate::domain::{OrderResult, PutOutcome};
+
+/// Longest wait a client may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// A result store.
+#[derive(Clone)]
+pub enum Store {
+    /// Redis (`REDIS_ADDR`).
+    Redis(Box<RedisStore>),
+    /// The embedded database in the data directory.
+    Embedded(Arc<EmbeddedDb>),
+}
+
+impl Store {
+    /// Writes `result` unless a final result for its id exists.
+    pub async fn put(&self, result: &OrderResult) -> anyhow::Result<PutOutcome> {
+        match self {
+            Self::Redis(store) => store.put(result).await,
+            Self::Embedded(db) => db.put_result(result).await,
+        }
+    }
+
+    /// The result of `id`, if there is one.
+    pub async fn get(&self, id: &str) -> anyhow::Result<Option<OrderResult>> {
+        match self {
+            Self::Redis(store) => store.get(id).await,
+            Self::Embedded(db) => db.get_result(id).await,
+        }
+    }
+
+    /// Like [`Store::get`], but waits up to `timeout` for the result to appear.
+    pub async fn wait(&self, id: &str, timeout: Duration) -> anyhow::Result<Option<OrderResult>> {
+        let deadline = Instant::now() + timeout.min(MAX_WAIT);
+        match self {
+            Self::Embedded(db) => db.wait_result(id, deadline).await,
+            Self::Redis(store) => {
+                store
+                    .wait(id, tokio::time::Instant::from_std(deadline))
+                    .await
+            }
+        }
+    }
+
+    /// The results of `ids`, in order; with `wait`, waits up to that long for missing
+    /// ones (the embedded store reads them in one transaction per wake-up; Redis
+    /// pipelines the reads on its multiplexed connection).
+    pub async fn get_many(
+        &self,
+        ids: &[String],
+        wait: Option<Duration>,
+    ) -> anyhow::Result<Vec<Option<OrderResult>>> {
+        match (self, wait) {
+            (Self::Embedded(db), None) => db.get_results(ids.to_vec()).await,
+            (Self::Embedded(db), Some(wait)) => {
+                db.wait_results(ids, Instant::now() + wait.min(MAX_WAIT))
+                    .await
+            }
+            (Self::Redis(_), _) => {
+                let reads = ids.iter().map(|id| async move {
+                    match wait {
+                        None => self.get(id).await,
+                        Some(wait) => self.wait(id, wait).await,
+                    }
+                });
+                futures::future::join_all(reads).await.into_iter().collect()
+            }
+        }
+    }
+
+    /// Tells waiting readers that these ids have results now (Redis: one message for
+    /// the batch; the embedded store wakes them on commit already).
+    pub async fn announce(&self, ids: &[&str]) -> anyhow::Result<()> {
+        match self {
+            Self::Redis(store) => store.announce(ids).await,
+            Self::Embedded(_) => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! Clients waiting for results, woken by order id: both result stores use it, so that a
+//! write wakes exactly the calls waiting for its ids.
+
+/// Clients waiting for the results of order ids, woken by id when a result is written
+/// (instead of every waiter re-reading the store on every write).
+#[derive(Default)]
+pub struct Waiters {
+    by_id:
+        std::sync::Mutex<std::collections::HashMap<String, Vec<tokio::sync::oneshot::Sender<()>>>>,
+}
+
+impl Waiters {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<String, Vec<tokio::sync::oneshot::Sender<()>>>,
+    > {
+        self.by_id
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers interest in `id`; the receiver fires when [`Waiters::wake`] names it.
+    pub fn register(&self, id: &str) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.lock().entry(id.to_string()).or_default().push(tx);
+        rx
+    }
+
+    /// Drops the registrations of `id` whose receivers are gone.
+    pub fn forget(&self, id: &str) {
+        let mut by_id = self.lock();
+        if let Some(list) = by_id.get_mut(id) {
+            list.retain(|tx| !tx.is_closed());
+            if list.is_empty() {
+                by_id.remove(id);
+            }
+        }
+    }
+
+    /// Wakes everyone waiting for one of `ids`.
+    pub fn wake<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let mut by_id = self.lock();
+        if by_id.is_empty() {
+            return;
+        }
+        for id in ids {
+            for tx in by_id.remove(id).unwrap_or_default() {
+                let _ = tx.send(());
+            }
+        }
+    }
+}

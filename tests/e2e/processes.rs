@@ -1,0 +1,293 @@
+//! Worker processes (the real binary) against the real Redis and broker started by
+//! scripts/test.sh: one killed with SIGKILL mid-stream and restarted loses no order
+//! (offsets are stored only after results); two of them converge on a newly deployed
+//! ruleset.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use order_pipeline::app::{self, Role};
+use order_pipeline::config::Config;
+use order_pipeline::proto::cache_service_client::CacheServiceClient;
+use order_pipeline::proto::order_service_client::OrderServiceClient;
+use order_pipeline::proto::{CreateOrdersRequest, OrderRequest, ResultRequest};
+
+/// A config with topics and group of its own (named after `prefix` and the time), on
+/// free loopback ports; returns the time stamp too, for unique order ids.
+fn config_for(prefix: &str, redis: String, kafka: String) -> (u128, Config) {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let config = Config {
+        kafka_brokers: Some(kafka),
+        redis_addr: Some(redis),
+        kafka_topic: format!("{prefix}-orders-{stamp}"),
+        dlq_topic: format!("{prefix}-dlq-{stamp}"),
+        worker_group: format!("{prefix}-group-{stamp}"),
+        kafka_partitions: 2,
+        order_service_addr: "127.0.0.1:0".into(),
+        cache_service_addr: "127.0.0.1:0".into(),
+        ..Config::default()
+    };
+    (stamp, config)
+}
+
+/// A child process that is killed when dropped, so a failing test leaves none behind.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `order-pipeline worker` as a child process with `config`'s Kafka and Redis.
+fn worker_process(config: &Config, ruleset: Option<&std::path::Path>) -> KillOnDrop {
+    worker_process_with(config, ruleset, "127.0.0.1:0", "worker-1")
+}
+
+fn worker_process_with(
+    config: &Config,
+    ruleset: Option<&std::path::Path>,
+    admin_addr: &str,
+    instance: &str,
+) -> KillOnDrop {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_order-pipeline"));
+    command
+        .arg("worker")
+        .env("KAFKA_BROKERS", config.kafka_brokers.as_deref().unwrap())
+        .env("REDIS_ADDR", config.redis_addr.as_deref().unwrap())
+        .env("KAFKA_TOPIC", &config.kafka_topic)
+        .env("DLQ_TOPIC", &config.dlq_topic)
+        .env("WORKER_GROUP", &config.worker_group)
+        .env(
+            "WORKER_INSTANCE_ID",
+            format!("{}-{instance}", config.worker_group),
+        )
+        .env("PLUGIN_FUEL", "1000000000")
+        .env("PLUGIN_DEADLINE_MS", "5000")
+        .env("ADMIN_ADDR", admin_addr)
+        .env(
+            "RUST_LOG",
+            std::env::var("WORKER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    if let Some(ruleset) = ruleset {
+        command.env("RULESET", ruleset);
+    }
+    KillOnDrop(command.spawn().expect("start the worker binary"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_worker_loses_nothing() {
+    let Some(crate::support::Services { redis, kafka }) = crate::support::services() else {
+        return;
+    };
+    let (stamp, config) = config_for("kill", redis, kafka);
+    let front = app::start(Role::OrderService, &config).await.unwrap();
+    let reader = app::start(Role::CacheService, &config).await.unwrap();
+    let mut orders = OrderServiceClient::connect(format!("http://{}", front.order_addr.unwrap()))
+        .await
+        .unwrap();
+    let mut cache = CacheServiceClient::connect(format!("http://{}", reader.cache_addr.unwrap()))
+        .await
+        .unwrap();
+
+    // A slow first worker (a rule that burns CPU), so that it is mid-stream when killed.
+    let dir = tempfile::tempdir().unwrap();
+    let slow = dir.path().join("slow.toml");
+    let wasm =
+        std::path::Path::new(order_builtin_rules::PLUGIN_BUILD_DIR).join("fixture_slow.wasm");
+    std::fs::write(
+        &slow,
+        format!(
+            "[[rule]]\nplugin = {:?}\n[rule.config]\niterations = 10000000\n",
+            wasm.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut first = worker_process(&config, Some(&slow));
+
+    let ids: Vec<String> = (0..300).map(|i| format!("kill-{stamp}-{i}")).collect();
+    let batch = ids
+        .iter()
+        .map(|id| OrderRequest {
+            id: id.clone(),
+            item: "book".into(),
+            price: 3,
+            ..Default::default()
+        })
+        .collect();
+    let responses = orders
+        .create_orders(CreateOrdersRequest { orders: batch })
+        .await
+        .unwrap()
+        .into_inner()
+        .responses;
+    assert!(responses.iter().all(|r| r.status == "accepted"));
+
+    // Once the first worker has written a result, kill it without warning.
+    let get = |id: String, wait_ms: u32| ResultRequest { id, wait_ms };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if cache
+            .get_order_result(get(ids[0].clone(), 1000))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first worker wrote nothing within 60 s"
+        );
+    }
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let killed_at = order_pipeline::domain::now_unix_ms();
+
+    // The registry keeps the group's active ruleset (the slow one): the new process
+    // uses it too, as any worker of the group would.
+    let second = worker_process(&config, None);
+    let mut by_second = 0;
+    for id in &ids {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let result = loop {
+            match cache.get_order_result(get(id.clone(), 5000)).await {
+                Ok(result) => break result.into_inner(),
+                Err(status)
+                    if status.code() == tonic::Code::NotFound && Instant::now() < deadline => {}
+                Err(status) => panic!("{id}: {status:?}"),
+            }
+        };
+        assert_eq!(result.status, "done", "{id}");
+        by_second += usize::from(result.processed_at_unix_ms > killed_at);
+    }
+    assert!(
+        by_second > 0,
+        "the restarted worker finished what the killed one left"
+    );
+    drop(second);
+    front.stop().await.unwrap();
+    reader.stop().await.unwrap();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_worker_processes_converge_on_a_deployed_ruleset() {
+    use order_pipeline::proto::OrderLine;
+    use order_pipeline::proto::admin::admin_service_client::AdminServiceClient;
+    use order_pipeline::proto::admin::{DeployRequest, deploy_request::Position};
+
+    let Some(crate::support::Services { redis, kafka }) = crate::support::services() else {
+        return;
+    };
+    let (stamp, config) = config_for("converge", redis, kafka);
+    let front = app::start(Role::OrderService, &config).await.unwrap();
+    let reader = app::start(Role::CacheService, &config).await.unwrap();
+    let admin_port = free_port();
+    let _first = worker_process_with(&config, None, &format!("127.0.0.1:{admin_port}"), "a");
+    let _second = worker_process_with(&config, None, "127.0.0.1:0", "b");
+    let mut orders = OrderServiceClient::connect(format!("http://{}", front.order_addr.unwrap()))
+        .await
+        .unwrap();
+    let mut cache = CacheServiceClient::connect(format!("http://{}", reader.cache_addr.unwrap()))
+        .await
+        .unwrap();
+    let us_order = |id: String| OrderRequest {
+        id,
+        currency: "USD".into(),
+        shipping_country: "US".into(),
+        lines: vec![OrderLine {
+            sku: "book".into(),
+            quantity: 1,
+            unit_price: 1000,
+        }],
+        ..Default::default()
+    };
+    let read = |id: String| ResultRequest { id, wait_ms: 5000 };
+
+    // Both processes are up and consuming once an order of each batch is done.
+    let warmup = format!("warm-{stamp}");
+    orders.create_order(us_order(warmup.clone())).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cache.get_order_result(read(warmup.clone())).await.is_err() {
+        assert!(Instant::now() < deadline, "the workers did not start");
+    }
+
+    let mut admin = loop {
+        match AdminServiceClient::connect(format!("http://127.0.0.1:{admin_port}")).await {
+            Ok(client) => break client,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("admin of the first worker: {e}"),
+        }
+    };
+    let deployed = admin
+        .deploy(DeployRequest {
+            wasm: std::fs::read(
+                std::path::Path::new(order_builtin_rules::PLUGIN_BUILD_DIR).join("rule_tax.wasm"),
+            )
+            .unwrap(),
+            config: [("rates".to_string(), "US:1000".to_string())]
+                .into_iter()
+                .collect(),
+            position: Some(Position::Replace("rule-tax".into())),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let returned = Instant::now();
+
+    // Orders on both partitions (so both processes) are decided by the new version.
+    let mut round = 0;
+    loop {
+        round += 1;
+        let ids: Vec<String> = (0..20)
+            .map(|i| format!("converge-{stamp}-{round}-{i}"))
+            .collect();
+        let batch = ids.iter().map(|id| us_order(id.clone())).collect();
+        orders
+            .create_orders(CreateOrdersRequest { orders: batch })
+            .await
+            .unwrap();
+        let mut all_new = true;
+        for id in &ids {
+            let result = cache
+                .get_order_result(read(id.clone()))
+                .await
+                .unwrap()
+                .into_inner();
+            all_new &=
+                result.ruleset_version == deployed.version && result.totals.unwrap().total == 1100;
+        }
+        if all_new {
+            break;
+        }
+        assert!(
+            returned.elapsed() < Duration::from_secs(10),
+            "the workers did not converge within 10 s"
+        );
+    }
+    println!(
+        "both worker processes on version {} within {:?} of deploy returning ({round} round(s) of orders)",
+        deployed.version,
+        returned.elapsed()
+    );
+    front.stop().await.unwrap();
+    reader.stop().await.unwrap();
+}

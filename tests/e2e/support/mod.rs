@@ -1,0 +1,379 @@
+//! Shared helpers for the end-to-end tests: where things are, and small builders.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use order_rules_engine::Order;
+use order_rules_engine::{Engine, Isolation, Limits, Plugin, RuleChain, RuleSpec};
+
+/// The repository root (the e2e tests are a test target of `host/cli`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Path of a plugin built from `plugins/` by the host's build script, e.g. `fixture_spin`.
+pub fn built_plugin(stem: &str) -> PathBuf {
+    Path::new(order_builtin_rules::PLUGIN_BUILD_DIR).join(format!("{stem}.wasm"))
+}
+
+/// Loads a built plugin into `engine`.
+pub fn load(engine: &Engine, stem: &str) -> anyhow::Result<Arc<Plugin>> {
+    let path = built_plugin(stem);
+    let bytes = std::fs::read(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(engine.load(&bytes)?)
+}
+
+/// A chain of the given built plugins, each with its config, fresh instances.
+pub fn chain(engine: &Engine, plugins: &[(&str, &[(&str, &str)])]) -> anyhow::Result<RuleChain> {
+    chain_with(engine, plugins, Isolation::Fresh)
+}
+
+/// Like [`chain`] with the given isolation for every rule.
+pub fn chain_with(
+    engine: &Engine,
+    plugins: &[(&str, &[(&str, &str)])],
+    isolation: Isolation,
+) -> anyhow::Result<RuleChain> {
+    let specs = plugins
+        .iter()
+        .map(|(stem, config)| {
+            Ok(RuleSpec {
+                plugin: load(engine, stem)?,
+                config: config
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                isolation,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(RuleChain::new(specs)?)
+}
+
+/// An engine with default limits.
+pub fn engine() -> Engine {
+    engine_with(Limits::default())
+}
+
+/// An engine with the given limits; panics (test helper) if it cannot be built.
+pub fn engine_with(limits: Limits) -> Engine {
+    match Engine::new(limits) {
+        Ok(engine) => engine,
+        Err(e) => panic!("cannot build engine: {e:#}"),
+    }
+}
+
+/// The Go API's e2e order: `e2e-test-1`, `book`, 42.
+pub fn go_order() -> Order {
+    Order::single_item("e2e-test-1", "book", 42, "USD")
+}
+
+/// Runs the CLI; returns (exit code, stdout, stderr).
+pub fn cli(args: &[&str]) -> (i32, String, String) {
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let mut argv = vec!["order-pipeline"];
+    argv.extend_from_slice(args);
+    let code = order_pipeline_cli::run(argv, &mut out, &mut err);
+    (
+        code,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}
+
+/// Addresses of the real Redis and Kafka-compatible broker the test script started.
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// `host:port` of Redis.
+    pub redis: String,
+    /// Bootstrap servers of the broker.
+    pub kafka: String,
+}
+
+/// The services from `TEST_REDIS_ADDR` and `TEST_KAFKA_BROKERS`. Without them the test is
+/// skipped (`None`), except under CI, where it fails: CI must run against real services.
+pub fn services() -> Option<Services> {
+    match (
+        std::env::var("TEST_REDIS_ADDR"),
+        std::env::var("TEST_KAFKA_BROKERS"),
+    ) {
+        (Ok(redis), Ok(kafka)) if !redis.is_empty() && !kafka.is_empty() => {
+            Some(Services { redis, kafka })
+        }
+        _ if std::env::var_os("CI").is_some() => panic!(
+            "CI is set but TEST_REDIS_ADDR / TEST_KAFKA_BROKERS are not: run the suite with scripts/test.sh"
+        ),
+        _ => {
+            eprintln!(
+                "skipped: TEST_REDIS_ADDR / TEST_KAFKA_BROKERS not set (scripts/test.sh sets them)"
+            );
+            None
+        }
+    }
+}
+
+/// A name no other test (or earlier run) uses: `prefix-<pid>-<nanos>-<n>`.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{nanos}-{n}", std::process::id())
+}
+
+/// A config for the Kafka + Redis mode with topics and group of its own, listening on
+/// free loopback ports, with quick retries.
+pub fn kafka_config(services: &Services) -> order_pipeline::config::Config {
+    order_pipeline::config::Config {
+        kafka_brokers: Some(services.kafka.clone()),
+        redis_addr: Some(services.redis.clone()),
+        kafka_topic: unique("orders"),
+        dlq_topic: unique("orders-dlq"),
+        worker_group: unique("worker-group"),
+        kafka_partitions: 2,
+        order_service_addr: "127.0.0.1:0".into(),
+        cache_service_addr: "127.0.0.1:0".into(),
+        admin_addr: "127.0.0.1:0".into(),
+        retry_backoff_ms: 10,
+        produce_timeout_ms: 5000,
+        ..order_pipeline::config::Config::default()
+    }
+}
+
+/// A config for the embedded mode in `data_dir`, on free loopback ports.
+pub fn embedded_config(data_dir: &Path) -> order_pipeline::config::Config {
+    order_pipeline::config::Config {
+        data_dir: data_dir.to_path_buf(),
+        order_service_addr: "127.0.0.1:0".into(),
+        cache_service_addr: "127.0.0.1:0".into(),
+        admin_addr: "127.0.0.1:0".into(),
+        retry_backoff_ms: 10,
+        ..order_pipeline::config::Config::default()
+    }
+}
+
+/// A gRPC client of the OrderService at `addr`.
+pub async fn order_client(
+    addr: std::net::SocketAddr,
+) -> order_pipeline::proto::order_service_client::OrderServiceClient<tonic::transport::Channel> {
+    match order_pipeline::proto::order_service_client::OrderServiceClient::connect(format!(
+        "http://{addr}"
+    ))
+    .await
+    {
+        Ok(client) => client,
+        Err(e) => panic!("cannot connect to the OrderService at {addr}: {e}"),
+    }
+}
+
+/// A gRPC client of the CacheService at `addr`.
+pub async fn cache_client(
+    addr: std::net::SocketAddr,
+) -> order_pipeline::proto::cache_service_client::CacheServiceClient<tonic::transport::Channel> {
+    match order_pipeline::proto::cache_service_client::CacheServiceClient::connect(format!(
+        "http://{addr}"
+    ))
+    .await
+    {
+        Ok(client) => client,
+        Err(e) => panic!("cannot connect to the CacheService at {addr}: {e}"),
+    }
+}
+
+/// The Go API's single-item request.
+pub fn go_request(id: &str, item: &str, price: i32) -> order_pipeline::proto::OrderRequest {
+    order_pipeline::proto::OrderRequest {
+        id: id.to_string(),
+        item: item.to_string(),
+        price,
+        ..Default::default()
+    }
+}
+
+/// Waits up to `seconds` for the result of `id`.
+pub async fn wait_result(
+    client: &mut order_pipeline::proto::cache_service_client::CacheServiceClient<
+        tonic::transport::Channel,
+    >,
+    id: &str,
+    seconds: u32,
+) -> Result<order_pipeline::proto::ResultResponse, tonic::Status> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(u64::from(seconds));
+    loop {
+        let answer = client
+            .get_order_result(order_pipeline::proto::ResultRequest {
+                id: id.to_string(),
+                wait_ms: 5_000,
+            })
+            .await;
+        match answer {
+            Err(status)
+                if status.code() == tonic::Code::NotFound
+                    && std::time::Instant::now() < deadline => {}
+            other => return other.map(tonic::Response::into_inner),
+        }
+    }
+}
+
+/// A tansu broker of a test's own (for tests that stop the broker), killed on drop.
+pub struct Tansu {
+    /// Its bootstrap address.
+    pub addr: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Tansu {
+    /// Starts `tansu broker` on a free loopback port with SQLite storage in a temp dir and
+    /// waits until it accepts connections. Panics (a test helper) when it cannot.
+    pub fn start() -> Self {
+        let dir = match tempfile::tempdir() {
+            Ok(dir) => dir,
+            Err(e) => panic!("temp dir: {e}"),
+        };
+        let port = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+            Ok(addr) => addr.port(),
+            Err(e) => panic!("no free port: {e}"),
+        };
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = std::process::Command::new("tansu")
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(child) => child,
+            Err(e) => panic!("cannot start tansu (scripts/test.sh installs it): {e}"),
+        };
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            if std::time::Instant::now() > deadline {
+                panic!("tansu did not listen on {addr} within 30 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Self {
+            addr,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `CacheService.GetOrderResults` against a running pipeline: a batch read back in one
+/// call, in order; found = false for ids without a result (at once, or after a wait);
+/// and its INVALID_ARGUMENT cases. Panics (a failed test) on any mismatch.
+#[allow(clippy::unwrap_used)]
+pub async fn check_batch_results(running: &order_pipeline::app::Running, prefix: &str) {
+    use order_pipeline::proto::{CreateOrdersRequest, ResultsRequest};
+    let mut orders = order_client(running.order_addr.unwrap()).await;
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+    let ids: Vec<String> = (0..50).map(|i| unique(&format!("{prefix}-{i}"))).collect();
+    let requests = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| go_request(id, &format!("item-{i}"), 100 + i as i32))
+        .collect();
+    let answer = orders
+        .create_orders(CreateOrdersRequest { orders: requests })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.responses.iter().all(|r| r.status == "accepted"));
+
+    let results = cache
+        .get_order_results(ResultsRequest {
+            ids: ids.clone(),
+            wait_ms: 30_000,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), ids.len());
+    for (i, (entry, id)) in results.iter().zip(&ids).enumerate() {
+        assert_eq!(&entry.id, id);
+        assert!(entry.found, "{id} not found after waiting");
+        let result = entry.result.as_ref().unwrap();
+        assert_eq!(result.item, format!("item-{i}"));
+        assert_eq!(result.price, 100 + i as i32);
+        assert_eq!(result.status, "done");
+    }
+
+    let unknown = unique(&format!("{prefix}-unknown"));
+    let mixed = cache
+        .get_order_results(ResultsRequest {
+            ids: vec![ids[3].clone(), unknown.clone(), ids[3].clone()],
+            wait_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let found: Vec<(&str, bool)> = mixed.iter().map(|e| (e.id.as_str(), e.found)).collect();
+    assert_eq!(
+        found,
+        vec![
+            (ids[3].as_str(), true),
+            (unknown.as_str(), false),
+            (ids[3].as_str(), true)
+        ]
+    );
+    assert!(mixed[1].result.is_none());
+
+    let started = std::time::Instant::now();
+    let waited = cache
+        .get_order_results(ResultsRequest {
+            ids: vec![unknown.clone()],
+            wait_ms: 200,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert!(!waited[0].found);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(190));
+
+    let too_many = vec!["x".to_string(); 1001];
+    let bad = [
+        (too_many, 0, "ids: 1001 ids"),
+        (vec!["a".into(), String::new()], 0, "ids[1]: is empty"),
+        (vec!["a".into()], 60_000, "wait_ms: 60000 is more than"),
+    ];
+    for (ids, wait_ms, message) in bad {
+        let status = cache
+            .get_order_results(ResultsRequest { ids, wait_ms })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{message}");
+        assert!(
+            status.message().starts_with(message),
+            "{}",
+            status.message()
+        );
+    }
+}
