@@ -1,13 +1,13 @@
 # One image for every role of order-pipeline: `run` (default), `order-service`, `worker`,
-# `cache-service`. The rule plugins are built from source by the host's
-# build script and embedded in the binary.
+# `cache-service`. The rule plugins are built from source by the build script of
+# host/builtin-rules and embedded in the binary.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
 # rust-toolchain.toml pins the toolchain and adds the wasm targets (wasm32-unknown-unknown
 # for the built-in plugins, wasm32-wasip2 for plugins built by hand).
 RUN rustup show active-toolchain \
- && cargo build --release --locked -p order-pipeline \
+ && cargo build --release --locked -p order-pipeline-cli \
  && cp target/release/order-pipeline /order-pipeline
 
 FROM debian:bookworm-slim

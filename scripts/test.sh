@@ -5,7 +5,7 @@
 # and tests the rule template, runs `cargo test`, and stops the services by PID.
 #
 #   scripts/test.sh            # everything
-#   scripts/test.sh -- FILTER  # pass arguments to the final `cargo test`
+#   scripts/test.sh -- FILTER  # pass arguments to the test binaries of the final `cargo test`
 #
 # Build caches live under $HOME/.cache/order-pipeline (override with CARGO_TARGET_DIR),
 # so repeated runs only rebuild what changed.
@@ -88,7 +88,7 @@ step "plugin unit tests (decision logic, on $HOST_TRIPLE)"
 (cd plugins && cargo test --workspace --quiet --target "$HOST_TRIPLE" --target-dir "$CARGO_TARGET_DIR/wasm-plugins")
 
 step "rule template: unit tests, component build, plugin test"
-cargo build --quiet -p order-pipeline
+cargo build --quiet -p order-pipeline-cli
 (cd examples/rule-template && \
   cargo test --quiet --target "$HOST_TRIPLE" --target-dir "$CARGO_TARGET_DIR/rule-template" && \
   cargo build --quiet --release --target-dir "$CARGO_TARGET_DIR/rule-template")
@@ -96,8 +96,8 @@ cargo build --quiet -p order-pipeline
   --plugin "$CARGO_TARGET_DIR/rule-template/wasm32-wasip2/release/rule_small_order_fee.wasm" \
   --examples examples/rule-template/examples
 
-step "cargo test"
-cargo test --workspace "$@" 2>&1 | tee "$RUN_DIR/cargo-test.log"
+step "cargo test (with the tests marked #[ignore] because they need Redis and the broker)"
+cargo test --workspace -- --include-ignored "$@" 2>&1 | tee "$RUN_DIR/cargo-test.log"
 # One closing line for the whole run: every test binary's counts added up.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "\ncargo test: %d passed, %d failed\n", p, f }' "$RUN_DIR/cargo-test.log"

@@ -8,10 +8,8 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{Criterion, criterion_group};
-use order_pipeline::engine::Status;
-use order_pipeline::engine::{Engine, Isolation, Limits, RuleChain, RuleSpec};
-use order_pipeline::order::{Order, OrderLine};
-use order_pipeline::ruleset;
+use order_builtin_rules as ruleset;
+use order_rules_engine::{Engine, Isolation, Limits, Order, OrderLine, RuleChain, RuleSpec, Status};
 use std::path::Path;
 
 fn order(lines: usize) -> Order {
@@ -52,11 +50,7 @@ fn chain(engine: &Engine, rules: &[&str], isolation: Isolation) -> RuleChain {
 /// The default chain with the same rules compiled natively: the host's benchmark
 /// baseline (`NATIVE_RULES_BASELINE`), through the same chain code as the Wasm rules.
 fn native_chain() -> RuleChain {
-    let engine = Engine::new(Limits {
-        native_builtins: true,
-        ..Limits::default()
-    })
-    .unwrap();
+    let engine = ruleset::engine(Limits::default(), true).unwrap();
     ruleset::load_default(&engine).unwrap()
 }
 
@@ -112,7 +106,7 @@ fn check_zen_agrees(engine: &Engine) {
     let rt = order_pipeline_bench::runtime().unwrap();
     let zen = order_pipeline_bench::decision().unwrap();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/orders");
-    let examples = order_pipeline::runner::load_examples(&dir).unwrap();
+    let examples = order_rules_engine::runner::load_examples(&dir).unwrap();
     let mut checked = 0;
     for example in &examples {
         if example.name == "rejected-duplicate-sku" {

@@ -4,41 +4,24 @@
 
 use std::sync::Arc;
 
-use order_pipeline::order::Order;
-use order_pipeline::ruleset;
+use order_rules_engine::{Order, ruleset};
+// ISO code lists of rule-validate, so that ZEN checks exactly the same codes.
+use rule_validate::iso;
 use serde_json::{Value, json};
 use zen_engine::Decision;
 use zen_engine::model::DecisionContent;
 
-// ISO code lists of rule-validate, so that ZEN checks exactly the same codes.
-#[allow(dead_code)]
-#[path = "../../plugins/rule-validate/src/iso.rs"]
-mod iso;
 
 /// The default ruleset's config of `rule` (e.g. `rule-tax`), as the plugin receives it.
 pub fn config(rule: &str) -> Result<Vec<(String, String)>, String> {
-    let file = ruleset::parse(ruleset::DEFAULT_RULESET, "default").map_err(|e| e.to_string())?;
+    let file = ruleset::parse(order_builtin_rules::DEFAULT_RULESET, "default")
+        .map_err(|e| e.to_string())?;
     let entry = file
         .rules
         .iter()
         .find(|r| r.plugin == format!("builtin:{rule}"))
         .ok_or_else(|| format!("{rule} is not in the default ruleset"))?;
-    Ok(entry
-        .config
-        .iter()
-        .map(|(k, v)| {
-            let value = match v {
-                toml::Value::String(s) => s.clone(),
-                toml::Value::Array(items) => items
-                    .iter()
-                    .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
-                    .collect::<Vec<_>>()
-                    .join(","),
-                other => other.to_string(),
-            };
-            (k.clone(), value)
-        })
-        .collect())
+    ruleset::config_strings(&entry.config).map_err(|(key, message)| format!("{rule}.{key}: {message}"))
 }
 
 fn key<'a>(config: &'a [(String, String)], name: &str) -> Result<&'a str, String> {

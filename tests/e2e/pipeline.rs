@@ -49,6 +49,7 @@ fn header(message: &OwnedMessage, name: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
 async fn go_e2e_case_reaches_done_with_the_go_redis_shape() {
     let Some(services) = services() else { return };
     let running = app::start(Role::All, &kafka_config(&services))
@@ -85,6 +86,7 @@ async fn go_e2e_case_reaches_done_with_the_go_redis_shape() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
 async fn rejection_is_a_result_with_reasons() {
     let Some(services) = services() else { return };
     let running = app::start(Role::All, &kafka_config(&services))
@@ -120,6 +122,7 @@ async fn rejection_is_a_result_with_reasons() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
 async fn fail_orders_are_retried_then_failed_and_dead_lettered() {
     let Some(services) = services() else { return };
     let dir = tempfile::tempdir().unwrap();
@@ -180,6 +183,7 @@ async fn fail_orders_are_retried_then_failed_and_dead_lettered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
 async fn undecodable_message_is_dead_lettered_and_the_worker_goes_on() {
     let Some(services) = services() else { return };
     let config = kafka_config(&services);
@@ -221,6 +225,7 @@ async fn undecodable_message_is_dead_lettered_and_the_worker_goes_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
 async fn resubmitting_an_id_keeps_the_first_result() {
     let Some(services) = services() else { return };
     let mut config = kafka_config(&services);
@@ -254,6 +259,7 @@ async fn resubmitting_an_id_keeps_the_first_result() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
 async fn invalid_orders_are_refused_naming_the_field() {
     let Some(services) = services() else { return };
     let running = app::start(Role::All, &kafka_config(&services))
@@ -365,6 +371,7 @@ async fn invalid_orders_are_refused_naming_the_field() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
 async fn batch_submit_answers_per_order_and_unknown_ids_are_not_found() {
     let Some(services) = services() else { return };
     let running = app::start(Role::All, &kafka_config(&services))
@@ -408,6 +415,7 @@ async fn batch_submit_answers_per_order_and_unknown_ids_are_not_found() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
 async fn aborted_worker_loses_nothing_when_another_takes_over() {
     let Some(services) = services() else { return };
     let config = kafka_config(&services);
@@ -466,6 +474,7 @@ async fn aborted_worker_loses_nothing_when_another_takes_over() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
 async fn reflection_v1_and_v1alpha_and_health_are_served() {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient as V1;
@@ -556,6 +565,7 @@ async fn reflection_v1_and_v1alpha_and_health_are_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
 async fn broker_down_is_unavailable_never_accepted() {
     let Some(_services) = services() else { return };
     let broker = crate::support::Tansu::start();
@@ -582,6 +592,7 @@ async fn broker_down_is_unavailable_never_accepted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
 async fn batch_results_are_read_in_one_call_from_redis() {
     let Some(services) = services() else { return };
     let running = app::start(Role::All, &kafka_config(&services))

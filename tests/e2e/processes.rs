@@ -84,6 +84,7 @@ fn worker_process_with(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
 async fn sigkilled_worker_loses_nothing() {
     let Some(crate::support::Services { redis, kafka }) = crate::support::services() else {
         return;
@@ -186,6 +187,7 @@ fn free_port() -> u16 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
 async fn two_worker_processes_converge_on_a_deployed_ruleset() {
     use order_pipeline::proto::OrderLine;
     use order_pipeline::proto::admin::admin_service_client::AdminServiceClient;

@@ -389,5 +389,9 @@ mod tests {
             "a=b",
         ];
         assert_eq!(run(args, &mut out, &mut err), EXIT_USAGE);
+        // Refused for the missing --plugin (not for o.json, which does not exist either).
+        let err = String::from_utf8_lossy(&err);
+        assert!(err.contains("--plugin"), "{err}");
+        assert!(!err.contains("o.json"), "{err}");
     }
 }

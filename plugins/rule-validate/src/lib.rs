@@ -1,7 +1,7 @@
 //! rule-validate: the first rule of a chain. Checks that an order is well formed before
 //! any business rule looks at it, and reports every problem at once.
 
-mod iso;
+pub mod iso;
 
 use std::collections::HashSet;
 
