@@ -86,21 +86,21 @@ impl RedisRegistry {
     /// A plugin's bytes by digest.
     pub async fn plugin(&self, digest: &str) -> anyhow::Result<Option<Vec<u8>>> {
         let mut c = self.connection.clone();
-        Ok(redis::cmd("GET")
+        redis::cmd("GET")
             .arg(format!("{PLUGIN_PREFIX}{digest}"))
             .query_async(&mut c)
             .await
-            .context("reading a plugin from Redis")?)
+            .context("reading a plugin from Redis")
     }
 
     /// The active version number.
     pub async fn active_version(&self) -> anyhow::Result<Option<u64>> {
         let mut c = self.connection.clone();
-        Ok(redis::cmd("GET")
+        redis::cmd("GET")
             .arg(self.active_key())
             .query_async(&mut c)
             .await
-            .context("reading the active ruleset version")?)
+            .context("reading the active ruleset version")
     }
 
     /// The newest version number (0 when there is none).
@@ -117,11 +117,11 @@ impl RedisRegistry {
     /// A version's JSON body.
     pub async fn ruleset(&self, version: u64) -> anyhow::Result<Option<String>> {
         let mut c = self.connection.clone();
-        Ok(redis::cmd("GET")
+        redis::cmd("GET")
             .arg(format!("{}{version}", self.ruleset_prefix()))
             .query_async(&mut c)
             .await
-            .context("reading a ruleset")?)
+            .context("reading a ruleset")
     }
 
     /// Activates `json` as a new version if the active one is still `expect`, and
