@@ -26,7 +26,7 @@ fn default_chain_accepts_the_go_order_and_records_every_rule() {
         assert_eq!(trace.digest, order_rules_engine::digest(builtin));
         assert_eq!(trace.digest, spec.plugin.digest());
         assert_eq!(trace.version, "0.1.0");
-        assert_eq!(trace.outcome, "accept");
+        assert_eq!(trace.outcome, order_rules_engine::RuleOutcome::Accept);
         assert!(trace.fuel_used > 0, "{trace:?}");
     }
 }

@@ -291,10 +291,20 @@ struct AdminArgs {
     token: Option<String>,
 }
 
+/// `--isolation`: clap's side of [`Isolation`](order_rules_engine::Isolation).
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum IsolationArg {
     Fresh,
     Reuse,
+}
+
+impl From<IsolationArg> for order_rules_engine::Isolation {
+    fn from(arg: IsolationArg) -> Self {
+        match arg {
+            IsolationArg::Fresh => Self::Fresh,
+            IsolationArg::Reuse => Self::Reuse,
+        }
+    }
 }
 
 fn parse_key_value(raw: &str) -> Result<(String, String), String> {

@@ -89,6 +89,33 @@ pub struct RuleRetry {
     pub message: String,
 }
 
+/// What one rule answered (`accept`, `reject`, `retryable` in JSON), or `failed` when it
+/// trapped, hit a limit or answered something the contract forbids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuleOutcome {
+    /// The rule accepted (with its adjustments).
+    Accept,
+    /// The rule rejected the order.
+    Reject,
+    /// The rule asked for a retry later.
+    Retryable,
+    /// The rule failed.
+    Failed,
+}
+
+impl RuleOutcome {
+    /// The name used in JSON and in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accept => "accept",
+            Self::Reject => "reject",
+            Self::Retryable => "retryable",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 /// What one rule did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleTrace {
@@ -98,8 +125,8 @@ pub struct RuleTrace {
     pub version: String,
     /// sha256 of the component.
     pub digest: String,
-    /// `accept`, `reject`, `retryable` or `failed`.
-    pub outcome: String,
+    /// What it answered, or that it failed.
+    pub outcome: RuleOutcome,
     /// Fuel the evaluation used (0 when it failed before evaluating).
     pub fuel_used: u64,
     /// Wall time of the rule, instantiation included, in microseconds.
@@ -216,10 +243,10 @@ impl RuleChain {
                 Err(failure) => (Err(failure), 0),
             };
             let label = match &outcome {
-                Ok(wit::Outcome::Accept(_)) => "accept",
-                Ok(wit::Outcome::Reject(_)) => "reject",
-                Ok(wit::Outcome::Retryable(_)) => "retryable",
-                Err(_) => "failed",
+                Ok(wit::Outcome::Accept(_)) => RuleOutcome::Accept,
+                Ok(wit::Outcome::Reject(_)) => RuleOutcome::Reject,
+                Ok(wit::Outcome::Retryable(_)) => RuleOutcome::Retryable,
+                Err(_) => RuleOutcome::Failed,
             };
             let version = match step.native {
                 Some(_) => format!("{} (native baseline)", plugin.info().version),
@@ -229,7 +256,7 @@ impl RuleChain {
                 name: plugin.name().to_string(),
                 version,
                 digest: plugin.digest().to_string(),
-                outcome: label.to_string(),
+                outcome: label,
                 fuel_used,
                 duration_us,
             });
@@ -240,7 +267,7 @@ impl RuleChain {
                         evaluation.status = Status::Failed;
                         evaluation.error = Some(failure.named(name));
                         if let Some(trace) = evaluation.rules.last_mut() {
-                            trace.outcome = "failed".into();
+                            trace.outcome = RuleOutcome::Failed;
                         }
                         break;
                     }

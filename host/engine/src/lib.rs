@@ -32,8 +32,8 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Enabled, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use chain::{
-    AppliedAdjustment, ChainError, Evaluation, RuleChain, RuleReason, RuleRetry, RuleSpec,
-    RuleTrace, Status,
+    AppliedAdjustment, ChainError, Evaluation, RuleChain, RuleOutcome, RuleReason, RuleRetry,
+    RuleSpec, RuleTrace, Status,
 };
 pub use instance::{FailureKind, RuleFailure};
 pub use limits::Limits;

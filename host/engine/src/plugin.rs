@@ -26,12 +26,32 @@ pub enum Isolation {
     Reuse,
 }
 
-impl fmt::Display for Isolation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Isolation {
+    /// The name used in rulesets, the CLI and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Self::Fresh => "fresh",
             Self::Reuse => "reuse",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Isolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Isolation {
+    type Err = String;
+
+    /// `fresh` or `reuse`; the error says what is accepted.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fresh" => Ok(Self::Fresh),
+            "reuse" => Ok(Self::Reuse),
+            other => Err(format!("`{other}` is neither `fresh` nor `reuse`")),
+        }
     }
 }
 

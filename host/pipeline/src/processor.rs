@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use order_rules_engine::{Evaluation, Status};
+use order_rules_engine::{Evaluation, RuleOutcome, Status};
 use prost::Message as _;
 
 use crate::domain::wire::order_from_request;
@@ -154,7 +154,7 @@ impl Processor {
         let mut broken = None;
         for trace in evaluations.iter().flat_map(|e| &e.rules) {
             let window = windows.entry(trace.digest.clone()).or_default();
-            window.push_back(trace.outcome == "failed");
+            window.push_back(trace.outcome == RuleOutcome::Failed);
             while window.len() > self.quarantine.window {
                 window.pop_front();
             }
@@ -290,7 +290,7 @@ impl Processor {
                             .rules
                             .iter()
                             .rev()
-                            .find(|r| r.outcome != "accept")
+                            .find(|r| r.outcome != RuleOutcome::Accept)
                             .map(|r| r.name.clone())
                             .unwrap_or_default();
                         vec![

@@ -9,7 +9,7 @@ use order_pipeline::proto;
 use order_rules_engine::{Engine, Isolation, Order, RuleChain, RuleSpec, runner};
 
 use super::admin::admin_call;
-use crate::{ChainArgs, EXIT_OK, EXIT_TEST_FAILED, IsolationArg, PluginCommand};
+use crate::{ChainArgs, EXIT_OK, EXIT_TEST_FAILED, PluginCommand};
 
 /// Runs one `plugin` subcommand.
 pub(crate) fn run(command: PluginCommand, out: &mut dyn Write) -> Result<i32, String> {
@@ -103,10 +103,12 @@ pub(crate) fn run(command: PluginCommand, out: &mut dyn Write) -> Result<i32, St
                     .map(Position::Before)
                     .or(after.map(Position::After))
                     .or(replace.map(Position::Replace)),
-                isolation: match isolation {
-                    IsolationArg::Fresh => "fresh".into(),
-                    IsolationArg::Reuse => "reuse".into(),
-                },
+                isolation: String::new(),
+                isolation_mode: match Isolation::from(isolation) {
+                    Isolation::Fresh => proto::admin::IsolationMode::Fresh,
+                    Isolation::Reuse => proto::admin::IsolationMode::Reuse,
+                }
+                .into(),
                 examples,
             };
             admin_call(&admin, out, |mut c| async move {
@@ -169,10 +171,7 @@ fn build_chain(args: &ChainArgs, examples_dir: Option<&Path>) -> Result<RuleChai
             config.retain(|(k, _)| k != key);
             config.push((key.clone(), value.clone()));
         }
-        let isolation = match args.isolation {
-            IsolationArg::Fresh => Isolation::Fresh,
-            IsolationArg::Reuse => Isolation::Reuse,
-        };
+        let isolation = Isolation::from(args.isolation);
         return RuleChain::new(vec![RuleSpec {
             plugin,
             config,

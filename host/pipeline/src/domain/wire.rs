@@ -264,7 +264,7 @@ pub fn result_response(result: &OrderResult) -> proto::ResultResponse {
                 name: r.name.clone(),
                 version: r.version.clone(),
                 digest: r.digest.clone(),
-                outcome: r.outcome.clone(),
+                outcome: r.outcome.as_str().to_string(),
                 fuel_used: r.fuel_used,
                 duration_us: r.duration_us,
             })

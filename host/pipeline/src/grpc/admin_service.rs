@@ -83,11 +83,50 @@ pub fn info(record: &RulesetRecord, active: bool) -> admin::RulesetInfo {
                 digest: r.digest.clone(),
                 config: r.config.iter().cloned().collect(),
                 isolation: r.isolation.to_string(),
+                isolation_mode: isolation_mode(r.isolation).into(),
             })
             .collect(),
         reason: record.body.reason.clone(),
         created_at_unix_ms: record.body.created_at_unix_ms,
         active,
+    }
+}
+
+/// The proto enum of `isolation`.
+fn isolation_mode(isolation: Isolation) -> admin::IsolationMode {
+    match isolation {
+        Isolation::Fresh => admin::IsolationMode::Fresh,
+        Isolation::Reuse => admin::IsolationMode::Reuse,
+    }
+}
+
+/// A deploy's isolation: `isolation_mode` when set, else the older string field (empty
+/// means fresh); the two must agree when both are given.
+fn deploy_isolation(request: &admin::DeployRequest) -> Result<Isolation, Status> {
+    let from_string = match request.isolation.as_str() {
+        "" => None,
+        text => Some(
+            text.parse::<Isolation>()
+                .map_err(|e| Status::invalid_argument(format!("isolation: {e}")))?,
+        ),
+    };
+    let from_enum = match admin::IsolationMode::try_from(request.isolation_mode) {
+        Ok(admin::IsolationMode::Unspecified) => None,
+        Ok(admin::IsolationMode::Fresh) => Some(Isolation::Fresh),
+        Ok(admin::IsolationMode::Reuse) => Some(Isolation::Reuse),
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "isolation_mode: {} is not an IsolationMode",
+                request.isolation_mode
+            )));
+        }
+    };
+    match (from_enum, from_string) {
+        (Some(a), Some(b)) if a != b => Err(Status::invalid_argument(format!(
+            "isolation_mode ({a}) and isolation ({b}) disagree; set one of them"
+        ))),
+        (Some(isolation), _) | (None, Some(isolation)) => Ok(isolation),
+        (None, None) => Ok(Isolation::Fresh),
     }
 }
 
@@ -99,15 +138,7 @@ impl AdminService for AdminApi {
         request: Request<admin::DeployRequest>,
     ) -> Result<Response<admin::RulesetInfo>, Status> {
         let request = request.into_inner();
-        let isolation = match request.isolation.as_str() {
-            "" | "fresh" => Isolation::Fresh,
-            "reuse" => Isolation::Reuse,
-            other => {
-                return Err(Status::invalid_argument(format!(
-                    "isolation: `{other}` is neither `fresh` nor `reuse`"
-                )));
-            }
-        };
+        let isolation = deploy_isolation(&request)?;
         let engine = self.live.engine().clone();
         let wasm = request.wasm;
         let plugin = tokio::task::spawn_blocking(move || engine.load(&wasm))
@@ -363,5 +394,47 @@ impl tonic::service::Interceptor for TokenCheck {
         } else {
             Err(Status::unauthenticated("authorization: wrong bearer token"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn request(isolation: &str, mode: admin::IsolationMode) -> admin::DeployRequest {
+        admin::DeployRequest {
+            isolation: isolation.into(),
+            isolation_mode: mode.into(),
+            ..admin::DeployRequest::default()
+        }
+    }
+
+    #[test]
+    fn isolation_comes_from_the_enum_or_the_older_string() {
+        use admin::IsolationMode as M;
+        let cases = [
+            ("", M::Unspecified, Isolation::Fresh),
+            ("reuse", M::Unspecified, Isolation::Reuse),
+            ("", M::Reuse, Isolation::Reuse),
+            ("fresh", M::Fresh, Isolation::Fresh),
+        ];
+        for (text, mode, want) in cases {
+            assert_eq!(deploy_isolation(&request(text, mode)).unwrap(), want);
+        }
+        let err = deploy_isolation(&request("reuse", M::Fresh)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("disagree"), "{}", err.message());
+        let err = deploy_isolation(&request("shared", M::Unspecified)).unwrap_err();
+        assert!(err.message().starts_with("isolation:"), "{}", err.message());
+        let mut bad = request("", M::Unspecified);
+        bad.isolation_mode = 7;
+        let err = deploy_isolation(&bad).unwrap_err();
+        assert!(
+            err.message().starts_with("isolation_mode:"),
+            "{}",
+            err.message()
+        );
     }
 }
