@@ -25,11 +25,12 @@ use crate::config::Config;
 use crate::grpc::admin_service::{AdminApi, TokenCheck};
 use crate::grpc::{self, cache_service::CacheApi, order_service::OrderApi};
 use crate::order_log::Publisher;
-use crate::processor::{Processor, QuarantinePolicy, RetryPolicy};
+use crate::processor::{Processor, RetryPolicy};
 use crate::proto::admin::admin_service_server::AdminServiceServer;
 use crate::proto::cache_service_server::CacheServiceServer;
 use crate::proto::order_service_server::OrderServiceServer;
 use crate::rules::live::LiveRuleset;
+use crate::rules::quarantine::QuarantinePolicy;
 use crate::rules::registry::Registry;
 use crate::store::Store;
 

@@ -9,7 +9,6 @@
 //! headers (reason, rule, attempts, source). The dead letter is written before the result
 //! and the offset is stored only after both, so a crash repeats work but loses nothing.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +18,9 @@ use prost::Message as _;
 use crate::domain::wire::order_from_request;
 use crate::domain::{Order, OrderResult, ResultStatus};
 use crate::proto;
+use crate::rules::gate::Gate;
 use crate::rules::live::LiveRuleset;
+use crate::rules::quarantine::{Breach, FailureWindows, QuarantinePolicy};
 
 /// Batches at least this big are split over the evaluation threads.
 const PARALLEL_MIN: usize = 32;
@@ -103,26 +104,17 @@ impl Processed {
     }
 }
 
-/// When a rule is taken out of the live ruleset: more than `failures` of its last
-/// `window` evaluations failed (trap, fuel, deadline, memory, malformed outcome).
-#[derive(Debug, Clone, Copy)]
-pub struct QuarantinePolicy {
-    /// Failures tolerated within the window.
-    pub failures: usize,
-    /// How many of a rule's latest evaluations are looked at.
-    pub window: usize,
-}
-
 /// Turns log entries into results with the live ruleset.
 pub struct Processor {
     live: Arc<LiveRuleset>,
     retry: RetryPolicy,
-    quarantine: QuarantinePolicy,
+    /// Latest outcomes of every rule, for the quarantine.
+    windows: FailureWindows,
+    /// Changes to the live ruleset (the quarantine's take-out).
+    gate: Gate,
     default_currency: String,
     /// Who this worker is, recorded in every result.
     name: String,
-    /// Latest outcomes (true = failed) per plugin digest.
-    windows: std::sync::Mutex<HashMap<String, VecDeque<bool>>>,
 }
 
 impl Processor {
@@ -135,81 +127,47 @@ impl Processor {
         name: &str,
     ) -> Self {
         Self {
+            gate: Gate::new(Arc::clone(&live)),
             live,
             retry,
-            quarantine,
+            windows: FailureWindows::new(quarantine),
             default_currency: default_currency.to_string(),
             name: name.to_string(),
-            windows: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
-    /// Records what each rule did; returns a rule (name, digest, failures) that broke
-    /// the quarantine policy, if one did.
-    fn observe(&self, evaluations: &[Evaluation]) -> Option<(String, String, usize)> {
-        let mut windows = self
-            .windows
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut broken = None;
-        for trace in evaluations.iter().flat_map(|e| &e.rules) {
-            let window = windows.entry(trace.digest.clone()).or_default();
-            window.push_back(trace.outcome == RuleOutcome::Failed);
-            while window.len() > self.quarantine.window {
-                window.pop_front();
+    /// Takes a rule that broke the quarantine policy out: the gate restores the version
+    /// before `version` (if `version` is still active), the reason goes into the ruleset
+    /// history, and this worker switches at once.
+    async fn take_out(&self, version: u64, breach: &Breach) {
+        let Breach {
+            rule,
+            digest,
+            failed,
+        } = breach;
+        let window = self.windows.policy().window;
+        let reason = |target: u64| {
+            format!(
+                "quarantine: rule {rule} ({}) failed {failed} of its last {window} orders; restored version {target}",
+                &digest[..digest.len().min(12)],
+            )
+        };
+        let outcome = match self.gate.take_out(version, digest, reason).await {
+            Ok(Some(new)) => {
+                tracing::error!(rule, digest, failed, new_version = new, "rule quarantined");
+                Ok(())
             }
-            let failed = window.iter().filter(|f| **f).count();
-            if failed > self.quarantine.failures {
-                broken = Some((trace.name.clone(), trace.digest.clone(), failed));
-            }
-        }
-        if let Some((_, digest, _)) = &broken {
-            windows.remove(digest);
-        }
-        broken
-    }
-
-    /// Takes a failing rule out: restores the version before `version` (if `version` is
-    /// still active), logs it, and switches this worker at once. The event is in the
-    /// ruleset history as the new version's reason.
-    async fn take_out(&self, version: u64, rule: &str, digest: &str, failed: usize) {
-        let registry = self.live.registry();
-        let outcome: anyhow::Result<()> = async {
-            let Some(current) = registry.get(version).await? else {
-                return Ok(());
-            };
-            let Some(target) = current.body.based_on.unwrap_or(version).checked_sub(1).filter(|v| *v > 0) else {
-                anyhow::bail!("version {version} has no earlier version to restore");
-            };
-            let restored = registry
-                .get(target)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("ruleset version {target} is missing"))?;
-            if restored.body.rules.iter().any(|r| r.digest == digest) {
-                anyhow::bail!("version {target} has the same plugin");
-            }
-            let body = crate::rules::versions::RulesetBody {
-                rules: restored.body.rules,
-                reason: format!(
-                    "quarantine: rule {rule} ({}) failed {failed} of its last {} orders; restored version {target}",
-                    &digest[..digest.len().min(12)],
-                    self.quarantine.window
-                ),
-                based_on: Some(target),
-                created_at_unix_ms: crate::domain::now_unix_ms(),
-            };
-            match registry.activate(&body, crate::rules::versions::Expect::Version(version)).await {
-                Ok(new) => tracing::error!(rule, digest, failed, new_version = new, "{}", body.reason),
-                // Another worker took it out first, or an operator changed the ruleset.
-                Err(crate::rules::versions::ActivateError::Conflict(_)) => {}
-                Err(crate::rules::versions::ActivateError::Store(e)) => return Err(e),
-            }
-            self.live.refresh().await?;
-            Ok(())
-        }
-        .await;
-        if let Err(e) = outcome {
-            tracing::error!(rule, digest, failed, error = %format!("{e:#}"), "rule breaks the quarantine policy but cannot be taken out");
+            // Another worker took it out first, or an operator changed the ruleset.
+            Ok(None) => self
+                .live
+                .refresh()
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("{e:#}")),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(error) = outcome {
+            tracing::error!(rule, digest, failed, %error, "rule breaks the quarantine policy but cannot be taken out");
         }
     }
 
@@ -239,10 +197,10 @@ impl Processor {
                     .collect();
             }
         };
-        if let Some((rule, digest, failed)) = self.observe(&evaluations) {
+        if let Some(breach) = self.windows.observe(&evaluations) {
             // Take the rule out before deciding about this batch: its failed orders are
             // then retried under the restored version.
-            self.take_out(first_version, &rule, &digest, failed).await;
+            self.take_out(first_version, &breach).await;
         }
         let mut evaluated = orders.into_iter().zip(evaluations);
         let mut out = Vec::with_capacity(payloads.len());

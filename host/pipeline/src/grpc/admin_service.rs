@@ -1,72 +1,34 @@
 //! `order.admin.AdminService`: deploy, activate and roll back rule plugins while orders
-//! flow. A deploy passes the activation gate first (the component loads and implements
-//! the world, takes its config, passes the given examples on its own, and the whole new
-//! chain builds and evaluates a smoke order without failing); only then is a new
-//! ruleset version activated in the registry, which every worker follows.
+//! flow. A thin translation to the [deploy gate](crate::rules::gate), which every change
+//! goes through; its errors become statuses in one place ([`super::status`]).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::domain::Order;
-use crate::domain::now_unix_ms;
 use crate::proto::admin::{self, admin_service_server::AdminService, deploy_request::Position};
-use crate::rules::live::{LiveRuleset, rule_ref};
-use crate::rules::versions::{ActivateError, Expect, RulesetBody, RulesetRecord};
-use order_rules_engine::runner;
-use order_rules_engine::{Isolation, RuleChain, RuleSpec, Status as EvalStatus};
+use crate::rules::gate::{Deploy, Gate, GateExample, Placement};
+use crate::rules::live::LiveRuleset;
+use crate::rules::versions::RulesetRecord;
+use order_rules_engine::Isolation;
 
 /// The admin service.
 pub struct AdminApi {
-    live: Arc<LiveRuleset>,
+    gate: Gate,
 }
 
 impl AdminApi {
     /// An admin service over `live`'s registry and engine.
     pub fn new(live: Arc<LiveRuleset>) -> Self {
-        Self { live }
-    }
-
-    async fn active(&self) -> Result<RulesetRecord, Status> {
-        self.live
-            .registry()
-            .active()
-            .await
-            .map_err(unavailable)?
-            .ok_or_else(|| Status::failed_precondition("no ruleset is active yet"))
-    }
-
-    /// Activates `body` if `expect` still holds, switches this process, answers its info.
-    async fn activate(
-        &self,
-        body: RulesetBody,
-        expect: u64,
-    ) -> Result<Response<admin::RulesetInfo>, Status> {
-        let version = match self
-            .live
-            .registry()
-            .activate(&body, Expect::Version(expect))
-            .await
-        {
-            Ok(version) => version,
-            Err(ActivateError::Conflict(_)) => {
-                return Err(Status::aborted(
-                    "the active ruleset changed during this call; look again (plugin list) and retry",
-                ));
-            }
-            Err(ActivateError::Store(e)) => return Err(unavailable(e)),
-        };
-        tracing::info!(version, reason = %body.reason, "ruleset activated");
-        if let Err(e) = self.live.refresh().await {
-            tracing::warn!(error = %format!("{e:#}"), "this process could not switch yet; it will retry");
+        Self {
+            gate: Gate::new(live),
         }
-        Ok(Response::new(info(&RulesetRecord { version, body }, true)))
     }
 }
 
-fn unavailable(e: anyhow::Error) -> Status {
-    Status::unavailable(format!("registry unavailable: {e:#}"))
+/// The active version as the API answers it.
+fn active_info(record: RulesetRecord) -> Response<admin::RulesetInfo> {
+    Response::new(info(&record, true))
 }
 
 /// A record as the API shows it.
@@ -139,157 +101,42 @@ impl AdminService for AdminApi {
     ) -> Result<Response<admin::RulesetInfo>, Status> {
         let request = request.into_inner();
         let isolation = deploy_isolation(&request)?;
-        let engine = self.live.engine().clone();
-        let wasm = request.wasm;
-        let plugin = tokio::task::spawn_blocking(move || engine.load(&wasm))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::invalid_argument(format!("plugin refused: {e}")))?;
-        let config: Vec<(String, String)> = request
-            .config
-            .into_iter()
-            .collect::<BTreeMap<_, _>>()
-            .into_iter()
-            .collect();
-        let spec = RuleSpec {
-            plugin: Arc::clone(&plugin),
-            config,
+        let deploy = Deploy {
+            wasm: request.wasm,
+            config: request.config.into_iter().collect(),
             isolation,
-        };
-        let name = plugin.name().to_string();
-
-        // Gate 1: the plugin alone takes its config and passes its examples.
-        let examples = request.examples;
-        let alone = spec.clone();
-        let gate = tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let chain = RuleChain::new(vec![alone]).map_err(|e| e.to_string())?;
-            for example in &examples {
-                let order: Order = serde_json::from_str(&example.order_json)
-                    .map_err(|e| format!("example `{}`: not an order: {e}", example.name))?;
-                let expected: serde_json::Value = serde_json::from_str(&example.expected_json)
-                    .map_err(|e| {
-                        format!("example `{}`: expectation is not JSON: {e}", example.name)
-                    })?;
-                let actual =
-                    serde_json::to_value(chain.evaluate(&order)).map_err(|e| e.to_string())?;
-                if let Some(m) = runner::compare(&expected, &actual).first() {
-                    let got = m
-                        .actual
-                        .as_ref()
-                        .map_or("(missing)".to_string(), ToString::to_string);
-                    return Err(format!(
-                        "example `{}` failed: {}: expected {}, got {got}",
-                        example.name, m.path, m.expected
-                    ));
-                }
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?;
-        if let Err(message) = gate {
-            return Err(Status::failed_precondition(format!(
-                "deploy refused: {message}"
-            )));
-        }
-
-        // Where it goes in the active ruleset.
-        let active = self.active().await?;
-        let mut rules = active.body.rules.clone();
-        let position_of = |target: &str| {
-            rules.iter().position(|r| r.name == target).ok_or_else(|| {
-                Status::failed_precondition(format!("the active ruleset has no rule `{target}`"))
-            })
-        };
-        let entry = rule_ref(&spec);
-        match request.position {
-            Some(Position::Before(target)) => {
-                let at = position_of(&target)?;
-                rules.retain(|r| r.name != name);
-                let at = rules
-                    .iter()
-                    .position(|r| r.name == target)
-                    .unwrap_or(at.min(rules.len()));
-                rules.insert(at, entry);
-            }
-            Some(Position::After(target)) => {
-                position_of(&target)?;
-                rules.retain(|r| r.name != name);
-                let at = rules
-                    .iter()
-                    .position(|r| r.name == target)
-                    .map_or(rules.len(), |i| i + 1);
-                rules.insert(at, entry);
-            }
-            Some(Position::Replace(target)) => {
-                let at = position_of(&target)?;
-                rules[at] = entry;
-            }
-            None => match rules.iter().position(|r| r.name == name) {
-                Some(at) => rules[at] = entry,
-                None => rules.push(entry),
+            placement: match request.position {
+                Some(Position::Before(target)) => Placement::Before(target),
+                Some(Position::After(target)) => Placement::After(target),
+                Some(Position::Replace(target)) => Placement::Replace(target),
+                None => Placement::SameNameOrEnd,
             },
-        }
-        if rules == active.body.rules {
-            // Identical digest and config in the same place: nothing to do.
-            return Ok(Response::new(info(&active, true)));
-        }
-
-        // Gate 2: the whole new chain builds and a smoke order does not fail.
-        self.live
-            .registry()
-            .put_plugin(plugin.digest(), plugin.bytes())
-            .await
-            .map_err(unavailable)?;
-        let chain = self.live.build(&rules).await.map_err(|e| {
-            Status::failed_precondition(format!(
-                "deploy refused: the new ruleset does not build: {e:#}"
-            ))
-        })?;
-        let smoke = tokio::task::spawn_blocking(move || {
-            chain.evaluate(&Order::single_item("smoke-test", "book", 100, "USD"))
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?;
-        if smoke.status == EvalStatus::Failed {
-            let error = smoke.error.map(|e| e.to_string()).unwrap_or_default();
-            return Err(Status::failed_precondition(format!(
-                "deploy refused: a smoke order failed: {error}"
-            )));
-        }
-
-        let body = RulesetBody {
-            rules,
-            reason: format!("deploy {name} {}", plugin.info().version),
-            based_on: None,
-            created_at_unix_ms: now_unix_ms(),
+            examples: request
+                .examples
+                .into_iter()
+                .map(|e| GateExample {
+                    name: e.name,
+                    order_json: e.order_json,
+                    expected_json: e.expected_json,
+                })
+                .collect(),
         };
-        self.activate(body, active.version).await
+        Ok(active_info(self.gate.deploy(deploy).await?))
     }
 
     async fn active(
         &self,
         _request: Request<admin::ActiveRequest>,
     ) -> Result<Response<admin::RulesetInfo>, Status> {
-        Ok(Response::new(info(&self.active().await?, true)))
+        Ok(active_info(self.gate.active().await?))
     }
 
     async fn history(
         &self,
         _request: Request<admin::HistoryRequest>,
     ) -> Result<Response<admin::HistoryResponse>, Status> {
-        let active = self
-            .live
-            .registry()
-            .active_version()
-            .await
-            .map_err(unavailable)?;
-        let versions = self
-            .live
-            .registry()
-            .history()
-            .await
-            .map_err(unavailable)?
+        let (versions, active) = self.gate.history().await?;
+        let versions = versions
             .iter()
             .map(|r| info(r, Some(r.version) == active))
             .collect();
@@ -302,29 +149,7 @@ impl AdminService for AdminApi {
         request: Request<admin::ActivateRequest>,
     ) -> Result<Response<admin::RulesetInfo>, Status> {
         let version = request.into_inner().version;
-        let active = self.active().await?;
-        let target = self
-            .live
-            .registry()
-            .get(version)
-            .await
-            .map_err(unavailable)?
-            .ok_or_else(|| {
-                Status::not_found(format!("version: there is no ruleset version {version}"))
-            })?;
-        if target.body.rules == active.body.rules {
-            return Ok(Response::new(info(&active, true)));
-        }
-        self.live.build(&target.body.rules).await.map_err(|e| {
-            Status::failed_precondition(format!("version {version} does not build here: {e:#}"))
-        })?;
-        let body = RulesetBody {
-            rules: target.body.rules,
-            reason: format!("activate {version}"),
-            based_on: Some(version),
-            created_at_unix_ms: now_unix_ms(),
-        };
-        self.activate(body, active.version).await
+        Ok(active_info(self.gate.activate(version).await?))
     }
 
     #[tracing::instrument(name = "admin.rollback", skip_all)]
@@ -332,28 +157,7 @@ impl AdminService for AdminApi {
         &self,
         _request: Request<admin::RollbackRequest>,
     ) -> Result<Response<admin::RulesetInfo>, Status> {
-        let active = self.active().await?;
-        let origin = active.body.based_on.unwrap_or(active.version);
-        let Some(target) = origin.checked_sub(1).filter(|v| *v > 0) else {
-            return Err(Status::failed_precondition(format!(
-                "version {} has no earlier version to roll back to",
-                active.version
-            )));
-        };
-        let record = self
-            .live
-            .registry()
-            .get(target)
-            .await
-            .map_err(unavailable)?
-            .ok_or_else(|| Status::not_found(format!("ruleset version {target} is missing")))?;
-        let body = RulesetBody {
-            rules: record.body.rules,
-            reason: format!("rollback to {target}"),
-            based_on: Some(target),
-            created_at_unix_ms: now_unix_ms(),
-        };
-        self.activate(body, active.version).await
+        Ok(active_info(self.gate.rollback().await?))
     }
 }
 

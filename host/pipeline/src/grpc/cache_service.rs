@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
+use super::status::store_unavailable;
 use crate::domain::wire::result_response;
 use crate::proto::{self, cache_service_server::CacheService};
 use crate::store::{MAX_WAIT, Store};
@@ -20,11 +21,6 @@ fn check_wait(wait_ms: u32) -> Result<Option<Duration>, Status> {
         )));
     }
     Ok((wait_ms > 0).then(|| Duration::from_millis(u64::from(wait_ms))))
-}
-
-fn unavailable(e: &anyhow::Error) -> Status {
-    tracing::warn!(error = %format!("{e:#}"), "result store error");
-    Status::unavailable(format!("result store unavailable: {e:#}"))
 }
 
 /// The CacheService.
@@ -57,7 +53,7 @@ impl CacheService for CacheApi {
         match found {
             Ok(Some(result)) => Ok(Response::new(result_response(&result))),
             Ok(None) => Err(Status::not_found("order not found")),
-            Err(e) => Err(unavailable(&e)),
+            Err(e) => Err(store_unavailable(&e)),
         }
     }
 
@@ -81,7 +77,7 @@ impl CacheService for CacheApi {
             .store
             .get_many(&request.ids, wait)
             .await
-            .map_err(|e| unavailable(&e))?;
+            .map_err(|e| store_unavailable(&e))?;
         let results = request
             .ids
             .into_iter()

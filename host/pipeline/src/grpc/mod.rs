@@ -5,6 +5,7 @@
 pub mod admin_service;
 pub mod cache_service;
 pub mod order_service;
+mod status;
 
 use std::future::Future;
 

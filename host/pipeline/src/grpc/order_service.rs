@@ -26,15 +26,13 @@ impl OrderApi {
     /// Validates and publishes one order; the error is the status to answer.
     async fn submit(&self, order: proto::OrderRequest) -> Result<String, Status> {
         let payload = order.encode_to_vec();
-        convert::validate(&order, payload.len())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        convert::validate(&order, payload.len())?;
         self.publisher
             .publish(&order.id, payload)
             .await
-            .map_err(|e| {
-                tracing::warn!(order_id = %order.id, error = %e, "order not accepted");
-                Status::unavailable(e.to_string())
-            })?;
+            .inspect_err(
+                |e| tracing::warn!(order_id = %order.id, error = %e, "order not accepted"),
+            )?;
         Ok(order.id)
     }
 }

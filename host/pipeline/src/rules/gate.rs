@@ -1,0 +1,421 @@
+//! The deploy gate: every change to the live ruleset goes through here, whatever asked
+//! for it (the AdminService, the quarantine). A deploy goes live only after the component
+//! loads and implements the world, takes its config, passes the examples sent with it on
+//! its own, and the whole new chain builds and evaluates a smoke order without failing;
+//! then one compare-and-set activates the new version in the registry, which every
+//! worker follows. Also here: where a deployed rule goes in the chain ([`Placement`]) and
+//! which version a rollback returns to ([`rollback_target`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use order_rules_engine::{Isolation, Order, RuleChain, RuleSpec, Status as EvalStatus, runner};
+
+use super::live::{LiveRuleset, rule_ref};
+use super::versions::{ActivateError, Expect, RuleRef, RulesetBody, RulesetRecord};
+use crate::domain::now_unix_ms;
+
+/// Why a change to the live ruleset did not happen. The gRPC layer maps each kind to one
+/// status code (`grpc::status`).
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    /// The request itself is wrong (the plugin is not a usable component): fix the input.
+    #[error("{0}")]
+    Invalid(String),
+    /// The change was refused by the gate (examples, build, smoke order, placement).
+    #[error("{0}")]
+    Refused(String),
+    /// The version asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// Another change won the compare-and-set; look again and retry.
+    #[error("the active ruleset changed during this call; look again (plugin list) and retry")]
+    Conflict,
+    /// The registry could not be reached.
+    #[error("registry unavailable: {0:#}")]
+    Unavailable(anyhow::Error),
+    /// A gate task panicked.
+    #[error("the gate failed: {0}")]
+    Internal(String),
+}
+
+/// Where a deployed rule goes in the active chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// Before the rule of this name.
+    Before(String),
+    /// After the rule of this name.
+    After(String),
+    /// In place of the rule of this name.
+    Replace(String),
+    /// In place of the rule of the same name, or at the end.
+    SameNameOrEnd,
+}
+
+/// An example a deploy must pass: the order and its expectation, as JSON text.
+#[derive(Debug, Clone)]
+pub struct GateExample {
+    /// Its name, for messages.
+    pub name: String,
+    /// The order (the examples/ format).
+    pub order_json: String,
+    /// The expectation (subset match, as `plugin test`).
+    pub expected_json: String,
+}
+
+/// What a deploy asks for.
+#[derive(Debug, Clone)]
+pub struct Deploy {
+    /// The component.
+    pub wasm: Vec<u8>,
+    /// Its config.
+    pub config: BTreeMap<String, String>,
+    /// How its instances are used.
+    pub isolation: Isolation,
+    /// Where it goes.
+    pub placement: Placement,
+    /// Examples it must pass on its own.
+    pub examples: Vec<GateExample>,
+}
+
+/// The version a rollback from `active` returns to: the one before the version it was
+/// based on (or before itself); `None` when there is none.
+pub fn rollback_target(active: &RulesetRecord) -> Option<u64> {
+    active
+        .body
+        .based_on
+        .unwrap_or(active.version)
+        .checked_sub(1)
+        .filter(|v| *v > 0)
+}
+
+/// Puts `entry` (the rule `name`) into `rules` as `placement` says.
+pub fn place(
+    rules: &mut Vec<RuleRef>,
+    entry: RuleRef,
+    placement: &Placement,
+) -> Result<(), GateError> {
+    let name = entry.name.clone();
+    let position_of = |rules: &[RuleRef], target: &str| {
+        rules
+            .iter()
+            .position(|r| r.name == target)
+            .ok_or_else(|| GateError::Refused(format!("the active ruleset has no rule `{target}`")))
+    };
+    match placement {
+        Placement::Before(target) => {
+            let at = position_of(rules, target)?;
+            rules.retain(|r| r.name != name);
+            let at = rules
+                .iter()
+                .position(|r| &r.name == target)
+                .unwrap_or(at.min(rules.len()));
+            rules.insert(at, entry);
+        }
+        Placement::After(target) => {
+            position_of(rules, target)?;
+            rules.retain(|r| r.name != name);
+            let at = rules
+                .iter()
+                .position(|r| &r.name == target)
+                .map_or(rules.len(), |i| i + 1);
+            rules.insert(at, entry);
+        }
+        Placement::Replace(target) => {
+            let at = position_of(rules, target)?;
+            rules[at] = entry;
+        }
+        Placement::SameNameOrEnd => match rules.iter().position(|r| r.name == name) {
+            Some(at) => rules[at] = entry,
+            None => rules.push(entry),
+        },
+    }
+    Ok(())
+}
+
+/// Changes to the live ruleset, gated.
+pub struct Gate {
+    live: Arc<LiveRuleset>,
+}
+
+impl Gate {
+    /// A gate over `live`'s registry and engine.
+    pub fn new(live: Arc<LiveRuleset>) -> Self {
+        Self { live }
+    }
+
+    /// The active version.
+    pub async fn active(&self) -> Result<RulesetRecord, GateError> {
+        self.live
+            .registry()
+            .active()
+            .await
+            .map_err(GateError::Unavailable)?
+            .ok_or_else(|| GateError::Refused("no ruleset is active yet".into()))
+    }
+
+    /// Every version, newest first, with the active version number.
+    pub async fn history(&self) -> Result<(Vec<RulesetRecord>, Option<u64>), GateError> {
+        let registry = self.live.registry();
+        let active = registry
+            .active_version()
+            .await
+            .map_err(GateError::Unavailable)?;
+        let versions = registry.history().await.map_err(GateError::Unavailable)?;
+        Ok((versions, active))
+    }
+
+    /// Deploys a rule through the gate; answers the active version afterwards (the same
+    /// one when the deploy changes nothing).
+    pub async fn deploy(&self, deploy: Deploy) -> Result<RulesetRecord, GateError> {
+        let engine = self.live.engine().clone();
+        let wasm = deploy.wasm;
+        let plugin = tokio::task::spawn_blocking(move || engine.load(&wasm))
+            .await
+            .map_err(|e| GateError::Internal(e.to_string()))?
+            .map_err(|e| GateError::Invalid(format!("plugin refused: {e}")))?;
+        let spec = RuleSpec {
+            plugin: Arc::clone(&plugin),
+            config: deploy.config.into_iter().collect(),
+            isolation: deploy.isolation,
+        };
+
+        // Gate 1: the plugin alone takes its config and passes its examples.
+        let alone = spec.clone();
+        let examples = deploy.examples;
+        tokio::task::spawn_blocking(move || passes_examples(alone, &examples))
+            .await
+            .map_err(|e| GateError::Internal(e.to_string()))?
+            .map_err(|message| GateError::Refused(format!("deploy refused: {message}")))?;
+
+        let active = self.active().await?;
+        let mut rules = active.body.rules.clone();
+        place(&mut rules, rule_ref(&spec), &deploy.placement)?;
+        if rules == active.body.rules {
+            // Identical digest and config in the same place: nothing to do.
+            return Ok(active);
+        }
+
+        // Gate 2: the whole new chain builds and a smoke order does not fail.
+        self.live
+            .registry()
+            .put_plugin(plugin.digest(), plugin.bytes())
+            .await
+            .map_err(GateError::Unavailable)?;
+        self.builds_and_decides(&rules, "deploy refused: the new ruleset")
+            .await?;
+        let body = RulesetBody {
+            rules,
+            reason: format!("deploy {} {}", plugin.name(), plugin.info().version),
+            based_on: None,
+            created_at_unix_ms: now_unix_ms(),
+        };
+        self.switch(body, active.version).await
+    }
+
+    /// Activates the contents of `version` as a new version.
+    pub async fn activate(&self, version: u64) -> Result<RulesetRecord, GateError> {
+        let active = self.active().await?;
+        let target = self.version(version).await?;
+        if target.body.rules == active.body.rules {
+            return Ok(active);
+        }
+        self.live.build(&target.body.rules).await.map_err(|e| {
+            GateError::Refused(format!("version {version} does not build here: {e:#}"))
+        })?;
+        let body = RulesetBody {
+            rules: target.body.rules,
+            reason: format!("activate {version}"),
+            based_on: Some(version),
+            created_at_unix_ms: now_unix_ms(),
+        };
+        self.switch(body, active.version).await
+    }
+
+    /// Returns to the [`rollback_target`] of the active version.
+    pub async fn rollback(&self) -> Result<RulesetRecord, GateError> {
+        let active = self.active().await?;
+        let target = rollback_target(&active).ok_or_else(|| {
+            GateError::Refused(format!(
+                "version {} has no earlier version to roll back to",
+                active.version
+            ))
+        })?;
+        let record = self.version(target).await?;
+        let body = RulesetBody {
+            rules: record.body.rules,
+            reason: format!("rollback to {target}"),
+            based_on: Some(target),
+            created_at_unix_ms: now_unix_ms(),
+        };
+        self.switch(body, active.version).await
+    }
+
+    /// Takes a failing rule out (the quarantine): restores the [`rollback_target`] of
+    /// `version` if `version` is still active; the reason goes into the history. Answers
+    /// the new version, or `None` when another change came first.
+    pub async fn take_out(
+        &self,
+        version: u64,
+        digest: &str,
+        reason: impl FnOnce(u64) -> String,
+    ) -> Result<Option<u64>, GateError> {
+        let current = self.version(version).await?;
+        let target = rollback_target(&current).ok_or_else(|| {
+            GateError::Refused(format!(
+                "version {version} has no earlier version to restore"
+            ))
+        })?;
+        let restored = self.version(target).await?;
+        if restored.body.rules.iter().any(|r| r.digest == digest) {
+            return Err(GateError::Refused(format!(
+                "version {target} has the same plugin"
+            )));
+        }
+        let body = RulesetBody {
+            rules: restored.body.rules,
+            reason: reason(target),
+            based_on: Some(target),
+            created_at_unix_ms: now_unix_ms(),
+        };
+        match self.switch(body, version).await {
+            Ok(record) => Ok(Some(record.version)),
+            // Another worker took it out first, or an operator changed the ruleset.
+            Err(GateError::Conflict) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn version(&self, version: u64) -> Result<RulesetRecord, GateError> {
+        self.live
+            .registry()
+            .get(version)
+            .await
+            .map_err(GateError::Unavailable)?
+            .ok_or_else(|| {
+                GateError::NotFound(format!("version: there is no ruleset version {version}"))
+            })
+    }
+
+    async fn builds_and_decides(&self, rules: &[RuleRef], what: &str) -> Result<(), GateError> {
+        let chain = self
+            .live
+            .build(rules)
+            .await
+            .map_err(|e| GateError::Refused(format!("{what} does not build: {e:#}")))?;
+        let smoke = tokio::task::spawn_blocking(move || {
+            chain.evaluate(&Order::single_item("smoke-test", "book", 100, "USD"))
+        })
+        .await
+        .map_err(|e| GateError::Internal(e.to_string()))?;
+        if smoke.status == EvalStatus::Failed {
+            let error = smoke.error.map(|e| e.to_string()).unwrap_or_default();
+            return Err(GateError::Refused(format!(
+                "deploy refused: a smoke order failed: {error}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Activates `body` if `expect` is still the active version, and switches this
+    /// process at once.
+    async fn switch(&self, body: RulesetBody, expect: u64) -> Result<RulesetRecord, GateError> {
+        let version = match self
+            .live
+            .registry()
+            .activate(&body, Expect::Version(expect))
+            .await
+        {
+            Ok(version) => version,
+            Err(ActivateError::Conflict(_)) => return Err(GateError::Conflict),
+            Err(ActivateError::Store(e)) => return Err(GateError::Unavailable(e)),
+        };
+        tracing::info!(version, reason = %body.reason, "ruleset activated");
+        if let Err(e) = self.live.refresh().await {
+            tracing::warn!(error = %format!("{e:#}"), "this process could not switch yet; it will retry");
+        }
+        Ok(RulesetRecord { version, body })
+    }
+}
+
+/// Gate 1: `spec` alone takes its config and passes every example.
+fn passes_examples(spec: RuleSpec, examples: &[GateExample]) -> Result<(), String> {
+    let chain = RuleChain::new(vec![spec]).map_err(|e| e.to_string())?;
+    for example in examples {
+        let order: Order = serde_json::from_str(&example.order_json)
+            .map_err(|e| format!("example `{}`: not an order: {e}", example.name))?;
+        let expected: serde_json::Value = serde_json::from_str(&example.expected_json)
+            .map_err(|e| format!("example `{}`: expectation is not JSON: {e}", example.name))?;
+        let actual = serde_json::to_value(chain.evaluate(&order)).map_err(|e| e.to_string())?;
+        if let Some(m) = runner::compare(&expected, &actual).first() {
+            let got = m
+                .actual
+                .as_ref()
+                .map_or("(missing)".to_string(), ToString::to_string);
+            return Err(format!(
+                "example `{}` failed: {}: expected {}, got {got}",
+                example.name, m.path, m.expected
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn rule(name: &str) -> RuleRef {
+        RuleRef {
+            name: name.into(),
+            version: "1".into(),
+            digest: format!("{name}-digest"),
+            config: Vec::new(),
+            isolation: Isolation::Fresh,
+        }
+    }
+
+    fn names(rules: &[RuleRef]) -> Vec<&str> {
+        rules.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    #[test]
+    fn placement_before_after_replace_and_by_name() {
+        let base = vec![rule("a"), rule("b"), rule("c")];
+        let mut rules = base.clone();
+        place(&mut rules, rule("x"), &Placement::Before("b".into())).unwrap();
+        assert_eq!(names(&rules), ["a", "x", "b", "c"]);
+        // Moving an existing rule after another one keeps one copy of it.
+        place(&mut rules, rule("a"), &Placement::After("c".into())).unwrap();
+        assert_eq!(names(&rules), ["x", "b", "c", "a"]);
+        place(&mut rules, rule("y"), &Placement::Replace("b".into())).unwrap();
+        assert_eq!(names(&rules), ["x", "y", "c", "a"]);
+        place(&mut rules, rule("z"), &Placement::SameNameOrEnd).unwrap();
+        assert_eq!(names(&rules), ["x", "y", "c", "a", "z"]);
+        let mut newer = rule("c");
+        newer.version = "2".into();
+        place(&mut rules, newer, &Placement::SameNameOrEnd).unwrap();
+        assert_eq!(rules[2].version, "2");
+        let err = place(&mut rules, rule("q"), &Placement::After("nope".into())).unwrap_err();
+        assert!(err.to_string().contains("`nope`"), "{err}");
+    }
+
+    #[test]
+    fn rollback_goes_before_the_version_a_record_is_based_on() {
+        let record = |version, based_on| RulesetRecord {
+            version,
+            body: RulesetBody {
+                rules: Vec::new(),
+                reason: String::new(),
+                based_on,
+                created_at_unix_ms: 0,
+            },
+        };
+        assert_eq!(rollback_target(&record(5, None)), Some(4));
+        assert_eq!(rollback_target(&record(7, Some(3))), Some(2));
+        assert_eq!(rollback_target(&record(1, None)), None);
+        assert_eq!(rollback_target(&record(4, Some(1))), None);
+    }
+}
