@@ -371,7 +371,7 @@ async fn rollback_and_activate_make_new_versions_with_old_contents() {
 async fn admin_refuses_a_public_address_without_a_token() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = embedded_config(dir.path());
-    config.admin_addr = "0.0.0.0:0".into();
+    config.admin_addr = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
     let err = app::start(Role::All, &config).await.err().unwrap();
     assert!(format!("{err:#}").contains("ADMIN_TOKEN"), "{err:#}");
 }

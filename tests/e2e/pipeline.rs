@@ -436,7 +436,7 @@ async fn aborted_worker_loses_nothing_when_another_takes_over() {
     let mut slow_config = config.clone();
     slow_config.ruleset = Some(slow);
     slow_config.limits.fuel = 1_000_000_000;
-    slow_config.limits.deadline_ms = 5_000;
+    slow_config.limits.deadline = Duration::from_secs(5);
     let worker = app::start(Role::Worker, &slow_config).await.unwrap();
     let mut orders = order_client(front.order_addr.unwrap()).await;
     let mut cache = cache_client(reader.cache_addr.unwrap()).await;

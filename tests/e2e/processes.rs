@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use order_pipeline::app::{self, Role};
 use order_pipeline::config::Config;
+
+use crate::support::LOOPBACK_ANY_PORT;
 use order_pipeline::proto::cache_service_client::CacheServiceClient;
 use order_pipeline::proto::order_service_client::OrderServiceClient;
 use order_pipeline::proto::{CreateOrdersRequest, OrderRequest, ResultRequest};
@@ -28,8 +30,8 @@ fn config_for(prefix: &str, redis: String, kafka: String) -> (u128, Config) {
         dlq_topic: format!("{prefix}-dlq-{stamp}"),
         worker_group: format!("{prefix}-group-{stamp}"),
         kafka_partitions: 2,
-        order_service_addr: "127.0.0.1:0".into(),
-        cache_service_addr: "127.0.0.1:0".into(),
+        order_service_addr: LOOPBACK_ANY_PORT,
+        cache_service_addr: LOOPBACK_ANY_PORT,
         ..Config::default()
     };
     (stamp, config)

@@ -10,10 +10,12 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use order_pipeline::app::Role;
-use order_pipeline::config::{Config, LimitArgs};
 
 mod commands;
+mod config_args;
 mod loadgen;
+
+use config_args::{ConfigArgs, LimitArgs};
 
 use commands::client::{get, health, load, submit};
 pub use commands::serve::shutdown_signal;
@@ -32,26 +34,51 @@ pub const EXIT_USAGE: i32 = 2;
 pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Log format on stderr: `text`, or `json` for machines (`RUST_LOG` filters).
+    #[arg(long, global = true, env = "LOG_FORMAT", value_enum, ignore_case = true, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logs go to stderr; `RUST_LOG` filters (default `info`).
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
 }
 
 /// The pipeline's configuration alone, for `order-pipeline` without a command.
 #[derive(Debug, Parser)]
 struct RunOnly {
     #[command(flatten)]
-    config: Config,
+    config: ConfigArgs,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Runs every role in one process (the default). Without KAFKA_BROKERS and REDIS_ADDR
     /// it uses the embedded log and store in DATA_DIR.
-    Run(Config),
+    Run(ConfigArgs),
     /// Runs the OrderService (gRPC, ORDER_SERVICE_ADDR) publishing to Kafka.
-    OrderService(Config),
+    OrderService(ConfigArgs),
     /// Runs a worker: consumes Kafka, applies the ruleset, writes results to Redis.
-    Worker(Config),
+    Worker(ConfigArgs),
     /// Runs the CacheService (gRPC, CACHE_SERVICE_ADDR) reading results from Redis.
-    CacheService(Config),
+    CacheService(ConfigArgs),
     /// Submits one order to the OrderService and prints the answer.
     Submit(SubmitArgs),
     /// Prints the result of an order from the CacheService.
@@ -114,6 +141,9 @@ struct BenchArgs {
     /// Also draw the latency distribution (CDF and latency over time) into this PNG.
     #[arg(long, value_name = "FILE.png")]
     plot: Option<PathBuf>,
+    /// TrueType font of the plot's labels [default: the first of the usual system fonts].
+    #[arg(long, env = "PLOT_FONT", value_name = "FONT.ttf")]
+    plot_font: Option<PathBuf>,
 }
 
 fn parse_seconds(raw: &str) -> Result<std::time::Duration, String> {
@@ -317,8 +347,26 @@ fn parse_key_value(raw: &str) -> Result<(String, String), String> {
 }
 
 /// Runs the command line `args` (program name first), writing to `out` and `err`;
-/// returns the process exit code.
+/// returns the process exit code. Sets up no logging (tests call it many times): the
+/// binary calls [`main`].
 pub fn run<I, T>(args: I, out: &mut dyn Write, err: &mut dyn Write) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    run_with(args, out, err, false)
+}
+
+/// [`run`] for the binary: logs go to stderr as `--log-format` (`LOG_FORMAT`) says.
+pub fn main<I, T>(args: I, out: &mut dyn Write, err: &mut dyn Write) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    run_with(args, out, err, true)
+}
+
+fn run_with<I, T>(args: I, out: &mut dyn Write, err: &mut dyn Write, logging: bool) -> i32
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
@@ -336,6 +384,9 @@ where
             return code;
         }
     };
+    if logging {
+        init_tracing(cli.log_format);
+    }
     match execute(cli, out) {
         Ok(code) => code,
         Err(message) => {
@@ -354,10 +405,10 @@ fn execute(cli: Cli, out: &mut dyn Write) -> Result<i32, String> {
         }
     };
     let command = match command {
-        Command::Run(config) => return serve(Role::All, &config),
-        Command::OrderService(config) => return serve(Role::OrderService, &config),
-        Command::Worker(config) => return serve(Role::Worker, &config),
-        Command::CacheService(config) => return serve(Role::CacheService, &config),
+        Command::Run(config) => return serve(Role::All, config),
+        Command::OrderService(config) => return serve(Role::OrderService, config),
+        Command::Worker(config) => return serve(Role::Worker, config),
+        Command::CacheService(config) => return serve(Role::CacheService, config),
         Command::Submit(args) => return runtime()?.block_on(submit(args, out)),
         Command::Get(args) => return runtime()?.block_on(get(args, out)),
         Command::Bench(args) => return runtime()?.block_on(load(args, out)),

@@ -127,7 +127,7 @@ impl Running {
 
 /// Starts `role` with `config`.
 pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
-    config.validate().map_err(anyhow::Error::msg)?;
+    config.validate()?;
     let kafka_brokers = config
         .kafka_brokers
         .as_deref()
@@ -167,7 +167,11 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
                 config.kafka_replication,
             )
             .await?;
-            Some(kafka::producer(brokers, produce_timeout)?)
+            Some(kafka::producer(
+                brokers,
+                config.kafka_debug.as_deref(),
+                produce_timeout,
+            )?)
         }
         _ => None,
     };
@@ -218,6 +222,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
             (None, Some(producer), Some(store), Some(brokers)) => {
                 let worker_config = KafkaWorkerConfig {
                     brokers: brokers.to_string(),
+                    debug: config.kafka_debug.clone(),
                     topic: config.kafka_topic.clone(),
                     dlq_topic: config.dlq_topic.clone(),
                     group: config.worker_group.clone(),
@@ -244,7 +249,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
             )),
             _ => anyhow::bail!("the OrderService has no log (a bug in start-up)"),
         };
-        let listener = bind("ORDER_SERVICE_ADDR", config.order_service_socket()).await?;
+        let listener = bind("ORDER_SERVICE_ADDR", config.order_service_addr).await?;
         order_addr = Some(listener.local_addr()?);
         let routes = Routes::new(OrderServiceServer::new(OrderApi::new(publisher)));
         let stop = shutdown.clone();
@@ -265,7 +270,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         let Some(store) = store.clone() else {
             anyhow::bail!("the CacheService has no store (a bug in start-up)");
         };
-        let listener = bind("CACHE_SERVICE_ADDR", config.cache_service_socket()).await?;
+        let listener = bind("CACHE_SERVICE_ADDR", config.cache_service_addr).await?;
         cache_addr = Some(listener.local_addr()?);
         let routes = Routes::new(CacheServiceServer::new(CacheApi::new(store)));
         let stop = shutdown.clone();
@@ -283,7 +288,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
 
     let mut admin_addr = None;
     if let Some(live) = &live_ruleset {
-        let addr = config.admin_socket().map_err(anyhow::Error::msg)?;
+        let addr = config.admin_addr;
         let token = config.admin_token.clone().filter(|t| !t.is_empty());
         if token.is_none() {
             if !addr.ip().is_loopback() {
@@ -293,7 +298,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
             }
             tracing::warn!(%addr, "admin API without ADMIN_TOKEN: anyone on this host can deploy rules");
         }
-        let listener = bind("ADMIN_ADDR", Ok(addr)).await?;
+        let listener = bind("ADMIN_ADDR", addr).await?;
         admin_addr = Some(listener.local_addr()?);
         let service = AdminServiceServer::with_interceptor(
             AdminApi::new(Arc::clone(live)),
@@ -341,8 +346,7 @@ fn worker_name(config: &Config) -> String {
     }
 }
 
-async fn bind(name: &str, addr: Result<SocketAddr, String>) -> anyhow::Result<TcpListener> {
-    let addr = addr.map_err(anyhow::Error::msg)?;
+async fn bind(name: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} ({name}); is it in use?"))
@@ -350,8 +354,8 @@ async fn bind(name: &str, addr: Result<SocketAddr, String>) -> anyhow::Result<Tc
 
 /// Loads the configured ruleset (or the default) with the configured limits.
 async fn load_chain(config: &Config) -> anyhow::Result<(Engine, RuleChain)> {
-    let limits = config.limits.limits();
-    let native = config.limits.native_baseline;
+    let limits = config.limits.clone();
+    let native = config.native_baseline;
     let path = config.ruleset.clone();
     tokio::task::spawn_blocking(move || {
         if native {

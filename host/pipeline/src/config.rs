@@ -1,132 +1,89 @@
-//! Configuration of the pipeline roles: flags, environment variables (the Go system's
-//! names) and a `.env` file (read by `main`), each with a default; checked at start-up.
+//! Configuration of the pipeline roles, typed and checked once: addresses are socket
+//! addresses, limits are the engine's [`Limits`]. The binary fills it from flags, the
+//! environment (the Go system's names) and a `.env` file (`host/cli`); the library
+//! reads no environment variable itself.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use clap::Args;
+use order_rules_engine::Limits;
 
-use order_rules_engine::{Limits, limits};
+/// A configuration value that is not usable; the message names the variable and what
+/// to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
 
 /// Everything the roles need.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone)]
 pub struct Config {
-    /// Kafka bootstrap servers (`host:port,...`). Unset: the embedded log in DATA_DIR.
-    #[arg(long, env = "KAFKA_BROKERS")]
+    /// Kafka bootstrap servers (`host:port,...`). `None`: the embedded log in `data_dir`.
     pub kafka_brokers: Option<String>,
+    /// librdkafka debug contexts (`KAFKA_DEBUG`, e.g. `cgrp,topic,fetch`), logged
+    /// through `tracing` at target `librdkafka`.
+    pub kafka_debug: Option<String>,
     /// Topic of accepted orders.
-    #[arg(long, env = "KAFKA_TOPIC", default_value = "orders")]
     pub kafka_topic: String,
     /// Dead-letter topic.
-    #[arg(long, env = "DLQ_TOPIC", default_value = "orders-dlq")]
     pub dlq_topic: String,
     /// Consumer group of the workers.
-    #[arg(long, env = "WORKER_GROUP", default_value = "worker-group")]
     pub worker_group: String,
-    /// Static consumer-group membership id of this worker (e.g. the pod name). A worker
-    /// restarted with the same id takes its partitions back at once; without one, the
-    /// group waits for the broker to notice the old member is gone.
-    #[arg(long, env = "WORKER_INSTANCE_ID")]
+    /// Static consumer-group membership id of this worker, if any.
     pub worker_instance_id: Option<String>,
     /// Partitions of the order topic when this process creates it.
-    #[arg(long, env = "KAFKA_PARTITIONS", default_value_t = 4)]
     pub kafka_partitions: i32,
     /// Replication factor of topics this process creates.
-    #[arg(long, env = "KAFKA_REPLICATION", default_value_t = 1)]
     pub kafka_replication: i32,
-    /// Redis address (`host:port` or `redis://...`). Unset: the embedded store in DATA_DIR.
-    #[arg(long, env = "REDIS_ADDR")]
+    /// Redis address (`host:port` or `redis://...`). `None`: the embedded store.
     pub redis_addr: Option<String>,
     /// Listen address of the OrderService.
-    #[arg(long, env = "ORDER_SERVICE_ADDR", default_value = "0.0.0.0:50051")]
-    pub order_service_addr: String,
+    pub order_service_addr: SocketAddr,
     /// Listen address of the CacheService.
-    #[arg(long, env = "CACHE_SERVICE_ADDR", default_value = "0.0.0.0:50052")]
-    pub cache_service_addr: String,
-    /// Listen address of the AdminService (deploy, activate, roll back rules); served by
-    /// processes that run a worker.
-    #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:50053")]
-    pub admin_addr: String,
-    /// Bearer token the AdminService requires; required unless ADMIN_ADDR is loopback.
-    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub cache_service_addr: SocketAddr,
+    /// Listen address of the AdminService (processes that run a worker).
+    pub admin_addr: SocketAddr,
+    /// Bearer token the AdminService requires; required unless `admin_addr` is loopback.
     pub admin_token: Option<String>,
     /// Directory of the embedded log and store.
-    #[arg(long, env = "DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
-    /// Ruleset file (TOML); unset: the default ruleset built into the binary.
-    #[arg(long, env = "RULESET")]
+    /// Ruleset file (TOML); `None`: the default ruleset built into the binary.
     pub ruleset: Option<PathBuf>,
     /// Currency of orders that give none (the Go API's orders).
-    #[arg(long, env = "DEFAULT_CURRENCY", default_value = "USD")]
     pub default_currency: String,
     /// Retries of an order whose rule answered `retryable`.
-    #[arg(long, env = "MAX_RETRIES", default_value_t = 3)]
     pub max_retries: u32,
     /// Pause before the first retry, in ms; doubles on each retry.
-    #[arg(long, env = "RETRY_BACKOFF_MS", default_value_t = 200)]
     pub retry_backoff_ms: u64,
-    /// A rule that fails (trap, limits, malformed outcome) on more than this many of its
-    /// last QUARANTINE_WINDOW orders is taken out: the previous ruleset is restored.
-    #[arg(long, env = "QUARANTINE_FAILURES", default_value_t = 5)]
+    /// Failures of a rule within `quarantine_window` orders that take it out.
     pub quarantine_failures: usize,
-    /// How many of a rule's latest orders QUARANTINE_FAILURES counts over.
-    #[arg(long, env = "QUARANTINE_WINDOW", default_value_t = 20)]
+    /// How many of a rule's latest orders `quarantine_failures` counts over.
     pub quarantine_window: usize,
     /// How long the OrderService waits for the broker's acknowledgement, in ms.
-    #[arg(long, env = "PRODUCE_TIMEOUT_MS", default_value_t = 5000)]
     pub produce_timeout_ms: u64,
     /// Limits of every plugin call.
-    #[command(flatten)]
-    pub limits: LimitArgs,
-}
-
-/// Limits every plugin call is held to.
-#[derive(Debug, Clone, Args)]
-pub struct LimitArgs {
-    /// Fuel (about one unit per wasm instruction) per plugin call.
-    #[arg(long, env = "PLUGIN_FUEL", default_value_t = limits::DEFAULT_FUEL)]
-    pub fuel: u64,
-    /// Wall-clock deadline per plugin call, in milliseconds.
-    #[arg(long, env = "PLUGIN_DEADLINE_MS", default_value_t = limits::DEFAULT_DEADLINE.as_millis() as u64)]
-    pub deadline_ms: u64,
-    /// Memory cap per plugin instance, in MiB.
-    #[arg(long, env = "PLUGIN_MEMORY_MIB", default_value_t = limits::DEFAULT_MEMORY_BYTES >> 20)]
-    pub memory_mib: usize,
-    /// Benchmark baseline, not for production: run the built-in rules compiled into the
-    /// binary instead of as isolated Wasm components, to measure what Wasm costs.
-    #[arg(long, env = "NATIVE_RULES_BASELINE")]
+    pub limits: Limits,
+    /// Benchmark baseline, never for production: the built-in rules run compiled into
+    /// the binary instead of as isolated Wasm components.
     pub native_baseline: bool,
 }
 
-impl Default for LimitArgs {
-    fn default() -> Self {
-        Self {
-            fuel: limits::DEFAULT_FUEL,
-            deadline_ms: limits::DEFAULT_DEADLINE.as_millis() as u64,
-            memory_mib: limits::DEFAULT_MEMORY_BYTES >> 20,
-            native_baseline: false,
-        }
-    }
-}
-
-impl LimitArgs {
-    /// As engine limits.
-    pub fn limits(&self) -> Limits {
-        Limits {
-            fuel: self.fuel,
-            deadline: Duration::from_millis(self.deadline_ms),
-            memory_bytes: self.memory_mib.saturating_mul(1 << 20),
-            ..Limits::default()
-        }
-    }
-}
+/// The documented defaults of the listen addresses (the Go system's ports).
+pub const DEFAULT_ORDER_SERVICE_ADDR: &str = "0.0.0.0:50051";
+/// See [`DEFAULT_ORDER_SERVICE_ADDR`].
+pub const DEFAULT_CACHE_SERVICE_ADDR: &str = "0.0.0.0:50052";
+/// See [`DEFAULT_ORDER_SERVICE_ADDR`].
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:50053";
 
 impl Default for Config {
     /// The documented defaults, ignoring the environment.
     fn default() -> Self {
+        let addr = |text: &str| {
+            text.parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+        };
         Self {
             kafka_brokers: None,
+            kafka_debug: None,
             kafka_topic: "orders".into(),
             dlq_topic: "orders-dlq".into(),
             worker_group: "worker-group".into(),
@@ -134,9 +91,9 @@ impl Default for Config {
             kafka_partitions: 4,
             kafka_replication: 1,
             redis_addr: None,
-            order_service_addr: "0.0.0.0:50051".into(),
-            cache_service_addr: "0.0.0.0:50052".into(),
-            admin_addr: "127.0.0.1:50053".into(),
+            order_service_addr: addr(DEFAULT_ORDER_SERVICE_ADDR),
+            cache_service_addr: addr(DEFAULT_CACHE_SERVICE_ADDR),
+            admin_addr: addr(DEFAULT_ADMIN_ADDR),
             admin_token: None,
             data_dir: PathBuf::from("data"),
             ruleset: None,
@@ -146,31 +103,30 @@ impl Default for Config {
             quarantine_failures: 5,
             quarantine_window: 20,
             produce_timeout_ms: 5000,
-            limits: LimitArgs::default(),
+            limits: Limits::default(),
+            native_baseline: false,
         }
     }
 }
 
 impl Config {
     /// Checks every value; the message names the variable and what to fix.
-    pub fn validate(&self) -> Result<(), String> {
-        self.order_service_socket()?;
-        self.cache_service_socket()?;
-        self.admin_socket()?;
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |message: String| Err(ConfigError(message));
         for (name, value) in [
             ("KAFKA_TOPIC", &self.kafka_topic),
             ("DLQ_TOPIC", &self.dlq_topic),
             ("WORKER_GROUP", &self.worker_group),
         ] {
             if value.trim().is_empty() {
-                return Err(format!("{name} must not be empty"));
+                return fail(format!("{name} must not be empty"));
             }
         }
         if self.kafka_topic == self.dlq_topic {
-            return Err("KAFKA_TOPIC and DLQ_TOPIC must differ".into());
+            return fail("KAFKA_TOPIC and DLQ_TOPIC must differ".into());
         }
         if self.kafka_partitions < 1 || self.kafka_replication < 1 {
-            return Err("KAFKA_PARTITIONS and KAFKA_REPLICATION must be at least 1".into());
+            return fail("KAFKA_PARTITIONS and KAFKA_REPLICATION must be at least 1".into());
         }
         if self.default_currency.len() != 3
             || !self
@@ -178,49 +134,37 @@ impl Config {
                 .bytes()
                 .all(|b| b.is_ascii_uppercase())
         {
-            return Err(format!(
+            return fail(format!(
                 "DEFAULT_CURRENCY `{}` is not an ISO 4217 code such as USD",
                 self.default_currency
             ));
         }
         if self.quarantine_window == 0 || self.quarantine_failures >= self.quarantine_window {
-            return Err(format!(
+            return fail(format!(
                 "QUARANTINE_FAILURES ({}) must be below QUARANTINE_WINDOW ({}), which must be at least 1",
                 self.quarantine_failures, self.quarantine_window
             ));
         }
         if self.produce_timeout_ms == 0 {
-            return Err("PRODUCE_TIMEOUT_MS must be at least 1".into());
+            return fail("PRODUCE_TIMEOUT_MS must be at least 1".into());
         }
-        self.limits.limits().validate()
-    }
-
-    /// The OrderService listen address.
-    pub fn order_service_socket(&self) -> Result<SocketAddr, String> {
-        parse_listen("ORDER_SERVICE_ADDR", &self.order_service_addr)
-    }
-
-    /// The AdminService listen address.
-    pub fn admin_socket(&self) -> Result<SocketAddr, String> {
-        parse_listen("ADMIN_ADDR", &self.admin_addr)
-    }
-
-    /// The CacheService listen address.
-    pub fn cache_service_socket(&self) -> Result<SocketAddr, String> {
-        parse_listen("CACHE_SERVICE_ADDR", &self.cache_service_addr)
+        self.limits.validate().map_err(ConfigError)
     }
 }
 
-/// Parses a listen address; Go's `:50051` form means every interface.
-fn parse_listen(name: &str, value: &str) -> Result<SocketAddr, String> {
+/// Parses a listen address of variable `name`; Go's `:50051` form means every interface.
+pub fn parse_listen(name: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     let value = value.trim();
     let full = if value.starts_with(':') {
         format!("0.0.0.0{value}")
     } else {
         value.to_string()
     };
-    full.parse()
-        .map_err(|_| format!("{name} `{value}` is not a listen address such as 0.0.0.0:50051"))
+    full.parse().map_err(|_| {
+        ConfigError(format!(
+            "{name} `{value}` is not a listen address such as 0.0.0.0:50051"
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -231,8 +175,9 @@ mod tests {
     fn defaults_are_the_go_systems() {
         let config = Config::default();
         assert_eq!(config.validate(), Ok(()));
-        assert_eq!(config.order_service_socket().unwrap().port(), 50051);
-        assert_eq!(config.cache_service_socket().unwrap().port(), 50052);
+        assert_eq!(config.order_service_addr.port(), 50051);
+        assert_eq!(config.cache_service_addr.port(), 50052);
+        assert_eq!(config.admin_addr.to_string(), DEFAULT_ADMIN_ADDR);
         assert_eq!(
             (config.kafka_topic.as_str(), config.dlq_topic.as_str()),
             ("orders", "orders-dlq")
@@ -247,12 +192,12 @@ mod tests {
             "0.0.0.0:50051"
         );
         let err = parse_listen("ORDER_SERVICE_ADDR", "localhost").unwrap_err();
-        assert!(err.contains("ORDER_SERVICE_ADDR"), "{err}");
+        assert!(err.0.contains("ORDER_SERVICE_ADDR"), "{err}");
         let bad = Config {
             default_currency: "usd".into(),
             ..Config::default()
         };
-        assert!(bad.validate().unwrap_err().contains("DEFAULT_CURRENCY"));
+        assert!(bad.validate().unwrap_err().0.contains("DEFAULT_CURRENCY"));
         let same = Config {
             dlq_topic: "orders".into(),
             ..Config::default()

@@ -6,6 +6,10 @@ use std::sync::Arc;
 use order_rules_engine::Order;
 use order_rules_engine::{Engine, Isolation, Limits, Plugin, RuleChain, RuleSpec};
 
+/// Listen on a free loopback port.
+pub const LOOPBACK_ANY_PORT: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
 /// The repository root (the e2e tests are a test target of `host/cli`).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -139,9 +143,9 @@ pub fn kafka_config(services: &Services) -> order_pipeline::config::Config {
         dlq_topic: unique("orders-dlq"),
         worker_group: unique("worker-group"),
         kafka_partitions: 2,
-        order_service_addr: "127.0.0.1:0".into(),
-        cache_service_addr: "127.0.0.1:0".into(),
-        admin_addr: "127.0.0.1:0".into(),
+        order_service_addr: LOOPBACK_ANY_PORT,
+        cache_service_addr: LOOPBACK_ANY_PORT,
+        admin_addr: LOOPBACK_ANY_PORT,
         retry_backoff_ms: 10,
         produce_timeout_ms: 5000,
         ..order_pipeline::config::Config::default()
@@ -152,9 +156,9 @@ pub fn kafka_config(services: &Services) -> order_pipeline::config::Config {
 pub fn embedded_config(data_dir: &Path) -> order_pipeline::config::Config {
     order_pipeline::config::Config {
         data_dir: data_dir.to_path_buf(),
-        order_service_addr: "127.0.0.1:0".into(),
-        cache_service_addr: "127.0.0.1:0".into(),
-        admin_addr: "127.0.0.1:0".into(),
+        order_service_addr: LOOPBACK_ANY_PORT,
+        cache_service_addr: LOOPBACK_ANY_PORT,
+        admin_addr: LOOPBACK_ANY_PORT,
         retry_backoff_ms: 10,
         ..order_pipeline::config::Config::default()
     }

@@ -119,7 +119,8 @@ pub(crate) async fn load(args: BenchArgs, out: &mut dyn Write) -> Result<i32, St
     };
     write!(out, "{text}").map_err(|e| e.to_string())?;
     if let Some(path) = &args.plot {
-        crate::loadgen::plot::latency_png(path, &report).map_err(|e| format!("{e:#}"))?;
+        crate::loadgen::plot::latency_png(path, &report, args.plot_font.as_deref())
+            .map_err(|e| format!("{e:#}"))?;
         if !args.json {
             writeln!(out, "latency plot: {}", path.display()).map_err(|e| e.to_string())?;
         }

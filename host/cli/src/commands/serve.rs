@@ -1,9 +1,9 @@
 //! `run`, `order-service`, `worker`, `cache-service`: a role until ctrl-c or SIGTERM.
 
 use order_pipeline::app::{self, Role};
-use order_pipeline::config::Config;
 
 use crate::EXIT_OK;
+use crate::config_args::ConfigArgs;
 
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
@@ -13,9 +13,10 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 /// Runs `role` until ctrl-c or SIGTERM, then shuts down gracefully.
-pub(crate) fn serve(role: Role, config: &Config) -> Result<i32, String> {
+pub(crate) fn serve(role: Role, config: ConfigArgs) -> Result<i32, String> {
+    let config = config.into_config().map_err(|e| e.to_string())?;
     runtime()?.block_on(async {
-        let running = app::start(role, config)
+        let running = app::start(role, &config)
             .await
             .map_err(|e| format!("{e:#}"))?;
         running

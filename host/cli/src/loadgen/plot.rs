@@ -32,9 +32,9 @@ const MAX_POINTS: usize = 40_000;
 
 const FONT: &str = "sans-serif";
 
-fn font_path() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("PLOT_FONT") {
-        return Ok(PathBuf::from(path));
+fn font_path(chosen: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = chosen {
+        return Ok(path.to_path_buf());
     }
     FONT_PATHS
         .iter()
@@ -49,12 +49,12 @@ fn font_path() -> anyhow::Result<PathBuf> {
         })
 }
 
-/// Registers the font once per process.
-fn register_font() -> anyhow::Result<()> {
+/// Registers the font (`chosen`, or the first of [`FONT_PATHS`] found) once per process.
+fn register_font(chosen: Option<&Path>) -> anyhow::Result<()> {
     static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
     REGISTERED
         .get_or_init(|| {
-            let path = font_path().map_err(|e| e.to_string())?;
+            let path = font_path(chosen).map_err(|e| e.to_string())?;
             let bytes = std::fs::read(&path)
                 .map_err(|e| format!("cannot read the plot font {}: {e}", path.display()))?;
             // plotters keeps fonts for the life of the process.
@@ -94,9 +94,9 @@ fn err(e: impl std::fmt::Display) -> anyhow::Error {
 }
 
 /// Draws `report`'s latency distribution into the PNG at `path`.
-pub fn latency_png(path: &Path, report: &BenchReport) -> anyhow::Result<()> {
+pub fn latency_png(path: &Path, report: &BenchReport, font: Option<&Path>) -> anyhow::Result<()> {
     anyhow::ensure!(!report.samples.is_empty(), "the run has no samples to plot");
-    register_font()?;
+    register_font(font)?;
     let mut submit: Vec<f64> = report.samples.iter().map(|s| ms(s.submit)).collect();
     let mut readable: Vec<f64> = report
         .samples
@@ -274,7 +274,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("plot-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("latency.png");
-        latency_png(&path, &report).unwrap();
+        latency_png(&path, &report, None).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");

@@ -16,14 +16,12 @@ mod worker;
 
 pub use worker::{KafkaWorkerConfig, run as run_worker};
 
-/// Settings every client shares; `KAFKA_DEBUG` passes librdkafka debug contexts
-/// (e.g. `cgrp,topic,fetch`), logged through `tracing` at target `librdkafka`.
-fn base(brokers: &str) -> ClientConfig {
+/// Settings every client shares; `debug` (`KAFKA_DEBUG`) passes librdkafka debug
+/// contexts (e.g. `cgrp,topic,fetch`), logged through `tracing` at target `librdkafka`.
+fn base(brokers: &str, debug: Option<&str>) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers);
-    if let Ok(debug) = std::env::var("KAFKA_DEBUG")
-        && !debug.is_empty()
-    {
+    if let Some(debug) = debug.filter(|d| !d.is_empty()) {
         config.set("debug", debug);
     }
     config
@@ -39,8 +37,12 @@ pub struct KafkaPublisher {
 
 /// Producer settings: durable (acks=all), idempotent, no compression (the test broker
 /// cannot read snappy), small linger so concurrent orders share a request.
-pub fn producer(brokers: &str, timeout: Duration) -> anyhow::Result<FutureProducer> {
-    base(brokers)
+pub fn producer(
+    brokers: &str,
+    debug: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<FutureProducer> {
+    base(brokers, debug)
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("compression.type", "none")
@@ -143,10 +145,11 @@ pub async fn ensure_topics(
 /// periodically and at shutdown.
 pub fn consumer(
     brokers: &str,
+    debug: Option<&str>,
     group: &str,
     instance_id: Option<&str>,
 ) -> anyhow::Result<StreamConsumer> {
-    let mut config = base(brokers);
+    let mut config = base(brokers, debug);
     if let Some(id) = instance_id.filter(|id| !id.is_empty()) {
         // Static membership: a restarted worker with the same id takes its partitions
         // back at once instead of waiting for the group to notice the old one is gone.

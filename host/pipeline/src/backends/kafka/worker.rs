@@ -56,6 +56,8 @@ where
 pub struct KafkaWorkerConfig {
     /// Bootstrap servers.
     pub brokers: String,
+    /// librdkafka debug contexts, if any.
+    pub debug: Option<String>,
     /// Order topic.
     pub topic: String,
     /// Dead-letter topic.
@@ -79,6 +81,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let consumer = Arc::new(super::consumer(
         &config.brokers,
+        config.debug.as_deref(),
         &config.group,
         config.instance_id.as_deref(),
     )?);

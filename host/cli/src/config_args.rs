@@ -1,0 +1,196 @@
+//! The pipeline's configuration as flags and environment variables (the Go system's
+//! names; a `.env` file is read by `main`), each with its default. The only place the
+//! binary reads the environment: clap does, here. Checked once into the library's typed
+//! [`Config`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use order_pipeline::config::{self, Config, ConfigError, parse_listen};
+use order_rules_engine::{Limits, limits};
+
+/// The roles' configuration as flags and environment variables; [`ConfigArgs::into_config`]
+/// checks it into the library's typed [`Config`].
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ConfigArgs {
+    /// Kafka bootstrap servers (`host:port,...`). Unset: the embedded log in DATA_DIR.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// librdkafka debug contexts (e.g. `cgrp,topic,fetch`), logged at target `librdkafka`.
+    #[arg(long, env = "KAFKA_DEBUG")]
+    pub kafka_debug: Option<String>,
+    /// Topic of accepted orders.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "orders")]
+    pub kafka_topic: String,
+    /// Dead-letter topic.
+    #[arg(long, env = "DLQ_TOPIC", default_value = "orders-dlq")]
+    pub dlq_topic: String,
+    /// Consumer group of the workers.
+    #[arg(long, env = "WORKER_GROUP", default_value = "worker-group")]
+    pub worker_group: String,
+    /// Static consumer-group membership id of this worker (e.g. the pod name). A worker
+    /// restarted with the same id takes its partitions back at once; without one, the
+    /// group waits for the broker to notice the old member is gone.
+    #[arg(long, env = "WORKER_INSTANCE_ID")]
+    pub worker_instance_id: Option<String>,
+    /// Partitions of the order topic when this process creates it.
+    #[arg(long, env = "KAFKA_PARTITIONS", default_value_t = 4)]
+    pub kafka_partitions: i32,
+    /// Replication factor of topics this process creates.
+    #[arg(long, env = "KAFKA_REPLICATION", default_value_t = 1)]
+    pub kafka_replication: i32,
+    /// Redis address (`host:port` or `redis://...`). Unset: the embedded store in DATA_DIR.
+    #[arg(long, env = "REDIS_ADDR")]
+    pub redis_addr: Option<String>,
+    /// Listen address of the OrderService.
+    #[arg(long, env = "ORDER_SERVICE_ADDR", default_value = config::DEFAULT_ORDER_SERVICE_ADDR)]
+    pub order_service_addr: String,
+    /// Listen address of the CacheService.
+    #[arg(long, env = "CACHE_SERVICE_ADDR", default_value = config::DEFAULT_CACHE_SERVICE_ADDR)]
+    pub cache_service_addr: String,
+    /// Listen address of the AdminService (deploy, activate, roll back rules); served by
+    /// processes that run a worker.
+    #[arg(long, env = "ADMIN_ADDR", default_value = config::DEFAULT_ADMIN_ADDR)]
+    pub admin_addr: String,
+    /// Bearer token the AdminService requires; required unless ADMIN_ADDR is loopback.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Directory of the embedded log and store.
+    #[arg(long, env = "DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Ruleset file (TOML); unset: the default ruleset built into the binary.
+    #[arg(long, env = "RULESET")]
+    pub ruleset: Option<PathBuf>,
+    /// Currency of orders that give none (the Go API's orders).
+    #[arg(long, env = "DEFAULT_CURRENCY", default_value = "USD")]
+    pub default_currency: String,
+    /// Retries of an order whose rule answered `retryable`.
+    #[arg(long, env = "MAX_RETRIES", default_value_t = 3)]
+    pub max_retries: u32,
+    /// Pause before the first retry, in ms; doubles on each retry.
+    #[arg(long, env = "RETRY_BACKOFF_MS", default_value_t = 200)]
+    pub retry_backoff_ms: u64,
+    /// A rule that fails (trap, limits, malformed outcome) on more than this many of its
+    /// last QUARANTINE_WINDOW orders is taken out: the previous ruleset is restored.
+    #[arg(long, env = "QUARANTINE_FAILURES", default_value_t = 5)]
+    pub quarantine_failures: usize,
+    /// How many of a rule's latest orders QUARANTINE_FAILURES counts over.
+    #[arg(long, env = "QUARANTINE_WINDOW", default_value_t = 20)]
+    pub quarantine_window: usize,
+    /// How long the OrderService waits for the broker's acknowledgement, in ms.
+    #[arg(long, env = "PRODUCE_TIMEOUT_MS", default_value_t = 5000)]
+    pub produce_timeout_ms: u64,
+    /// Limits of every plugin call.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Limits every plugin call is held to.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct LimitArgs {
+    /// Fuel (about one unit per wasm instruction) per plugin call.
+    #[arg(long, env = "PLUGIN_FUEL", default_value_t = limits::DEFAULT_FUEL)]
+    pub fuel: u64,
+    /// Wall-clock deadline per plugin call, in milliseconds.
+    #[arg(long, env = "PLUGIN_DEADLINE_MS", default_value_t = limits::DEFAULT_DEADLINE.as_millis() as u64)]
+    pub deadline_ms: u64,
+    /// Memory cap per plugin instance, in MiB.
+    #[arg(long, env = "PLUGIN_MEMORY_MIB", default_value_t = limits::DEFAULT_MEMORY_BYTES >> 20)]
+    pub memory_mib: usize,
+    /// Benchmark baseline, not for production: run the built-in rules compiled into the
+    /// binary instead of as isolated Wasm components, to measure what Wasm costs.
+    #[arg(long, env = "NATIVE_RULES_BASELINE")]
+    pub native_baseline: bool,
+}
+
+impl LimitArgs {
+    /// As engine limits.
+    pub(crate) fn limits(&self) -> Limits {
+        Limits {
+            fuel: self.fuel,
+            deadline: Duration::from_millis(self.deadline_ms),
+            memory_bytes: self.memory_mib.saturating_mul(1 << 20),
+            ..Limits::default()
+        }
+    }
+}
+
+impl ConfigArgs {
+    /// The typed configuration: addresses parsed, every value checked; the error names
+    /// the variable to fix.
+    pub(crate) fn into_config(self) -> Result<Config, ConfigError> {
+        let config = Config {
+            order_service_addr: parse_listen("ORDER_SERVICE_ADDR", &self.order_service_addr)?,
+            cache_service_addr: parse_listen("CACHE_SERVICE_ADDR", &self.cache_service_addr)?,
+            admin_addr: parse_listen("ADMIN_ADDR", &self.admin_addr)?,
+            kafka_brokers: self.kafka_brokers,
+            kafka_debug: self.kafka_debug,
+            kafka_topic: self.kafka_topic,
+            dlq_topic: self.dlq_topic,
+            worker_group: self.worker_group,
+            worker_instance_id: self.worker_instance_id,
+            kafka_partitions: self.kafka_partitions,
+            kafka_replication: self.kafka_replication,
+            redis_addr: self.redis_addr,
+            admin_token: self.admin_token,
+            data_dir: self.data_dir,
+            ruleset: self.ruleset,
+            default_currency: self.default_currency,
+            max_retries: self.max_retries,
+            retry_backoff_ms: self.retry_backoff_ms,
+            quarantine_failures: self.quarantine_failures,
+            quarantine_window: self.quarantine_window,
+            produce_timeout_ms: self.produce_timeout_ms,
+            native_baseline: self.limits.native_baseline,
+            limits: self.limits.limits(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Only {
+        #[command(flatten)]
+        config: ConfigArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["order-pipeline"];
+        argv.extend_from_slice(args);
+        Only::try_parse_from(argv).unwrap().config.into_config()
+    }
+
+    #[test]
+    fn flags_become_the_typed_config() {
+        let config = parse(&[
+            "--order-service-addr",
+            ":6000",
+            "--deadline-ms",
+            "250",
+            "--kafka-debug",
+            "cgrp",
+        ])
+        .unwrap();
+        assert_eq!(config.order_service_addr.to_string(), "0.0.0.0:6000");
+        assert_eq!(config.limits.deadline, Duration::from_millis(250));
+        assert_eq!(config.kafka_debug.as_deref(), Some("cgrp"));
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        let err = parse(&["--admin-addr", "localhost"]).unwrap_err();
+        assert!(err.0.contains("ADMIN_ADDR"), "{err}");
+        let err = parse(&["--quarantine-failures", "30"]).unwrap_err();
+        assert!(err.0.contains("QUARANTINE_FAILURES"), "{err}");
+    }
+}
