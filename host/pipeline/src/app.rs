@@ -20,7 +20,7 @@ use order_rules_engine::{Engine, RuleChain};
 
 use crate::backends::embedded::{self, EmbeddedDb};
 use crate::backends::kafka::{self, KafkaWorkerConfig};
-use crate::backends::redis::{RedisRegistry, RedisStore};
+use crate::backends::redis::Redis;
 use crate::config::Config;
 use crate::grpc::admin_service::{AdminApi, TokenCheck};
 use crate::grpc::{self, cache_service::CacheApi, order_service::OrderApi};
@@ -175,25 +175,36 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         }
         _ => None,
     };
-    let store = match (&embedded, redis_addr) {
-        (Some(db), _) => Some(Store::Embedded(Arc::clone(db))),
+    // One Redis connection for the store and the registry, one pub/sub listener.
+    let redis = match (&embedded, redis_addr) {
         (None, Some(addr)) if role.works() || role.serves_results() => {
-            Some(Store::Redis(Box::new(RedisStore::connect(addr).await?)))
+            Some(Redis::connect(addr).await?)
         }
+        _ => None,
+    };
+    let redis_registry = redis
+        .as_ref()
+        .filter(|_| role.works())
+        .map(|r| r.registry(&config.worker_group));
+    let store = match (&embedded, &redis) {
+        (Some(db), _) => Some(Store::Embedded(Arc::clone(db))),
+        (None, Some(redis)) => Some(Store::Redis(Box::new(redis.store()))),
         _ => None,
     };
 
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let mut live_ruleset: Option<Arc<LiveRuleset>> = None;
+    if let Some(redis) = &redis {
+        let listener = redis.listener(redis_registry.as_ref());
+        tasks.spawn(listener.run(shutdown.clone()));
+    }
 
     if role.works() {
         let (engine, seed) = load_chain(config).await?;
-        let registry = match (&embedded, redis_addr) {
+        let registry = match (&embedded, redis_registry) {
             (Some(db), _) => Registry::Embedded(Arc::clone(db)),
-            (None, Some(addr)) => Registry::Redis(Box::new(
-                RedisRegistry::connect(addr, &config.worker_group).await?,
-            )),
+            (None, Some(registry)) => Registry::Redis(Box::new(registry)),
             (None, None) => anyhow::bail!("the worker has no registry (a bug in start-up)"),
         };
         let live = LiveRuleset::start(engine, registry, seed).await?;

@@ -1,14 +1,18 @@
-//! The Redis backend: the result store ([`RedisStore`], Go-compatible `order:<id>` keys)
-//! and the ruleset registry ([`RedisRegistry`]), over one connection helper.
+//! The Redis backend: the result store ([`RedisStore`], Go-compatible `order:<id>` keys),
+//! the ruleset registry ([`RedisRegistry`]) and their one pub/sub [`Listener`], over one
+//! connection ([`Redis`]).
 
+mod pubsub;
 mod registry;
 mod store;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use redis::aio::ConnectionManager;
 
+pub use pubsub::Listener;
 pub use registry::RedisRegistry;
 pub use store::{FALLBACK_POLL, RedisStore, WRITTEN_CHANNEL, full_key, go_key};
 
@@ -35,4 +39,45 @@ pub async fn connect(addr: &str) -> anyhow::Result<(redis::Client, ConnectionMan
     .and_then(|r| r.map_err(anyhow::Error::from))
     .with_context(|| format!("cannot connect to Redis at {addr}"))?;
     Ok((client, connection))
+}
+
+/// One Redis: a client (for pub/sub) and a self-reconnecting connection shared by the
+/// store and the registry.
+#[derive(Clone)]
+pub struct Redis {
+    client: redis::Client,
+    connection: ConnectionManager,
+    waiters: Arc<crate::waiters::Waiters>,
+}
+
+impl Redis {
+    /// Connects to `addr` (`REDIS_ADDR`).
+    pub async fn connect(addr: &str) -> anyhow::Result<Self> {
+        let (client, connection) = connect(addr).await?;
+        Ok(Self {
+            client,
+            connection,
+            waiters: Arc::default(),
+        })
+    }
+
+    /// The result store, its waits woken by this backend's listener.
+    pub fn store(&self) -> RedisStore {
+        RedisStore::new(self.connection.clone(), Arc::clone(&self.waiters))
+    }
+
+    /// The registry of worker group `group`.
+    pub fn registry(&self, group: &str) -> RedisRegistry {
+        RedisRegistry::new(self.connection.clone(), group)
+    }
+
+    /// The one listener of this backend: result announcements, and the ruleset changes
+    /// of `registry` if there is one. Run it with the process's shutdown signal.
+    pub fn listener(&self, registry: Option<&RedisRegistry>) -> Listener {
+        Listener::new(
+            self.client.clone(),
+            Arc::clone(&self.waiters),
+            registry.map(|r| (r.channel(), r.change_sender())),
+        )
+    }
 }

@@ -2,10 +2,7 @@
 //! shared by every group), ruleset versions under the worker group's name, activated by
 //! one compare-and-set script that also publishes the new version.
 
-use std::time::Duration;
-
 use anyhow::Context as _;
-use futures::StreamExt as _;
 use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 
@@ -36,10 +33,10 @@ return v
 /// share one Redis; plugins are shared by digest.
 #[derive(Clone)]
 pub struct RedisRegistry {
-    client: redis::Client,
     connection: ConnectionManager,
     activate: redis::Script,
     namespace: String,
+    changes: watch::Sender<u64>,
 }
 
 impl RedisRegistry {
@@ -57,16 +54,18 @@ impl RedisRegistry {
         format!("pipeline:{}:ruleset-changed", self.namespace)
     }
 
-    /// Connects to Redis at `addr` (as `REDIS_ADDR`) for the rulesets of worker group
-    /// `group`.
-    pub async fn connect(addr: &str, group: &str) -> anyhow::Result<Self> {
-        let (client, connection) = super::connect(addr).await?;
-        Ok(Self {
-            client,
+    pub(super) fn new(connection: ConnectionManager, group: &str) -> Self {
+        Self {
             connection,
             activate: redis::Script::new(ACTIVATE_SCRIPT),
             namespace: group.to_string(),
-        })
+            changes: watch::channel(0).0,
+        }
+    }
+
+    /// Where the listener sends the ruleset versions it hears of.
+    pub(super) fn change_sender(&self) -> watch::Sender<u64> {
+        self.changes.clone()
     }
 }
 
@@ -150,38 +149,9 @@ impl RedisRegistry {
         }
     }
 
-    /// A receiver that changes whenever another version may have become active: a
-    /// pub/sub subscription that reconnects.
+    /// A receiver that changes whenever another version may have become active (fed by
+    /// the backend's [`Listener`](super::Listener)).
     pub fn changes(&self) -> watch::Receiver<u64> {
-        let (tx, rx) = watch::channel(0u64);
-        let client = self.client.clone();
-        let channel = self.channel();
-        tokio::spawn(async move {
-            loop {
-                if tx.is_closed() {
-                    return;
-                }
-                match client.get_async_pubsub().await {
-                    Ok(mut pubsub) => {
-                        if let Err(e) = pubsub.subscribe(&channel).await {
-                            tracing::warn!(error = %e, "cannot subscribe to ruleset changes");
-                        } else {
-                            let mut messages = pubsub.on_message();
-                            while let Some(message) = messages.next().await {
-                                let version: u64 = message.get_payload().unwrap_or(0);
-                                if tx.send(version).is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "ruleset change subscription lost")
-                    }
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        });
-        rx
+        self.changes.subscribe()
     }
 }

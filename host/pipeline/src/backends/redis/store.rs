@@ -2,6 +2,7 @@
 //! `{item, price, status}`), so a Go CacheService can still read it; `order-result:<id>`
 //! beside it holds the full result. Both are written by one Lua script, atomically.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -44,27 +45,29 @@ pub const WRITTEN_CHANNEL: &str = "pipeline:results-written";
 pub const FALLBACK_POLL: Duration = Duration::from_millis(100);
 
 /// A Redis connection (reconnects on its own), the write script, and the waiters woken
-/// by result announcements.
+/// by result announcements (through the backend's [`Listener`](super::Listener)).
 #[derive(Clone)]
 pub struct RedisStore {
-    client: redis::Client,
     connection: ConnectionManager,
     put: redis::Script,
-    waiters: std::sync::Arc<Waiters>,
-    listening: std::sync::Arc<std::sync::OnceLock<()>>,
+    waiters: Arc<Waiters>,
 }
 
 impl RedisStore {
     /// Connects to `addr` (`host:port` as the Go system took it, or a `redis://` URL).
+    /// Without a running [`Listener`](super::Listener) its waits re-read every
+    /// [`FALLBACK_POLL`]; [`Redis::store`](super::Redis::store) makes one that has one.
     pub async fn connect(addr: &str) -> anyhow::Result<Self> {
-        let (client, connection) = connect(addr).await?;
-        Ok(Self {
-            client,
+        let (_, connection) = connect(addr).await?;
+        Ok(Self::new(connection, Arc::default()))
+    }
+
+    pub(super) fn new(connection: ConnectionManager, waiters: Arc<Waiters>) -> Self {
+        Self {
             connection,
             put: redis::Script::new(PUT_SCRIPT),
-            waiters: std::sync::Arc::default(),
-            listening: std::sync::Arc::default(),
-        })
+            waiters,
+        }
     }
 
     /// Writes `result` (both keys, atomically) unless a final result exists.
@@ -126,7 +129,6 @@ impl RedisStore {
         id: &str,
         deadline: tokio::time::Instant,
     ) -> anyhow::Result<Option<OrderResult>> {
-        self.listen();
         let found = loop {
             let woken = self.waiters.register(id);
             if let Some(result) = self.get(id).await? {
@@ -140,36 +142,6 @@ impl RedisStore {
         };
         self.waiters.forget(id);
         Ok(found)
-    }
-
-    /// Subscribes (once per store) to result announcements and wakes the waiters.
-    fn listen(&self) {
-        if self.listening.set(()).is_err() {
-            return;
-        }
-        let client = self.client.clone();
-        let waiters = std::sync::Arc::clone(&self.waiters);
-        tokio::spawn(async move {
-            use futures::StreamExt as _;
-            loop {
-                match client.get_async_pubsub().await {
-                    Ok(mut pubsub) => match pubsub.subscribe(WRITTEN_CHANNEL).await {
-                        Ok(()) => {
-                            let mut messages = pubsub.on_message();
-                            while let Some(message) = messages.next().await {
-                                let ids: String = message.get_payload().unwrap_or_default();
-                                waiters.wake(ids.split('\n'));
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot subscribe to result announcements")
-                        }
-                    },
-                    Err(e) => tracing::warn!(error = %e, "result announcements lost; reconnecting"),
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        });
     }
 
     /// The raw value of a key (for tests and tools).
