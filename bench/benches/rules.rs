@@ -9,7 +9,9 @@ use std::time::Instant;
 
 use criterion::{Criterion, criterion_group};
 use order_builtin_rules as ruleset;
-use order_rules_engine::{Engine, Isolation, Limits, Order, OrderLine, RuleChain, RuleSpec, Status};
+use order_rules_engine::{
+    Engine, Isolation, Limits, Order, OrderLine, RuleChain, RuleSpec, Status,
+};
 use std::path::Path;
 
 fn order(lines: usize) -> Order {

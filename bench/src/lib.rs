@@ -11,7 +11,6 @@ use serde_json::{Value, json};
 use zen_engine::Decision;
 use zen_engine::model::DecisionContent;
 
-
 /// The default ruleset's config of `rule` (e.g. `rule-tax`), as the plugin receives it.
 pub fn config(rule: &str) -> Result<Vec<(String, String)>, String> {
     let file = ruleset::parse(order_builtin_rules::DEFAULT_RULESET, "default")
@@ -21,7 +20,8 @@ pub fn config(rule: &str) -> Result<Vec<(String, String)>, String> {
         .iter()
         .find(|r| r.plugin == format!("builtin:{rule}"))
         .ok_or_else(|| format!("{rule} is not in the default ruleset"))?;
-    ruleset::config_strings(&entry.config).map_err(|(key, message)| format!("{rule}.{key}: {message}"))
+    ruleset::config_strings(&entry.config)
+        .map_err(|(key, message)| format!("{rule}.{key}: {message}"))
 }
 
 fn key<'a>(config: &'a [(String, String)], name: &str) -> Result<&'a str, String> {

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
+mod contract;
 mod deploy;
 mod embedded;
 mod engine;

@@ -18,8 +18,8 @@ use tonic::service::Routes;
 
 use order_rules_engine::{Engine, RuleChain};
 
-use crate::backends::embedded::{self, EmbeddedDb};
-use crate::backends::kafka::{self, KafkaWorkerConfig};
+use crate::backends::embedded::EmbeddedDb;
+use crate::backends::kafka;
 use crate::backends::redis::Redis;
 use crate::config::Config;
 use crate::grpc::admin_service::{AdminApi, TokenCheck};
@@ -33,6 +33,7 @@ use crate::rules::live::LiveRuleset;
 use crate::rules::quarantine::QuarantinePolicy;
 use crate::rules::registry::Registry;
 use crate::store::Store;
+use crate::worker::{self, kafka::KafkaWorkerConfig};
 
 /// Which roles a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,7 +229,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         match (&embedded, &producer, &store, kafka_brokers) {
             (Some(db), _, _, _) => {
                 let db = Arc::clone(db);
-                tasks.spawn(async move { embedded::run_worker(db, processor, stop).await });
+                tasks.spawn(async move { worker::embedded::run(db, processor, stop).await });
             }
             (None, Some(producer), Some(store), Some(brokers)) => {
                 let worker_config = KafkaWorkerConfig {
@@ -242,7 +243,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
                 };
                 let (producer, store) = (producer.clone(), store.clone());
                 tasks.spawn(async move {
-                    kafka::run_worker(worker_config, processor, store, producer, stop).await
+                    worker::kafka::run(worker_config, processor, store, producer, stop).await
                 });
             }
             _ => anyhow::bail!("the worker has no log or store (a bug in start-up)"),

@@ -1,15 +1,16 @@
 //! order-pipeline: the service library of an order pipeline whose business rules are
 //! WebAssembly components run by [`order_rules_engine`].
 //!
-//! An order flows: gRPC ([`grpc`]) -> the order log ([`order_log`]) -> the worker (a
-//! backend's consumer loop handing batches to the [`processor`], which runs the live
-//! ruleset of [`rules`]) -> the result store ([`store`]) -> gRPC. [`app`] starts and stops
+//! An order flows: gRPC ([`grpc`]) -> the order log ([`order_log`]) -> the [`worker`] (a
+//! consumer loop handing batches to the [`processor`], which runs the live ruleset of
+//! [`rules`]) -> the result store ([`store`]) -> gRPC. [`app`] starts and stops
 //! the roles from a typed [`config`].
 //!
 //! Layout (see docs/ARCHITECTURE.md):
 //! - [`domain`]: the order, the result, their wire format;
-//! - [`rules`]: the registry, the live ruleset, ruleset versions;
+//! - [`rules`]: the registry, the live ruleset, the deploy gate, the quarantine;
 //! - [`processor`]: decode -> evaluate -> retry -> result, no I/O of its own;
+//! - [`worker`]: the consumer loops around it (Kafka, embedded);
 //! - [`order_log`], [`store`], [`rules::registry`]: the seams; [`backends`]: embedded
 //!   (redb), Kafka, Redis, each in its own folder;
 //! - [`grpc`]: the tonic services; [`proto`]: the generated code.
@@ -25,6 +26,7 @@ pub mod proto;
 pub mod rules;
 pub mod store;
 pub mod waiters;
+pub mod worker;
 
 pub use order_builtin_rules as builtin_rules;
 pub use order_rules_engine as engine;

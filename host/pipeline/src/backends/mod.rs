@@ -1,7 +1,8 @@
-//! Each backend in its own folder, behind the seams [`OrderLog`](crate::order_log),
+//! Each backend in its own folder (depending on the domain, never on the seams or the
+//! worker), behind the seams [order log](crate::order_log::Publisher),
 //! [`Store`](crate::store::Store) and [`Registry`](crate::rules::registry::Registry):
 //! - [`embedded`]: one redb database: order log, results, registry, dead letters;
-//! - [`kafka`]: the order topic (producer, consumer group worker) and the dead-letter topic;
+//! - [`kafka`]: the order topic (producer, consumer, topics) and the dead-letter topic;
 //! - [`redis`]: results (Go-compatible keys) and the registry.
 
 pub mod embedded;

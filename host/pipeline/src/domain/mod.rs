@@ -1,8 +1,10 @@
 //! The domain: the order (the engine's [`Order`], what rules decide on) and its result
-//! ([`OrderResult`], what the stores keep and the CacheService serves), and the wire
-//! format of both ([`wire`]: protobuf <-> domain, with the validation of every field).
+//! ([`OrderResult`], what the stores keep and the CacheService serves), the wire format
+//! of both ([`wire`]: protobuf <-> domain, with the validation of every field), and a
+//! ruleset version as the registry stores it ([`ruleset`]).
 
 mod result;
+pub mod ruleset;
 pub mod wire;
 
 pub use order_rules_engine::{AdjustmentKind, Order, OrderLine, Totals};

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::domain::ruleset::RulesetRecord;
 use crate::proto::admin::{self, admin_service_server::AdminService, deploy_request::Position};
 use crate::rules::gate::{Deploy, Gate, GateExample, Placement};
 use crate::rules::live::LiveRuleset;
-use crate::rules::versions::RulesetRecord;
 use order_rules_engine::Isolation;
 
 /// The admin service.

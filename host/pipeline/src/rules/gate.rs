@@ -12,8 +12,8 @@ use std::sync::Arc;
 use order_rules_engine::{Isolation, Order, RuleChain, RuleSpec, Status as EvalStatus, runner};
 
 use super::live::{LiveRuleset, rule_ref};
-use super::versions::{ActivateError, Expect, RuleRef, RulesetBody, RulesetRecord};
 use crate::domain::now_unix_ms;
+use crate::domain::ruleset::{ActivateError, Expect, RuleRef, RulesetBody, RulesetRecord};
 
 /// Why a change to the live ruleset did not happen. The gRPC layer maps each kind to one
 /// status code (`grpc::status`).

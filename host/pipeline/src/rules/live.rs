@@ -12,8 +12,8 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use super::registry::Registry;
-use super::versions::{ActivateError, Expect, RuleRef, RulesetBody, RulesetRecord};
 use crate::domain::now_unix_ms;
+use crate::domain::ruleset::{ActivateError, Expect, RuleRef, RulesetBody, RulesetRecord};
 use order_rules_engine::{Engine, Plugin, RuleChain, RuleSpec};
 
 /// How often a worker checks the active version even without a notification.

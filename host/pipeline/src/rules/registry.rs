@@ -11,9 +11,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::sync::watch;
 
-use super::versions::{ActivateError, Expect, RulesetBody, RulesetRecord};
 use crate::backends::embedded::EmbeddedDb;
 use crate::backends::redis::RedisRegistry;
+use crate::domain::ruleset::{ActivateError, Expect, RulesetBody, RulesetRecord};
 
 /// The registry.
 #[derive(Clone)]

@@ -21,9 +21,6 @@ use results::put;
 
 mod registry;
 mod results;
-mod worker;
-
-pub use worker::run as run_worker;
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");

@@ -7,7 +7,7 @@ use redb::{ReadableDatabase, ReadableTable};
 use tokio::sync::watch;
 
 use super::{ACTIVE_RULESET, EmbeddedDb, LATEST_RULESET, META, PLUGINS, RULESETS, blocking};
-use crate::rules::versions::{ActivateError, Expect};
+use crate::domain::ruleset::{ActivateError, Expect};
 
 impl EmbeddedDb {
     /// Stores a plugin's bytes under its digest.

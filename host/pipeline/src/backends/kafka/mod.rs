@@ -12,10 +12,6 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-mod worker;
-
-pub use worker::{KafkaWorkerConfig, run as run_worker};
-
 /// Settings every client shares; `debug` (`KAFKA_DEBUG`) passes librdkafka debug
 /// contexts (e.g. `cgrp,topic,fetch`), logged through `tracing` at target `librdkafka`.
 fn base(brokers: &str, debug: Option<&str>) -> ClientConfig {

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 
-use crate::rules::versions::{ActivateError, Expect};
+use crate::domain::ruleset::{ActivateError, Expect};
 
 /// Plugins are content-addressed, so every group shares them.
 const PLUGIN_PREFIX: &str = "pipeline:plugin:";

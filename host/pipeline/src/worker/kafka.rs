@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use crate::backends::kafka;
 use crate::domain::OrderResult;
 use crate::processor::Processor;
 use crate::store::Store;
@@ -79,7 +80,7 @@ pub async fn run(
     dlq: FutureProducer,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let consumer = Arc::new(super::consumer(
+    let consumer = Arc::new(kafka::consumer(
         &config.brokers,
         config.debug.as_deref(),
         &config.group,
@@ -217,7 +218,7 @@ async fn dead_letter(
         .unwrap_or_default();
     let payload = message.payload().unwrap_or_default();
     let ok = persist("dead-lettering", shutdown, || {
-        super::send(
+        kafka::send(
             dlq,
             &config.dlq_topic,
             &key,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{DeadLetterRecord, EmbeddedDb};
+use crate::backends::embedded::{DeadLetterRecord, EmbeddedDb};
 use crate::domain::PutOutcome;
 use crate::processor::Processor;
 

@@ -1,6 +1,6 @@
 //! Ruleset versions as the registry stores them: the rules (digests and config), why a
 //! version exists, and the compare-and-set that activates one. Plain data, shared by the
-//! registry seam and its backends.
+//! registry seam (`rules::registry`) and its backends.
 
 use serde::{Deserialize, Serialize};
 
