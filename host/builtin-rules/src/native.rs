@@ -28,7 +28,7 @@ impl NativeTwins for BuiltinTwins {
         name: &str,
         digest: &str,
         config: &[(String, String)],
-    ) -> Option<Result<NativeDecide, String>> {
+    ) -> Option<anyhow::Result<NativeDecide>> {
         if !self.digests.iter().any(|(n, d)| *n == name && d == digest) {
             return None;
         }
@@ -42,11 +42,11 @@ impl NativeTwins for BuiltinTwins {
     }
 }
 
-fn make<R: rc::Rule>(config: &[(String, String)]) -> Result<NativeDecide, String>
+fn make<R: rc::Rule>(config: &[(String, String)]) -> anyhow::Result<NativeDecide>
 where
     R::Settings: Send + Sync + 'static,
 {
-    let settings = rc::parse_settings::<R>(config.to_vec())?;
+    let settings = rc::parse_settings::<R>(config.to_vec()).map_err(anyhow::Error::msg)?;
     Ok(Box::new(move |order, context| {
         R::decide(order, context, &settings)
     }))

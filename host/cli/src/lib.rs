@@ -21,6 +21,17 @@ use commands::client::{get, health, load, submit};
 pub use commands::serve::shutdown_signal;
 use commands::serve::{runtime, serve};
 
+/// Why a command failed: the message printed after `error: ` (exit code 2). Any error
+/// that displays converts into it, so commands use `?` on their own error types.
+#[derive(Debug)]
+pub(crate) struct Failure(String);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Self(e.to_string())
+    }
+}
+
 /// Exit code: success.
 pub const EXIT_OK: i32 = 0;
 /// Exit code: an example did not match its expectation.
@@ -389,18 +400,18 @@ where
     }
     match execute(cli, out) {
         Ok(code) => code,
-        Err(message) => {
+        Err(Failure(message)) => {
             let _ = writeln!(err, "error: {message}");
             EXIT_USAGE
         }
     }
 }
 
-fn execute(cli: Cli, out: &mut dyn Write) -> Result<i32, String> {
+fn execute(cli: Cli, out: &mut dyn Write) -> Result<i32, Failure> {
     let command = match cli.command {
         Some(command) => command,
         None => {
-            let run = RunOnly::try_parse_from(["order-pipeline"]).map_err(|e| e.to_string())?;
+            let run = RunOnly::try_parse_from(["order-pipeline"])?;
             Command::Run(run.config)
         }
     };

@@ -187,7 +187,9 @@ impl RuleChain {
                 Some(twins) => twins
                     .twin(name, spec.plugin.digest(), &spec.config)
                     .transpose()
-                    .map_err(|m| Failure::new(FailureKind::Configure, m).named(name))?
+                    .map_err(|e| {
+                        Failure::new(FailureKind::Configure, format!("{e:#}")).named(name)
+                    })?
                     .map(NativeRule::new),
                 None => None,
             };

@@ -36,7 +36,7 @@ pub use chain::{
     RuleSpec, RuleTrace, Status,
 };
 pub use instance::{FailureKind, RuleFailure};
-pub use limits::Limits;
+pub use limits::{Limits, LimitsError};
 pub use native::{NativeDecide, NativeTwins};
 pub use order::{AdjustmentKind, Order, OrderLine, Totals};
 pub use plugin::{Isolation, LoadError, Plugin, PluginInfo, digest};
@@ -80,7 +80,7 @@ impl Engine {
     }
 
     fn build(limits: Limits, native: Option<Arc<dyn NativeTwins>>) -> anyhow::Result<Self> {
-        limits.validate().map_err(anyhow::Error::msg)?;
+        limits.validate()?;
         let mut config = Config::new();
         config
             .wasm_component_model(true)

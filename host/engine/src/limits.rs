@@ -54,9 +54,18 @@ impl Default for Limits {
     }
 }
 
+/// Limits that cannot work; the message says which one to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct LimitsError(pub String);
+
 impl Limits {
     /// Checks that the limits can work; the message says which one to fix.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), LimitsError> {
+        self.check().map_err(LimitsError)
+    }
+
+    fn check(&self) -> Result<(), String> {
         if self.deadline < EPOCH_TICK {
             return Err(format!(
                 "deadline {:?} is shorter than the epoch tick {EPOCH_TICK:?}",
@@ -105,11 +114,11 @@ mod tests {
             memory_bytes: 1024,
             ..Limits::default()
         };
-        assert!(bad.validate().unwrap_err().contains("memory cap"));
+        assert!(bad.validate().unwrap_err().0.contains("memory cap"));
         let bad = Limits {
             deadline: Duration::ZERO,
             ..Limits::default()
         };
-        assert!(bad.validate().unwrap_err().contains("deadline"));
+        assert!(bad.validate().unwrap_err().0.contains("deadline"));
     }
 }

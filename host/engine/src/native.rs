@@ -16,14 +16,14 @@ pub type NativeDecide = Box<dyn Fn(&rc::Order, &rc::ChainContext) -> rc::Outcome
 /// `order-builtin-rules` crate implements it for the built-in rules.
 pub trait NativeTwins: Send + Sync {
     /// The native twin of the plugin named `name` whose component has sha256 `digest`,
-    /// configured with `config`: `None` when it has none, an error when it refuses the
-    /// config.
+    /// configured with `config`: `None` when it has none, an error (naming the key) when
+    /// it refuses the config.
     fn twin(
         &self,
         name: &str,
         digest: &str,
         config: &[(String, String)],
-    ) -> Option<Result<NativeDecide, String>>;
+    ) -> Option<anyhow::Result<NativeDecide>>;
 }
 
 /// One rule as a native function, as a chain step runs it.

@@ -25,15 +25,20 @@ pub const EXAMPLES_CONFIG_FILE: &str = "config.toml";
 /// Suffix of expectation files.
 pub const EXPECTED_SUFFIX: &str = ".expected.json";
 
+/// Why an example, or the examples' config, could not be read; names the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ExampleError(pub String);
+
 /// One example order and its expectation, as read from disk.
 #[derive(Debug)]
 pub struct Example {
     /// File stem, e.g. `accepted-basic`.
     pub name: String,
     /// The order, or why it could not be read.
-    pub order: Result<Order, String>,
+    pub order: Result<Order, ExampleError>,
     /// The expected evaluation subset, or why it could not be read.
-    pub expected: Result<Value, String>,
+    pub expected: Result<Value, ExampleError>,
 }
 
 /// A difference between expectation and evaluation.
@@ -86,13 +91,16 @@ pub fn load_examples(dir: &Path) -> io::Result<Vec<Example>> {
         }
         let name = file.trim_end_matches(".json").to_string();
         let order = read_json(&path).and_then(|v| {
-            serde_json::from_value::<Order>(v).map_err(|e| format!("{file}: not an order: {e}"))
+            serde_json::from_value::<Order>(v)
+                .map_err(|e| ExampleError(format!("{file}: not an order: {e}")))
         });
         let expected_path = dir.join(format!("{name}{EXPECTED_SUFFIX}"));
         let expected = if expected_path.is_file() {
             read_json(&expected_path)
         } else {
-            Err(format!("missing {name}{EXPECTED_SUFFIX} beside {file}"))
+            Err(ExampleError(format!(
+                "missing {name}{EXPECTED_SUFFIX} beside {file}"
+            )))
         };
         examples.push(Example {
             name,
@@ -104,21 +112,23 @@ pub fn load_examples(dir: &Path) -> io::Result<Vec<Example>> {
 }
 
 /// Reads `DIR/config.toml` (flat `key = value`), the config of a plugin's own examples.
-pub fn load_examples_config(dir: &Path) -> Result<Vec<(String, String)>, String> {
+pub fn load_examples_config(dir: &Path) -> Result<Vec<(String, String)>, ExampleError> {
     let path = dir.join(EXAMPLES_CONFIG_FILE);
     if !path.is_file() {
         return Ok(Vec::new());
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let fail = |message: String| ExampleError(format!("{}: {message}", path.display()));
+    let text = std::fs::read_to_string(&path).map_err(|e| fail(e.to_string()))?;
     let table: BTreeMap<String, toml::Value> =
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| fail(e.to_string()))?;
     crate::ruleset::config_strings(&table)
-        .map_err(|(key, message)| format!("{}: key `{key}`: {message}", path.display()))
+        .map_err(|(key, message)| fail(format!("key `{key}`: {message}")))
 }
 
-fn read_json(path: &Path) -> Result<Value, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{}: invalid JSON: {e}", path.display()))
+fn read_json(path: &Path) -> Result<Value, ExampleError> {
+    let fail = |message: String| ExampleError(format!("{}: {message}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    serde_json::from_str(&text).map_err(|e| fail(format!("invalid JSON: {e}")))
 }
 
 /// Runs every example through `chain` and compares.
@@ -136,7 +146,7 @@ pub fn run_examples(chain: &RuleChain, examples: &[Example]) -> Vec<ExampleResul
             let (order, expected) = match (&example.order, &example.expected) {
                 (Ok(order), Ok(expected)) => (order, expected),
                 (Err(e), _) | (_, Err(e)) => {
-                    result.error = Some(e.clone());
+                    result.error = Some(e.to_string());
                     return result;
                 }
             };

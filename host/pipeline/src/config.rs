@@ -148,7 +148,9 @@ impl Config {
         if self.produce_timeout_ms == 0 {
             return fail("PRODUCE_TIMEOUT_MS must be at least 1".into());
         }
-        self.limits.validate().map_err(ConfigError)
+        self.limits
+            .validate()
+            .map_err(|e| ConfigError(e.to_string()))
     }
 }
 

@@ -6,7 +6,7 @@ use std::io::Write;
 use order_pipeline::proto;
 
 use super::serve::runtime;
-use crate::{AdminArgs, EXIT_OK};
+use crate::{AdminArgs, EXIT_OK, Failure};
 
 pub(crate) type AdminClient = proto::admin::admin_service_client::AdminServiceClient<
     tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
@@ -35,7 +35,7 @@ pub(crate) fn admin_call<F, Fut>(
     admin: &AdminArgs,
     out: &mut dyn Write,
     call: F,
-) -> Result<i32, String>
+) -> Result<i32, Failure>
 where
     F: FnOnce(AdminClient) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<proto::admin::RulesetInfo>, tonic::Status>>,
@@ -67,8 +67,7 @@ where
             out,
             "version {}{active}: {}",
             ruleset.version, ruleset.reason
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         for (i, rule) in ruleset.rules.iter().enumerate() {
             let mut config: Vec<String> = rule
                 .config
@@ -85,8 +84,7 @@ where
                 &rule.digest[..rule.digest.len().min(12)],
                 rule.isolation,
                 config.join(" ")
-            )
-            .map_err(|e| e.to_string())?;
+            )?;
         }
     }
     Ok(EXIT_OK)

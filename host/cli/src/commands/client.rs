@@ -6,9 +6,9 @@ use std::io::Write;
 use order_pipeline::proto;
 
 use super::plugin::read_order;
-use crate::{BenchArgs, EXIT_OK, EXIT_TEST_FAILED, GetArgs, HealthArgs, SubmitArgs};
+use crate::{BenchArgs, EXIT_OK, EXIT_TEST_FAILED, Failure, GetArgs, HealthArgs, SubmitArgs};
 
-pub(crate) async fn submit(args: SubmitArgs, out: &mut dyn Write) -> Result<i32, String> {
+pub(crate) async fn submit(args: SubmitArgs, out: &mut dyn Write) -> Result<i32, Failure> {
     let request = match &args.order {
         Some(path) => order_pipeline::domain::wire::request_from_order(&read_order(path)?),
         None => proto::OrderRequest {
@@ -31,12 +31,11 @@ pub(crate) async fn submit(args: SubmitArgs, out: &mut dyn Write) -> Result<i32,
         out,
         "{}",
         serde_json::json!({"id": response.id, "status": response.status})
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     Ok(EXIT_OK)
 }
 
-pub(crate) async fn health(args: HealthArgs, out: &mut dyn Write) -> Result<i32, String> {
+pub(crate) async fn health(args: HealthArgs, out: &mut dyn Write) -> Result<i32, Failure> {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
     let channel = tonic::transport::Channel::from_shared(args.addr.clone())
@@ -53,7 +52,7 @@ pub(crate) async fn health(args: HealthArgs, out: &mut dyn Write) -> Result<i32,
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
         .into_inner();
     let status = answer.status();
-    writeln!(out, "{}", status.as_str_name()).map_err(|e| e.to_string())?;
+    writeln!(out, "{}", status.as_str_name())?;
     Ok(if status == ServingStatus::Serving {
         EXIT_OK
     } else {
@@ -61,7 +60,7 @@ pub(crate) async fn health(args: HealthArgs, out: &mut dyn Write) -> Result<i32,
     })
 }
 
-pub(crate) async fn load(args: BenchArgs, out: &mut dyn Write) -> Result<i32, String> {
+pub(crate) async fn load(args: BenchArgs, out: &mut dyn Write) -> Result<i32, Failure> {
     use std::io::IsTerminal as _;
     if let Some(path) = &args.plot
         && path.extension().and_then(|e| e.to_str()) != Some("png")
@@ -69,14 +68,13 @@ pub(crate) async fn load(args: BenchArgs, out: &mut dyn Write) -> Result<i32, St
         return Err(format!(
             "--plot {}: the plot is a PNG; give a file name ending in .png",
             path.display()
-        ));
+        )
+        .into());
     }
     if let Some(rate) = args.rate
         && !(rate.is_finite() && rate > 0.0)
     {
-        return Err(format!(
-            "--rate {rate}: give a positive number of orders per second"
-        ));
+        return Err(format!("--rate {rate}: give a positive number of orders per second").into());
     }
     let plan = crate::loadgen::BenchPlan {
         order_url: args.order_addr,
@@ -113,16 +111,16 @@ pub(crate) async fn load(args: BenchArgs, out: &mut dyn Write) -> Result<i32, St
         eprintln!();
     }
     let text = if args.json {
-        serde_json::to_string_pretty(&report).map_err(|e| e.to_string())? + "\n"
+        serde_json::to_string_pretty(&report)? + "\n"
     } else {
         report.summary()
     };
-    write!(out, "{text}").map_err(|e| e.to_string())?;
+    write!(out, "{text}")?;
     if let Some(path) = &args.plot {
         crate::loadgen::plot::latency_png(path, &report, args.plot_font.as_deref())
             .map_err(|e| format!("{e:#}"))?;
         if !args.json {
-            writeln!(out, "latency plot: {}", path.display()).map_err(|e| e.to_string())?;
+            writeln!(out, "latency plot: {}", path.display())?;
         }
     }
     Ok(if report.errors == 0 {
@@ -132,7 +130,7 @@ pub(crate) async fn load(args: BenchArgs, out: &mut dyn Write) -> Result<i32, St
     })
 }
 
-pub(crate) async fn get(args: GetArgs, out: &mut dyn Write) -> Result<i32, String> {
+pub(crate) async fn get(args: GetArgs, out: &mut dyn Write) -> Result<i32, Failure> {
     let mut client = proto::cache_service_client::CacheServiceClient::connect(args.addr.clone())
         .await
         .map_err(|e| format!("cannot reach the CacheService at {}: {e}", args.addr))?;
@@ -144,8 +142,8 @@ pub(crate) async fn get(args: GetArgs, out: &mut dyn Write) -> Result<i32, Strin
         .await
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
         .into_inner();
-    let json = serde_json::to_string_pretty(&result_json(&response)).map_err(|e| e.to_string())?;
-    writeln!(out, "{json}").map_err(|e| e.to_string())?;
+    let json = serde_json::to_string_pretty(&result_json(&response))?;
+    writeln!(out, "{json}")?;
     Ok(EXIT_OK)
 }
 

@@ -9,17 +9,17 @@ use order_pipeline::proto;
 use order_rules_engine::{Engine, Isolation, Order, RuleChain, RuleSpec, runner};
 
 use super::admin::admin_call;
-use crate::{ChainArgs, EXIT_OK, EXIT_TEST_FAILED, PluginCommand};
+use crate::{ChainArgs, EXIT_OK, EXIT_TEST_FAILED, Failure, PluginCommand};
 
 /// Runs one `plugin` subcommand.
-pub(crate) fn run(command: PluginCommand, out: &mut dyn Write) -> Result<i32, String> {
+pub(crate) fn run(command: PluginCommand, out: &mut dyn Write) -> Result<i32, Failure> {
     match command {
         PluginCommand::Run { chain, order } => {
             let chain = build_chain(&chain, None)?;
             let order = read_order(&order)?;
             let evaluation = chain.evaluate(&order);
-            let json = serde_json::to_string_pretty(&evaluation).map_err(|e| e.to_string())?;
-            writeln!(out, "{json}").map_err(|e| e.to_string())?;
+            let json = serde_json::to_string_pretty(&evaluation)?;
+            writeln!(out, "{json}")?;
             Ok(EXIT_OK)
         }
         PluginCommand::Test { chain, examples } => {
@@ -30,10 +30,11 @@ pub(crate) fn run(command: PluginCommand, out: &mut dyn Write) -> Result<i32, St
                 return Err(format!(
                     "no NAME.json examples in {}; add orders with NAME.expected.json beside them",
                     examples.display()
-                ));
+                )
+                .into());
             }
             let results = runner::run_examples(&chain, &loaded);
-            let (_, failed) = runner::print_report(out, &results).map_err(|e| e.to_string())?;
+            let (_, failed) = runner::print_report(out, &results)?;
             Ok(if failed == 0 {
                 EXIT_OK
             } else {
@@ -53,15 +54,15 @@ pub(crate) fn run(command: PluginCommand, out: &mut dyn Write) -> Result<i32, St
                 .filter_map(|e| e.order.ok())
                 .collect();
             if orders.is_empty() {
-                return Err(format!("no valid orders in {}", examples.display()));
+                return Err(format!("no valid orders in {}", examples.display()).into());
             }
             let report = runner::bench(&chain, &orders, count, count.min(1000));
             let text = if json {
-                serde_json::to_string_pretty(&report).map_err(|e| e.to_string())? + "\n"
+                serde_json::to_string_pretty(&report)? + "\n"
             } else {
                 report.summary()
             };
-            write!(out, "{text}").map_err(|e| e.to_string())?;
+            write!(out, "{text}")?;
             Ok(EXIT_OK)
         }
         PluginCommand::Deploy {
@@ -149,7 +150,7 @@ pub(crate) fn run(command: PluginCommand, out: &mut dyn Write) -> Result<i32, St
                 "digest": loaded.digest(),
                 "size": loaded.size(),
             });
-            writeln!(out, "{json:#}").map_err(|e| e.to_string())?;
+            writeln!(out, "{json:#}")?;
             Ok(EXIT_OK)
         }
     }
@@ -157,12 +158,11 @@ pub(crate) fn run(command: PluginCommand, out: &mut dyn Write) -> Result<i32, St
 
 /// The chain the arguments name. With --plugin, `examples_dir/config.toml` (if any) gives
 /// the config, overridden key by key by --config.
-fn build_chain(args: &ChainArgs, examples_dir: Option<&Path>) -> Result<RuleChain, String> {
+fn build_chain(args: &ChainArgs, examples_dir: Option<&Path>) -> Result<RuleChain, Failure> {
     let engine = builtin_rules::engine(args.limits.limits(), args.limits.native_baseline)
         .map_err(|e| format!("{e:#}"))?;
     if let Some(path) = &args.plugin {
-        let plugin = builtin_rules::load_plugin(&engine, &path.to_string_lossy(), None)
-            .map_err(|e| e.to_string())?;
+        let plugin = builtin_rules::load_plugin(&engine, &path.to_string_lossy(), None)?;
         let mut config = match examples_dir {
             Some(dir) => runner::load_examples_config(dir)?,
             None => Vec::new(),
@@ -177,17 +177,18 @@ fn build_chain(args: &ChainArgs, examples_dir: Option<&Path>) -> Result<RuleChai
             config,
             isolation,
         }])
-        .map_err(|e| e.to_string());
+        .map_err(Failure::from);
     }
     match &args.ruleset {
         Some(path) => builtin_rules::load_file(&engine, path),
         None => builtin_rules::load_default(&engine),
     }
-    .map_err(|e| e.to_string())
+    .map_err(Failure::from)
 }
 
-pub(crate) fn read_order(path: &Path) -> Result<Order, String> {
+pub(crate) fn read_order(path: &Path) -> Result<Order, Failure> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{} is not a valid order: {e}", path.display()))
+    serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not a valid order: {e}", path.display()).into())
 }

@@ -2,19 +2,19 @@
 
 use order_pipeline::app::{self, Role};
 
-use crate::EXIT_OK;
 use crate::config_args::ConfigArgs;
+use crate::{EXIT_OK, Failure};
 
-pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))
+        .map_err(|e| format!("cannot start the async runtime: {e}").into())
 }
 
 /// Runs `role` until ctrl-c or SIGTERM, then shuts down gracefully.
-pub(crate) fn serve(role: Role, config: ConfigArgs) -> Result<i32, String> {
-    let config = config.into_config().map_err(|e| e.to_string())?;
+pub(crate) fn serve(role: Role, config: ConfigArgs) -> Result<i32, Failure> {
+    let config = config.into_config()?;
     runtime()?.block_on(async {
         let running = app::start(role, &config)
             .await
