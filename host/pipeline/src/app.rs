@@ -33,7 +33,7 @@ use crate::rules::live::LiveRuleset;
 use crate::rules::quarantine::QuarantinePolicy;
 use crate::rules::registry::Registry;
 use crate::store::Store;
-use crate::worker::{self, kafka::KafkaWorkerConfig};
+use crate::worker;
 
 /// Which roles a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,18 +232,19 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
                 tasks.spawn(async move { worker::embedded::run(db, processor, stop).await });
             }
             (None, Some(producer), Some(store), Some(brokers)) => {
-                let worker_config = KafkaWorkerConfig {
-                    brokers: brokers.to_string(),
-                    debug: config.kafka_debug.clone(),
-                    topic: config.kafka_topic.clone(),
-                    dlq_topic: config.dlq_topic.clone(),
-                    group: config.worker_group.clone(),
-                    instance_id: config.worker_instance_id.clone(),
-                    produce_timeout,
-                };
-                let (producer, store) = (producer.clone(), store.clone());
+                let consumer = kafka::OrderConsumer::subscribe(
+                    brokers,
+                    config.kafka_debug.as_deref(),
+                    &config.worker_group,
+                    config.worker_instance_id.as_deref(),
+                    &config.kafka_topic,
+                )?;
+                tracing::info!(topic = %config.kafka_topic, group = %config.worker_group, "worker consuming");
+                let dead_letters =
+                    kafka::DeadLetters::new(producer.clone(), &config.dlq_topic, produce_timeout);
+                let store = store.clone();
                 tasks.spawn(async move {
-                    worker::kafka::run(worker_config, processor, store, producer, stop).await
+                    worker::kafka::run(consumer, processor, store, dead_letters, stop).await
                 });
             }
             _ => anyhow::bail!("the worker has no log or store (a bug in start-up)"),

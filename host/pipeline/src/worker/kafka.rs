@@ -7,16 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use rdkafka::Message as _;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::OwnedMessage;
-use rdkafka::producer::FutureProducer;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::backends::kafka;
+use crate::backends::kafka::{DeadLetters, LogEntry, OrderConsumer};
 use crate::domain::OrderResult;
 use crate::processor::Processor;
 use crate::store::Store;
@@ -52,56 +48,28 @@ where
     }
 }
 
-/// Where the Kafka worker reads and writes.
-#[derive(Debug, Clone)]
-pub struct KafkaWorkerConfig {
-    /// Bootstrap servers.
-    pub brokers: String,
-    /// librdkafka debug contexts, if any.
-    pub debug: Option<String>,
-    /// Order topic.
-    pub topic: String,
-    /// Dead-letter topic.
-    pub dlq_topic: String,
-    /// Consumer group.
-    pub group: String,
-    /// Static group membership id (`WORKER_INSTANCE_ID`), if any.
-    pub instance_id: Option<String>,
-    /// How long a dead-letter publish may wait for the broker.
-    pub produce_timeout: Duration,
-}
-
-/// Consumes `config.topic` as a member of `config.group` until `shutdown`; each partition
-/// is processed in order by its own task, partitions concurrently.
+/// Consumes the order topic with `consumer` until `shutdown`; each partition is
+/// processed in order by its own task, partitions concurrently.
 pub async fn run(
-    config: KafkaWorkerConfig,
+    consumer: OrderConsumer,
     processor: Arc<Processor>,
     store: Store,
-    dlq: FutureProducer,
+    dead_letters: DeadLetters,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let consumer = Arc::new(kafka::consumer(
-        &config.brokers,
-        config.debug.as_deref(),
-        &config.group,
-        config.instance_id.as_deref(),
-    )?);
-    consumer.subscribe(&[config.topic.as_str()])?;
-    tracing::info!(topic = %config.topic, group = %config.group, "worker consuming");
-    let config = Arc::new(config);
     // Lanes live in a JoinSet owned here: if this task dies, they die with it.
-    let mut lanes: HashMap<i32, mpsc::Sender<OwnedMessage>> = HashMap::new();
+    let mut lanes: HashMap<i32, mpsc::Sender<LogEntry>> = HashMap::new();
     let mut lane_tasks = JoinSet::new();
     loop {
         let message = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            message = consumer.recv() => message.map(|m| m.detach()),
+            message = consumer.next() => message,
         };
         let message = match message {
             Ok(message) => message,
             Err(e) => {
-                tracing::warn!(error = %e, "kafka consume error");
+                tracing::warn!(error = %format!("{e:#}"), "kafka consume error");
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(Duration::from_millis(500)) => continue,
@@ -114,11 +82,10 @@ pub async fn run(
             lane_tasks.spawn(
                 lane_loop(
                     rx,
-                    Arc::clone(&consumer),
+                    consumer.clone(),
                     Arc::clone(&processor),
                     store.clone(),
-                    dlq.clone(),
-                    Arc::clone(&config),
+                    dead_letters.clone(),
                     shutdown.clone(),
                 )
                 .instrument(tracing::info_span!("kafka.partition", partition)),
@@ -134,20 +101,16 @@ pub async fn run(
     tracing::info!("worker stopping: finishing in-flight orders");
     drop(lanes);
     while lane_tasks.join_next().await.is_some() {}
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) => tracing::info!("offsets committed"),
-        Err(e) => tracing::debug!(error = %e, "final commit (nothing new to commit?)"),
-    }
+    consumer.commit();
     Ok(())
 }
 
 async fn lane_loop(
-    mut rx: mpsc::Receiver<OwnedMessage>,
-    consumer: Arc<StreamConsumer>,
+    mut rx: mpsc::Receiver<LogEntry>,
+    consumer: OrderConsumer,
     processor: Arc<Processor>,
     store: Store,
-    dlq: FutureProducer,
-    config: Arc<KafkaWorkerConfig>,
+    dead_letters: DeadLetters,
     shutdown: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(LANE_BATCH);
@@ -161,10 +124,7 @@ async fn lane_loop(
                 Err(_) => break,
             }
         }
-        let payloads: Vec<&[u8]> = batch
-            .iter()
-            .map(|m| m.payload().unwrap_or_default())
-            .collect();
+        let payloads: Vec<&[u8]> = batch.iter().map(LogEntry::payload).collect();
         let processed = processor
             .process_batch(&payloads)
             .instrument(tracing::debug_span!(
@@ -178,7 +138,7 @@ async fn lane_loop(
             let (result, headers) = processed.into_parts();
             results.extend(result);
             if let Some(headers) = headers
-                && !dead_letter(message, headers, &dlq, &config, &shutdown).await
+                && !dead_letter(message, headers, &dead_letters, &shutdown).await
             {
                 tracing::info!("stopping before the batch was stored; it will be redelivered");
                 return;
@@ -188,48 +148,26 @@ async fn lane_loop(
             tracing::info!("stopping before the batch was stored; it will be redelivered");
             return;
         }
-        if let Some(last) = batch.last()
-            && let Err(e) = consumer.store_offset(last.topic(), last.partition(), last.offset())
-        {
-            tracing::debug!(error = %e, "cannot store offset (partition revoked?)");
+        if let Some(last) = batch.last() {
+            consumer.done(last);
         }
     }
 }
 
-/// Publishes `message` to the dead-letter topic with `headers` plus its source.
+/// Publishes `entry` to the dead-letter topic with `headers` plus its source.
 async fn dead_letter(
-    message: &OwnedMessage,
+    entry: &LogEntry,
     mut headers: Vec<(String, String)>,
-    dlq: &FutureProducer,
-    config: &KafkaWorkerConfig,
+    dead_letters: &DeadLetters,
     shutdown: &CancellationToken,
 ) -> bool {
-    headers.extend([
-        ("source-topic".to_string(), message.topic().to_string()),
-        (
-            "source-partition".to_string(),
-            message.partition().to_string(),
-        ),
-        ("source-offset".to_string(), message.offset().to_string()),
-    ]);
-    let key = message
-        .key()
-        .map(|k| String::from_utf8_lossy(k).into_owned())
-        .unwrap_or_default();
-    let payload = message.payload().unwrap_or_default();
+    headers.extend(entry.source_headers());
     let ok = persist("dead-lettering", shutdown, || {
-        kafka::send(
-            dlq,
-            &config.dlq_topic,
-            &key,
-            payload,
-            Some(&headers),
-            config.produce_timeout,
-        )
+        dead_letters.send(entry, &headers)
     })
     .await;
     if ok {
-        tracing::warn!(key = %key, dlq = %config.dlq_topic, "dead-lettered");
+        tracing::warn!(key = %entry.key(), dlq = %dead_letters.topic(), "dead-lettered");
     }
     ok
 }

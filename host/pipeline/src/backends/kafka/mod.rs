@@ -1,6 +1,10 @@
 //! Kafka: an idempotent producer with acks=all (the OrderService and the dead-letter
 //! path), topic creation at start-up, and the consumer the worker uses.
 
+mod consumer;
+
+pub use consumer::{DeadLetters, LogEntry, OrderConsumer};
+
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -78,7 +82,7 @@ impl KafkaPublisher {
 }
 
 /// Sends one record and waits for the broker's acknowledgement.
-pub async fn send(
+pub(crate) async fn send(
     producer: &FutureProducer,
     topic: &str,
     key: &str,
@@ -139,7 +143,7 @@ pub async fn ensure_topics(
 /// A consumer in `group` that never auto-stores offsets: the worker stores an offset
 /// only after the message's result is written, and stored offsets are committed
 /// periodically and at shutdown.
-pub fn consumer(
+fn consumer(
     brokers: &str,
     debug: Option<&str>,
     group: &str,

@@ -1,0 +1,133 @@
+//! The order topic as the worker reads it: a group member that never auto-stores offsets
+//! ([`OrderConsumer`]), the messages it hands out detached from it ([`LogEntry`]), and the
+//! dead-letter topic ([`DeadLetters`]). The worker sees these, never rdkafka itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::Message as _;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::FutureProducer;
+
+/// One message of the order topic, detached from the consumer.
+pub struct LogEntry(OwnedMessage);
+
+impl LogEntry {
+    /// The bytes (a binary protobuf `OrderRequest`, or anything a producer sent).
+    pub fn payload(&self) -> &[u8] {
+        self.0.payload().unwrap_or_default()
+    }
+
+    /// The partition it came from.
+    pub fn partition(&self) -> i32 {
+        self.0.partition()
+    }
+
+    /// The key (the order id), lossily as text.
+    pub fn key(&self) -> String {
+        self.0
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Where it came from, as dead-letter headers.
+    pub fn source_headers(&self) -> [(String, String); 3] {
+        [
+            ("source-topic".to_string(), self.0.topic().to_string()),
+            (
+                "source-partition".to_string(),
+                self.0.partition().to_string(),
+            ),
+            ("source-offset".to_string(), self.0.offset().to_string()),
+        ]
+    }
+}
+
+/// A member of the worker group consuming the order topic.
+#[derive(Clone)]
+pub struct OrderConsumer {
+    consumer: Arc<StreamConsumer>,
+}
+
+impl OrderConsumer {
+    /// Joins `group` (with static membership `instance_id`, if any) and subscribes to
+    /// `topic`.
+    pub fn subscribe(
+        brokers: &str,
+        debug: Option<&str>,
+        group: &str,
+        instance_id: Option<&str>,
+        topic: &str,
+    ) -> anyhow::Result<Self> {
+        let consumer = super::consumer(brokers, debug, group, instance_id)?;
+        consumer.subscribe(&[topic])?;
+        Ok(Self {
+            consumer: Arc::new(consumer),
+        })
+    }
+
+    /// The next message of any assigned partition.
+    pub async fn next(&self) -> anyhow::Result<LogEntry> {
+        Ok(LogEntry(self.consumer.recv().await?.detach()))
+    }
+
+    /// Marks `entry` (and everything before it in its partition) done: its offset is
+    /// committed with the next periodic or final commit.
+    pub fn done(&self, entry: &LogEntry) {
+        let message = &entry.0;
+        if let Err(e) =
+            self.consumer
+                .store_offset(message.topic(), message.partition(), message.offset())
+        {
+            tracing::debug!(error = %e, "cannot store offset (partition revoked?)");
+        }
+    }
+
+    /// Commits the stored offsets now (at shutdown).
+    pub fn commit(&self) {
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => tracing::info!("offsets committed"),
+            Err(e) => tracing::debug!(error = %e, "final commit (nothing new to commit?)"),
+        }
+    }
+}
+
+/// The dead-letter topic.
+#[derive(Clone)]
+pub struct DeadLetters {
+    producer: FutureProducer,
+    topic: String,
+    timeout: Duration,
+}
+
+impl DeadLetters {
+    /// Dead letters go to `topic` through `producer`, each waiting up to `timeout` for the
+    /// broker's acknowledgement.
+    pub fn new(producer: FutureProducer, topic: &str, timeout: Duration) -> Self {
+        Self {
+            producer,
+            topic: topic.to_string(),
+            timeout,
+        }
+    }
+
+    /// The topic's name.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Publishes `entry` with `headers` (its source added) and waits for the broker.
+    pub async fn send(&self, entry: &LogEntry, headers: &[(String, String)]) -> anyhow::Result<()> {
+        super::send(
+            &self.producer,
+            &self.topic,
+            &entry.key(),
+            entry.payload(),
+            Some(headers),
+            self.timeout,
+        )
+        .await
+    }
+}
