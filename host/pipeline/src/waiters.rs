@@ -51,4 +51,35 @@ impl Waiters {
             }
         }
     }
+
+    /// Reads `id` with `read` until it is found or `deadline` passes. It registers before
+    /// each read, so that a write between the two is not missed, then sleeps until woken
+    /// by [`Waiters::wake`], or at most `poll` when writers may not announce.
+    pub async fn wait_for<T, F, Fut>(
+        &self,
+        id: &str,
+        deadline: tokio::time::Instant,
+        poll: Option<std::time::Duration>,
+        mut read: F,
+    ) -> anyhow::Result<Option<T>>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+    {
+        let found = loop {
+            let woken = self.register(id);
+            match read().await {
+                Ok(None) => {}
+                done => break done,
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                break Ok(None);
+            }
+            let until = poll.map_or(deadline, |poll| (now + poll).min(deadline));
+            let _ = tokio::time::timeout_at(until, woken).await;
+        };
+        self.forget(id);
+        found
+    }
 }

@@ -109,18 +109,9 @@ impl EmbeddedDb {
         deadline: Instant,
     ) -> anyhow::Result<Option<OrderResult>> {
         let deadline = tokio::time::Instant::from_std(deadline);
-        let found = loop {
-            // Register before reading, so a write between the two is not missed.
-            let woken = self.waiters.register(id);
-            if let Some(result) = self.get_result(id).await? {
-                break Some(result);
-            }
-            if tokio::time::timeout_at(deadline, woken).await.is_err() {
-                break None;
-            }
-        };
-        self.waiters.forget(id);
-        Ok(found)
+        self.waiters
+            .wait_for(id, deadline, None, || self.get_result(id))
+            .await
     }
 }
 

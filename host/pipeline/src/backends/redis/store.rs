@@ -129,19 +129,9 @@ impl RedisStore {
         id: &str,
         deadline: tokio::time::Instant,
     ) -> anyhow::Result<Option<OrderResult>> {
-        let found = loop {
-            let woken = self.waiters.register(id);
-            if let Some(result) = self.get(id).await? {
-                break Some(result);
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                break None;
-            }
-            let _ = tokio::time::timeout((deadline - now).min(FALLBACK_POLL), woken).await;
-        };
-        self.waiters.forget(id);
-        Ok(found)
+        self.waiters
+            .wait_for(id, deadline, Some(FALLBACK_POLL), || self.get(id))
+            .await
     }
 
     /// The raw value of a key (for tests and tools).
