@@ -78,11 +78,16 @@ echo "redis at $TEST_REDIS_ADDR, broker at $TEST_KAFKA_BROKERS"
 step "cargo fmt --check and clippy"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The engine alone, without the features the pipeline turns on (wasi, native-baseline).
+cargo clippy -p order-rules-engine -p order-builtin-rules --all-targets --quiet -- -D warnings
 (cd plugins && cargo fmt --all -- --check && \
   cargo clippy --workspace --all-targets --quiet --target "$HOST_TRIPLE" \
     --target-dir "$CARGO_TARGET_DIR/wasm-plugins" -- -D warnings)
 # The microbenchmarks' own workspace (zen-engine): kept compiling and lint-clean.
 (cd bench && cargo fmt -- --check && cargo clippy --all-targets --quiet -- -D warnings)
+
+step "the engine and built-in rules alone (without WASI, as cargo tree -p order-rules-engine shows them)"
+cargo test --quiet -p order-rules-engine -p order-builtin-rules 2>&1 | tee "$RUN_DIR/engine-alone.log"
 
 step "plugin unit tests (decision logic, on $HOST_TRIPLE)"
 (cd plugins && cargo test --workspace --quiet --target "$HOST_TRIPLE" --target-dir "$CARGO_TARGET_DIR/wasm-plugins")
@@ -100,4 +105,4 @@ step "cargo test (with the tests marked #[ignore] because they need Redis and th
 cargo test --workspace -- --include-ignored "$@" 2>&1 | tee "$RUN_DIR/cargo-test.log"
 # One closing line for the whole run: every test binary's counts added up.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     END { printf "\ncargo test: %d passed, %d failed\n", p, f }' "$RUN_DIR/cargo-test.log"
+     END { printf "\ncargo test: %d passed, %d failed\n", p, f }' "$RUN_DIR/engine-alone.log" "$RUN_DIR/cargo-test.log"

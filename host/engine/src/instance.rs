@@ -1,23 +1,18 @@
-//! One live instance of a plugin: its `Store` (limits, captured stderr, an empty WASI
-//! context), the calls into it, and the classification of everything that can go wrong
+//! One live instance of a plugin: its `Store` (limits, the `log` import, the empty WASI
+//! context of [`super::wasi`]), the calls into it, and the classification of everything that can go wrong
 //! in a call into a [`FailureKind`].
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, Trap};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{
-    HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
-};
 
 use super::bindings::RulePre;
 use super::bindings::{self, order::rules::log, order::rules::types as wit};
 use super::limits::Limits;
-use super::limits::{MAX_LOG_LINE_BYTES, MAX_LOG_LINES_PER_CALL, MAX_STDERR_BYTES};
+use super::limits::{MAX_LOG_LINE_BYTES, MAX_LOG_LINES_PER_CALL};
+use super::wasi::Wasi;
 
 /// What kind of infrastructure failure stopped a rule. Business outcomes (reject,
 /// retryable) are not failures.
@@ -97,17 +92,13 @@ pub(crate) struct HostState {
     log_lines: u32,
     /// The message of a guest panic, as reported by rule-common's panic hook.
     panic: Option<String>,
-    stderr: MemoryOutputPipe,
-    wasi: WasiCtx,
-    table: ResourceTable,
+    wasi: Wasi,
 }
 
-impl WasiView for HostState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+impl HostState {
+    #[cfg_attr(not(feature = "wasi"), allow(dead_code))]
+    pub(crate) fn wasi_mut(&mut self) -> &mut Wasi {
+        &mut self.wasi
     }
 }
 
@@ -169,27 +160,6 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
-/// Plugins get no clock: both WASI clocks stand still at zero.
-struct StoppedClock;
-
-impl HostWallClock for StoppedClock {
-    fn resolution(&self) -> Duration {
-        Duration::from_secs(1)
-    }
-    fn now(&self) -> Duration {
-        Duration::ZERO
-    }
-}
-
-impl HostMonotonicClock for StoppedClock {
-    fn resolution(&self) -> u64 {
-        1_000_000_000
-    }
-    fn now(&self) -> u64 {
-        0
-    }
-}
-
 /// A live, configured or not, instance of a plugin.
 pub(crate) struct Instance {
     store: Store<HostState>,
@@ -205,16 +175,6 @@ impl Instance {
         pre: &RulePre<HostState>,
         rule: Arc<str>,
     ) -> Result<Self, Failure> {
-        let stderr = MemoryOutputPipe::new(MAX_STDERR_BYTES);
-        // No preopens, env, args, network or stdin; clocks stopped; stderr captured.
-        let wasi = WasiCtxBuilder::new()
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .wall_clock(StoppedClock)
-            .monotonic_clock(StoppedClock)
-            .build();
         let state = HostState {
             rule,
             limiter: MemoryCap {
@@ -223,9 +183,7 @@ impl Instance {
             },
             log_lines: 0,
             panic: None,
-            stderr,
-            wasi,
-            table: ResourceTable::new(),
+            wasi: Wasi::new(),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -309,9 +267,7 @@ fn classify(store: &Store<HostState>, error: wasmtime::Error, other: FailureKind
             format!("tried to grow its memory beyond {max_mib} MiB"),
         ),
         Some(trap) => {
-            let stderr = String::from_utf8_lossy(&state.stderr.contents())
-                .trim()
-                .to_string();
+            let stderr = state.wasi.stderr();
             let message = if let Some(panic) = &state.panic {
                 format!("wasm trap: {trap}; plugin panicked: {panic}")
             } else if stderr.is_empty() {

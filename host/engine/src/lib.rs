@@ -23,6 +23,7 @@ pub mod order;
 mod plugin;
 pub mod ruleset;
 pub mod runner;
+mod wasi;
 
 use std::sync::Arc;
 use std::thread;
@@ -104,8 +105,7 @@ impl Engine {
             .context("configuring wasmtime")?;
 
         let mut linker = Linker::new(&wasmtime);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(anyhow::Error::from)
+        wasi::add_to_linker(&mut linker)
             .context("adding the (empty) WASI context to the linker")?;
         bindings::Rule::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(anyhow::Error::from)

@@ -119,7 +119,7 @@ impl Engine {
         let pre = self
             .linker()
             .instantiate_pre(&component)
-            .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+            .map_err(|e| LoadError::WrongWorld(without_wasi_hint(format!("{e:#}"))))?;
         let pre = RulePre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         let mut plugin = Plugin {
             engine: self.clone(),
@@ -194,6 +194,18 @@ impl Plugin {
     }
 }
 
+/// Says why a plugin that imports WASI does not link in an engine built without it.
+fn without_wasi_hint(message: String) -> String {
+    if cfg!(feature = "wasi") || !message.contains("wasi:") {
+        return message;
+    }
+    format!(
+        "{message} (the plugin imports WASI, built for wasm32-wasip2, and this engine has no \
+         WASI: build it with the `wasi` feature of order-rules-engine, or build the plugin \
+         for wasm32-unknown-unknown)"
+    )
+}
+
 /// sha256 of `bytes` as lowercase hex.
 pub fn digest(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -233,6 +245,21 @@ fn check_info(name: &str, version: &str) -> Result<(), LoadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wasi_import_is_explained_only_without_wasi() {
+        let message = "component imports instance `wasi:cli/environment@0.2.6`, but a \
+                       matching implementation was not found in the linker";
+        let said = without_wasi_hint(message.to_string());
+        assert!(said.starts_with(message));
+        assert_eq!(
+            said.contains("the `wasi` feature of order-rules-engine"),
+            !cfg!(feature = "wasi"),
+            "{said}"
+        );
+        let other = "component imports instance `order:rules/other`";
+        assert_eq!(without_wasi_hint(other.to_string()), other);
+    }
 
     #[test]
     fn headers_are_told_apart() {
