@@ -1,15 +1,19 @@
 //! One contract, every backend: the same cases run against the embedded backend (redb)
-//! and against Redis, through the seams the pipeline uses (`Store`, `Registry`): put,
-//! first result wins, get and batch reads, waits, the registry's compare-and-set and
-//! history, plugin blobs, and change notifications.
+//! and against Kafka + Redis, through the seams the pipeline uses (`Publisher`, `Store`,
+//! `Registry`): the order log hands back what was published, in order and intact, and
+//! does not hand back what was marked done; put, first result wins, get and batch reads,
+//! waits, the registry's compare-and-set and history, plugin blobs, and change
+//! notifications.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use order_pipeline::backends::embedded::EmbeddedDb;
+use order_pipeline::backends::kafka::{self, KafkaPublisher, OrderConsumer};
 use order_pipeline::backends::redis::Redis;
 use order_pipeline::domain::ruleset::{ActivateError, Expect, RulesetBody};
 use order_pipeline::domain::{Order, OrderResult, PutOutcome, ResultStatus, Totals};
+use order_pipeline::order_log::Publisher;
 use order_pipeline::rules::registry::Registry;
 use order_pipeline::store::Store;
 use tokio_util::sync::CancellationToken;
@@ -192,6 +196,82 @@ async fn registry_changes_are_notified(b: &Backend) {
             b.name
         );
     }
+}
+
+/// The payloads the order-log case publishes: distinct bytes, one key (one partition).
+fn log_payloads(run: &str) -> Vec<Vec<u8>> {
+    (0..20)
+        .map(|i| format!("{run}-{i}\0\u{1}\u{ff}").into_bytes())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_log_contract_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = EmbeddedDb::open(dir.path()).unwrap();
+    let log = Publisher::Embedded(Arc::clone(&db));
+    let sent = log_payloads("embedded");
+    for payload in &sent {
+        log.publish("same-key", payload.clone()).await.unwrap();
+    }
+    let (consumed, read) = db.read_batch(100).await.unwrap();
+    assert_eq!(consumed, 0);
+    let got: Vec<Vec<u8>> = read.iter().map(|(_, p)| p.clone()).collect();
+    assert_eq!(got, sent, "in order, byte for byte");
+    // Marked done (committed with the batch's results), nothing is handed back, even
+    // after a restart.
+    let next = read.last().unwrap().0 + 1;
+    db.commit_batch(Vec::new(), Vec::new(), next).await.unwrap();
+    drop(log);
+    db.close().await.unwrap();
+    let db = EmbeddedDb::open(dir.path()).unwrap();
+    let (consumed, read) = db.read_batch(100).await.unwrap();
+    assert_eq!((consumed, read.len()), (next, 0));
+    db.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
+async fn order_log_contract_kafka() {
+    let Some(services) = services() else { return };
+    let (topic, group) = (unique("contract-log"), unique("contract-group"));
+    kafka::ensure_topics(&services.kafka, &[(topic.as_str(), 2)], 1)
+        .await
+        .unwrap();
+    let timeout = Duration::from_secs(10);
+    let producer = kafka::producer(&services.kafka, None, timeout).unwrap();
+    let log = Publisher::Kafka(KafkaPublisher::new(producer, &topic, timeout));
+    let sent = log_payloads("kafka");
+    for payload in &sent {
+        log.publish("same-key", payload.clone()).await.unwrap();
+    }
+    let consumer = OrderConsumer::subscribe(&services.kafka, None, &group, None, &topic).unwrap();
+    let mut got = Vec::new();
+    let mut last = None;
+    while got.len() < sent.len() {
+        let entry = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+            .await
+            .expect("the published orders come back within 30 s")
+            .unwrap();
+        got.push(entry.payload().to_vec());
+        last = Some(entry);
+    }
+    assert_eq!(got, sent, "in order, byte for byte");
+    // Marked done and committed: a new member of the group starts after them.
+    consumer.done(&last.unwrap());
+    consumer.commit();
+    drop(consumer);
+    log.publish("same-key", b"marker".to_vec()).await.unwrap();
+    let again = OrderConsumer::subscribe(&services.kafka, None, &group, None, &topic).unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(60), again.next())
+        .await
+        .expect("the marker comes within 60 s")
+        .unwrap();
+    assert_eq!(
+        first.payload(),
+        b"marker",
+        "nothing marked done was handed back"
+    );
 }
 
 async fn run_contract(b: &Backend) {
