@@ -311,16 +311,7 @@ async fn aborted_worker_loses_nothing_when_another_takes_over() {
     let reader = app::start(Role::CacheService, &config).await.unwrap();
     // The first worker is slow (a rule that burns CPU), so it is mid-stream when killed.
     let dir = tempfile::tempdir().unwrap();
-    let slow = dir.path().join("slow.toml");
-    let wasm = crate::support::built_plugin("fixture_slow");
-    std::fs::write(
-        &slow,
-        format!(
-            "[[rule]]\nplugin = {:?}\n[rule.config]\niterations = 3000000\n",
-            wasm.display().to_string()
-        ),
-    )
-    .unwrap();
+    let slow = crate::support::slow_ruleset(dir.path(), 3_000_000);
     let mut slow_config = config.clone();
     slow_config.ruleset = Some(slow);
     slow_config.limits.fuel = 1_000_000_000;

@@ -103,17 +103,7 @@ async fn sigkilled_worker_loses_nothing() {
 
     // A slow first worker (a rule that burns CPU), so that it is mid-stream when killed.
     let dir = tempfile::tempdir().unwrap();
-    let slow = dir.path().join("slow.toml");
-    let wasm =
-        std::path::Path::new(order_builtin_rules::PLUGIN_BUILD_DIR).join("fixture_slow.wasm");
-    std::fs::write(
-        &slow,
-        format!(
-            "[[rule]]\nplugin = {:?}\n[rule.config]\niterations = 10000000\n",
-            wasm.display().to_string()
-        ),
-    )
-    .unwrap();
+    let slow = crate::support::slow_ruleset(dir.path(), 10_000_000);
     let mut first = worker_process(&config, Some(&slow));
 
     let ids: Vec<String> = (0..300).map(|i| format!("kill-{stamp}-{i}")).collect();

@@ -58,6 +58,22 @@ pub fn chain_with(
     Ok(RuleChain::new(specs)?)
 }
 
+/// Writes a ruleset with only the `fixture_slow` rule, burning `iterations` per order,
+/// into `dir`; returns its path. Keeps a worker busy mid-stream in the kill tests.
+pub fn slow_ruleset(dir: &Path, iterations: u64) -> PathBuf {
+    let path = dir.join("slow.toml");
+    let wasm = built_plugin("fixture_slow");
+    std::fs::write(
+        &path,
+        format!(
+            "[[rule]]\nplugin = {:?}\n[rule.config]\niterations = {iterations}\n",
+            wasm.display().to_string()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    path
+}
+
 /// An engine with default limits.
 pub fn engine() -> Engine {
     engine_with(Limits::default())
