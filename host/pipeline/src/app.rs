@@ -24,7 +24,7 @@ use crate::backends::redis::Redis;
 use crate::config::Config;
 use crate::grpc::admin_service::{AdminApi, TokenCheck};
 use crate::grpc::{self, cache_service::CacheApi, order_service::OrderApi};
-use crate::order_log::Publisher;
+use crate::order_log::{Consumer, Publisher};
 use crate::processor::{Processor, RetryPolicy};
 use crate::proto::admin::admin_service_server::AdminServiceServer;
 use crate::proto::cache_service_server::CacheServiceServer;
@@ -225,14 +225,10 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
             &config.default_currency,
             &worker_name(config),
         ));
-        let stop = shutdown.clone();
-        match (&embedded, &producer, &store, kafka_brokers) {
-            (Some(db), _, _, _) => {
-                let db = Arc::clone(db);
-                tasks.spawn(async move { worker::embedded::run(db, processor, stop).await });
-            }
-            (None, Some(producer), Some(store), Some(brokers)) => {
-                let consumer = kafka::OrderConsumer::subscribe(
+        let log = match (&embedded, &producer, kafka_brokers) {
+            (Some(db), _, _) => Consumer::Embedded(Arc::clone(db)),
+            (None, Some(producer), Some(brokers)) => {
+                let orders = kafka::OrderConsumer::subscribe(
                     brokers,
                     config.kafka_debug.as_deref(),
                     &config.worker_group,
@@ -242,13 +238,17 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
                 tracing::info!(topic = %config.kafka_topic, group = %config.worker_group, "worker consuming");
                 let dead_letters =
                     kafka::DeadLetters::new(producer.clone(), &config.dlq_topic, produce_timeout);
-                let store = store.clone();
-                tasks.spawn(async move {
-                    worker::kafka::run(consumer, processor, store, dead_letters, stop).await
-                });
+                Consumer::Kafka {
+                    orders,
+                    dead_letters,
+                }
             }
-            _ => anyhow::bail!("the worker has no log or store (a bug in start-up)"),
-        }
+            _ => anyhow::bail!("the worker has no order log (a bug in start-up)"),
+        };
+        let Some(store) = store.clone() else {
+            anyhow::bail!("the worker has no result store (a bug in start-up)");
+        };
+        tasks.spawn(worker::run(log, processor, store, shutdown.clone()));
     }
 
     let mut order_addr = None;

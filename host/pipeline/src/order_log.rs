@@ -1,10 +1,11 @@
-//! The order log: the OrderService publishes each accepted order to it, the worker
-//! consumes it. Kafka in production (`KAFKA_BROKERS`), the embedded log otherwise.
+//! The order log: the OrderService publishes each accepted order to it ([`Publisher`]),
+//! the worker consumes it ([`Consumer`]). Kafka in production (`KAFKA_BROKERS`), the
+//! embedded log otherwise.
 
 use std::sync::Arc;
 
 use crate::backends::embedded::EmbeddedDb;
-use crate::backends::kafka::KafkaPublisher;
+use crate::backends::kafka::{DeadLetters, KafkaPublisher, OrderConsumer};
 
 /// Why an order could not be published; the OrderService answers UNAVAILABLE.
 #[derive(Debug, thiserror::Error)]
@@ -36,4 +37,19 @@ impl Publisher {
                 .map_err(|e| PublishError(format!("{e:#}"))),
         }
     }
+}
+
+/// Where the worker reads accepted orders, and puts those that are not orders or ran out
+/// of retries (the dead letters).
+pub enum Consumer {
+    /// The order topic, as a member of the worker group, and the dead-letter topic.
+    Kafka {
+        /// The order topic.
+        orders: OrderConsumer,
+        /// The dead-letter topic.
+        dead_letters: DeadLetters,
+    },
+    /// The embedded log; its dead letters and consumed offset live in the same database
+    /// and are committed with the results.
+    Embedded(Arc<EmbeddedDb>),
 }
