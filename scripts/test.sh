@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what is missing (the wasm32-wasip2
-# target, redis-server, the tansu Kafka-compatible broker), starts Redis and the broker on
-# free loopback ports, checks formatting and lints, runs the plugins' unit tests, builds
+# target, redis-server, Java and Maven for Apache Kafka, whose jars come from Maven
+# Central: scripts/kafka.sh), starts Redis and a single-node KRaft broker on free loopback
+# ports, checks formatting and lints, runs the plugins' unit tests, builds
 # and tests the rule template, runs `cargo test`, and stops the services by PID.
 #
 #   scripts/test.sh            # everything
@@ -15,7 +16,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 CACHE="${ORDER_PIPELINE_CACHE:-$HOME/.cache/order-pipeline}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
-TANSU_VERSION="0.6.0"
 [ "${1:-}" = "--" ] && shift
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -34,12 +34,12 @@ if ! command -v redis-server >/dev/null; then
 fi
 redis-server --version
 
-step "tansu $TANSU_VERSION (Kafka-compatible broker)"
-if [ "$(tansu --version 2>/dev/null || true)" != "tansu $TANSU_VERSION" ]; then
-  echo "installing tansu $TANSU_VERSION (about 15 minutes the first time)"
-  CARGO_TARGET_DIR="$CACHE/tansu-target" cargo install tansu --version "$TANSU_VERSION" --locked --features libsql
+step "Apache Kafka (java, mvn, the broker's jars from Maven Central)"
+if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless maven >/dev/null
 fi
-tansu --version
+export TEST_KAFKA_SCRIPT="$ROOT/scripts/kafka.sh"
+echo "broker jars in $("$TEST_KAFKA_SCRIPT" libs)"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { # port seconds name
@@ -59,18 +59,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-step "starting redis-server and tansu on free ports"
+step "starting redis-server and Apache Kafka on free ports"
 REDIS_PORT="$(free_port)"
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
   --dir "$RUN_DIR" --logfile "$RUN_DIR/redis.log" &
 PIDS+=("$!")
 KAFKA_PORT="$(free_port)"
-(cd "$RUN_DIR" && exec tansu broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-  --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-  --storage-engine "sqlite://tansu.db" > "$RUN_DIR/tansu.log" 2>&1) &
+"$TEST_KAFKA_SCRIPT" run "$RUN_DIR/kafka" "$KAFKA_PORT" "$(free_port)" > "$RUN_DIR/kafka.out" 2>&1 &
 PIDS+=("$!")
 wait_port "$REDIS_PORT" 30 redis-server
-wait_port "$KAFKA_PORT" 60 tansu
+wait_port "$KAFKA_PORT" 60 "Apache Kafka (see $RUN_DIR/kafka/broker.log)"
 export TEST_REDIS_ADDR="127.0.0.1:$REDIS_PORT"
 export TEST_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
 echo "redis at $TEST_REDIS_ADDR, broker at $TEST_KAFKA_BROKERS"

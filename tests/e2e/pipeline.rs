@@ -356,7 +356,7 @@ async fn aborted_worker_loses_nothing_when_another_takes_over() {
 #[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
 async fn broker_down_is_unavailable_never_accepted() {
     let Some(_services) = services() else { return };
-    let broker = crate::support::Tansu::start();
+    let broker = crate::support::OwnKafka::start();
     let mut config = kafka_config(&_services);
     config.kafka_brokers = Some(broker.addr.clone());
     config.produce_timeout_ms = 1500;

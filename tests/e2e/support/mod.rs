@@ -243,49 +243,52 @@ pub async fn wait_result(
     }
 }
 
-/// A tansu broker of a test's own (for tests that stop the broker), killed on drop.
-pub struct Tansu {
+/// An Apache Kafka broker of a test's own (for tests that stop the broker), killed on
+/// drop. Started with `scripts/kafka.sh run` (`TEST_KAFKA_SCRIPT`, set by scripts/test.sh).
+pub struct OwnKafka {
     /// Its bootstrap address.
     pub addr: String,
     child: std::process::Child,
     _dir: tempfile::TempDir,
 }
 
-impl Tansu {
-    /// Starts `tansu broker` on a free loopback port with SQLite storage in a temp dir and
-    /// waits until it accepts connections. Panics (a test helper) when it cannot.
+impl OwnKafka {
+    /// Starts a single-node broker on free loopback ports with its data in a temp dir and
+    /// waits until it accepts connections (at most 90 s). Panics (a test helper) when it
+    /// cannot.
     pub fn start() -> Self {
         let dir = match tempfile::tempdir() {
             Ok(dir) => dir,
             Err(e) => panic!("temp dir: {e}"),
         };
-        let port = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
-            Ok(addr) => addr.port(),
-            Err(e) => panic!("no free port: {e}"),
-        };
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = std::process::Command::new("tansu")
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .current_dir(dir.path())
+        let free_port =
+            || match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+                Ok(addr) => addr.port(),
+                Err(e) => panic!("no free port: {e}"),
+            };
+        let (port, controller) = (free_port(), free_port());
+        let script = std::env::var_os("TEST_KAFKA_SCRIPT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("scripts/kafka.sh"));
+        let child = std::process::Command::new(&script)
+            .arg("run")
+            .arg(dir.path())
+            .args([port.to_string(), controller.to_string()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn();
         let child = match child {
             Ok(child) => child,
-            Err(e) => panic!("cannot start tansu (scripts/test.sh installs it): {e}"),
+            Err(e) => panic!("cannot run {}: {e}", script.display()),
         };
         let addr = format!("127.0.0.1:{port}");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
         while std::net::TcpStream::connect(&addr).is_err() {
             if std::time::Instant::now() > deadline {
-                panic!("tansu did not listen on {addr} within 30 s");
+                panic!(
+                    "Apache Kafka did not listen on {addr} within 90 s; see {}",
+                    dir.path().join("broker.log").display()
+                );
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
@@ -297,7 +300,7 @@ impl Tansu {
     }
 }
 
-impl Drop for Tansu {
+impl Drop for OwnKafka {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Apache Kafka without Docker: the broker's jars from Maven Central, run in KRaft mode
+# with `java -cp`. Used by scripts/test.sh and by the tests that need a broker of their own.
+#
+#   scripts/kafka.sh libs                     # resolves the pinned broker (cached), prints its libs dir
+#   scripts/kafka.sh run DIR PORT CTRL_PORT   # formats DIR and runs a single node (broker +
+#                                             # controller) in the foreground on 127.0.0.1
+#
+# Needs java (17+) and mvn. The jars are cached under $ORDER_PIPELINE_CACHE (default
+# $HOME/.cache/order-pipeline); Maven keeps its downloads in ~/.m2.
+set -euo pipefail
+
+KAFKA_VERSION="4.1.1"
+LOG4J_VERSION="2.24.3"
+CACHE="${ORDER_PIPELINE_CACHE:-$HOME/.cache/order-pipeline}"
+LIBS="$CACHE/kafka-$KAFKA_VERSION/libs"
+
+libs() {
+  if [ ! -f "$LIBS/.complete" ]; then
+    local pom_dir
+    pom_dir="$(mktemp -d)"
+    # The broker (core) and, as the distribution adds, log4j's slf4j binding: without it
+    # the broker logs nothing.
+    cat > "$pom_dir/pom.xml" <<EOF
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.order-pipeline</groupId><artifactId>kafka-broker</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>$LOG4J_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>$LOG4J_VERSION</version></dependency>
+  </dependencies>
+</project>
+EOF
+    rm -rf "$LIBS"
+    if ! mvn -B -q -f "$pom_dir/pom.xml" \
+      org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$LIBS" > "$pom_dir/mvn.log" 2>&1; then
+      cat "$pom_dir/mvn.log" >&2
+      echo "error: Maven could not resolve Apache Kafka $KAFKA_VERSION (above)" >&2
+      exit 1
+    fi
+    rm -rf "$pom_dir"
+    touch "$LIBS/.complete"
+  fi
+  echo "$LIBS"
+}
+
+run() {
+  local dir="$1" port="$2" ctrl="$3"
+  local libs
+  libs="$(libs)"
+  mkdir -p "$dir/data"
+  cat > "$dir/server.properties" <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$ctrl
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$ctrl
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$dir/data
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+log.cleaner.dedupe.buffer.size=16777216
+EOF
+  cat > "$dir/log4j2.properties" <<EOF
+status = error
+appender.file.type = File
+appender.file.name = FILE
+appender.file.fileName = $dir/broker.log
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = info
+rootLogger.appenderRef.file.ref = FILE
+EOF
+  # The classpath stays quoted: the JVM expands the *, not the shell.
+  local java=(java -Xms256m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true
+    "-Dlog4j2.configurationFile=$dir/log4j2.properties" -cp "$libs/*")
+  local id
+  id="$("${java[@]}" kafka.tools.StorageTool random-uuid)"
+  "${java[@]}" kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" \
+    --ignore-formatted >/dev/null
+  exec "${java[@]}" kafka.Kafka "$dir/server.properties"
+}
+
+case "${1:-}" in
+  libs) libs ;;
+  run) shift; [ $# -eq 3 ] || { echo "usage: $0 run DIR PORT CTRL_PORT" >&2; exit 2; }; run "$@" ;;
+  *) echo "usage: $0 libs | run DIR PORT CTRL_PORT" >&2; exit 2 ;;
+esac
