@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what is missing (the wasm32-wasip2
 # target, redis-server, Java and Maven for Apache Kafka, whose jars come from Maven
-# Central: scripts/kafka.sh), starts Redis and a single-node KRaft broker on free loopback
+# Central: scripts/kafka.sh, and grpcurl with go install), starts Redis and a single-node KRaft broker on free loopback
 # ports, checks formatting and lints, runs the plugins' unit tests, builds
 # and tests the rule template, runs `cargo test`, and stops the services by PID.
 #
@@ -16,6 +16,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 CACHE="${ORDER_PIPELINE_CACHE:-$HOME/.cache/order-pipeline}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+GRPCURL_VERSION="v1.9.3"
 [ "${1:-}" = "--" ] && shift
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -40,6 +41,17 @@ if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
 fi
 export TEST_KAFKA_SCRIPT="$ROOT/scripts/kafka.sh"
 echo "broker jars in $("$TEST_KAFKA_SCRIPT" libs)"
+
+step "grpcurl $GRPCURL_VERSION (the Go system's gRPC client, go install)"
+if ! command -v go >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go >/dev/null
+fi
+# go install stamps no version into the binary: the cache folder names it.
+export TEST_GRPCURL="$CACHE/grpcurl-$GRPCURL_VERSION/grpcurl"
+if [ ! -x "$TEST_GRPCURL" ]; then
+  GOBIN="$(dirname "$TEST_GRPCURL")" go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION"
+fi
+go version -m "$TEST_GRPCURL" | sed -n 's/^[[:space:]]*mod[[:space:]]*//p'
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { # port seconds name

@@ -12,6 +12,7 @@ mod contract;
 mod deploy;
 mod embedded;
 mod engine;
+mod go_workflow;
 mod grpc_api;
 mod hostile;
 mod pipeline;
