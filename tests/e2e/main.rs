@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
+mod compose;
 mod contract;
 mod deploy;
 mod embedded;
