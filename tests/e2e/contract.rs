@@ -245,7 +245,13 @@ async fn order_log_contract_kafka() {
     for payload in &sent {
         log.publish("same-key", payload.clone()).await.unwrap();
     }
-    let consumer = OrderConsumer::subscribe(&services.kafka, None, &group, None, &topic).unwrap();
+    let membership = kafka::Membership {
+        group: &group,
+        instance_id: None,
+        session_timeout: Duration::from_secs(10),
+        max_poll_interval: Duration::from_secs(300),
+    };
+    let consumer = OrderConsumer::subscribe(&services.kafka, None, &membership, &topic).unwrap();
     let mut got = Vec::new();
     let mut last = None;
     while got.len() < sent.len() {
@@ -262,7 +268,7 @@ async fn order_log_contract_kafka() {
     consumer.commit();
     drop(consumer);
     log.publish("same-key", b"marker".to_vec()).await.unwrap();
-    let again = OrderConsumer::subscribe(&services.kafka, None, &group, None, &topic).unwrap();
+    let again = OrderConsumer::subscribe(&services.kafka, None, &membership, &topic).unwrap();
     let first = tokio::time::timeout(Duration::from_secs(60), again.next())
         .await
         .expect("the marker comes within 60 s")

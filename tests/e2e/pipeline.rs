@@ -311,7 +311,7 @@ async fn aborted_worker_loses_nothing_when_another_takes_over() {
     let reader = app::start(Role::CacheService, &config).await.unwrap();
     // The first worker is slow (a rule that burns CPU), so it is mid-stream when killed.
     let dir = tempfile::tempdir().unwrap();
-    let slow = crate::support::slow_ruleset(dir.path(), 3_000_000);
+    let slow = crate::support::slow_ruleset(dir.path(), 1_000_000);
     let mut slow_config = config.clone();
     slow_config.ruleset = Some(slow);
     slow_config.limits.fuel = 1_000_000_000;
@@ -319,7 +319,9 @@ async fn aborted_worker_loses_nothing_when_another_takes_over() {
     let worker = app::start(Role::Worker, &slow_config).await.unwrap();
     let mut orders = order_client(front.order_addr.unwrap()).await;
     let mut cache = cache_client(reader.cache_addr.unwrap()).await;
-    let ids: Vec<String> = (0..400).map(|i| unique(&format!("crash{i}"))).collect();
+    // More orders per partition than the worker takes in one batch (256): when the first
+    // result is visible, its partition still has whole batches to go.
+    let ids: Vec<String> = (0..1200).map(|i| unique(&format!("crash{i}"))).collect();
     let batch = ids.iter().map(|id| go_request(id, "book", 5)).collect();
     let responses = orders
         .create_orders(CreateOrdersRequest { orders: batch })
@@ -362,12 +364,27 @@ async fn broker_down_is_unavailable_never_accepted() {
     config.produce_timeout_ms = 1500;
     let running = app::start(Role::OrderService, &config).await.unwrap();
     let mut orders = order_client(running.order_addr.unwrap()).await;
-    let up = orders
-        .create_order(go_request(&unique("up"), "book", 1))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(up.status, "accepted");
+    // A broker that just opened its port may still be electing the topic's leaders (on a
+    // busy CI machine for longer than the 1.5 s produce timeout): retry until it serves.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match orders
+            .create_order(go_request(&unique("up"), "book", 1))
+            .await
+        {
+            Ok(up) => {
+                assert_eq!(up.into_inner().status, "accepted");
+                break;
+            }
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the new broker accepted no order within 60 s: {status:?}"
+                );
+            }
+            Err(status) => panic!("{status:?}"),
+        }
+    }
 
     drop(broker); // kills the broker
     let status = orders
@@ -387,5 +404,83 @@ async fn batch_results_are_read_in_one_call_from_redis() {
         .await
         .unwrap();
     crate::support::check_batch_results(&running, "kafka-batch").await;
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
+async fn a_partition_that_retries_in_place_does_not_stall_the_others() {
+    // Partition 0 gets orders that retry in place for ~12 s in all, then more than its
+    // queue in the worker holds; partition 1 gets orders afterwards. The worker must keep
+    // polling (the max poll interval here is 6 s) and decide partition 1's orders while
+    // partition 0 still waits, instead of blocking on partition 0's full queue.
+    let Some(services) = services() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ruleset = dir.path().join("chaos.toml");
+    std::fs::write(&ruleset, "[[rule]]\nplugin = \"builtin:rule-chaos\"\n").unwrap();
+    let mut config = kafka_config(&services);
+    config.ruleset = Some(ruleset);
+    config.max_retries = 2;
+    config.retry_backoff_ms = 100; // 0.1 + 0.2 s of backoff per retried order
+    config.kafka_session_timeout_ms = 6_000;
+    config.kafka_max_poll_interval_ms = 6_000;
+    let running = app::start(Role::All, &config).await.unwrap();
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &services.kafka)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let send = |id: String, item: &'static str, partition: i32| {
+        let producer = producer.clone();
+        let topic = config.kafka_topic.clone();
+        async move {
+            let payload = prost::Message::encode_to_vec(&go_request(&id, item, 1));
+            producer
+                .send(
+                    FutureRecord::to(&topic)
+                        .key(&id)
+                        .payload(&payload)
+                        .partition(partition),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+    };
+    let slow: Vec<String> = (0..40).map(|i| unique(&format!("slow-{i}"))).collect();
+    for id in &slow {
+        send(id.clone(), "fail-1", 0).await;
+    }
+    let behind: Vec<String> = (0..1500).map(|i| unique(&format!("behind-{i}"))).collect();
+    futures::future::join_all(behind.iter().map(|id| send(id.clone(), "book", 0))).await;
+    // The first retried order is being decided: partition 0 is now stuck for ~12 s.
+    let first = wait_result(&mut cache, &slow[0], 60).await.unwrap();
+    assert_eq!(first.status, "failed");
+    let other: Vec<String> = (0..50).map(|i| unique(&format!("other-{i}"))).collect();
+    futures::future::join_all(other.iter().map(|id| send(id.clone(), "book", 1))).await;
+
+    let mut latest_other = 0;
+    for id in &other {
+        let result = wait_result(&mut cache, id, 120).await.unwrap();
+        assert_eq!(result.status, "done", "{id}");
+        latest_other = latest_other.max(result.processed_at_unix_ms);
+    }
+    let last_slow = wait_result(&mut cache, slow.last().unwrap(), 120)
+        .await
+        .unwrap();
+    assert_eq!(last_slow.status, "failed");
+    assert!(
+        latest_other < last_slow.processed_at_unix_ms,
+        "partition 1 waited for partition 0: its last order at {latest_other}, partition 0's last retried order at {}",
+        last_slow.processed_at_unix_ms
+    );
+    for id in &behind {
+        assert_eq!(
+            wait_result(&mut cache, id, 120).await.unwrap().status,
+            "done"
+        );
+    }
     running.stop().await.unwrap();
 }

@@ -40,6 +40,15 @@ pub(crate) struct ConfigArgs {
     /// Replication factor of topics this process creates.
     #[arg(long, env = "KAFKA_REPLICATION", default_value_t = 1)]
     pub kafka_replication: i32,
+    /// How long the broker waits for a silent worker before giving its partitions to the
+    /// others, in ms: how long a group takes to resume after a worker dies (without
+    /// WORKER_INSTANCE_ID). The broker accepts 6000 to 300000 by default.
+    #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    pub kafka_session_timeout_ms: u64,
+    /// Longest time between two polls of the consumer before it leaves the group, in ms;
+    /// at least KAFKA_SESSION_TIMEOUT_MS.
+    #[arg(long, env = "KAFKA_MAX_POLL_INTERVAL_MS", default_value_t = 300_000)]
+    pub kafka_max_poll_interval_ms: u64,
     /// Redis address (`host:port` or `redis://...`). Unset: the embedded store in DATA_DIR.
     #[arg(long, env = "REDIS_ADDR")]
     pub redis_addr: Option<String>,
@@ -132,6 +141,8 @@ impl ConfigArgs {
             worker_instance_id: self.worker_instance_id,
             kafka_partitions: self.kafka_partitions,
             kafka_replication: self.kafka_replication,
+            kafka_session_timeout_ms: self.kafka_session_timeout_ms,
+            kafka_max_poll_interval_ms: self.kafka_max_poll_interval_ms,
             redis_addr: self.redis_addr,
             admin_token: self.admin_token,
             data_dir: self.data_dir,

@@ -231,8 +231,12 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
                 let orders = kafka::OrderConsumer::subscribe(
                     brokers,
                     config.kafka_debug.as_deref(),
-                    &config.worker_group,
-                    config.worker_instance_id.as_deref(),
+                    &kafka::Membership {
+                        group: &config.worker_group,
+                        instance_id: config.worker_instance_id.as_deref(),
+                        session_timeout: Duration::from_millis(config.kafka_session_timeout_ms),
+                        max_poll_interval: Duration::from_millis(config.kafka_max_poll_interval_ms),
+                    },
                     &config.kafka_topic,
                 )?;
                 tracing::info!(topic = %config.kafka_topic, group = %config.worker_group, "worker consuming");

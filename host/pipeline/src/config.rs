@@ -34,6 +34,14 @@ pub struct Config {
     pub kafka_partitions: i32,
     /// Replication factor of topics this process creates.
     pub kafka_replication: i32,
+    /// How long the broker waits for a silent worker before it gives the worker's
+    /// partitions to the others, in ms (`session.timeout.ms`): the time a group needs to
+    /// resume after a worker dies without static membership.
+    pub kafka_session_timeout_ms: u64,
+    /// Longest time between two polls of the consumer before it leaves the group, in ms
+    /// (`max.poll.interval.ms`). The worker keeps polling while a partition waits (its
+    /// fetching is paused instead), so a slow partition never reaches it.
+    pub kafka_max_poll_interval_ms: u64,
     /// Redis address (`host:port` or `redis://...`). `None`: the embedded store.
     pub redis_addr: Option<String>,
     /// Listen address of the OrderService.
@@ -90,6 +98,8 @@ impl Default for Config {
             worker_instance_id: None,
             kafka_partitions: 4,
             kafka_replication: 1,
+            kafka_session_timeout_ms: 10_000,
+            kafka_max_poll_interval_ms: 300_000,
             redis_addr: None,
             order_service_addr: addr(DEFAULT_ORDER_SERVICE_ADDR),
             cache_service_addr: addr(DEFAULT_CACHE_SERVICE_ADDR),
@@ -143,6 +153,14 @@ impl Config {
             return fail(format!(
                 "QUARANTINE_FAILURES ({}) must be below QUARANTINE_WINDOW ({}), which must be at least 1",
                 self.quarantine_failures, self.quarantine_window
+            ));
+        }
+        if self.kafka_session_timeout_ms == 0
+            || self.kafka_max_poll_interval_ms < self.kafka_session_timeout_ms
+        {
+            return fail(format!(
+                "KAFKA_MAX_POLL_INTERVAL_MS ({}) must be at least KAFKA_SESSION_TIMEOUT_MS ({}), which must be at least 1",
+                self.kafka_max_poll_interval_ms, self.kafka_session_timeout_ms
             ));
         }
         if self.produce_timeout_ms == 0 {
@@ -205,5 +223,15 @@ mod tests {
             ..Config::default()
         };
         assert!(same.validate().is_err());
+        let poll = Config {
+            kafka_max_poll_interval_ms: 5_000,
+            ..Config::default()
+        };
+        assert!(
+            poll.validate()
+                .unwrap_err()
+                .0
+                .contains("KAFKA_MAX_POLL_INTERVAL_MS")
+        );
     }
 }

@@ -2,12 +2,13 @@
 //! partition (in order within it, partitions concurrently), hands batches to the
 //! [`Processor`], writes results and dead letters, and only then stores the offsets.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -23,6 +24,8 @@ const LANE_QUEUE: usize = 1024;
 const LANE_BATCH: usize = 256;
 /// Longest pause between attempts to reach the store or the dead-letter topic.
 const MAX_IO_BACKOFF: Duration = Duration::from_secs(5);
+/// How often the messages held back for a full partition queue are offered again.
+const STALLED_RETRY: Duration = Duration::from_millis(20);
 
 /// Retries `attempt` with backoff until it succeeds or `shutdown` is cancelled; returns
 /// whether it succeeded.
@@ -50,6 +53,12 @@ where
 
 /// Consumes the order topic with `consumer` until `shutdown`; each partition is
 /// processed in order by its own task, partitions concurrently.
+///
+/// This loop never waits for a partition: when one's queue is full (its orders retry in
+/// place, or the store is down), the partition's fetching is paused and the message is
+/// held until the queue has room. So the consumer is polled all the time and never
+/// exceeds `max.poll.interval.ms`, however long one partition waits, and the other
+/// partitions keep flowing.
 pub async fn run(
     consumer: OrderConsumer,
     processor: Arc<Processor>,
@@ -60,10 +69,18 @@ pub async fn run(
     // Lanes live in a JoinSet owned here: if this task dies, they die with it.
     let mut lanes: HashMap<i32, mpsc::Sender<LogEntry>> = HashMap::new();
     let mut lane_tasks = JoinSet::new();
+    // Messages of paused partitions, in order, waiting for room in their lane.
+    let mut stalled: HashMap<i32, VecDeque<LogEntry>> = HashMap::new();
+    let mut stalled_retry = tokio::time::interval(STALLED_RETRY);
+    stalled_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let message = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
+            _ = stalled_retry.tick(), if !stalled.is_empty() => {
+                offer_stalled(&mut stalled, &lanes, &consumer)?;
+                continue;
+            }
             message = consumer.next() => message,
         };
         let message = match message {
@@ -92,10 +109,19 @@ pub async fn run(
             );
             tx
         });
-        if lane.send(message).await.is_err() && !shutdown.is_cancelled() {
-            // A partition task only stops on shutdown; anything else is a bug. Fail the
-            // role (the process exits, its messages are redelivered) rather than stall.
-            anyhow::bail!("the task of partition {partition} stopped unexpectedly");
+        if let Some(held) = stalled.get_mut(&partition) {
+            // Fetched before the pause took effect: keep the partition's order.
+            held.push_back(message);
+            continue;
+        }
+        match lane.try_send(message) {
+            Ok(()) => {}
+            Err(TrySendError::Full(message)) => {
+                tracing::debug!(partition, "partition queue full: fetching paused");
+                consumer.pause(partition);
+                stalled.insert(partition, VecDeque::from([message]));
+            }
+            Err(TrySendError::Closed(_)) => lane_stopped(partition, &shutdown)?,
         }
     }
     tracing::info!("worker stopping: finishing in-flight orders");
@@ -103,6 +129,52 @@ pub async fn run(
     while lane_tasks.join_next().await.is_some() {}
     consumer.commit();
     Ok(())
+}
+
+/// Moves held messages into their lanes while there is room; resumes each partition
+/// whose held messages are all in.
+fn offer_stalled(
+    stalled: &mut HashMap<i32, VecDeque<LogEntry>>,
+    lanes: &HashMap<i32, mpsc::Sender<LogEntry>>,
+    consumer: &OrderConsumer,
+) -> anyhow::Result<()> {
+    let mut resumed = Vec::new();
+    for (&partition, held) in stalled.iter_mut() {
+        let Some(lane) = lanes.get(&partition) else {
+            anyhow::bail!("partition {partition} has held messages but no task (a bug)");
+        };
+        while let Some(message) = held.pop_front() {
+            match lane.try_send(message) {
+                Ok(()) => {}
+                Err(TrySendError::Full(message)) => {
+                    held.push_front(message);
+                    break;
+                }
+                Err(TrySendError::Closed(_)) => {
+                    anyhow::bail!("the task of partition {partition} stopped unexpectedly")
+                }
+            }
+        }
+        if held.is_empty() {
+            resumed.push(partition);
+        }
+    }
+    for partition in resumed {
+        stalled.remove(&partition);
+        consumer.resume(partition);
+        tracing::debug!(partition, "partition queue has room: fetching resumed");
+    }
+    Ok(())
+}
+
+/// A partition task only stops on shutdown; anything else is a bug. Fail the role (the
+/// process exits, its messages are redelivered) rather than stall.
+fn lane_stopped(partition: i32, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    if shutdown.is_cancelled() {
+        Ok(())
+    } else {
+        anyhow::bail!("the task of partition {partition} stopped unexpectedly")
+    }
 }
 
 async fn lane_loop(

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::Message as _;
+use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureProducer;
@@ -49,23 +50,44 @@ impl LogEntry {
 #[derive(Clone)]
 pub struct OrderConsumer {
     consumer: Arc<StreamConsumer>,
+    topic: Arc<str>,
 }
 
 impl OrderConsumer {
-    /// Joins `group` (with static membership `instance_id`, if any) and subscribes to
-    /// `topic`.
+    /// Joins the group of `membership` and subscribes to `topic`.
     pub fn subscribe(
         brokers: &str,
         debug: Option<&str>,
-        group: &str,
-        instance_id: Option<&str>,
+        membership: &super::Membership<'_>,
         topic: &str,
     ) -> anyhow::Result<Self> {
-        let consumer = super::consumer(brokers, debug, group, instance_id)?;
+        let consumer = super::consumer(brokers, debug, membership)?;
         consumer.subscribe(&[topic])?;
         Ok(Self {
             consumer: Arc::new(consumer),
+            topic: topic.into(),
         })
+    }
+
+    /// Stops fetching `partition` (its queue in the worker is full); polling goes on, so
+    /// the member stays in the group however long the partition waits.
+    pub fn pause(&self, partition: i32) {
+        if let Err(e) = self.consumer.pause(&self.partition_list(partition)) {
+            tracing::debug!(partition, error = %e, "cannot pause (partition revoked?)");
+        }
+    }
+
+    /// Fetches `partition` again after [`OrderConsumer::pause`].
+    pub fn resume(&self, partition: i32) {
+        if let Err(e) = self.consumer.resume(&self.partition_list(partition)) {
+            tracing::debug!(partition, error = %e, "cannot resume (partition revoked?)");
+        }
+    }
+
+    fn partition_list(&self, partition: i32) -> TopicPartitionList {
+        let mut list = TopicPartitionList::with_capacity(1);
+        list.add_partition(&self.topic, partition);
+        list
     }
 
     /// The next message of any assigned partition.

@@ -5,6 +5,21 @@ mod consumer;
 
 pub use consumer::{DeadLetters, LogEntry, OrderConsumer};
 
+/// How a worker takes part in its consumer group.
+#[derive(Debug, Clone, Copy)]
+pub struct Membership<'a> {
+    /// The group.
+    pub group: &'a str,
+    /// Static membership id, if any: a restarted worker with the same id takes its
+    /// partitions back at once instead of waiting for the group to notice the old one
+    /// is gone.
+    pub instance_id: Option<&'a str>,
+    /// `session.timeout.ms`: how long the broker waits for a silent member.
+    pub session_timeout: Duration,
+    /// `max.poll.interval.ms`: longest time between two polls before leaving the group.
+    pub max_poll_interval: Duration,
+}
+
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -146,22 +161,26 @@ pub async fn ensure_topics(
 fn consumer(
     brokers: &str,
     debug: Option<&str>,
-    group: &str,
-    instance_id: Option<&str>,
+    membership: &Membership<'_>,
 ) -> anyhow::Result<StreamConsumer> {
     let mut config = base(brokers, debug);
-    if let Some(id) = instance_id.filter(|id| !id.is_empty()) {
-        // Static membership: a restarted worker with the same id takes its partitions
-        // back at once instead of waiting for the group to notice the old one is gone.
+    if let Some(id) = membership.instance_id.filter(|id| !id.is_empty()) {
         config.set("group.instance.id", id);
     }
     config
-        .set("group.id", group)
+        .set("group.id", membership.group)
+        .set(
+            "session.timeout.ms",
+            membership.session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "max.poll.interval.ms",
+            membership.max_poll_interval.as_millis().to_string(),
+        )
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "200")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "10000")
         .set("enable.partition.eof", "false")
         // Brokers that do not answer a fetch as soon as data arrives (tansu) would
         // otherwise hold every fetch for librdkafka's default 500 ms.
