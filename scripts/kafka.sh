@@ -5,6 +5,15 @@
 #   scripts/kafka.sh libs                     # resolves the pinned broker (cached), prints its libs dir
 #   scripts/kafka.sh run DIR PORT CTRL_PORT   # formats DIR and runs a single node (broker +
 #                                             # controller) in the foreground on 127.0.0.1
+#   scripts/kafka.sh node DIR ID PORT VOTERS CLUSTER_ID
+#                                             # one node of a cluster: node.id ID, VOTERS as
+#                                             # 1@127.0.0.1:C1,2@127.0.0.1:C2,...; every node
+#                                             # of a cluster gets the same CLUSTER_ID
+#   scripts/kafka.sh cluster-id               # prints a new cluster id
+#
+# A cluster of N nodes replicates topics and the group offsets N times (at most 3) and
+# takes acks=all writes with min.insync.replicas = that factor - 1: it keeps accepting
+# with one node lost. Running DIR again (same ports) restarts a node with its data.
 #
 # Needs java (17+) and mvn. The jars are cached under $ORDER_PIPELINE_CACHE (default
 # $HOME/.cache/order-pipeline); Maven keeps its downloads in ~/.m2.
@@ -47,27 +56,56 @@ EOF
   echo "$LIBS"
 }
 
+java_cmd() { # dir
+  # The classpath stays quoted: the JVM expands the *, not the shell.
+  JAVA=(java -Xms256m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true
+    "-Dlog4j2.configurationFile=$1/log4j2.properties" -cp "$(libs)/*")
+}
+
 run() {
   local dir="$1" port="$2" ctrl="$3"
+  local id=""
+  [ -f "$dir/cluster.id" ] && id="$(cat "$dir/cluster.id")"
+  if [ -z "$id" ]; then
+    id="$(cluster_id)"
+  fi
+  node "$dir" 1 "$port" "1@127.0.0.1:$ctrl" "$id"
+}
+
+cluster_id() {
   local libs
   libs="$(libs)"
+  java -cp "$libs/*" kafka.tools.StorageTool random-uuid
+}
+
+node() {
+  local dir="$1" node_id="$2" port="$3" voters="$4" cluster="$5"
+  local ctrl nodes replication min_isr
+  ctrl="$(tr ',' '\n' <<< "$voters" | sed -n "s/^$node_id@[^:]*:\([0-9]*\)$/\1/p")"
+  [ -n "$ctrl" ] || { echo "node $node_id is not among the voters $voters" >&2; exit 2; }
+  nodes="$(tr ',' '\n' <<< "$voters" | wc -l)"
+  replication=$(( nodes < 3 ? nodes : 3 ))
+  min_isr=$(( replication > 1 ? replication - 1 : 1 ))
   mkdir -p "$dir/data"
+  echo "$cluster" > "$dir/cluster.id"
   cat > "$dir/server.properties" <<EOF
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:$ctrl
+node.id=$node_id
+controller.quorum.voters=$voters
 listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$ctrl
 advertised.listeners=PLAINTEXT://127.0.0.1:$port
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 log.dirs=$dir/data
-offsets.topic.replication.factor=1
+offsets.topic.replication.factor=$replication
 offsets.topic.num.partitions=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+default.replication.factor=$replication
+min.insync.replicas=$min_isr
+transaction.state.log.replication.factor=$replication
+transaction.state.log.min.isr=$min_isr
+share.coordinator.state.topic.replication.factor=$replication
+share.coordinator.state.topic.min.isr=$min_isr
 group.initial.rebalance.delay.ms=0
 log.cleaner.dedupe.buffer.size=16777216
 EOF
@@ -81,18 +119,16 @@ appender.file.layout.pattern = [%d] %p %m (%c)%n
 rootLogger.level = info
 rootLogger.appenderRef.file.ref = FILE
 EOF
-  # The classpath stays quoted: the JVM expands the *, not the shell.
-  local java=(java -Xms256m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true
-    "-Dlog4j2.configurationFile=$dir/log4j2.properties" -cp "$libs/*")
-  local id
-  id="$("${java[@]}" kafka.tools.StorageTool random-uuid)"
-  "${java[@]}" kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" \
+  java_cmd "$dir"
+  "${JAVA[@]}" kafka.tools.StorageTool format -t "$cluster" -c "$dir/server.properties" \
     --ignore-formatted >/dev/null
-  exec "${java[@]}" kafka.Kafka "$dir/server.properties"
+  exec "${JAVA[@]}" kafka.Kafka "$dir/server.properties"
 }
 
 case "${1:-}" in
   libs) libs ;;
   run) shift; [ $# -eq 3 ] || { echo "usage: $0 run DIR PORT CTRL_PORT" >&2; exit 2; }; run "$@" ;;
-  *) echo "usage: $0 libs | run DIR PORT CTRL_PORT" >&2; exit 2 ;;
+  node) shift; [ $# -eq 5 ] || { echo "usage: $0 node DIR ID PORT VOTERS CLUSTER_ID" >&2; exit 2; }; node "$@" ;;
+  cluster-id) cluster_id ;;
+  *) echo "usage: $0 libs | run DIR PORT CTRL_PORT | node DIR ID PORT VOTERS CLUSTER_ID | cluster-id" >&2; exit 2 ;;
 esac

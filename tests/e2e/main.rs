@@ -13,6 +13,7 @@ mod contract;
 mod deploy;
 mod embedded;
 mod engine;
+mod faults;
 mod go_workflow;
 mod grpc_api;
 mod hostile;
