@@ -149,6 +149,15 @@ fn compose_yaml_loads_and_matches_the_binary() {
         );
     }
 
+    // Redis runs with the durability the README promises and the fault tests use.
+    let redis = strings(&services["redis"]["command"]);
+    for pair in [["--appendonly", "yes"], ["--appendfsync", "always"]] {
+        assert!(
+            redis.windows(2).any(|w| w == pair.as_slice()),
+            "redis runs with {pair:?}: {redis:?}"
+        );
+    }
+
     // The broker image is the Kafka version the tests run (scripts/kafka.sh).
     let script = std::fs::read_to_string(repo_root().join("scripts/kafka.sh")).unwrap();
     let version = script

@@ -183,6 +183,9 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         }
         _ => None,
     };
+    if let Some(redis) = redis.as_ref().filter(|_| role.works()) {
+        redis.check_durability().await;
+    }
     let redis_registry = redis
         .as_ref()
         .filter(|_| role.works())

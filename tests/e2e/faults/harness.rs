@@ -385,8 +385,9 @@ pub struct LoadLog {
     /// When the calls answered UNAVAILABLE (or DEADLINE_EXCEEDED) were sent: the order
     /// was not taken, and the client knows it.
     pub unavailable: Vec<i64>,
-    /// Calls that failed otherwise (e.g. the OrderService process was down).
-    pub other_errors: usize,
+    /// Calls that failed otherwise, e.g. cut off when the process serving them was
+    /// killed (the client does not know whether the order was taken).
+    pub other_errors: Vec<String>,
 }
 
 /// Unary `CreateOrder` calls from `clients` concurrent clients at about `rate` per
@@ -394,6 +395,8 @@ pub struct LoadLog {
 pub struct Load {
     stop: CancellationToken,
     log: Arc<Mutex<LoadLog>>,
+    sent: Arc<std::sync::atomic::AtomicUsize>,
+    total: usize,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -451,15 +454,29 @@ impl Load {
                                 log.unavailable.push(sent_at);
                             }
                             Err(status) => {
-                                tracing_free_note(&id, &status);
-                                log.other_errors += 1;
+                                log.other_errors.push(format!(
+                                    "{id}: {:?} {}",
+                                    status.code(),
+                                    status.message()
+                                ));
                             }
                         }
                     }
                 })
             })
             .collect();
-        Self { stop, log, tasks }
+        Self {
+            stop,
+            log,
+            sent,
+            total,
+            tasks,
+        }
+    }
+
+    /// Whether every order of the load has been sent.
+    pub fn all_sent(&self) -> bool {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed) >= self.total
     }
 
     /// How many orders were accepted so far.
@@ -471,7 +488,7 @@ impl Load {
     pub async fn wait_more(&self, count: usize, limit: Duration) {
         let target = self.accepted() + count;
         let deadline = Instant::now() + limit;
-        while self.accepted() < target {
+        while self.accepted() < target && !self.all_sent() {
             assert!(
                 Instant::now() < deadline,
                 "fewer than {count} orders accepted within {limit:?}"
@@ -522,10 +539,6 @@ impl Load {
         }
         std::mem::take(&mut *self.log.lock().expect("the load log"))
     }
-}
-
-fn tracing_free_note(id: &str, status: &tonic::Status) {
-    eprintln!("{id}: {:?} {}", status.code(), status.message());
 }
 
 /// What a client can see of a result: if any of it changes after a read, the result

@@ -80,4 +80,45 @@ impl Redis {
             registry.map(|r| (r.channel(), r.change_sender())),
         )
     }
+
+    /// Warns when this Redis may forget results it acknowledged: a worker commits an
+    /// order's offset once Redis has acknowledged its result, so at-least-once needs
+    /// every acknowledged write on disk (`appendonly yes`, `appendfsync always`). With
+    /// no persistence a restart forgets committed results; with `everysec` a machine
+    /// crash can lose the last second. Managed Redis that refuses `CONFIG` is not
+    /// checked (logged at debug).
+    pub async fn check_durability(&self) {
+        let mut connection = self.connection.clone();
+        let answer: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("append*")
+            .query_async(&mut connection)
+            .await;
+        match answer {
+            Ok(pairs) => {
+                let get = |key: &str| {
+                    pairs
+                        .chunks(2)
+                        .find(|pair| pair[0] == key)
+                        .and_then(|pair| pair.get(1).cloned())
+                        .unwrap_or_default()
+                };
+                let (aof, fsync) = (get("appendonly"), get("appendfsync"));
+                if aof == "yes" && fsync == "always" {
+                    tracing::info!(
+                        "Redis keeps every acknowledged result on disk (appendfsync always)"
+                    );
+                } else {
+                    tracing::warn!(
+                        appendonly = %aof,
+                        appendfsync = %fsync,
+                        "Redis may lose acknowledged results whose offsets are already committed: \
+                         a restart without persistence, or a machine crash with everysec, loses \
+                         them. Run Redis with --appendonly yes --appendfsync always (README: Durability)"
+                    );
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read Redis persistence settings"),
+        }
+    }
 }
