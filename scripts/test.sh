@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what is missing (the wasm32-wasip2
 # target, redis-server, Java and Maven for Apache Kafka, whose jars come from Maven
-# Central: scripts/kafka.sh, and grpcurl with go install), starts Redis and a single-node KRaft broker on free loopback
-# ports, checks formatting and lints, runs the plugins' unit tests, builds
-# and tests the rule template, runs `cargo test`, and stops the services by PID.
+# Central: scripts/kafka.sh, and grpcurl with go install), starts Redis and a single-node
+# KRaft broker on free loopback ports, checks formatting and lints, runs the plugins' unit
+# tests, builds and tests the rule template, runs `cargo test`, and stops the services by
+# PID. The fault tests and the short soak (tests/e2e/faults, docs/RELIABILITY.md) start
+# brokers (one node, or a three-node cluster) and a Redis of their own with
+# scripts/kafka.sh and redis-server, on free ports, and stop them by PID.
 #
 #   scripts/test.sh            # everything
 #   scripts/test.sh -- FILTER  # pass arguments to the test binaries of the final `cargo test`

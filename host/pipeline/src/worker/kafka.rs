@@ -71,6 +71,7 @@ pub async fn run(
     let mut lane_tasks = JoinSet::new();
     // Messages of paused partitions, in order, waiting for room in their lane.
     let mut stalled: HashMap<i32, VecDeque<LogEntry>> = HashMap::new();
+    let mut consume_errors: u64 = 0;
     let mut stalled_retry = tokio::time::interval(STALLED_RETRY);
     stalled_retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -84,9 +85,22 @@ pub async fn run(
             message = consumer.next() => message,
         };
         let message = match message {
-            Ok(message) => message,
+            Ok(message) => {
+                if consume_errors > 0 {
+                    tracing::info!(errors = consume_errors, "consuming again");
+                    consume_errors = 0;
+                }
+                message
+            }
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "kafka consume error");
+                // While the broker is away this repeats twice a second: say it once, then
+                // every minute, and when consuming resumes.
+                if consume_errors % 120 == 0 {
+                    tracing::warn!(error = %format!("{e:#}"), errors = consume_errors + 1, "kafka consume error");
+                } else {
+                    tracing::debug!(error = %format!("{e:#}"), "kafka consume error");
+                }
+                consume_errors += 1;
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(Duration::from_millis(500)) => continue,
