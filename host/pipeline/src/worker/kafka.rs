@@ -95,7 +95,7 @@ pub async fn run(
             Err(e) => {
                 // While the broker is away this repeats twice a second: say it once, then
                 // every minute, and when consuming resumes.
-                if consume_errors % 120 == 0 {
+                if consume_errors.is_multiple_of(120) {
                     tracing::warn!(error = %format!("{e:#}"), errors = consume_errors + 1, "kafka consume error");
                 } else {
                     tracing::debug!(error = %format!("{e:#}"), "kafka consume error");
