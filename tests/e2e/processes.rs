@@ -103,10 +103,12 @@ async fn sigkilled_worker_loses_nothing() {
 
     // A slow first worker (a rule that burns CPU), so that it is mid-stream when killed.
     let dir = tempfile::tempdir().unwrap();
-    let slow = crate::support::slow_ruleset(dir.path(), 10_000_000);
+    let slow = crate::support::slow_ruleset(dir.path(), 2_000_000);
     let mut first = worker_process(&config, Some(&slow));
 
-    let ids: Vec<String> = (0..300).map(|i| format!("kill-{stamp}-{i}")).collect();
+    // More orders per partition than a worker takes in one batch (256): when the first
+    // result is visible, its partition still has whole batches to go.
+    let ids: Vec<String> = (0..1200).map(|i| format!("kill-{stamp}-{i}")).collect();
     let batch = ids
         .iter()
         .map(|id| OrderRequest {
