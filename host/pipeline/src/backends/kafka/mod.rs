@@ -50,8 +50,9 @@ pub struct KafkaPublisher {
     timeout: Duration,
 }
 
-/// Producer settings: durable (acks=all), idempotent, no compression (the test broker
-/// cannot read snappy), small linger so concurrent orders share a request.
+/// Producer settings: durable (acks=all), idempotent, no compression (an order is a few
+/// hundred bytes), 1 ms linger so concurrent orders share a request (5 ms measured no
+/// better: docs/BENCHMARKS.md).
 pub fn producer(
     brokers: &str,
     debug: Option<&str>,
@@ -123,7 +124,8 @@ pub(crate) async fn send(
         .map_err(|(e, _)| anyhow::anyhow!("the broker did not acknowledge the order: {e}"))
 }
 
-/// Creates the topics that do not exist yet (the test broker does not auto-create).
+/// Creates the topics that do not exist yet, with the configured partitions and
+/// replication (production brokers usually do not auto-create topics).
 pub async fn ensure_topics(
     brokers: &str,
     topics: &[(&str, i32)],
@@ -182,9 +184,11 @@ fn consumer(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
-        // Brokers that do not answer a fetch as soon as data arrives (tansu) would
-        // otherwise hold every fetch for librdkafka's default 500 ms.
-        .set("fetch.wait.max.ms", "5")
+        // Kafka answers a fetch as soon as data arrives (fetch.min.bytes 1); the wait
+        // only bounds an idle fetch. 100 ms instead of librdkafka's 500 ms: a partition
+        // that goes idle and busy again is picked up sooner; 5 ms measured no faster under
+        // load and made idle workers poll 200 times a second (docs/BENCHMARKS.md).
+        .set("fetch.wait.max.ms", "100")
         .create()
         .with_context(|| format!("cannot create a Kafka consumer for `{brokers}`"))
 }
