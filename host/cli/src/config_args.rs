@@ -62,6 +62,10 @@ pub(crate) struct ConfigArgs {
     /// processes that run a worker.
     #[arg(long, env = "ADMIN_ADDR", default_value = config::DEFAULT_ADMIN_ADDR)]
     pub admin_addr: String,
+    /// Listen address of the Prometheus endpoint (`GET /metrics`, e.g. 0.0.0.0:9090).
+    /// Unset: no metrics are recorded or served.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
     /// Bearer token the AdminService requires; required unless ADMIN_ADDR is loopback.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -133,6 +137,12 @@ impl ConfigArgs {
             order_service_addr: parse_listen("ORDER_SERVICE_ADDR", &self.order_service_addr)?,
             cache_service_addr: parse_listen("CACHE_SERVICE_ADDR", &self.cache_service_addr)?,
             admin_addr: parse_listen("ADMIN_ADDR", &self.admin_addr)?,
+            metrics_addr: self
+                .metrics_addr
+                .as_deref()
+                .filter(|a| !a.trim().is_empty())
+                .map(|a| parse_listen("METRICS_ADDR", a))
+                .transpose()?,
             kafka_brokers: self.kafka_brokers,
             kafka_debug: self.kafka_debug,
             kafka_topic: self.kafka_topic,

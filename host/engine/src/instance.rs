@@ -35,6 +35,21 @@ pub enum FailureKind {
     Configure,
 }
 
+impl FailureKind {
+    /// The kind as named in JSON, the API and metrics (`fuel-exhausted`, ...).
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Trap => "trap",
+            Self::FuelExhausted => "fuel-exhausted",
+            Self::DeadlineExceeded => "deadline-exceeded",
+            Self::MemoryLimit => "memory-limit",
+            Self::MalformedOutput => "malformed-output",
+            Self::Instantiate => "instantiate",
+            Self::Configure => "configure",
+        }
+    }
+}
+
 impl fmt::Display for FailureKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -68,6 +68,8 @@ pub struct Running {
     pub cache_addr: Option<SocketAddr>,
     /// Where the AdminService listens, if this process runs a worker.
     pub admin_addr: Option<SocketAddr>,
+    /// Where `GET /metrics` is served, if METRICS_ADDR is set.
+    pub metrics_addr: Option<SocketAddr>,
     /// The worker's live ruleset, if this process runs a worker.
     pub live: Option<Arc<LiveRuleset>>,
     /// The embedded database, in embedded mode.
@@ -149,6 +151,14 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         ),
         _ => {}
     }
+    // The recorder goes in first, so that start-up (the first ruleset) is recorded too.
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => {
+            crate::metrics::install()?;
+            Some(crate::metrics::bind(addr).await?)
+        }
+        None => None,
+    };
     let embedded = match (kafka_brokers, redis_addr) {
         (None, None) => {
             tracing::info!(data_dir = %config.data_dir.display(), "using the embedded log and store");
@@ -198,6 +208,12 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
 
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
+    let mut metrics_addr = None;
+    if let Some(listener) = metrics_listener {
+        metrics_addr = Some(listener.local_addr()?);
+        tasks.spawn(crate::metrics::serve(listener, shutdown.clone()));
+        tracing::info!(addr = %metrics_addr.map(|a| a.to_string()).unwrap_or_default(), "metrics at GET /metrics");
+    }
     let mut live_ruleset: Option<Arc<LiveRuleset>> = None;
     if let Some(redis) = &redis {
         let listener = redis.listener(redis_registry.as_ref());
@@ -342,6 +358,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         order_addr,
         cache_addr,
         admin_addr,
+        metrics_addr,
         live: live_ruleset,
         embedded,
         shutdown,

@@ -50,6 +50,8 @@ pub struct Config {
     pub cache_service_addr: SocketAddr,
     /// Listen address of the AdminService (processes that run a worker).
     pub admin_addr: SocketAddr,
+    /// Listen address of the Prometheus endpoint (`GET /metrics`); `None`: no metrics.
+    pub metrics_addr: Option<SocketAddr>,
     /// Bearer token the AdminService requires; required unless `admin_addr` is loopback.
     pub admin_token: Option<String>,
     /// Directory of the embedded log and store.
@@ -104,6 +106,7 @@ impl Default for Config {
             order_service_addr: addr(DEFAULT_ORDER_SERVICE_ADDR),
             cache_service_addr: addr(DEFAULT_CACHE_SERVICE_ADDR),
             admin_addr: addr(DEFAULT_ADMIN_ADDR),
+            metrics_addr: None,
             admin_token: None,
             data_dir: PathBuf::from("data"),
             ruleset: None,

@@ -20,6 +20,7 @@ pub mod backends;
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod metrics;
 pub mod order_log;
 pub mod processor;
 pub mod proto;

@@ -155,6 +155,7 @@ impl Processor {
         let outcome = match self.gate.take_out(version, digest, reason).await {
             Ok(Some(new)) => {
                 tracing::error!(rule, digest, failed, new_version = new, "rule quarantined");
+                metrics::counter!(crate::metrics::QUARANTINES, "rule" => rule.clone()).increment(1);
                 Ok(())
             }
             // Another worker took it out first, or an operator changed the ruleset.
@@ -183,6 +184,11 @@ impl Processor {
         let active = self.live.current();
         let first_version = active.version;
         let evaluations = evaluate_all(active, orders).await;
+        if let Ok((_, evaluations)) = &evaluations {
+            evaluations
+                .iter()
+                .for_each(crate::metrics::record_evaluation);
+        }
         let (orders, evaluations) = match evaluations {
             Ok(done) => done,
             Err(e) => {
@@ -233,7 +239,10 @@ impl Processor {
                         match tokio::task::spawn_blocking(move || active.chain.evaluate(&again))
                             .await
                         {
-                            Ok(next) => evaluation = next,
+                            Ok(next) => {
+                                crate::metrics::record_evaluation(&next);
+                                evaluation = next;
+                            }
                             Err(e) => {
                                 tracing::error!(error = %e, "rule evaluation panicked");
                                 break;

@@ -25,14 +25,22 @@ impl OrderApi {
 
     /// Validates and publishes one order; the error is the status to answer.
     async fn submit(&self, order: proto::OrderRequest) -> Result<String, Status> {
+        let counted = |outcome: &'static str| {
+            metrics::counter!(crate::metrics::ORDERS, "outcome" => outcome).increment(1);
+        };
         let payload = order.encode_to_vec();
-        convert::validate(&order, payload.len())?;
+        convert::validate(&order, payload.len()).inspect_err(|_| counted("invalid"))?;
+        let started = std::time::Instant::now();
         self.publisher
             .publish(&order.id, payload)
             .await
-            .inspect_err(
-                |e| tracing::warn!(order_id = %order.id, error = %e, "order not accepted"),
-            )?;
+            .inspect_err(|e| {
+                counted("unavailable");
+                tracing::warn!(order_id = %order.id, error = %e, "order not accepted");
+            })?;
+        metrics::histogram!(crate::metrics::PUBLISH_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        counted("accepted");
         Ok(order.id)
     }
 }

@@ -149,6 +149,8 @@ impl LiveRuleset {
             rules = %record.body.rules.iter().map(|r| format!("{}@{}", r.name, &r.digest[..12.min(r.digest.len())])).collect::<Vec<_>>().join(","),
             "ruleset switched"
         );
+        metrics::counter!(crate::metrics::RULESET_SWITCHES).increment(1);
+        metrics::gauge!(crate::metrics::RULESET_VERSION).set(record.version as f64);
         Ok(true)
     }
 

@@ -43,7 +43,10 @@ pub async fn run(
                 });
             }
         }
+        let statuses: Vec<_> = results.iter().map(|r| r.status).collect();
+        let started = std::time::Instant::now();
         let outcomes = db.commit_batch(results, dead_letters, last + 1).await?;
+        crate::metrics::record_stored(statuses.into_iter(), started.elapsed());
         let kept = outcomes
             .iter()
             .filter(|o| **o == PutOutcome::KeptExisting)

@@ -230,9 +230,18 @@ async fn lane_loop(
                 return;
             }
         }
+        let started = std::time::Instant::now();
         if !write_results(&store, &results, &shutdown).await {
             tracing::info!("stopping before the batch was stored; it will be redelivered");
             return;
+        }
+        crate::metrics::record_stored(results.iter().map(|r| r.status), started.elapsed());
+        let now = crate::domain::now_unix_ms();
+        for message in &batch {
+            if let Some(appended) = message.appended_at_ms() {
+                metrics::histogram!(crate::metrics::END_TO_END_SECONDS)
+                    .record((now - appended).max(0) as f64 / 1e3);
+            }
         }
         if let Some(last) = batch.last() {
             consumer.done(last);

@@ -20,6 +20,12 @@ impl LogEntry {
         self.0.payload().unwrap_or_default()
     }
 
+    /// When it was appended to the log (the producer's time stamp), in ms since the
+    /// epoch.
+    pub fn appended_at_ms(&self) -> Option<i64> {
+        self.0.timestamp().to_millis()
+    }
+
     /// The partition it came from.
     pub fn partition(&self) -> i32 {
         self.0.partition()
@@ -49,7 +55,7 @@ impl LogEntry {
 /// A member of the worker group consuming the order topic.
 #[derive(Clone)]
 pub struct OrderConsumer {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<super::LagContext>>,
     topic: Arc<str>,
 }
 

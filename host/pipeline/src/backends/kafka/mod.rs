@@ -160,11 +160,35 @@ pub async fn ensure_topics(
 /// A consumer in `group` that never auto-stores offsets: the worker stores an offset
 /// only after the message's result is written, and stored offsets are committed
 /// periodically and at shutdown.
+/// The worker consumer's context: publishes librdkafka's per-partition consumer lag
+/// (statistics every 5 s) as [`crate::metrics::CONSUMER_LAG`].
+pub struct LagContext;
+
+impl rdkafka::ClientContext for LagContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, stats) in &statistics.topics {
+            for (partition, stats) in &stats.partitions {
+                // -1: librdkafka's internal partition, or one this member does not own.
+                if *partition >= 0 && stats.consumer_lag >= 0 {
+                    metrics::gauge!(
+                        crate::metrics::CONSUMER_LAG,
+                        "topic" => topic.clone(),
+                        "partition" => partition.to_string()
+                    )
+                    .set(stats.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LagContext {}
+
 fn consumer(
     brokers: &str,
     debug: Option<&str>,
     membership: &Membership<'_>,
-) -> anyhow::Result<StreamConsumer> {
+) -> anyhow::Result<StreamConsumer<LagContext>> {
     let mut config = base(brokers, debug);
     if let Some(id) = membership.instance_id.filter(|id| !id.is_empty()) {
         config.set("group.instance.id", id);
@@ -189,6 +213,7 @@ fn consumer(
         // that goes idle and busy again is picked up sooner; 5 ms measured no faster under
         // load and made idle workers poll 200 times a second (docs/BENCHMARKS.md).
         .set("fetch.wait.max.ms", "100")
-        .create()
+        .set("statistics.interval.ms", "5000")
+        .create_with_context(LagContext)
         .with_context(|| format!("cannot create a Kafka consumer for `{brokers}`"))
 }

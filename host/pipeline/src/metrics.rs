@@ -1,0 +1,180 @@
+//! Prometheus metrics. The roles record through the `metrics` facade; when `METRICS_ADDR`
+//! is set, [`serve`] installs one recorder for the process (`metrics-exporter-prometheus`)
+//! and serves it in the Prometheus text format on `GET /metrics`. Without it no recorder
+//! is installed and recording costs nothing.
+//!
+//! Every name, its labels and its meaning are listed here and in the README ("Operating
+//! it"); all start with `order_pipeline_`.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use order_rules_engine::{Evaluation, RuleOutcome};
+use tokio_util::sync::CancellationToken;
+
+/// Counter `{outcome}`: orders the OrderService was asked to take, by outcome
+/// (`accepted`, `invalid`, `unavailable`).
+pub const ORDERS: &str = "order_pipeline_orders_total";
+/// Histogram: seconds from an order's submission to the log's acknowledgement.
+pub const PUBLISH_SECONDS: &str = "order_pipeline_publish_seconds";
+/// Counter `{status}`: results stored, by status (`done`, `rejected`, `failed`).
+pub const RESULTS: &str = "order_pipeline_results_total";
+/// Histogram: seconds to store a batch of results.
+pub const STORE_SECONDS: &str = "order_pipeline_store_seconds";
+/// Histogram: seconds from an order's append to the log to its stored result.
+pub const END_TO_END_SECONDS: &str = "order_pipeline_end_to_end_seconds";
+/// Counter `{rule, version, outcome}`: rule evaluations, by outcome (`accept`, `reject`,
+/// `retryable`, `failed`).
+pub const RULE_EVALUATIONS: &str = "order_pipeline_rule_evaluations_total";
+/// Counter `{rule, version, kind}`: rule failures, by kind (`trap`, `fuel-exhausted`,
+/// `deadline-exceeded`, `memory-limit`, `malformed-output`, `instantiate`, `configure`).
+pub const RULE_FAILURES: &str = "order_pipeline_rule_failures_total";
+/// Histogram `{rule, version}`: seconds per rule evaluation, instantiation included.
+pub const RULE_SECONDS: &str = "order_pipeline_rule_duration_seconds";
+/// Histogram `{rule, version}`: fuel (about one unit per Wasm instruction) per evaluation.
+pub const RULE_FUEL: &str = "order_pipeline_rule_fuel";
+/// Counter `{rule}`: rules taken out by the quarantine policy.
+pub const QUARANTINES: &str = "order_pipeline_quarantines_total";
+/// Counter: switches of this worker's active ruleset.
+pub const RULESET_SWITCHES: &str = "order_pipeline_ruleset_switches_total";
+/// Gauge: the version of this worker's active ruleset.
+pub const RULESET_VERSION: &str = "order_pipeline_ruleset_active_version";
+/// Gauge `{topic, partition}`: messages of the partition this worker has not consumed
+/// yet (librdkafka's `consumer_lag`, refreshed every 5 s).
+pub const CONSUMER_LAG: &str = "order_pipeline_consumer_lag";
+
+/// Latency buckets, seconds: 100 µs to 30 s.
+const SECONDS_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0, 30.0,
+];
+/// Fuel buckets: 1k to 1G units.
+const FUEL_BUCKETS: [f64; 10] = [1e3, 1e4, 3e4, 1e5, 3e5, 1e6, 3e6, 1e7, 1e8, 1e9];
+
+static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+
+/// Installs the process's recorder (once; later calls do nothing).
+pub fn install() -> anyhow::Result<()> {
+    handle().map(|_| ())
+}
+
+/// The process's recorder, installed on the first call.
+fn handle() -> anyhow::Result<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(RULE_FUEL.into()), &FUEL_BUCKETS)
+                })
+                .map_err(|e| e.to_string())?
+                .install_recorder()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))
+}
+
+/// Installs the recorder and serves `GET /metrics` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let handle = handle()?;
+    let upkeep = {
+        let shutdown = shutdown.clone();
+        async move {
+            // Histograms are drained into their buckets here, not on every record.
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = tick.tick() => handle.run_upkeep(),
+                }
+            }
+        }
+    };
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || async move {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                handle.render(),
+            )
+        }),
+    );
+    let server = std::future::IntoFuture::into_future(
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()),
+    );
+    let (served, ()) = tokio::join!(server, upkeep);
+    served.context("the metrics endpoint failed")
+}
+
+/// Binds `addr` for [`serve`], naming `METRICS_ADDR` when it cannot.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("METRICS_ADDR {addr}: cannot listen"))
+}
+
+/// Records what every rule of `evaluation` did.
+pub fn record_evaluation(evaluation: &Evaluation) {
+    for rule in &evaluation.rules {
+        let (name, version) = (rule.name.clone(), rule.version.clone());
+        metrics::counter!(RULE_EVALUATIONS, "rule" => name.clone(), "version" => version.clone(), "outcome" => rule.outcome.as_str())
+            .increment(1);
+        metrics::histogram!(RULE_SECONDS, "rule" => name.clone(), "version" => version.clone())
+            .record(rule.duration_us as f64 / 1e6);
+        if rule.outcome == RuleOutcome::Failed {
+            let kind = evaluation
+                .error
+                .as_ref()
+                .filter(|e| e.rule == rule.name)
+                .map_or("unknown", |e| e.kind.code());
+            metrics::counter!(RULE_FAILURES, "rule" => name, "version" => version, "kind" => kind)
+                .increment(1);
+        } else {
+            metrics::histogram!(RULE_FUEL, "rule" => name, "version" => version)
+                .record(rule.fuel_used as f64);
+        }
+    }
+}
+
+/// Records a stored batch: its results by status and how long the write took.
+pub fn record_stored(statuses: impl Iterator<Item = crate::domain::ResultStatus>, took: Duration) {
+    metrics::histogram!(STORE_SECONDS).record(took.as_secs_f64());
+    for status in statuses {
+        metrics::counter!(RESULTS, "status" => status.as_str()).increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use order_rules_engine::FailureKind;
+
+    #[test]
+    fn failure_kinds_are_labelled_as_in_json() {
+        for kind in [
+            FailureKind::Trap,
+            FailureKind::FuelExhausted,
+            FailureKind::DeadlineExceeded,
+            FailureKind::MemoryLimit,
+            FailureKind::MalformedOutput,
+            FailureKind::Instantiate,
+            FailureKind::Configure,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&kind).unwrap(),
+                format!("\"{}\"", kind.code())
+            );
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The Prometheus endpoint: scraped over HTTP and parsed with a real parser of the text
+//! format (prometheus-parse), after orders went through the embedded pipeline and the
+//! Kafka + Redis one.
+
+use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use order_pipeline::app::{self, Role};
+use order_pipeline::metrics as m;
+use prometheus_parse::{Scrape, Value};
+
+use crate::support::{
+    cache_client, embedded_config, go_request, kafka_config, order_client, services, unique,
+    wait_result,
+};
+
+/// `GET /metrics` at `addr`, parsed.
+fn scrape(addr: SocketAddr) -> Scrape {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain"),
+        "{head}"
+    );
+    Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap()
+}
+
+/// The value of metric `name` with all of `labels` (summed over the other labels); a
+/// histogram counts its observations.
+fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            Value::Histogram(buckets) => buckets.iter().map(|b| b.count).fold(0.0, f64::max),
+            Value::Summary(_) => panic!("{name} is a summary, not a histogram"),
+        })
+        .sum()
+}
+
+/// Scrapes until `ready` holds (at most `limit`): recording and rendering race the test.
+fn scrape_until(addr: SocketAddr, limit: Duration, ready: impl Fn(&Scrape) -> bool) -> Scrape {
+    let deadline = Instant::now() + limit;
+    loop {
+        let scraped = scrape(addr);
+        if ready(&scraped) || Instant::now() > deadline {
+            return scraped;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_pipeline_metrics_are_scraped_and_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = embedded_config(dir.path());
+    config.metrics_addr = Some(crate::support::LOOPBACK_ANY_PORT);
+    let running = app::start(Role::All, &config).await.unwrap();
+    let addr = running.metrics_addr.unwrap();
+    let mut orders = order_client(running.order_addr.unwrap()).await;
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+    // The recorder is one per process: other tests add to the counts, so compare growth.
+    let before = scrape(addr);
+    let ids: Vec<String> = (0..3).map(|i| unique(&format!("metrics-{i}"))).collect();
+    for id in &ids {
+        orders
+            .create_order(go_request(id, "book", 42))
+            .await
+            .unwrap();
+    }
+    let invalid = orders.create_order(go_request("", "book", 42)).await;
+    assert_eq!(invalid.unwrap_err().code(), tonic::Code::InvalidArgument);
+    for id in &ids {
+        assert_eq!(
+            wait_result(&mut cache, id, 30).await.unwrap().status,
+            "done"
+        );
+    }
+
+    let grew = |after: &Scrape, name: &str, labels: &[(&str, &str)], by: f64| {
+        value(after, name, labels) - value(&before, name, labels) >= by
+    };
+    let after = tokio::task::spawn_blocking(move || {
+        scrape_until(addr, Duration::from_secs(10), |s| {
+            value(s, m::RESULTS, &[("status", "done")]) >= 3.0
+        })
+    })
+    .await
+    .unwrap();
+    assert!(grew(&after, m::ORDERS, &[("outcome", "accepted")], 3.0));
+    assert!(grew(&after, m::ORDERS, &[("outcome", "invalid")], 1.0));
+    assert!(grew(&after, m::PUBLISH_SECONDS, &[], 3.0));
+    assert!(value(&after, m::RESULTS, &[("status", "done")]) >= 3.0);
+    assert!(value(&after, m::STORE_SECONDS, &[]) >= 1.0);
+    for rule in ["rule-validate", "rule-fraud", "rule-discount", "rule-tax"] {
+        assert!(
+            grew(
+                &after,
+                m::RULE_EVALUATIONS,
+                &[("rule", rule), ("outcome", "accept")],
+                3.0
+            ),
+            "{rule} evaluations"
+        );
+        assert!(
+            value(
+                &after,
+                m::RULE_SECONDS,
+                &[("rule", rule), ("version", "0.1.0")]
+            ) >= 3.0,
+            "{rule} durations"
+        );
+        assert!(
+            value(&after, m::RULE_FUEL, &[("rule", rule)]) >= 3.0,
+            "{rule} fuel"
+        );
+    }
+    assert!(value(&after, m::RULESET_VERSION, &[]) >= 1.0);
+    assert!(value(&after, m::RULESET_SWITCHES, &[]) >= 1.0);
+    // Histograms are real Prometheus histograms with our buckets.
+    let buckets = after
+        .samples
+        .iter()
+        .find(|s| s.metric == m::RULE_SECONDS)
+        .map(|s| match &s.value {
+            Value::Histogram(buckets) => buckets.len(),
+            _ => 0,
+        })
+        .unwrap();
+    assert!(buckets > 10, "{buckets} buckets");
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
+async fn kafka_pipeline_reports_consumer_lag_and_end_to_end_latency() {
+    let Some(services) = services() else { return };
+    let mut config = kafka_config(&services);
+    config.metrics_addr = Some(crate::support::LOOPBACK_ANY_PORT);
+    let running = app::start(Role::All, &config).await.unwrap();
+    let addr = running.metrics_addr.unwrap();
+    let mut orders = order_client(running.order_addr.unwrap()).await;
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+    let id = unique("metrics-kafka");
+    orders
+        .create_order(go_request(&id, "book", 42))
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_result(&mut cache, &id, 30).await.unwrap().status,
+        "done"
+    );
+    let topic = config.kafka_topic.clone();
+    let scraped = tokio::task::spawn_blocking(move || {
+        // librdkafka reports its statistics every 5 s.
+        scrape_until(addr, Duration::from_secs(20), |s| {
+            s.samples
+                .iter()
+                .any(|x| x.metric == m::CONSUMER_LAG && x.labels.get("topic") == Some(&topic))
+        })
+    })
+    .await
+    .unwrap();
+    let lags: Vec<_> = scraped
+        .samples
+        .iter()
+        .filter(|s| {
+            s.metric == m::CONSUMER_LAG && s.labels.get("topic") == Some(&config.kafka_topic)
+        })
+        .collect();
+    assert!(
+        !lags.is_empty(),
+        "no consumer lag for {}",
+        config.kafka_topic
+    );
+    for lag in lags {
+        assert!(lag.labels.get("partition").is_some());
+        assert!(matches!(lag.value, Value::Gauge(v) if v >= 0.0), "{lag:?}");
+    }
+    assert!(value(&scraped, m::END_TO_END_SECONDS, &[]) >= 1.0);
+    running.stop().await.unwrap();
+}
