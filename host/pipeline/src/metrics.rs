@@ -6,8 +6,9 @@
 //! Every name, its labels and its meaning are listed here and in the README ("Operating
 //! it"); all start with `order_pipeline_`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, LazyLock, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -123,27 +124,89 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
         .with_context(|| format!("METRICS_ADDR {addr}: cannot listen"))
 }
 
-/// Records what every rule of `evaluation` did.
+/// A rule version's metric handles, looked up once: an evaluation records through them
+/// without building label keys.
+struct RuleHandles {
+    /// Evaluations by outcome, in [`outcome_index`] order.
+    outcomes: [metrics::Counter; 4],
+    seconds: metrics::Histogram,
+    fuel: metrics::Histogram,
+}
+
+const OUTCOMES: [RuleOutcome; 4] = [
+    RuleOutcome::Accept,
+    RuleOutcome::Reject,
+    RuleOutcome::Retryable,
+    RuleOutcome::Failed,
+];
+
+fn outcome_index(outcome: RuleOutcome) -> usize {
+    match outcome {
+        RuleOutcome::Accept => 0,
+        RuleOutcome::Reject => 1,
+        RuleOutcome::Retryable => 2,
+        RuleOutcome::Failed => 3,
+    }
+}
+
+/// Handles by rule name, then version.
+type HandleMap = HashMap<String, HashMap<String, Arc<RuleHandles>>>;
+static RULE_HANDLES: LazyLock<RwLock<HandleMap>> = LazyLock::new(RwLock::default);
+
+fn rule_handles(name: &str, version: &str) -> Arc<RuleHandles> {
+    let found = RULE_HANDLES
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(name)
+        .and_then(|versions| versions.get(version))
+        .cloned();
+    if let Some(handles) = found {
+        return handles;
+    }
+    let (rule, version) = (name.to_string(), version.to_string());
+    let handles = Arc::new(RuleHandles {
+        outcomes: OUTCOMES.map(|outcome| {
+            metrics::counter!(RULE_EVALUATIONS, "rule" => rule.clone(), "version" => version.clone(), "outcome" => outcome.as_str())
+        }),
+        seconds: metrics::histogram!(RULE_SECONDS, "rule" => rule.clone(), "version" => version.clone()),
+        fuel: metrics::histogram!(RULE_FUEL, "rule" => rule.clone(), "version" => version.clone()),
+    });
+    RULE_HANDLES
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry(rule)
+        .or_default()
+        .insert(version, Arc::clone(&handles));
+    handles
+}
+
+/// Records what every rule of `evaluation` did. Without a recorder (no METRICS_ADDR) it
+/// does nothing.
 pub fn record_evaluation(evaluation: &Evaluation) {
+    if !installed() {
+        return;
+    }
     for rule in &evaluation.rules {
-        let (name, version) = (rule.name.clone(), rule.version.clone());
-        metrics::counter!(RULE_EVALUATIONS, "rule" => name.clone(), "version" => version.clone(), "outcome" => rule.outcome.as_str())
-            .increment(1);
-        metrics::histogram!(RULE_SECONDS, "rule" => name.clone(), "version" => version.clone())
-            .record(rule.duration_us as f64 / 1e6);
+        let handles = rule_handles(&rule.name, &rule.version);
+        handles.outcomes[outcome_index(rule.outcome)].increment(1);
+        handles.seconds.record(rule.duration_us as f64 / 1e6);
         if rule.outcome == RuleOutcome::Failed {
             let kind = evaluation
                 .error
                 .as_ref()
                 .filter(|e| e.rule == rule.name)
                 .map_or("unknown", |e| e.kind.code());
-            metrics::counter!(RULE_FAILURES, "rule" => name, "version" => version, "kind" => kind)
+            metrics::counter!(RULE_FAILURES, "rule" => rule.name.clone(), "version" => rule.version.clone(), "kind" => kind)
                 .increment(1);
         } else {
-            metrics::histogram!(RULE_FUEL, "rule" => name, "version" => version)
-                .record(rule.fuel_used as f64);
+            handles.fuel.record(rule.fuel_used as f64);
         }
     }
+}
+
+/// Whether this process records metrics (METRICS_ADDR was set).
+fn installed() -> bool {
+    HANDLE.get().is_some_and(Result::is_ok)
 }
 
 /// Records a stored batch: its results by status and how long the write took.
