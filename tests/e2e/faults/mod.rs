@@ -84,6 +84,27 @@ impl Roles {
     }
 }
 
+/// `order-pipeline run` (embedded, data in `dir`) as a process on free ports, started;
+/// with its OrderService and CacheService addresses.
+fn start_run(dir: &std::path::Path) -> (Proc, String, String) {
+    let (order_addr, cache_addr) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let mut all = RoleEnv::embedded(dir).role(
+        "run",
+        "run",
+        &[
+            ("ORDER_SERVICE_ADDR", order_addr.clone()),
+            ("CACHE_SERVICE_ADDR", cache_addr.clone()),
+        ],
+    );
+    all.start();
+    wait_port(&order_addr, Duration::from_secs(60), "order-pipeline run");
+    wait_port(&cache_addr, Duration::from_secs(60), "order-pipeline run");
+    (all, order_addr, cache_addr)
+}
+
 /// A test's record: the load, the reader and the fault windows it settles.
 struct Run {
     load: Load,
@@ -344,22 +365,7 @@ async fn second_worker_joins_and_leaves_under_load() {
 async fn embedded_run_killed_and_restarted_loses_nothing() {
     let _one = ONE_AT_A_TIME.lock().await;
     let dir = harness::run_dir();
-    let env = RoleEnv::embedded(dir.path());
-    let (order_addr, cache_addr) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    );
-    let mut all = env.role(
-        "run",
-        "run",
-        &[
-            ("ORDER_SERVICE_ADDR", order_addr.clone()),
-            ("CACHE_SERVICE_ADDR", cache_addr.clone()),
-        ],
-    );
-    all.start();
-    wait_port(&order_addr, Duration::from_secs(60), "order-pipeline run");
-    wait_port(&cache_addr, Duration::from_secs(60), "order-pipeline run");
+    let (mut all, order_addr, cache_addr) = start_run(dir.path());
     let mut run = Run::start(&order_addr, &cache_addr, "ekill", usize::MAX);
     run.load.wait_more(1000, Duration::from_secs(120)).await;
 
@@ -517,22 +523,7 @@ async fn soak() {
     drop(roles);
 
     // The embedded mode: `order-pipeline run` killed with -9 halfway, restarted.
-    let env = RoleEnv::embedded(dir.path());
-    let (order_addr, cache_addr) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    );
-    let mut all = env.role(
-        "run",
-        "run",
-        &[
-            ("ORDER_SERVICE_ADDR", order_addr.clone()),
-            ("CACHE_SERVICE_ADDR", cache_addr.clone()),
-        ],
-    );
-    all.start();
-    wait_port(&order_addr, Duration::from_secs(60), "order-pipeline run");
-    wait_port(&cache_addr, Duration::from_secs(60), "order-pipeline run");
+    let (mut all, order_addr, cache_addr) = start_run(dir.path());
     let mut run = Run::start_at(
         &order_addr,
         &cache_addr,
