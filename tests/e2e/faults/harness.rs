@@ -529,6 +529,13 @@ impl Load {
         }
     }
 
+    /// After a fault: waits (each at most `limit`) until `more` orders were accepted and
+    /// the pipeline has caught up with them ([`Load::wait_more`], [`Load::wait_caught_up`]).
+    pub async fn recovered(&self, cache_addr: &str, more: usize, limit: Duration) {
+        self.wait_more(more, limit).await;
+        self.wait_caught_up(cache_addr, limit).await;
+    }
+
     /// Stops sending (or waits until all were sent) and returns what it saw.
     pub async fn finish(self, wait_for_all: bool) -> LoadLog {
         if !wait_for_all {
