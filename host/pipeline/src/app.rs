@@ -194,7 +194,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         _ => None,
     };
     if let Some(redis) = redis.as_ref().filter(|_| role.works()) {
-        redis.check_durability().await;
+        redis.check_durability().await; // logs a warning when not durable
     }
     let redis_registry = redis
         .as_ref()

@@ -236,9 +236,8 @@ async fn broker_restarted_mid_stream_loses_nothing() {
         tokio::time::sleep(Duration::from_secs(3)).await;
         kafka.restart(0);
         // Submission goes on and the worker resumes by itself.
-        run.load.wait_more(500, Duration::from_secs(120)).await;
         run.load
-            .wait_caught_up(&roles.cache_addr, Duration::from_secs(120))
+            .recovered(&roles.cache_addr, 500, Duration::from_secs(120))
             .await;
         run.window(name, from);
         roles.assert_running();
@@ -272,9 +271,8 @@ async fn leader_lost_from_a_three_node_cluster_loses_nothing() {
     let from = now_unix_ms();
     kafka.nodes[leader].stop(Stop::Kill);
     // acks=all with min.insync.replicas=2: the two left take every write.
-    run.load.wait_more(1000, Duration::from_secs(120)).await;
     run.load
-        .wait_caught_up(&roles.cache_addr, Duration::from_secs(120))
+        .recovered(&roles.cache_addr, 1000, Duration::from_secs(120))
         .await;
     run.window(&format!("leader (node {}) kill -9", leader + 1), from);
     roles.assert_running();
@@ -305,9 +303,8 @@ async fn redis_killed_and_restarted_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     // The append-only file (fsynced on every write) brings every stored result back.
     redis.restart();
-    run.load.wait_more(500, Duration::from_secs(120)).await;
     run.load
-        .wait_caught_up(&roles.cache_addr, Duration::from_secs(120))
+        .recovered(&roles.cache_addr, 500, Duration::from_secs(120))
         .await;
     run.window("redis kill -9 + restart", from);
     roles.assert_running();
@@ -335,16 +332,14 @@ async fn second_worker_joins_and_leaves_under_load() {
 
     let joined = now_unix_ms();
     roles.add_worker();
-    run.load.wait_more(1500, Duration::from_secs(120)).await;
     run.load
-        .wait_caught_up(&roles.cache_addr, Duration::from_secs(120))
+        .recovered(&roles.cache_addr, 1500, Duration::from_secs(120))
         .await;
     run.window("second worker joins", joined);
     let left = now_unix_ms();
     roles.workers[1].stop(Stop::Term);
-    run.load.wait_more(1500, Duration::from_secs(120)).await;
     run.load
-        .wait_caught_up(&roles.cache_addr, Duration::from_secs(120))
+        .recovered(&roles.cache_addr, 1500, Duration::from_secs(120))
         .await;
     run.window("second worker leaves", left);
     roles.assert_running();
@@ -373,9 +368,8 @@ async fn embedded_run_killed_and_restarted_loses_nothing() {
     all.stop(Stop::Kill);
     all.start();
     wait_port(&order_addr, Duration::from_secs(60), "order-pipeline run");
-    run.load.wait_more(500, Duration::from_secs(120)).await;
     run.load
-        .wait_caught_up(&cache_addr, Duration::from_secs(120))
+        .recovered(&cache_addr, 500, Duration::from_secs(120))
         .await;
     run.window("run kill -9 + restart", from);
     all.assert_running();
@@ -482,8 +476,7 @@ async fn soak() {
             }
             2 => {
                 roles.add_worker();
-                run.load.wait_more(steady / 2, limit).await;
-                run.load.wait_caught_up(&cache_addr, limit).await;
+                run.load.recovered(&cache_addr, steady / 2, limit).await;
                 let mut extra = roles.workers.pop().unwrap();
                 extra.stop(Stop::Term);
                 "worker joins and leaves"
@@ -491,8 +484,7 @@ async fn soak() {
             3 => {
                 let leader = kafka.leader_of(&topic, 0);
                 kafka.nodes[leader].stop(Stop::Kill);
-                run.load.wait_more(steady / 2, limit).await;
-                run.load.wait_caught_up(&cache_addr, limit).await;
+                run.load.recovered(&cache_addr, steady / 2, limit).await;
                 kafka.restart(leader);
                 "leader kill -9"
             }
@@ -552,4 +544,21 @@ async fn soak() {
     for (name, account) in &accounts {
         account.assert_nothing_lost(name);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis: scripts/test.sh runs it"]
+async fn a_worker_tells_whether_redis_keeps_acknowledged_results() {
+    use order_pipeline::backends::redis::Redis as Client;
+    // The suite's Redis runs without persistence: a worker warns.
+    let Some(services) = crate::support::services() else {
+        return;
+    };
+    let plain = Client::connect(&services.redis).await.unwrap();
+    assert!(!plain.check_durability().await);
+    // The documented setting (the fault tests' Redis).
+    let dir = harness::run_dir();
+    let redis = Redis::start(dir.path());
+    let durable = Client::connect(&redis.addr).await.unwrap();
+    assert!(durable.check_durability().await);
 }

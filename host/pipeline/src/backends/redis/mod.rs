@@ -86,8 +86,8 @@ impl Redis {
     /// every acknowledged write on disk (`appendonly yes`, `appendfsync always`). With
     /// no persistence a restart forgets committed results; with `everysec` a machine
     /// crash can lose the last second. Managed Redis that refuses `CONFIG` is not
-    /// checked (logged at debug).
-    pub async fn check_durability(&self) {
+    /// checked (logged at debug). Returns whether the setting was confirmed.
+    pub async fn check_durability(&self) -> bool {
         let mut connection = self.connection.clone();
         let answer: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
             .arg("GET")
@@ -104,7 +104,8 @@ impl Redis {
                         .unwrap_or_default()
                 };
                 let (aof, fsync) = (get("appendonly"), get("appendfsync"));
-                if aof == "yes" && fsync == "always" {
+                let durable = aof == "yes" && fsync == "always";
+                if durable {
                     tracing::info!(
                         "Redis keeps every acknowledged result on disk (appendfsync always)"
                     );
@@ -117,8 +118,12 @@ impl Redis {
                          them. Run Redis with --appendonly yes --appendfsync always (README: Durability)"
                     );
                 }
+                durable
             }
-            Err(e) => tracing::debug!(error = %e, "cannot read Redis persistence settings"),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read Redis persistence settings");
+                false
+            }
         }
     }
 }
