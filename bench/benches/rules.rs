@@ -9,10 +9,9 @@ use std::time::Instant;
 
 use criterion::{Criterion, criterion_group};
 use order_builtin_rules as ruleset;
-use order_rules_engine::{
-    Engine, Isolation, Limits, Order, OrderLine, RuleChain, RuleSpec, Status,
-};
-use std::path::Path;
+#[cfg(feature = "zen")]
+use order_pipeline_bench::zen;
+use order_rules_engine::{Engine, Isolation, Limits, Order, OrderLine, RuleChain, RuleSpec};
 
 fn order(lines: usize) -> Order {
     Order {
@@ -80,11 +79,14 @@ fn benches(c: &mut Criterion) {
     c.bench_function("default chain native", |b| {
         b.iter(|| black_box(native.evaluate(black_box(&o))))
     });
-    let rt = order_pipeline_bench::runtime().unwrap();
-    let zen = order_pipeline_bench::decision().unwrap();
-    c.bench_function("default chain zen-engine", |b| {
-        b.iter(|| black_box(order_pipeline_bench::evaluate(&rt, &zen, black_box(&o)).unwrap()))
-    });
+    #[cfg(feature = "zen")]
+    {
+        let rt = zen::runtime().unwrap();
+        let decision = zen::decision().unwrap();
+        c.bench_function("default chain zen-engine", |b| {
+            b.iter(|| black_box(zen::evaluate(&rt, &decision, black_box(&o)).unwrap()))
+        });
+    }
 }
 
 criterion_group!(rules, benches);
@@ -103,10 +105,13 @@ fn median_ns(n: usize, mut f: impl FnMut()) -> f64 {
 }
 
 /// ZEN's graph must decide like the Wasm chain, or the comparison means nothing.
+#[cfg(feature = "zen")]
 fn check_zen_agrees(engine: &Engine) {
+    use order_rules_engine::Status;
+    use std::path::Path;
     let wasm = chain(engine, &DEFAULT_CHAIN, Isolation::Reuse);
-    let rt = order_pipeline_bench::runtime().unwrap();
-    let zen = order_pipeline_bench::decision().unwrap();
+    let rt = zen::runtime().unwrap();
+    let decision = zen::decision().unwrap();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/orders");
     let examples = order_rules_engine::runner::load_examples(&dir).unwrap();
     let mut checked = 0;
@@ -116,7 +121,7 @@ fn check_zen_agrees(engine: &Engine) {
         }
         let order = example.order.as_ref().unwrap();
         let w = wasm.evaluate(order);
-        let z = order_pipeline_bench::evaluate(&rt, &zen, order).unwrap();
+        let z = zen::evaluate(&rt, &decision, order).unwrap();
         let status = match w.status {
             Status::Accepted => "accepted",
             _ => "rejected",
@@ -129,7 +134,7 @@ fn check_zen_agrees(engine: &Engine) {
     }
     let bench_order = order(5);
     let w = wasm.evaluate(&bench_order);
-    let z = order_pipeline_bench::evaluate(&rt, &zen, &bench_order).unwrap();
+    let z = zen::evaluate(&rt, &decision, &bench_order).unwrap();
     assert_eq!((z.status.as_str(), z.total), ("accepted", w.totals.total));
     println!(
         "zen-engine graph agrees with the Wasm chain on {checked} example orders and the bench order"
@@ -138,6 +143,7 @@ fn check_zen_agrees(engine: &Engine) {
 
 fn main() {
     let engine = Engine::new(Limits::default()).unwrap();
+    #[cfg(feature = "zen")]
     check_zen_agrees(&engine);
     rules();
     Criterion::default().configure_from_args().final_summary();
@@ -147,31 +153,38 @@ fn main() {
     let native_ns = median_ns(20_000, || {
         black_box(native.evaluate(black_box(&o)));
     });
-    let rt = order_pipeline_bench::runtime().unwrap();
-    let zen = order_pipeline_bench::decision().unwrap();
-    let zen_ns = median_ns(20_000, || {
-        black_box(order_pipeline_bench::evaluate(&rt, &zen, black_box(&o)).unwrap());
-    });
-    println!(
-        "default chain, 5 lines: native {:.3} µs, zen-engine {:.1} µs",
-        native_ns / 1e3,
-        zen_ns / 1e3
-    );
+    println!("default chain, 5 lines: native {:.3} µs", native_ns / 1e3);
+    #[cfg(feature = "zen")]
+    let zen_ns = {
+        let rt = zen::runtime().unwrap();
+        let decision = zen::decision().unwrap();
+        let ns = median_ns(20_000, || {
+            black_box(zen::evaluate(&rt, &decision, black_box(&o)).unwrap());
+        });
+        println!("default chain, 5 lines: zen-engine {:.1} µs", ns / 1e3);
+        ns
+    };
     for isolation in [Isolation::Fresh, Isolation::Reuse] {
         let default = chain(&engine, &DEFAULT_CHAIN, isolation);
         let wasm_ns = median_ns(20_000, || {
             black_box(default.evaluate(black_box(&o)));
         });
-        println!(
-            "default chain, 5 lines: wasm ({isolation}) {:.1} µs = {:.0}x native, {:.2}x zen-engine's time ({})",
-            wasm_ns / 1e3,
-            wasm_ns / native_ns,
+        #[cfg(feature = "zen")]
+        let versus_zen = format!(
+            ", {:.2}x zen-engine's time ({})",
             wasm_ns / zen_ns,
             if wasm_ns <= zen_ns {
                 "faster than zen-engine"
             } else {
                 "slower than zen-engine"
             }
+        );
+        #[cfg(not(feature = "zen"))]
+        let versus_zen = "";
+        println!(
+            "default chain, 5 lines: wasm ({isolation}) {:.1} µs = {:.0}x native{versus_zen}",
+            wasm_ns / 1e3,
+            wasm_ns / native_ns,
         );
     }
 }
