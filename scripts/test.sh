@@ -2,9 +2,9 @@
 # The whole test suite, from a fresh machine: installs what is missing (the wasm32-wasip2
 # target, redis-server, Java and Maven for Apache Kafka, whose jars come from Maven
 # Central: scripts/kafka.sh, and grpcurl with go install), starts Redis and a single-node
-# KRaft broker on free loopback ports, checks formatting and lints, runs the plugins' unit
-# tests, builds and tests the rule template, runs `cargo test`, and stops the services by
-# PID. The fault tests and the short soak (tests/e2e/faults, docs/RELIABILITY.md) start
+# KRaft broker on free loopback ports, checks formatting, builds and lints (clippy
+# -D warnings) the workspace and the plugins, runs the plugins' unit tests, builds and
+# tests the rule template, runs `cargo test`, and stops the services by PID. The fault tests and the short soak (tests/e2e/faults, docs/RELIABILITY.md) start
 # brokers (one node, or a three-node cluster) and a Redis of their own with
 # scripts/kafka.sh and redis-server, on free ports, and stop them by PID.
 #
@@ -89,9 +89,10 @@ export TEST_REDIS_ADDR="127.0.0.1:$REDIS_PORT"
 export TEST_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
 echo "redis at $TEST_REDIS_ADDR, broker at $TEST_KAFKA_BROKERS"
 
-step "cargo fmt --check and clippy"
+step "cargo fmt --check, and clippy on the engine alone and the bench workspace"
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --quiet -- -D warnings
+(cd plugins && cargo fmt --all -- --check)
+(cd bench && cargo fmt -- --check)
 # The engine alone, without the features the pipeline turns on (wasi, native-baseline):
 # it compiles and is lint-clean, and it depends on no async runtime, gRPC or backend.
 # (Linted, not tested: building wasmtime a second time for its tests would cost minutes,
@@ -101,23 +102,26 @@ if cargo tree -p order-rules-engine -e normal --prefix none | grep -E '^(tokio|t
   echo "error: order-rules-engine must not depend on the crates above (docs/ARCHITECTURE.md)" >&2
   exit 1
 fi
-(cd plugins && cargo fmt --all -- --check && \
-  cargo clippy --workspace --all-targets --quiet --target "$HOST_TRIPLE" \
-    --target-dir "$CARGO_TARGET_DIR/wasm-plugins" -- -D warnings)
 # The microbenchmarks' own workspace: kept compiling and lint-clean. Without its zen-engine
 # comparison (feature `zen`), whose swc and QuickJS take minutes to build on a fresh machine.
-(cd bench && cargo fmt -- --check && \
-  cargo clippy --all-targets --no-default-features --quiet -- -D warnings)
+(cd bench && cargo clippy --all-targets --no-default-features --quiet -- -D warnings)
 
-step "plugin unit tests (decision logic, on $HOST_TRIPLE)"
+# From here on the workspace's own crates are compiled by clippy-driver (what `cargo
+# clippy` runs, as RUSTC_WORKSPACE_WRAPPER, with the same arguments): building the tests
+# lints them too (clippy -D warnings, every target), instead of a separate `cargo clippy`
+# checking every dependency again. Dependencies are compiled by rustc as usual.
+export RUSTC_WORKSPACE_WRAPPER="$(rustup which clippy-driver)"
+export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+
+step "plugins: clippy and unit tests (decision logic, on $HOST_TRIPLE)"
 (cd plugins && cargo test --workspace --quiet --target "$HOST_TRIPLE" --target-dir "$CARGO_TARGET_DIR/wasm-plugins")
 
-step "building the workspace's tests and the order-pipeline binary"
+step "building and linting the workspace's tests and the order-pipeline binary"
 # Once, with the features the tests unify: the rule template below runs the same binary.
 cargo test --workspace --no-run --quiet
 
 step "rule template: unit tests, component build, plugin test"
-(cd examples/rule-template && \
+(cd examples/rule-template && unset RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS && \
   cargo test --quiet --target "$HOST_TRIPLE" --target-dir "$CARGO_TARGET_DIR/rule-template" && \
   cargo build --quiet --release --target-dir "$CARGO_TARGET_DIR/rule-template")
 "$CARGO_TARGET_DIR/debug/order-pipeline" plugin test \
