@@ -306,7 +306,9 @@ async fn contract_embedded() {
 #[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
 async fn contract_redis() {
     let Some(services) = services() else { return };
-    let redis = Redis::connect(&services.redis).await.unwrap();
+    // Under a key prefix of its own, as a second pipeline sharing the Redis would be.
+    let prefix = format!("{}:", unique("contract-prefix"));
+    let redis = Redis::connect(&services.redis, &prefix).await.unwrap();
     let registry = redis.registry(&unique("contract-group"));
     let shutdown = CancellationToken::new();
     let listener = tokio::spawn(redis.listener(Some(&registry)).run(shutdown.clone()));
@@ -316,6 +318,26 @@ async fn contract_redis() {
         registry: Registry::Redis(Box::new(registry)),
     };
     run_contract(&backend).await;
+    // Its keys are under the prefix, and nothing is written under the Go names.
+    let id = unique("prefixed");
+    backend
+        .store
+        .put(&result(&id, ResultStatus::Done, "book"))
+        .await
+        .unwrap();
+    let plain = order_pipeline::backends::redis::RedisStore::connect(&services.redis)
+        .await
+        .unwrap();
+    for key in [format!("order:{id}"), format!("order-result:{id}")] {
+        assert!(
+            plain
+                .raw(&format!("{prefix}{key}"))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(plain.raw(&key).await.unwrap(), None, "{key}");
+    }
     // The listener stops on the shutdown signal, like every task of the process.
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(10), listener)
@@ -323,4 +345,36 @@ async fn contract_redis() {
         .expect("the listener did not stop on shutdown")
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
+async fn redis_results_expire_after_the_result_ttl() {
+    let Some(services) = services() else { return };
+    let redis = Redis::connect(&services.redis, "").await.unwrap();
+    let short = redis.store().with_ttl(Some(Duration::from_secs(1)));
+    let id = unique("ttl");
+    short
+        .put(&result(&id, ResultStatus::Done, "book"))
+        .await
+        .unwrap();
+    for key in [format!("order:{id}"), format!("order-result:{id}")] {
+        let left = short.ttl_ms(&key).await.unwrap().unwrap();
+        assert!((1..=1000).contains(&left), "{key}: {left} ms left");
+    }
+    assert!(short.get(&id).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(short.get(&id).await.unwrap(), None);
+    assert_eq!(short.raw(&format!("order:{id}")).await.unwrap(), None);
+
+    // RESULT_TTL=0: kept forever.
+    let forever = redis.store().with_ttl(None);
+    let id = unique("ttl-forever");
+    forever
+        .put(&result(&id, ResultStatus::Done, "book"))
+        .await
+        .unwrap();
+    for key in [format!("order:{id}"), format!("order-result:{id}")] {
+        assert_eq!(forever.ttl_ms(&key).await.unwrap(), Some(-1), "{key}");
+    }
 }

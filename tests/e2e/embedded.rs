@@ -253,3 +253,65 @@ async fn the_load_generator_runs_batched_and_at_a_fixed_rate() {
     }
     running.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_pruned_once_committed_and_results_after_their_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = embedded_config(dir.path());
+    let running = app::start(Role::All, &config).await.unwrap();
+    let mut orders = order_client(running.order_addr.unwrap()).await;
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+    let db = running.embedded.clone().unwrap();
+
+    let batch = (0..20)
+        .map(|i| go_request(&format!("old-{i}"), "pen", 100 + i))
+        .collect();
+    orders
+        .create_orders(CreateOrdersRequest { orders: batch })
+        .await
+        .unwrap();
+    for i in 0..20 {
+        wait_result(&mut cache, &format!("old-{i}"), 30)
+            .await
+            .unwrap();
+    }
+    // Results made before the cutoff expire; the one made after it stays.
+    let cutoff = order_pipeline::domain::now_unix_ms() + 1;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    orders
+        .create_order(go_request("new", "book", 42))
+        .await
+        .unwrap();
+    wait_result(&mut cache, "new", 30).await.unwrap();
+
+    let pruned = db.prune(Some(cutoff)).await.unwrap();
+    assert_eq!((pruned.log_entries, pruned.results), (21, 20), "{pruned:?}");
+    assert!(!pruned.more_left());
+    let gone = cache
+        .get_order_result(ResultRequest {
+            id: "old-3".into(),
+            wait_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound, "{gone:?}");
+    assert_eq!(wait_result(&mut cache, "new", 5).await.unwrap().price, 42);
+    assert_eq!(db.prune(Some(cutoff)).await.unwrap(), Default::default());
+    drop(db);
+    running.stop().await.unwrap();
+
+    // After a restart nothing is processed again, and new orders go on.
+    let running = app::start(Role::All, &config).await.unwrap();
+    let mut orders = order_client(running.order_addr.unwrap()).await;
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+    orders
+        .create_order(go_request("after", "book", 7))
+        .await
+        .unwrap();
+    assert_eq!(wait_result(&mut cache, "after", 30).await.unwrap().price, 7);
+    let db = running.embedded.clone().unwrap();
+    let pruned = db.prune(None).await.unwrap();
+    assert_eq!((pruned.log_entries, pruned.results), (1, 0), "{pruned:?}");
+    drop(db);
+    running.stop().await.unwrap();
+}

@@ -20,4 +20,5 @@ mod hostile;
 mod metrics;
 mod pipeline;
 mod processes;
+mod readiness;
 mod support;

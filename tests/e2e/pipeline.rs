@@ -82,6 +82,12 @@ async fn go_e2e_case_reaches_done_with_the_go_redis_shape() {
     let redis = RedisStore::connect(&services.redis).await.unwrap();
     let go_shape = redis.raw(&format!("order:{id}")).await.unwrap().unwrap();
     assert_eq!(go_shape, r#"{"item":"book","price":42,"status":"done"}"#);
+    // Both keys expire together, after the default RESULT_TTL (7 days).
+    for key in [format!("order:{id}"), format!("order-result:{id}")] {
+        let left = redis.ttl_ms(&key).await.unwrap().unwrap();
+        let ttl = order_pipeline::config::DEFAULT_RESULT_TTL.as_millis() as i64;
+        assert!(left > ttl - 60_000 && left <= ttl, "{key}: {left} ms left");
+    }
     running.stop().await.unwrap();
 }
 

@@ -52,6 +52,10 @@ pub(crate) struct ConfigArgs {
     /// Redis address (`host:port` or `redis://...`). Unset: the embedded store in DATA_DIR.
     #[arg(long, env = "REDIS_ADDR")]
     pub redis_addr: Option<String>,
+    /// Prefix of every Redis key and channel, so that several pipelines can share one
+    /// Redis (e.g. `shop-a:`); empty keeps the Go system's `order:<id>`.
+    #[arg(long, env = "KEY_PREFIX", default_value = "")]
+    pub key_prefix: String,
     /// Listen address of the OrderService.
     #[arg(long, env = "ORDER_SERVICE_ADDR", default_value = config::DEFAULT_ORDER_SERVICE_ADDR)]
     pub order_service_addr: String,
@@ -94,6 +98,10 @@ pub(crate) struct ConfigArgs {
     /// How long the OrderService waits for the broker's acknowledgement, in ms.
     #[arg(long, env = "PRODUCE_TIMEOUT_MS", default_value_t = 5000)]
     pub produce_timeout_ms: u64,
+    /// How long results live once stored: a duration such as 7d, 12h or 90s, or 0 to keep
+    /// them forever. The default is Kafka's default retention of the order topic.
+    #[arg(long, env = "RESULT_TTL", default_value = "7d")]
+    pub result_ttl: String,
     /// Limits of every plugin call.
     #[command(flatten)]
     pub limits: LimitArgs,
@@ -154,6 +162,7 @@ impl ConfigArgs {
             kafka_session_timeout_ms: self.kafka_session_timeout_ms,
             kafka_max_poll_interval_ms: self.kafka_max_poll_interval_ms,
             redis_addr: self.redis_addr,
+            key_prefix: self.key_prefix,
             admin_token: self.admin_token,
             data_dir: self.data_dir,
             ruleset: self.ruleset,
@@ -163,6 +172,7 @@ impl ConfigArgs {
             quarantine_failures: self.quarantine_failures,
             quarantine_window: self.quarantine_window,
             produce_timeout_ms: self.produce_timeout_ms,
+            result_ttl: config::parse_ttl("RESULT_TTL", &self.result_ttl)?,
             native_baseline: self.limits.native_baseline,
             limits: self.limits.limits(),
         };

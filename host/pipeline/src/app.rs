@@ -29,11 +29,15 @@ use crate::processor::{Processor, RetryPolicy};
 use crate::proto::admin::admin_service_server::AdminServiceServer;
 use crate::proto::cache_service_server::CacheServiceServer;
 use crate::proto::order_service_server::OrderServiceServer;
+use crate::readiness::{self, Readiness};
 use crate::rules::live::LiveRuleset;
 use crate::rules::quarantine::QuarantinePolicy;
 use crate::rules::registry::Registry;
 use crate::store::Store;
 use crate::worker;
+
+/// How long the Kafka readiness probe waits for a metadata answer.
+const KAFKA_PROBE_TIMEOUT: Duration = Duration::from_millis(2500);
 
 /// Which roles a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +78,8 @@ pub struct Running {
     pub live: Option<Arc<LiveRuleset>>,
     /// The embedded database, in embedded mode.
     pub embedded: Option<Arc<EmbeddedDb>>,
+    /// What the process's health service answers.
+    pub readiness: Arc<Readiness>,
     shutdown: CancellationToken,
     tasks: JoinSet<anyhow::Result<()>>,
 }
@@ -189,7 +195,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
     // One Redis connection for the store and the registry, one pub/sub listener.
     let redis = match (&embedded, redis_addr) {
         (None, Some(addr)) if role.works() || role.serves_results() => {
-            Some(Redis::connect(addr).await?)
+            Some(Redis::connect(addr, &config.key_prefix).await?)
         }
         _ => None,
     };
@@ -202,7 +208,9 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         .map(|r| r.registry(&config.worker_group));
     let store = match (&embedded, &redis) {
         (Some(db), _) => Some(Store::Embedded(Arc::clone(db))),
-        (None, Some(redis)) => Some(Store::Redis(Box::new(redis.store()))),
+        (None, Some(redis)) => Some(Store::Redis(Box::new(
+            redis.store().with_ttl(config.result_ttl),
+        ))),
         _ => None,
     };
 
@@ -214,10 +222,46 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         tasks.spawn(crate::metrics::serve(listener, shutdown.clone()));
         tracing::info!(addr = %metrics_addr.map(|a| a.to_string()).unwrap_or_default(), "metrics at GET /metrics");
     }
+    if let Some(db) = embedded.as_ref().filter(|_| role.works()) {
+        tasks.spawn(crate::backends::embedded::run_retention(
+            Arc::clone(db),
+            config.result_ttl,
+            shutdown.clone(),
+        ));
+    }
     let mut live_ruleset: Option<Arc<LiveRuleset>> = None;
     if let Some(redis) = &redis {
         let listener = redis.listener(redis_registry.as_ref());
         tasks.spawn(listener.run(shutdown.clone()));
+    }
+
+    // What `grpc.health.v1` answers: each dependency of this process, probed.
+    let readiness = Arc::new(Readiness::default());
+    if let Some(producer) = &producer {
+        let (producer, topic) = (producer.clone(), config.kafka_topic.clone());
+        let check = move || {
+            let (producer, topic) = (producer.clone(), topic.clone());
+            async move { kafka::reachable(&producer, &topic, KAFKA_PROBE_TIMEOUT).await }
+        };
+        tasks.spawn(readiness::probe(
+            Arc::clone(&readiness),
+            "kafka",
+            check,
+            shutdown.clone(),
+        ));
+    }
+    if let Some(redis) = &redis {
+        let redis = redis.clone();
+        let check = move || {
+            let redis = redis.clone();
+            async move { redis.ping().await }
+        };
+        tasks.spawn(readiness::probe(
+            Arc::clone(&readiness),
+            "redis",
+            check,
+            shutdown.clone(),
+        ));
     }
 
     if role.works() {
@@ -229,7 +273,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         };
         let live = LiveRuleset::start(engine, registry, seed).await?;
         let stop = shutdown.clone();
-        tasks.spawn(Arc::clone(&live).follow(stop));
+        tasks.spawn(Arc::clone(&live).follow(Arc::clone(&readiness), stop));
         live_ruleset = Some(Arc::clone(&live));
         let processor = Arc::new(Processor::new(
             live,
@@ -289,11 +333,13 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         order_addr = Some(listener.local_addr()?);
         let routes = Routes::new(OrderServiceServer::new(OrderApi::new(publisher)));
         let stop = shutdown.clone();
+        let readiness = Arc::clone(&readiness);
         tasks.spawn(async move {
             grpc::serve(
                 listener,
                 OrderServiceServer::<OrderApi>::NAME,
                 routes,
+                &readiness,
                 stop.cancelled_owned(),
             )
             .await
@@ -310,11 +356,13 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         cache_addr = Some(listener.local_addr()?);
         let routes = Routes::new(CacheServiceServer::new(CacheApi::new(store)));
         let stop = shutdown.clone();
+        let readiness = Arc::clone(&readiness);
         tasks.spawn(async move {
             grpc::serve(
                 listener,
                 CacheServiceServer::<CacheApi>::NAME,
                 routes,
+                &readiness,
                 stop.cancelled_owned(),
             )
             .await
@@ -342,11 +390,13 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         );
         let routes = Routes::new(service);
         let stop = shutdown.clone();
+        let readiness = Arc::clone(&readiness);
         tasks.spawn(async move {
             grpc::serve(
                 listener,
                 AdminServiceServer::<AdminApi>::NAME,
                 routes,
+                &readiness,
                 stop.cancelled_owned(),
             )
             .await
@@ -361,6 +411,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         metrics_addr,
         live: live_ruleset,
         embedded,
+        readiness,
         shutdown,
         tasks,
     })

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use order_rules_engine::Limits;
 
@@ -44,6 +45,9 @@ pub struct Config {
     pub kafka_max_poll_interval_ms: u64,
     /// Redis address (`host:port` or `redis://...`). `None`: the embedded store.
     pub redis_addr: Option<String>,
+    /// Prefix of every Redis key and channel (`KEY_PREFIX`); empty keeps the Go system's
+    /// key names.
+    pub key_prefix: String,
     /// Listen address of the OrderService.
     pub order_service_addr: SocketAddr,
     /// Listen address of the CacheService.
@@ -70,12 +74,19 @@ pub struct Config {
     pub quarantine_window: usize,
     /// How long the OrderService waits for the broker's acknowledgement, in ms.
     pub produce_timeout_ms: u64,
+    /// How long a result lives after it is stored (`RESULT_TTL`); `None`: forever.
+    pub result_ttl: Option<Duration>,
     /// Limits of every plugin call.
     pub limits: Limits,
     /// Benchmark baseline, never for production: the built-in rules run compiled into
     /// the binary instead of as isolated Wasm components.
     pub native_baseline: bool,
 }
+
+/// How long results live by default: 7 days, Kafka's default retention of the order
+/// topic. As long as the topic can still redeliver an order, its first final result
+/// is kept and wins; older results go, so Redis and the embedded database stop growing.
+pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The documented defaults of the listen addresses (the Go system's ports).
 pub const DEFAULT_ORDER_SERVICE_ADDR: &str = "0.0.0.0:50051";
@@ -103,6 +114,7 @@ impl Default for Config {
             kafka_session_timeout_ms: 10_000,
             kafka_max_poll_interval_ms: 300_000,
             redis_addr: None,
+            key_prefix: String::new(),
             order_service_addr: addr(DEFAULT_ORDER_SERVICE_ADDR),
             cache_service_addr: addr(DEFAULT_CACHE_SERVICE_ADDR),
             admin_addr: addr(DEFAULT_ADMIN_ADDR),
@@ -116,6 +128,7 @@ impl Default for Config {
             quarantine_failures: 5,
             quarantine_window: 20,
             produce_timeout_ms: 5000,
+            result_ttl: Some(DEFAULT_RESULT_TTL),
             limits: Limits::default(),
             native_baseline: false,
         }
@@ -166,12 +179,41 @@ impl Config {
                 self.kafka_max_poll_interval_ms, self.kafka_session_timeout_ms
             ));
         }
+        if self.key_prefix.len() > 64
+            || !self
+                .key_prefix
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}')
+        {
+            return fail(format!(
+                "KEY_PREFIX `{}` must be at most 64 printable characters without spaces or braces, such as `shop-a:`",
+                self.key_prefix
+            ));
+        }
         if self.produce_timeout_ms == 0 {
             return fail("PRODUCE_TIMEOUT_MS must be at least 1".into());
         }
         self.limits
             .validate()
             .map_err(|e| ConfigError(e.to_string()))
+    }
+}
+
+/// Parses a time to live of variable `name`: a duration such as `7d`, `12h` or `90s`
+/// (at least one second), or `0` for forever (`None`).
+pub fn parse_ttl(name: &str, value: &str) -> Result<Option<Duration>, ConfigError> {
+    let value = value.trim();
+    if value == "0" {
+        return Ok(None);
+    }
+    match humantime::parse_duration(value) {
+        Ok(ttl) if ttl >= Duration::from_secs(1) => Ok(Some(ttl)),
+        Ok(_) => Err(ConfigError(format!(
+            "{name} `{value}` is below one second; give e.g. 7d, 12h or 90s, or 0 to keep forever"
+        ))),
+        Err(e) => Err(ConfigError(format!(
+            "{name} `{value}` is not a duration ({e}); give e.g. 7d, 12h or 90s, or 0 to keep forever"
+        ))),
     }
 }
 
@@ -188,6 +230,32 @@ pub fn parse_listen(name: &str, value: &str) -> Result<SocketAddr, ConfigError> 
             "{name} `{value}` is not a listen address such as 0.0.0.0:50051"
         ))
     })
+}
+
+#[cfg(test)]
+mod ttl_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn ttls_are_durations_or_zero_for_forever() {
+        assert_eq!(
+            parse_ttl("RESULT_TTL", "7d").unwrap(),
+            Some(Duration::from_secs(7 * 86400))
+        );
+        assert_eq!(
+            parse_ttl("RESULT_TTL", " 90s ").unwrap(),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(parse_ttl("RESULT_TTL", "0").unwrap(), None);
+        let err = parse_ttl("RESULT_TTL", "soon").unwrap_err();
+        assert!(
+            err.0.starts_with("RESULT_TTL `soon` is not a duration"),
+            "{err}"
+        );
+        let err = parse_ttl("RESULT_TTL", "10ms").unwrap_err();
+        assert!(err.0.contains("below one second"), "{err}");
+    }
 }
 
 #[cfg(test)]

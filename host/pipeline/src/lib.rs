@@ -13,7 +13,8 @@
 //! - [`worker`]: the consumer loops around it (Kafka, embedded);
 //! - [`order_log`], [`store`], [`rules::registry`]: the seams; [`backends`]: embedded
 //!   (redb), Kafka, Redis, each in its own folder;
-//! - [`grpc`]: the tonic services; [`proto`]: the generated code.
+//! - [`grpc`]: the tonic services; [`proto`]: the generated code;
+//! - [`readiness`]: the probes behind `grpc.health.v1`; [`metrics`]: Prometheus.
 
 pub mod app;
 pub mod backends;
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod order_log;
 pub mod processor;
 pub mod proto;
+pub mod readiness;
 pub mod rules;
 pub mod store;
 pub mod waiters;

@@ -47,6 +47,14 @@ pub const RULESET_VERSION: &str = "order_pipeline_ruleset_active_version";
 /// yet (librdkafka's `consumer_lag`, refreshed every 5 s).
 pub const CONSUMER_LAG: &str = "order_pipeline_consumer_lag";
 
+/// Counter `{what}`: what retention removed from the embedded database: `log` (entries
+/// the worker had committed) and `results` (older than `RESULT_TTL`). Redis expires
+/// results itself (its `INFO stats` counts them as `expired_keys`).
+pub const RETENTION_REMOVED: &str = "order_pipeline_retention_removed_total";
+/// Gauge `{check}`: 1 while the check passes, 0 while it fails (`kafka`, `redis`,
+/// `ruleset`); the process answers health checks with NOT_SERVING while any is 0.
+pub const READY: &str = "order_pipeline_ready";
+
 /// Latency buckets, seconds: 100 µs to 30 s.
 const SECONDS_BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,

@@ -317,6 +317,57 @@ async fn redis_killed_and_restarted_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Redis and Apache Kafka: scripts/test.sh runs it"]
+async fn health_follows_kafka_and_redis_going_away_and_coming_back() {
+    use crate::readiness::{not_serving, serving, wait_health};
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = harness::run_dir();
+    let mut kafka = Kafka::start(dir.path(), 1);
+    let mut redis = Redis::start(dir.path());
+    let mut roles = Roles::start(RoleEnv::kafka(dir.path(), &kafka, &redis, 1), 0);
+    // The worker answers health on its admin server (as compose's healthcheck asks it).
+    let admin_addr = format!("127.0.0.1:{}", free_port());
+    let mut worker = roles
+        .env
+        .role("worker", "worker", &[("ADMIN_ADDR", admin_addr.clone())]);
+    worker.start();
+    wait_port(&admin_addr, Duration::from_secs(120), "the worker");
+    let order = format!("http://{}", roles.order_addr);
+    let work = format!("http://{admin_addr}");
+    let cache = format!("http://{}", roles.cache_addr);
+    let limit = Duration::from_secs(60);
+    for url in [&order, &work, &cache] {
+        wait_health(url, limit, serving).await;
+    }
+
+    // Redis down: the worker and the CacheService are not ready; the OrderService is.
+    redis.proc.stop(Stop::Kill);
+    for url in [&work, &cache] {
+        let line = wait_health(url, limit, not_serving("redis", "")).await;
+        println!("redis down, {url}: {line}");
+    }
+    wait_health(&order, limit, serving).await;
+    redis.restart();
+    for url in [&order, &work, &cache] {
+        wait_health(url, limit, serving).await;
+    }
+
+    // Kafka down: the OrderService and the worker are not ready; the CacheService is.
+    kafka.nodes[0].stop(Stop::Term);
+    for url in [&order, &work] {
+        let line = wait_health(url, limit, not_serving("kafka", "")).await;
+        println!("kafka down, {url}: {line}");
+    }
+    wait_health(&cache, limit, serving).await;
+    kafka.restart(0);
+    for url in [&order, &work, &cache] {
+        wait_health(url, Duration::from_secs(120), serving).await;
+    }
+    roles.assert_running();
+    worker.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and Apache Kafka: scripts/test.sh runs it"]
 async fn second_worker_joins_and_leaves_under_load() {
     let _one = ONE_AT_A_TIME.lock().await;
     let dir = harness::run_dir();
@@ -554,11 +605,11 @@ async fn a_worker_tells_whether_redis_keeps_acknowledged_results() {
     let Some(services) = crate::support::services() else {
         return;
     };
-    let plain = Client::connect(&services.redis).await.unwrap();
+    let plain = Client::connect(&services.redis, "").await.unwrap();
     assert!(!plain.check_durability().await);
     // The documented setting (the fault tests' Redis).
     let dir = harness::run_dir();
     let redis = Redis::start(dir.path());
-    let durable = Client::connect(&redis.addr).await.unwrap();
+    let durable = Client::connect(&redis.addr, "").await.unwrap();
     assert!(durable.check_durability().await);
 }

@@ -49,10 +49,17 @@ pub(crate) async fn health(args: HealthArgs, out: &mut dyn Write) -> Result<i32,
             service: args.service,
         })
         .await
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
-        .into_inner();
-    let status = answer.status();
-    writeln!(out, "{}", status.as_str_name())?;
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+    let reason = answer
+        .metadata()
+        .get(order_pipeline::grpc::health::REASON_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let status = answer.into_inner().status();
+    match reason {
+        Some(reason) => writeln!(out, "{} ({reason})", status.as_str_name())?,
+        None => writeln!(out, "{}", status.as_str_name())?,
+    }
     Ok(if status == ServingStatus::Serving {
         EXIT_OK
     } else {

@@ -1,13 +1,16 @@
 //! The gRPC services: a thin translation between the proto messages and the domain.
-//! Each server carries its own service plus `grpc.health.v1` and gRPC reflection (v1
-//! and v1alpha, as the Go servers did), advertising only what it serves.
+//! Each server carries its own service plus `grpc.health.v1` (from the process's
+//! [`Readiness`]) and gRPC reflection (v1 and v1alpha, as the Go servers did), advertising
+//! only what it serves.
 
 pub mod admin_service;
 pub mod cache_service;
+pub mod health;
 pub mod order_service;
 mod status;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -15,6 +18,7 @@ use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 
 use crate::proto;
+use crate::readiness::Readiness;
 
 /// Serves `routes` (one service, named `service_name`) plus health and reflection on
 /// `listener` until `shutdown`.
@@ -22,15 +26,10 @@ pub async fn serve(
     listener: TcpListener,
     service_name: &'static str,
     routes: Routes,
+    readiness: &Arc<Readiness>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_service_status(service_name, tonic_health::ServingStatus::Serving)
-        .await;
-    health_reporter
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
+    let health = health::HealthApi::server(service_name, readiness);
     let names = [
         service_name,
         "grpc.health.v1.Health",

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::registry::Registry;
 use crate::domain::now_unix_ms;
 use crate::domain::ruleset::{ActivateError, Expect, RuleRef, RulesetBody, RulesetRecord};
+use crate::readiness::Readiness;
 use order_rules_engine::{Engine, Plugin, RuleChain, RuleSpec};
 
 /// How often a worker checks the active version even without a notification.
@@ -34,6 +35,7 @@ pub struct LiveRuleset {
     registry: Registry,
     plugins: Mutex<HashMap<String, Arc<Plugin>>>,
     swap: tokio::sync::Mutex<()>,
+    last_error: Mutex<Option<String>>,
 }
 
 impl LiveRuleset {
@@ -93,6 +95,7 @@ impl LiveRuleset {
             registry,
             plugins: Mutex::new(plugins),
             swap: tokio::sync::Mutex::new(()),
+            last_error: Mutex::new(None),
         });
         live.switch_to(&active).await?;
         Ok(live)
@@ -197,9 +200,23 @@ impl LiveRuleset {
             .map_err(anyhow::Error::from)
     }
 
+    /// Why the last attempt to switch to the registry's active version failed, if it did
+    /// (cleared by the next success).
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// Follows the registry until `shutdown`: on every notification, and every
-    /// [`RECHECK_INTERVAL`].
-    pub async fn follow(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    /// [`RECHECK_INTERVAL`]. While it cannot switch to the active version, `readiness`
+    /// has a `ruleset` problem.
+    pub async fn follow(
+        self: Arc<Self>,
+        readiness: Arc<Readiness>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         let mut changes = self.registry.changes().await;
         let mut recheck = tokio::time::interval(RECHECK_INTERVAL);
         loop {
@@ -208,9 +225,24 @@ impl LiveRuleset {
                 _ = changes.changed() => {}
                 _ = recheck.tick() => {}
             }
-            if let Err(e) = self.refresh().await {
-                tracing::warn!(error = %format!("{e:#}"), "cannot switch to the active ruleset; keeping the current one");
-            }
+            let problem = match self.refresh().await {
+                Ok(_) => None,
+                Err(e) => {
+                    let why = format!(
+                        "cannot switch to the active ruleset (still on version {}): {e:#}",
+                        self.current().version
+                    );
+                    if self.last_error().as_ref() != Some(&why) {
+                        tracing::warn!(error = %format!("{e:#}"), "cannot switch to the active ruleset; keeping the current one");
+                    }
+                    Some(why)
+                }
+            };
+            *self
+                .last_error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = problem.clone();
+            readiness.set("ruleset", problem);
         }
     }
 }

@@ -3,7 +3,8 @@
 //! dead-letter log. Appends are group-committed (one fsync for every order that arrived
 //! meanwhile) and acknowledged only after the commit; the worker writes a batch's results
 //! and its new offset in one transaction, so a restart re-processes nothing it finished
-//! and loses nothing that was accepted.
+//! and loses nothing that was accepted. Processed log entries and results older than the
+//! result TTL are pruned ([`EmbeddedDb::prune`]).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -21,10 +22,16 @@ use results::put;
 
 mod registry;
 mod results;
+mod retention;
+
+pub use retention::run as run_retention;
+pub use retention::{PRUNE_BATCH, PRUNE_EVERY, Pruned};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const RESULTS: TableDefinition<&str, &str> = TableDefinition::new("results");
+/// The results by the time they were made (Unix ms, id): what the result TTL removes.
+const RESULT_TIMES: TableDefinition<(u64, &str), ()> = TableDefinition::new("result_times");
 const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
 const PLUGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugins");
 const RULESETS: TableDefinition<u64, &str> = TableDefinition::new("rulesets");
@@ -82,6 +89,7 @@ impl EmbeddedDb {
         let next = {
             txn.open_table(LOG)?;
             txn.open_table(RESULTS)?;
+            txn.open_table(RESULT_TIMES)?;
             txn.open_table(DEAD_LETTERS)?;
             txn.open_table(PLUGINS)?;
             txn.open_table(RULESETS)?;
@@ -89,6 +97,7 @@ impl EmbeddedDb {
             meta.get(NEXT_SEQ)?.map_or(0, |v| v.value())
         };
         txn.commit()?;
+        retention::index_older_results(&db)?;
         let db = Arc::new(db);
         let (appends, rx) = mpsc::channel(MAX_APPEND_BATCH);
         let (head_tx, head) = watch::channel(next);
@@ -198,9 +207,10 @@ impl EmbeddedDb {
             txn.set_durability(Durability::None)?;
             let outcomes = {
                 let mut table = txn.open_table(RESULTS)?;
+                let mut times = txn.open_table(RESULT_TIMES)?;
                 let mut outcomes = Vec::with_capacity(results.len());
                 for result in &results {
-                    outcomes.push(put(&mut table, result)?);
+                    outcomes.push(put(&mut table, &mut times, result)?);
                 }
                 let mut dead = txn.open_table(DEAD_LETTERS)?;
                 for record in &dead_letters {

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use redb::{ReadableDatabase, ReadableTable};
 
-use super::{EmbeddedDb, RESULTS, blocking};
+use super::{EmbeddedDb, RESULT_TIMES, RESULTS, blocking};
 use crate::domain::{OrderResult, PutOutcome, ResultStatus};
 
 impl EmbeddedDb {
@@ -17,7 +17,11 @@ impl EmbeddedDb {
         let result = result.clone();
         let outcome = blocking(move || {
             let txn = db.begin_write()?;
-            let outcome = put(&mut txn.open_table(RESULTS)?, &result)?;
+            let outcome = put(
+                &mut txn.open_table(RESULTS)?,
+                &mut txn.open_table(RESULT_TIMES)?,
+                &result,
+            )?;
             txn.commit()?;
             Ok(outcome)
         })
@@ -115,9 +119,11 @@ impl EmbeddedDb {
     }
 }
 
-/// Writes `result` unless a final result for its id is there.
+/// Writes `result` unless a final result for its id is there, and indexes it by the time
+/// it was made (for the result TTL: [`EmbeddedDb::prune`]).
 pub(super) fn put(
     table: &mut redb::Table<'_, &'static str, &'static str>,
+    times: &mut redb::Table<'_, (u64, &'static str), ()>,
     result: &OrderResult,
 ) -> anyhow::Result<PutOutcome> {
     if let Some(existing) = table.get(result.id.as_str())? {
@@ -128,5 +134,11 @@ pub(super) fn put(
     }
     let json = serde_json::to_string(result)?;
     table.insert(result.id.as_str(), json.as_str())?;
+    times.insert((made_at(result), result.id.as_str()), ())?;
     Ok(PutOutcome::Written)
+}
+
+/// When `result` was made, as the index's key.
+pub(super) fn made_at(result: &OrderResult) -> u64 {
+    u64::try_from(result.processed_at_unix_ms).unwrap_or(0)
 }

@@ -124,6 +124,36 @@ pub(crate) async fn send(
         .map_err(|(e, _)| anyhow::anyhow!("the broker did not acknowledge the order: {e}"))
 }
 
+/// Whether the cluster answers a metadata request for `topic` within `timeout` and
+/// knows the topic: the readiness probe of the roles that use Kafka.
+pub async fn reachable(
+    producer: &FutureProducer,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    use rdkafka::producer::Producer as _;
+    let producer = producer.clone();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let metadata = producer
+            .client()
+            .fetch_metadata(Some(&topic), timeout)
+            .context("no broker answers")?;
+        match metadata.topics().first() {
+            Some(found) => match found.error() {
+                None => Ok(()),
+                Some(error) => Err(anyhow::anyhow!(
+                    "topic {topic}: {}",
+                    RDKafkaErrorCode::from(error)
+                )),
+            },
+            None => Err(anyhow::anyhow!("the brokers do not know topic {topic}")),
+        }
+    })
+    .await
+    .context("the Kafka probe panicked")?
+}
+
 /// Creates the topics that do not exist yet, with the configured partitions and
 /// replication (production brokers usually do not auto-create topics).
 pub async fn ensure_topics(

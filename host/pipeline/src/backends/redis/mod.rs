@@ -14,7 +14,49 @@ use redis::aio::ConnectionManager;
 
 pub use pubsub::Listener;
 pub use registry::RedisRegistry;
-pub use store::{FALLBACK_POLL, RedisStore, WRITTEN_CHANNEL, full_key, go_key};
+pub use store::{FALLBACK_POLL, RedisStore};
+
+/// The name of every key and channel the pipeline uses, under `KEY_PREFIX` (empty by
+/// default, which keeps the Go system's `order:<id>`): several pipelines can share one
+/// Redis with prefixes of their own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix`.
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// The Go-compatible result of `id` (`order:<id>`).
+    pub fn go(&self, id: &str) -> String {
+        format!("{}order:{id}", self.prefix)
+    }
+
+    /// The full result of `id`.
+    pub fn full(&self, id: &str) -> String {
+        format!("{}order-result:{id}", self.prefix)
+    }
+
+    /// The channel announcing the ids whose results were written.
+    pub fn written_channel(&self) -> String {
+        format!("{}pipeline:results-written", self.prefix)
+    }
+
+    /// A plugin's bytes, by digest (shared by every worker group under the prefix).
+    pub fn plugin(&self, digest: &str) -> String {
+        format!("{}pipeline:plugin:{digest}", self.prefix)
+    }
+
+    /// The start of worker group `group`'s registry keys.
+    pub fn registry(&self, group: &str) -> String {
+        format!("{}pipeline:{group}:", self.prefix)
+    }
+}
 
 /// A client and a self-reconnecting connection to Redis at `addr` (`host:port` as the
 /// Go system took it, or a `redis://` URL); fails clearly within 10 s.
@@ -48,27 +90,34 @@ pub struct Redis {
     client: redis::Client,
     connection: ConnectionManager,
     waiters: Arc<crate::waiters::Waiters>,
+    keys: Keys,
 }
 
 impl Redis {
-    /// Connects to `addr` (`REDIS_ADDR`).
-    pub async fn connect(addr: &str) -> anyhow::Result<Self> {
+    /// Connects to `addr` (`REDIS_ADDR`); every key and channel is under `key_prefix`
+    /// (`KEY_PREFIX`).
+    pub async fn connect(addr: &str, key_prefix: &str) -> anyhow::Result<Self> {
         let (client, connection) = connect(addr).await?;
         Ok(Self {
             client,
             connection,
             waiters: Arc::default(),
+            keys: Keys::new(key_prefix),
         })
     }
 
     /// The result store, its waits woken by this backend's listener.
     pub fn store(&self) -> RedisStore {
-        RedisStore::new(self.connection.clone(), Arc::clone(&self.waiters))
+        RedisStore::new(
+            self.connection.clone(),
+            Arc::clone(&self.waiters),
+            self.keys.clone(),
+        )
     }
 
     /// The registry of worker group `group`.
     pub fn registry(&self, group: &str) -> RedisRegistry {
-        RedisRegistry::new(self.connection.clone(), group)
+        RedisRegistry::new(self.connection.clone(), self.keys.clone(), group)
     }
 
     /// The one listener of this backend: result announcements, and the ruleset changes
@@ -77,8 +126,19 @@ impl Redis {
         Listener::new(
             self.client.clone(),
             Arc::clone(&self.waiters),
+            self.keys.written_channel(),
             registry.map(|r| (r.channel(), r.change_sender())),
         )
+    }
+
+    /// Whether Redis answers PING: the readiness probe of the roles that use Redis.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        let mut connection = self.connection.clone();
+        let _: String = redis::cmd("PING")
+            .query_async(&mut connection)
+            .await
+            .context("Redis does not answer PING")?;
+        Ok(())
     }
 
     /// Warns when this Redis may forget results it acknowledged: a worker commits an

@@ -10,7 +10,6 @@ use futures::StreamExt as _;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::store::WRITTEN_CHANNEL;
 use crate::waiters::Waiters;
 
 /// Pause before subscribing again after the connection was lost.
@@ -20,6 +19,8 @@ const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 pub struct Listener {
     client: redis::Client,
     waiters: Arc<Waiters>,
+    /// The channel of result announcements.
+    written: String,
     /// The ruleset channel of the worker group and who is told of a new version.
     rulesets: Option<(String, watch::Sender<u64>)>,
 }
@@ -28,11 +29,13 @@ impl Listener {
     pub(super) fn new(
         client: redis::Client,
         waiters: Arc<Waiters>,
+        written: String,
         rulesets: Option<(String, watch::Sender<u64>)>,
     ) -> Self {
         Self {
             client,
             waiters,
+            written,
             rulesets,
         }
     }
@@ -60,7 +63,7 @@ impl Listener {
                 return;
             }
         };
-        let mut channels = vec![WRITTEN_CHANNEL.to_string()];
+        let mut channels = vec![self.written.clone()];
         if let Some((channel, _)) = &self.rulesets {
             channels.push(channel.clone());
         }
@@ -76,7 +79,7 @@ impl Listener {
     }
 
     fn dispatch(&self, channel: &str, message: &redis::Msg) {
-        if channel == WRITTEN_CHANNEL {
+        if channel == self.written {
             let ids: String = message.get_payload().unwrap_or_default();
             self.waiters.wake(ids.split('\n'));
         } else if let Some((rulesets, tx)) = &self.rulesets

@@ -6,10 +6,8 @@ use anyhow::Context as _;
 use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 
+use super::Keys;
 use crate::domain::ruleset::{ActivateError, Expect};
-
-/// Plugins are content-addressed, so every group shares them.
-const PLUGIN_PREFIX: &str = "pipeline:plugin:";
 
 /// Compare-and-set activation: KEYS = active, latest; ARGV = body, expected, prefix,
 /// channel. Returns the new version, or -active / 0 (none active) on a conflict.
@@ -35,30 +33,33 @@ return v
 pub struct RedisRegistry {
     connection: ConnectionManager,
     activate: redis::Script,
+    keys: Keys,
+    /// The start of this group's keys (`<KEY_PREFIX>pipeline:<group>:`).
     namespace: String,
     changes: watch::Sender<u64>,
 }
 
 impl RedisRegistry {
     fn ruleset_prefix(&self) -> String {
-        format!("pipeline:{}:ruleset:", self.namespace)
+        format!("{}ruleset:", self.namespace)
     }
     fn active_key(&self) -> String {
-        format!("pipeline:{}:ruleset-active", self.namespace)
+        format!("{}ruleset-active", self.namespace)
     }
     fn latest_key(&self) -> String {
-        format!("pipeline:{}:ruleset-latest", self.namespace)
+        format!("{}ruleset-latest", self.namespace)
     }
     /// Pub/sub channel announcing a new active version.
     pub fn channel(&self) -> String {
-        format!("pipeline:{}:ruleset-changed", self.namespace)
+        format!("{}ruleset-changed", self.namespace)
     }
 
-    pub(super) fn new(connection: ConnectionManager, group: &str) -> Self {
+    pub(super) fn new(connection: ConnectionManager, keys: Keys, group: &str) -> Self {
         Self {
             connection,
             activate: redis::Script::new(ACTIVATE_SCRIPT),
-            namespace: group.to_string(),
+            namespace: keys.registry(group),
+            keys,
             changes: watch::channel(0).0,
         }
     }
@@ -74,7 +75,7 @@ impl RedisRegistry {
     pub async fn put_plugin(&self, digest: &str, bytes: &[u8]) -> anyhow::Result<()> {
         let mut c = self.connection.clone();
         let () = redis::cmd("SET")
-            .arg(format!("{PLUGIN_PREFIX}{digest}"))
+            .arg(self.keys.plugin(digest))
             .arg(bytes)
             .query_async(&mut c)
             .await
@@ -86,7 +87,7 @@ impl RedisRegistry {
     pub async fn plugin(&self, digest: &str) -> anyhow::Result<Option<Vec<u8>>> {
         let mut c = self.connection.clone();
         redis::cmd("GET")
-            .arg(format!("{PLUGIN_PREFIX}{digest}"))
+            .arg(self.keys.plugin(digest))
             .query_async(&mut c)
             .await
             .context("reading a plugin from Redis")

@@ -1,6 +1,7 @@
 //! Results in Redis. `order:<id>` holds exactly what the Go system wrote (proto3 JSON of
 //! `{item, price, status}`), so a Go CacheService can still read it; `order-result:<id>`
-//! beside it holds the full result. Both are written by one Lua script, atomically.
+//! beside it holds the full result. Both are written by one Lua script, atomically, and
+//! expire together after the result TTL (`RESULT_TTL`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,21 +9,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use redis::aio::ConnectionManager;
 
-use super::connect;
+use super::{Keys, connect};
 use crate::domain::{OrderResult, PutOutcome};
 use crate::waiters::Waiters;
 
-/// Key of the Go-compatible result.
-pub fn go_key(id: &str) -> String {
-    format!("order:{id}")
-}
-
-/// Key of the full result.
-pub fn full_key(id: &str) -> String {
-    format!("order-result:{id}")
-}
-
-/// Writes both keys unless a final (not `failed`) result exists. Returns 1 if written.
+/// Writes both keys unless a final (not `failed`) result exists, to expire after ARGV[3]
+/// ms (0: never). Returns 1 if written.
 const PUT_SCRIPT: &str = r#"
 local existing = redis.call('GET', KEYS[2])
 if existing then
@@ -31,14 +23,16 @@ if existing then
     return 0
   end
 end
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('SET', KEYS[2], ARGV[2])
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[2], ARGV[2])
+end
 return 1
 "#;
-
-/// Channel on which workers announce the ids whose results they wrote, so that waiting
-/// CacheService calls wake at once instead of polling.
-pub const WRITTEN_CHANNEL: &str = "pipeline:results-written";
 
 /// How often a waiting call re-reads Redis even without an announcement (results written
 /// by other writers, such as the Go worker, or a missed message).
@@ -51,23 +45,36 @@ pub struct RedisStore {
     connection: ConnectionManager,
     put: redis::Script,
     waiters: Arc<Waiters>,
+    ttl_ms: u64,
+    keys: Keys,
 }
 
 impl RedisStore {
-    /// Connects to `addr` (`host:port` as the Go system took it, or a `redis://` URL).
+    /// Connects to `addr` (`host:port` as the Go system took it, or a `redis://` URL),
+    /// with no key prefix.
     /// Without a running [`Listener`](super::Listener) its waits re-read every
     /// [`FALLBACK_POLL`]; [`Redis::store`](super::Redis::store) makes one that has one.
     pub async fn connect(addr: &str) -> anyhow::Result<Self> {
         let (_, connection) = connect(addr).await?;
-        Ok(Self::new(connection, Arc::default()))
+        Ok(Self::new(connection, Arc::default(), Keys::default()))
     }
 
-    pub(super) fn new(connection: ConnectionManager, waiters: Arc<Waiters>) -> Self {
+    pub(super) fn new(connection: ConnectionManager, waiters: Arc<Waiters>, keys: Keys) -> Self {
         Self {
             connection,
             put: redis::Script::new(PUT_SCRIPT),
             waiters,
+            ttl_ms: 0,
+            keys,
         }
+    }
+
+    /// Results written from now on expire after `ttl` (`None`: never, the default).
+    pub fn with_ttl(mut self, ttl: Option<std::time::Duration>) -> Self {
+        self.ttl_ms = ttl.map_or(0, |ttl| {
+            u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+        });
+        self
     }
 
     /// Writes `result` (both keys, atomically) unless a final result exists.
@@ -76,10 +83,11 @@ impl RedisStore {
         let mut connection = self.connection.clone();
         let written: i64 = self
             .put
-            .key(go_key(&result.id))
-            .key(full_key(&result.id))
+            .key(self.keys.go(&result.id))
+            .key(self.keys.full(&result.id))
             .arg(result.go_json())
             .arg(full)
+            .arg(self.ttl_ms)
             .invoke_async(&mut connection)
             .await
             .context("writing a result to Redis")?;
@@ -94,8 +102,8 @@ impl RedisStore {
     pub async fn get(&self, id: &str) -> anyhow::Result<Option<OrderResult>> {
         let mut connection = self.connection.clone();
         let (full, go): (Option<String>, Option<String>) = redis::cmd("MGET")
-            .arg(full_key(id))
-            .arg(go_key(id))
+            .arg(self.keys.full(id))
+            .arg(self.keys.go(id))
             .query_async(&mut connection)
             .await
             .context("reading a result from Redis")?;
@@ -114,7 +122,7 @@ impl RedisStore {
         }
         let mut connection = self.connection.clone();
         let _: i64 = redis::cmd("PUBLISH")
-            .arg(WRITTEN_CHANNEL)
+            .arg(self.keys.written_channel())
             .arg(ids.join("\n"))
             .query_async(&mut connection)
             .await
@@ -132,6 +140,17 @@ impl RedisStore {
         self.waiters
             .wait_for(id, deadline, Some(FALLBACK_POLL), || self.get(id))
             .await
+    }
+
+    /// The milliseconds a key has left to live (for tests and tools): `None` when it
+    /// does not exist, `Some(-1)` when it never expires.
+    pub async fn ttl_ms(&self, key: &str) -> anyhow::Result<Option<i64>> {
+        let mut connection = self.connection.clone();
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut connection)
+            .await?;
+        Ok((ttl != -2).then_some(ttl))
     }
 
     /// The raw value of a key (for tests and tools).
