@@ -235,11 +235,16 @@ async fn order_log_contract_embedded() {
 async fn order_log_contract_kafka() {
     let Some(services) = services() else { return };
     let (topic, group) = (unique("contract-log"), unique("contract-group"));
-    kafka::ensure_topics(&services.kafka, &[(topic.as_str(), 2)], 1)
-        .await
-        .unwrap();
+    kafka::ensure_topics(
+        &services.kafka,
+        &Default::default(),
+        &[(topic.as_str(), 2)],
+        1,
+    )
+    .await
+    .unwrap();
     let timeout = Duration::from_secs(10);
-    let producer = kafka::producer(&services.kafka, None, timeout).unwrap();
+    let producer = kafka::producer(&services.kafka, &Default::default(), timeout).unwrap();
     let log = Publisher::Kafka(KafkaPublisher::new(producer, &topic, timeout));
     let sent = log_payloads("kafka");
     for payload in &sent {
@@ -251,7 +256,9 @@ async fn order_log_contract_kafka() {
         session_timeout: Duration::from_secs(10),
         max_poll_interval: Duration::from_secs(300),
     };
-    let consumer = OrderConsumer::subscribe(&services.kafka, None, &membership, &topic).unwrap();
+    let consumer =
+        OrderConsumer::subscribe(&services.kafka, &Default::default(), &membership, &topic)
+            .unwrap();
     let mut got = Vec::new();
     let mut last = None;
     while got.len() < sent.len() {
@@ -268,7 +275,8 @@ async fn order_log_contract_kafka() {
     consumer.commit();
     drop(consumer);
     log.publish("same-key", b"marker".to_vec()).await.unwrap();
-    let again = OrderConsumer::subscribe(&services.kafka, None, &membership, &topic).unwrap();
+    let again = OrderConsumer::subscribe(&services.kafka, &Default::default(), &membership, &topic)
+        .unwrap();
     let first = tokio::time::timeout(Duration::from_secs(60), again.next())
         .await
         .expect("the marker comes within 60 s")

@@ -22,3 +22,4 @@ mod pipeline;
 mod processes;
 mod readiness;
 mod support;
+mod tls;

@@ -490,3 +490,35 @@ async fn a_partition_that_retries_in_place_does_not_stall_the_others() {
     }
     running.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
+async fn kafka_properties_reach_every_client() {
+    let Some(services) = services() else { return };
+    // librdkafka checks every property: a wrong one stops the start, naming the variable.
+    let mut config = kafka_config(&services);
+    config.kafka_properties = vec![("no.such.property".into(), "1".into())];
+    let error = format!("{:#}", app::start(Role::All, &config).await.err().unwrap());
+    assert!(
+        error.contains("KAFKA_PROPERTIES") && error.contains("no.such.property"),
+        "{error}"
+    );
+    // Accepted ones go to the producer, the consumer and the admin client alike.
+    config.kafka_properties = vec![
+        ("client.id".into(), "order-pipeline-props-test".into()),
+        ("security.protocol".into(), "plaintext".into()),
+    ];
+    let running = app::start(Role::All, &config).await.unwrap();
+    let mut orders = order_client(running.order_addr.unwrap()).await;
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+    let id = unique("props");
+    orders
+        .create_order(go_request(&id, "book", 42))
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_result(&mut cache, &id, 30).await.unwrap().status,
+        "done"
+    );
+    running.stop().await.unwrap();
+}

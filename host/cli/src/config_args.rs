@@ -20,6 +20,16 @@ pub(crate) struct ConfigArgs {
     /// librdkafka debug contexts (e.g. `cgrp,topic,fetch`), logged at target `librdkafka`.
     #[arg(long, env = "KAFKA_DEBUG")]
     pub kafka_debug: Option<String>,
+    /// librdkafka properties for every Kafka client, `key=value` separated by `;`: the
+    /// security protocol, SASL, TLS files (e.g.
+    /// `security.protocol=SASL_SSL;sasl.mechanisms=PLAIN;sasl.username=u;sasl.password=p`).
+    #[arg(
+        long,
+        env = "KAFKA_PROPERTIES",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub kafka_properties: String,
     /// Topic of accepted orders.
     #[arg(long, env = "KAFKA_TOPIC", default_value = "orders")]
     pub kafka_topic: String,
@@ -73,6 +83,16 @@ pub(crate) struct ConfigArgs {
     /// Bearer token the AdminService requires; required unless ADMIN_ADDR is loopback.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// PEM certificate (chain) of every gRPC server of the process: serve TLS. With
+    /// TLS_KEY.
+    #[arg(long, env = "TLS_CERT", value_name = "CERT.pem")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of TLS_CERT.
+    #[arg(long, env = "TLS_KEY", value_name = "KEY.pem")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA whose certificates clients must present (mTLS). Needs TLS_CERT.
+    #[arg(long, env = "TLS_CLIENT_CA", value_name = "CA.pem")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Directory of the embedded log and store.
     #[arg(long, env = "DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -153,6 +173,7 @@ impl ConfigArgs {
                 .transpose()?,
             kafka_brokers: self.kafka_brokers,
             kafka_debug: self.kafka_debug,
+            kafka_properties: config::parse_kafka_properties(&self.kafka_properties)?,
             kafka_topic: self.kafka_topic,
             dlq_topic: self.dlq_topic,
             worker_group: self.worker_group,
@@ -164,6 +185,7 @@ impl ConfigArgs {
             redis_addr: self.redis_addr,
             key_prefix: self.key_prefix,
             admin_token: self.admin_token,
+            tls: config::TlsFiles::from_vars(self.tls_cert, self.tls_key, self.tls_client_ca)?,
             data_dir: self.data_dir,
             ruleset: self.ruleset,
             default_currency: self.default_currency,

@@ -14,6 +14,7 @@ use order_pipeline::app::Role;
 mod commands;
 mod config_args;
 mod loadgen;
+mod tls;
 
 use config_args::{ConfigArgs, LimitArgs};
 
@@ -112,6 +113,9 @@ struct HealthArgs {
     /// Service to ask about; empty asks about the server as a whole.
     #[arg(long, default_value = "")]
     service: String,
+    /// TLS.
+    #[command(flatten)]
+    tls: tls::TlsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -155,6 +159,9 @@ struct BenchArgs {
     /// TrueType font of the plot's labels [default: the first of the usual system fonts].
     #[arg(long, env = "PLOT_FONT", value_name = "FONT.ttf")]
     plot_font: Option<PathBuf>,
+    /// TLS.
+    #[command(flatten)]
+    tls: tls::TlsArgs,
 }
 
 fn parse_seconds(raw: &str) -> Result<std::time::Duration, String> {
@@ -192,6 +199,9 @@ struct SubmitArgs {
     /// A full order as JSON (see examples/orders/) instead of --id/--item/--price.
     #[arg(long, conflicts_with_all = ["id", "item", "price"])]
     order: Option<PathBuf>,
+    /// TLS.
+    #[command(flatten)]
+    tls: tls::TlsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -209,6 +219,9 @@ struct GetArgs {
     /// Wait up to this long for the result, in ms (at most 30000).
     #[arg(long, default_value_t = 5000)]
     wait_ms: u32,
+    /// TLS.
+    #[command(flatten)]
+    tls: tls::TlsArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -330,6 +343,9 @@ struct AdminArgs {
     /// Bearer token (ADMIN_TOKEN).
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// TLS.
+    #[command(flatten)]
+    tls: tls::TlsArgs,
 }
 
 /// `--isolation`: clap's side of [`Isolation`](order_rules_engine::Isolation).

@@ -137,6 +137,16 @@ impl Running {
 /// Starts `role` with `config`.
 pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
     config.validate()?;
+    // The files first: a bad one fails before anything is opened.
+    let tls = config.tls.as_ref().map(grpc::tls_config).transpose()?;
+    if let Some(files) = &config.tls {
+        tracing::info!(
+            cert = %files.cert.display(),
+            mtls = files.client_ca.is_some(),
+            "the gRPC servers take TLS only"
+        );
+    }
+
     let kafka_brokers = config
         .kafka_brokers
         .as_deref()
@@ -173,10 +183,15 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         _ => None,
     };
     let produce_timeout = Duration::from_millis(config.produce_timeout_ms);
+    let kafka_options = kafka::ClientOptions {
+        debug: config.kafka_debug.clone(),
+        properties: config.kafka_properties.clone(),
+    };
     let producer = match kafka_brokers {
         Some(brokers) if role.serves_orders() || role.works() => {
             kafka::ensure_topics(
                 brokers,
+                &kafka_options,
                 &[
                     (config.kafka_topic.as_str(), config.kafka_partitions),
                     (config.dlq_topic.as_str(), 1),
@@ -184,11 +199,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
                 config.kafka_replication,
             )
             .await?;
-            Some(kafka::producer(
-                brokers,
-                config.kafka_debug.as_deref(),
-                produce_timeout,
-            )?)
+            Some(kafka::producer(brokers, &kafka_options, produce_timeout)?)
         }
         _ => None,
     };
@@ -293,7 +304,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
             (None, Some(producer), Some(brokers)) => {
                 let orders = kafka::OrderConsumer::subscribe(
                     brokers,
-                    config.kafka_debug.as_deref(),
+                    &kafka_options,
                     &kafka::Membership {
                         group: &config.worker_group,
                         instance_id: config.worker_instance_id.as_deref(),
@@ -334,12 +345,14 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         let routes = Routes::new(OrderServiceServer::new(OrderApi::new(publisher)));
         let stop = shutdown.clone();
         let readiness = Arc::clone(&readiness);
+        let tls = tls.clone();
         tasks.spawn(async move {
             grpc::serve(
                 listener,
                 OrderServiceServer::<OrderApi>::NAME,
                 routes,
                 &readiness,
+                tls,
                 stop.cancelled_owned(),
             )
             .await
@@ -357,12 +370,14 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         let routes = Routes::new(CacheServiceServer::new(CacheApi::new(store)));
         let stop = shutdown.clone();
         let readiness = Arc::clone(&readiness);
+        let tls = tls.clone();
         tasks.spawn(async move {
             grpc::serve(
                 listener,
                 CacheServiceServer::<CacheApi>::NAME,
                 routes,
                 &readiness,
+                tls,
                 stop.cancelled_owned(),
             )
             .await
@@ -391,12 +406,14 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         let routes = Routes::new(service);
         let stop = shutdown.clone();
         let readiness = Arc::clone(&readiness);
+        let tls = tls.clone();
         tasks.spawn(async move {
             grpc::serve(
                 listener,
                 AdminServiceServer::<AdminApi>::NAME,
                 routes,
                 &readiness,
+                tls,
                 stop.cancelled_owned(),
             )
             .await

@@ -23,6 +23,9 @@ pub struct Config {
     /// librdkafka debug contexts (`KAFKA_DEBUG`, e.g. `cgrp,topic,fetch`), logged
     /// through `tracing` at target `librdkafka`.
     pub kafka_debug: Option<String>,
+    /// librdkafka properties every Kafka client gets (`KAFKA_PROPERTIES`): security
+    /// protocol, SASL, TLS files and the like.
+    pub kafka_properties: Vec<(String, String)>,
     /// Topic of accepted orders.
     pub kafka_topic: String,
     /// Dead-letter topic.
@@ -58,6 +61,8 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// Bearer token the AdminService requires; required unless `admin_addr` is loopback.
     pub admin_token: Option<String>,
+    /// TLS of every gRPC server of the process; `None`: plaintext.
+    pub tls: Option<TlsFiles>,
     /// Directory of the embedded log and store.
     pub data_dir: PathBuf,
     /// Ruleset file (TOML); `None`: the default ruleset built into the binary.
@@ -83,6 +88,43 @@ pub struct Config {
     pub native_baseline: bool,
 }
 
+/// The PEM files of the gRPC servers' TLS (`TLS_CERT`, `TLS_KEY`, `TLS_CLIENT_CA`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The servers' certificate chain.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// From the three variables: none (plaintext), or at least the certificate and key.
+    pub fn from_vars(
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        client_ca: Option<PathBuf>,
+    ) -> Result<Option<Self>, ConfigError> {
+        let set = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
+        match (set(cert), set(key), set(client_ca)) {
+            (None, None, None) => Ok(None),
+            (Some(cert), Some(key), client_ca) => Ok(Some(Self {
+                cert,
+                key,
+                client_ca,
+            })),
+            (None, None, Some(_)) => Err(ConfigError(
+                "TLS_CLIENT_CA needs TLS_CERT and TLS_KEY: client certificates are checked over TLS"
+                    .into(),
+            )),
+            _ => Err(ConfigError(
+                "set both TLS_CERT and TLS_KEY (PEM files) for TLS, or neither for plaintext".into(),
+            )),
+        }
+    }
+}
+
 /// How long results live by default: 7 days, Kafka's default retention of the order
 /// topic. As long as the topic can still redeliver an order, its first final result
 /// is kept and wins; older results go, so Redis and the embedded database stop growing.
@@ -105,6 +147,7 @@ impl Default for Config {
         Self {
             kafka_brokers: None,
             kafka_debug: None,
+            kafka_properties: Vec::new(),
             kafka_topic: "orders".into(),
             dlq_topic: "orders-dlq".into(),
             worker_group: "worker-group".into(),
@@ -120,6 +163,7 @@ impl Default for Config {
             admin_addr: addr(DEFAULT_ADMIN_ADDR),
             metrics_addr: None,
             admin_token: None,
+            tls: None,
             data_dir: PathBuf::from("data"),
             ruleset: None,
             default_currency: "USD".into(),
@@ -199,6 +243,53 @@ impl Config {
     }
 }
 
+/// librdkafka properties the pipeline sets itself, for its guarantees or from its own
+/// variables: `KAFKA_PROPERTIES` may not change them.
+const OWN_KAFKA_PROPERTIES: [&str; 10] = [
+    "bootstrap.servers",
+    "group.id",
+    "group.instance.id",
+    "acks",
+    "enable.idempotence",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "message.timeout.ms",
+    "session.timeout.ms",
+    "max.poll.interval.ms",
+];
+
+/// Parses `KAFKA_PROPERTIES`: librdkafka properties as `key=value` separated by `;` or
+/// new lines (e.g. `security.protocol=SASL_SSL;sasl.mechanisms=PLAIN`).
+pub fn parse_kafka_properties(value: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut properties = Vec::new();
+    for item in value
+        .split([';', '\n'])
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+    {
+        let Some((key, value)) = item.split_once('=') else {
+            return Err(ConfigError(format!(
+                "KAFKA_PROPERTIES: `{item}` is not key=value (separate properties with `;`)"
+            )));
+        };
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(ConfigError(format!(
+                "KAFKA_PROPERTIES: `{item}` has no property name"
+            )));
+        }
+        if OWN_KAFKA_PROPERTIES.contains(&key) {
+            return Err(ConfigError(format!(
+                "KAFKA_PROPERTIES: `{key}` is set by order-pipeline itself (its guarantees, or \
+                 KAFKA_BROKERS, WORKER_GROUP, WORKER_INSTANCE_ID, PRODUCE_TIMEOUT_MS, \
+                 KAFKA_SESSION_TIMEOUT_MS, KAFKA_MAX_POLL_INTERVAL_MS); leave it out"
+            )));
+        }
+        properties.push((key.to_string(), value.trim().to_string()));
+    }
+    Ok(properties)
+}
+
 /// Parses a time to live of variable `name`: a duration such as `7d`, `12h` or `90s`
 /// (at least one second), or `0` for forever (`None`).
 pub fn parse_ttl(name: &str, value: &str) -> Result<Option<Duration>, ConfigError> {
@@ -236,6 +327,22 @@ pub fn parse_listen(name: &str, value: &str) -> Result<SocketAddr, ConfigError> 
 mod ttl_tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn kafka_properties_are_key_values_and_not_the_pipelines_own() {
+        assert_eq!(
+            parse_kafka_properties("security.protocol=SASL_SSL; sasl.mechanisms=PLAIN\n").unwrap(),
+            vec![
+                ("security.protocol".to_string(), "SASL_SSL".to_string()),
+                ("sasl.mechanisms".to_string(), "PLAIN".to_string())
+            ]
+        );
+        assert_eq!(parse_kafka_properties("").unwrap(), Vec::new());
+        let err = parse_kafka_properties("client.id").unwrap_err();
+        assert!(err.0.contains("`client.id` is not key=value"), "{err}");
+        let err = parse_kafka_properties("acks=1").unwrap_err();
+        assert!(err.0.contains("`acks` is set by order-pipeline"), "{err}");
+    }
 
     #[test]
     fn ttls_are_durations_or_zero_for_forever() {

@@ -48,11 +48,7 @@ where
             None => None,
         };
     let rulesets = runtime()?.block_on(async {
-        let channel = tonic::transport::Channel::from_shared(admin.admin_addr.clone())
-            .map_err(|e| format!("bad URL {}: {e}", admin.admin_addr))?
-            .connect()
-            .await
-            .map_err(|e| format!("cannot reach the AdminService at {}: {e}", admin.admin_addr))?;
+        let channel = crate::tls::connect(&admin.admin_addr, &admin.tls, "AdminService").await?;
         let client = proto::admin::admin_service_client::AdminServiceClient::with_interceptor(
             channel,
             BearerToken(token),

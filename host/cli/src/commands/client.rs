@@ -19,9 +19,9 @@ pub(crate) async fn submit(args: SubmitArgs, out: &mut dyn Write) -> Result<i32,
             ..Default::default()
         },
     };
-    let mut client = proto::order_service_client::OrderServiceClient::connect(args.addr.clone())
-        .await
-        .map_err(|e| format!("cannot reach the OrderService at {}: {e}", args.addr))?;
+    let mut client = proto::order_service_client::OrderServiceClient::new(
+        crate::tls::connect(&args.addr, &args.tls, "OrderService").await?,
+    );
     let response = client
         .create_order(request)
         .await
@@ -38,12 +38,7 @@ pub(crate) async fn submit(args: SubmitArgs, out: &mut dyn Write) -> Result<i32,
 pub(crate) async fn health(args: HealthArgs, out: &mut dyn Write) -> Result<i32, Failure> {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
-    let channel = tonic::transport::Channel::from_shared(args.addr.clone())
-        .map_err(|e| format!("bad URL {}: {e}", args.addr))?
-        .connect_timeout(std::time::Duration::from_secs(3))
-        .connect()
-        .await
-        .map_err(|e| format!("cannot reach {}: {e}", args.addr))?;
+    let channel = crate::tls::connect(&args.addr, &args.tls, "server").await?;
     let answer = tonic_health::pb::health_client::HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: args.service,
@@ -94,6 +89,7 @@ pub(crate) async fn load(args: BenchArgs, out: &mut dyn Write) -> Result<i32, Fa
         batch: args.batch,
         rate: args.rate,
         duration: args.duration,
+        tls: args.tls,
     };
     let total = plan.orders;
     let duration = plan.duration;
@@ -138,9 +134,9 @@ pub(crate) async fn load(args: BenchArgs, out: &mut dyn Write) -> Result<i32, Fa
 }
 
 pub(crate) async fn get(args: GetArgs, out: &mut dyn Write) -> Result<i32, Failure> {
-    let mut client = proto::cache_service_client::CacheServiceClient::connect(args.addr.clone())
-        .await
-        .map_err(|e| format!("cannot reach the CacheService at {}: {e}", args.addr))?;
+    let mut client = proto::cache_service_client::CacheServiceClient::new(
+        crate::tls::connect(&args.addr, &args.tls, "CacheService").await?,
+    );
     let response = client
         .get_order_result(proto::ResultRequest {
             id: args.id.clone(),

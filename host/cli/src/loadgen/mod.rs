@@ -34,6 +34,8 @@ pub struct BenchPlan {
     pub rate: Option<f64>,
     /// Stop submitting after this long (`orders` still caps the count).
     pub duration: Option<Duration>,
+    /// How the clients connect.
+    pub(crate) tls: crate::tls::TlsArgs,
 }
 
 /// One order's measurements.
@@ -104,16 +106,12 @@ pub async fn run(
             "--rate must be a positive number of orders per second, got {rate}"
         );
     }
-    let order_channel = Channel::from_shared(plan.order_url.clone())
-        .context("bad OrderService URL")?
-        .connect()
+    let order_channel = crate::tls::connect(&plan.order_url, &plan.tls, "OrderService")
         .await
-        .with_context(|| format!("cannot reach the OrderService at {}", plan.order_url))?;
-    let cache_channel = Channel::from_shared(plan.cache_url.clone())
-        .context("bad CacheService URL")?
-        .connect()
+        .map_err(anyhow::Error::msg)?;
+    let cache_channel = crate::tls::connect(&plan.cache_url, &plan.tls, "CacheService")
         .await
-        .with_context(|| format!("cannot reach the CacheService at {}", plan.cache_url))?;
+        .map_err(anyhow::Error::msg)?;
     let run_id = order_pipeline::domain::now_unix_ms();
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));

@@ -16,9 +16,41 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
+use crate::config::TlsFiles;
 use crate::proto;
 use crate::readiness::Readiness;
+
+/// The servers' TLS from its PEM files, checked: a file that cannot be read or parsed is
+/// an error naming its variable.
+pub fn tls_config(files: &TlsFiles) -> anyhow::Result<ServerTlsConfig> {
+    let read = |name: &str, path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("{name} {}: cannot read it", path.display()))
+    };
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
+        read("TLS_CERT", &files.cert)?,
+        read("TLS_KEY", &files.key)?,
+    ));
+    if let Some(ca) = &files.client_ca {
+        config = config.client_ca_root(Certificate::from_pem(read("TLS_CLIENT_CA", ca)?));
+    }
+    tonic::transport::Server::builder()
+        .tls_config(config.clone())
+        .with_context(|| {
+            format!(
+                "TLS_CERT {} / TLS_KEY {}{}: not a usable PEM certificate and key",
+                files.cert.display(),
+                files.key.display(),
+                files
+                    .client_ca
+                    .as_ref()
+                    .map(|ca| format!(" / TLS_CLIENT_CA {}", ca.display()))
+                    .unwrap_or_default()
+            )
+        })?;
+    Ok(config)
+}
 
 /// Serves `routes` (one service, named `service_name`) plus health and reflection on
 /// `listener` until `shutdown`.
@@ -27,6 +59,7 @@ pub async fn serve(
     service_name: &'static str,
     routes: Routes,
     readiness: &Arc<Readiness>,
+    tls: Option<ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let health = health::HealthApi::server(service_name, readiness);
@@ -56,7 +89,11 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls).context("TLS of the gRPC server")?;
+    }
+    server
         .add_routes(routes)
         .serve_with_incoming_shutdown(
             // No Nagle: small gRPC frames would otherwise wait for delayed ACKs (~40 ms).

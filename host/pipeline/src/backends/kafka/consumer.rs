@@ -63,11 +63,11 @@ impl OrderConsumer {
     /// Joins the group of `membership` and subscribes to `topic`.
     pub fn subscribe(
         brokers: &str,
-        debug: Option<&str>,
+        options: &super::ClientOptions,
         membership: &super::Membership<'_>,
         topic: &str,
     ) -> anyhow::Result<Self> {
-        let consumer = super::consumer(brokers, debug, membership)?;
+        let consumer = super::consumer(brokers, options, membership)?;
         consumer.subscribe(&[topic])?;
         Ok(Self {
             consumer: Arc::new(consumer),

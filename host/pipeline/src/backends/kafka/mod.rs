@@ -31,15 +31,38 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-/// Settings every client shares; `debug` (`KAFKA_DEBUG`) passes librdkafka debug
-/// contexts (e.g. `cgrp,topic,fetch`), logged through `tracing` at target `librdkafka`.
-fn base(brokers: &str, debug: Option<&str>) -> ClientConfig {
+/// What every Kafka client of the process gets besides the brokers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// librdkafka debug contexts (`KAFKA_DEBUG`, e.g. `cgrp,topic,fetch`), logged through
+    /// `tracing` at target `librdkafka`.
+    pub debug: Option<String>,
+    /// librdkafka properties (`KAFKA_PROPERTIES`): security protocol, SASL, TLS files,
+    /// client id... The pipeline's own settings (acks, idempotence, the group, offsets)
+    /// are not among them: `config` refuses those keys.
+    pub properties: Vec<(String, String)>,
+}
+
+/// Settings every client shares.
+fn base(brokers: &str, options: &ClientOptions) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers);
-    if let Some(debug) = debug.filter(|d| !d.is_empty()) {
+    if let Some(debug) = options.debug.as_deref().filter(|d| !d.is_empty()) {
         config.set("debug", debug);
     }
+    for (key, value) in &options.properties {
+        config.set(key, value);
+    }
     config
+}
+
+/// The hint an error of creating a client gets when properties were passed.
+fn properties_hint(options: &ClientOptions) -> &'static str {
+    if options.properties.is_empty() {
+        ""
+    } else {
+        " (check KAFKA_PROPERTIES)"
+    }
 }
 
 /// A producer bound to one topic.
@@ -55,17 +78,22 @@ pub struct KafkaPublisher {
 /// better: docs/BENCHMARKS.md).
 pub fn producer(
     brokers: &str,
-    debug: Option<&str>,
+    options: &ClientOptions,
     timeout: Duration,
 ) -> anyhow::Result<FutureProducer> {
-    base(brokers, debug)
+    base(brokers, options)
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("compression.type", "none")
         .set("linger.ms", "1")
         .set("message.timeout.ms", timeout.as_millis().to_string())
         .create()
-        .with_context(|| format!("cannot create a Kafka producer for `{brokers}`"))
+        .with_context(|| {
+            format!(
+                "cannot create a Kafka producer for `{brokers}`{}",
+                properties_hint(options)
+            )
+        })
 }
 
 impl KafkaPublisher {
@@ -158,13 +186,17 @@ pub async fn reachable(
 /// replication (production brokers usually do not auto-create topics).
 pub async fn ensure_topics(
     brokers: &str,
+    options: &ClientOptions,
     topics: &[(&str, i32)],
     replication: i32,
 ) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .with_context(|| format!("cannot create a Kafka admin client for `{brokers}`"))?;
+    let admin: AdminClient<DefaultClientContext> =
+        base(brokers, options).create().with_context(|| {
+            format!(
+                "cannot create a Kafka admin client for `{brokers}`{}",
+                properties_hint(options)
+            )
+        })?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|(name, partitions)| {
@@ -216,10 +248,10 @@ impl rdkafka::consumer::ConsumerContext for LagContext {}
 
 fn consumer(
     brokers: &str,
-    debug: Option<&str>,
+    options: &ClientOptions,
     membership: &Membership<'_>,
 ) -> anyhow::Result<StreamConsumer<LagContext>> {
-    let mut config = base(brokers, debug);
+    let mut config = base(brokers, options);
     if let Some(id) = membership.instance_id.filter(|id| !id.is_empty()) {
         config.set("group.instance.id", id);
     }
@@ -245,5 +277,10 @@ fn consumer(
         .set("fetch.wait.max.ms", "100")
         .set("statistics.interval.ms", "5000")
         .create_with_context(LagContext)
-        .with_context(|| format!("cannot create a Kafka consumer for `{brokers}`"))
+        .with_context(|| {
+            format!(
+                "cannot create a Kafka consumer for `{brokers}`{}",
+                properties_hint(options)
+            )
+        })
 }

@@ -1,0 +1,182 @@
+//! TLS and mTLS of the gRPC servers, with certificates made in the test (rcgen): the CLI's
+//! clients reach them with `--ca` (and `--cert`/`--key` where a client certificate is
+//! required); plaintext clients, clients without a certificate and clients trusting
+//! another CA are refused.
+
+use std::path::{Path, PathBuf};
+
+use order_pipeline::app::{self, Role};
+use order_pipeline::config::TlsFiles;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+
+use crate::support::{cli, embedded_config};
+
+/// A CA, and a certificate it signed for each of `names`, as PEM files in `dir`:
+/// `NAME.pem` and `NAME.key` (the CA is `ca`).
+fn pki(dir: &Path, ca_name: &str, names: &[(&str, &[&str])]) {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    std::fs::write(dir.join(format!("{ca_name}.pem")), ca_cert.pem()).unwrap();
+    let issuer = Issuer::from_params(&ca, &ca_key);
+    for (name, subject_alt_names) in names {
+        let key = KeyPair::generate().unwrap();
+        let params = CertificateParams::new(
+            subject_alt_names
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
+fn path(dir: &Path, file: &str) -> String {
+    dir.join(file).to_string_lossy().into_owned()
+}
+
+/// `order-pipeline ARGS...` off the test's runtime: (exit code, stdout + stderr).
+async fn run(args: Vec<String>) -> (i32, String) {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out, err) = cli(&args);
+        (code, format!("{out}{err}"))
+    })
+    .await
+    .unwrap()
+}
+
+fn args(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(ToString::to_string).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_take_tls_and_mtls_and_refuse_what_they_cannot_trust() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pki(
+        d,
+        "ca",
+        &[
+            ("server", &["localhost", "127.0.0.1"]),
+            ("client", &["order-client"]),
+        ],
+    );
+    pki(d, "other-ca", &[("stranger", &["stranger"])]);
+
+    // mTLS: clients must present a certificate of the CA.
+    let data = tempfile::tempdir().unwrap();
+    let mut config = embedded_config(data.path());
+    config.tls = Some(TlsFiles {
+        cert: PathBuf::from(path(d, "server.pem")),
+        key: PathBuf::from(path(d, "server.key")),
+        client_ca: Some(PathBuf::from(path(d, "ca.pem"))),
+    });
+    let running = app::start(Role::All, &config).await.unwrap();
+    let order = format!("https://127.0.0.1:{}", running.order_addr.unwrap().port());
+    let cache = format!("https://127.0.0.1:{}", running.cache_addr.unwrap().port());
+    let (ca, cert, key) = (
+        path(d, "ca.pem"),
+        path(d, "client.pem"),
+        path(d, "client.key"),
+    );
+    let mtls = ["--ca", &ca, "--cert", &cert, "--key", &key];
+
+    let (code, out) = run(args(&[&["health", "--addr", &order], &mtls[..]].concat())).await;
+    assert_eq!((code, out.trim()), (0, "SERVING"));
+    let submit = [
+        &[
+            "submit", "--addr", &order, "--id", "tls-1", "--item", "book", "--price", "42",
+        ],
+        &mtls[..],
+    ]
+    .concat();
+    let (code, out) = run(args(&submit)).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(r#""status":"accepted""#), "{out}");
+    let get = [&["get", "--addr", &cache, "--id", "tls-1"], &mtls[..]].concat();
+    let (code, out) = run(args(&get)).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(r#""status": "done""#) || out.contains(r#""status":"done""#),
+        "{out}"
+    );
+
+    // Refused: no client certificate, a plaintext client, a client of another CA.
+    let plain_url = order.replace("https://", "http://");
+    let (stranger_cert, stranger_key) = (path(d, "stranger.pem"), path(d, "stranger.key"));
+    for refused in [
+        vec!["health", "--addr", &order, "--ca", &ca],
+        vec!["health", "--addr", &plain_url],
+        vec![
+            "health",
+            "--addr",
+            &order,
+            "--ca",
+            &ca,
+            "--cert",
+            &stranger_cert,
+            "--key",
+            &stranger_key,
+        ],
+    ] {
+        let (code, out) = run(args(&refused)).await;
+        assert_ne!(code, 0, "{refused:?} was served: {out}");
+        assert!(!out.contains("SERVING"), "{refused:?}: {out}");
+    }
+    running.stop().await.unwrap();
+
+    // TLS without client certificates: the server's CA is enough; another CA is not.
+    let data = tempfile::tempdir().unwrap();
+    let mut config = embedded_config(data.path());
+    config.tls = Some(TlsFiles {
+        cert: PathBuf::from(path(d, "server.pem")),
+        key: PathBuf::from(path(d, "server.key")),
+        client_ca: None,
+    });
+    let running = app::start(Role::All, &config).await.unwrap();
+    let url = format!("http://127.0.0.1:{}", running.cache_addr.unwrap().port());
+    let (code, out) = run(args(&["health", "--addr", &url, "--ca", &ca])).await;
+    assert_eq!(
+        (code, out.trim()),
+        (0, "SERVING"),
+        "http:// with --ca means TLS"
+    );
+    let other = path(d, "other-ca.pem");
+    let (code, out) = run(args(&["health", "--addr", &url, "--ca", &other])).await;
+    assert_ne!(code, 0, "a server of another CA was trusted: {out}");
+    assert!(out.contains("cannot reach"), "{out}");
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_tls_files_are_refused_at_start_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("junk.pem"), "not a certificate").unwrap();
+    let mut config = embedded_config(d);
+    config.tls = Some(TlsFiles {
+        cert: d.join("junk.pem"),
+        key: d.join("junk.pem"),
+        client_ca: None,
+    });
+    let error = app::start(Role::All, &config).await.err().unwrap();
+    assert!(format!("{error:#}").contains("TLS_CERT"), "{error:#}");
+    config.tls = Some(TlsFiles {
+        cert: d.join("missing.pem"),
+        key: d.join("junk.pem"),
+        client_ca: None,
+    });
+    let error = app::start(Role::All, &config).await.err().unwrap();
+    assert!(
+        format!("{error:#}").contains("TLS_CERT") && format!("{error:#}").contains("missing.pem"),
+        "{error:#}"
+    );
+    let (code, _, err) = cli(&["run", "--tls-client-ca", "ca.pem"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("TLS_CLIENT_CA needs TLS_CERT"), "{err}");
+}
