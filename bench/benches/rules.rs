@@ -1,6 +1,6 @@
-//! `cd bench && cargo bench`: the cost of running rules as Wasm components,
-//! next to the same rules compiled natively and the same decisions in zen-engine (GoRules
-//! ZEN, a peer business-rules engine). Prints criterion's figures, then the ratios.
+//! `cd bench && cargo bench --features zen`: the cost of running rules as Wasm components,
+//! next to the same rules compiled natively and (with `zen`) the same decisions in
+//! zen-engine (GoRules ZEN, a peer business-rules engine). Prints criterion's figures, then the ratios.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

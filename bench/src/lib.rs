@@ -1,5 +1,5 @@
 //! Support for the rule-engine benchmarks (`cargo bench -p order-pipeline-bench`): the
-//! default ruleset's config, and (feature `zen`, on by default) the same decisions as a
+//! default ruleset's config, and (feature `zen`, off by default) the same decisions as a
 //! GoRules ZEN decision graph for a side-by-side comparison with zen-engine.
 
 use order_rules_engine::ruleset;

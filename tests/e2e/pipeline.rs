@@ -416,7 +416,7 @@ async fn batch_results_are_read_in_one_call_from_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
 async fn a_partition_that_retries_in_place_does_not_stall_the_others() {
-    // Partition 0 gets orders that retry in place for ~12 s in all, then more than its
+    // Partition 0 gets orders that retry in place for ~30 s in all, then more than its
     // queue in the worker holds; partition 1 gets orders afterwards. The worker must keep
     // polling (the max poll interval here is 6 s) and decide partition 1's orders while
     // partition 0 still waits, instead of blocking on partition 0's full queue.
@@ -427,7 +427,9 @@ async fn a_partition_that_retries_in_place_does_not_stall_the_others() {
     let mut config = kafka_config(&services);
     config.ruleset = Some(ruleset);
     config.max_retries = 2;
-    config.retry_backoff_ms = 100; // 0.1 + 0.2 s of backoff per retried order
+    // 0.25 + 0.5 s of backoff per retried order: partition 0 waits ~30 s, five times the
+    // max poll interval, and partition 1 has ample time even on a busy machine.
+    config.retry_backoff_ms = 250;
     config.kafka_session_timeout_ms = 6_000;
     config.kafka_max_poll_interval_ms = 6_000;
     let running = app::start(Role::All, &config).await.unwrap();
@@ -461,7 +463,7 @@ async fn a_partition_that_retries_in_place_does_not_stall_the_others() {
     }
     let behind: Vec<String> = (0..1500).map(|i| unique(&format!("behind-{i}"))).collect();
     futures::future::join_all(behind.iter().map(|id| send(id.clone(), "book", 0))).await;
-    // The first retried order is being decided: partition 0 is now stuck for ~12 s.
+    // The first retried order is being decided: partition 0 is now stuck for ~30 s.
     let first = wait_result(&mut cache, &slow[0], 60).await.unwrap();
     assert_eq!(first.status, "failed");
     let other: Vec<String> = (0..50).map(|i| unique(&format!("other-{i}"))).collect();
