@@ -2,8 +2,8 @@
 //! and against Kafka + Redis, through the seams the pipeline uses (`Publisher`, `Store`,
 //! `Registry`): the order log hands back what was published, in order and intact, and
 //! does not hand back what was marked done; put, first result wins, get and batch reads,
-//! waits, the registry's compare-and-set and history, plugin blobs, and change
-//! notifications.
+//! waits, the registry's compare-and-set and history, plugin blobs, change notifications,
+//! and worker heartbeats.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -288,12 +288,45 @@ async fn order_log_contract_kafka() {
     );
 }
 
+async fn heartbeats_are_listed_until_they_expire(b: &Backend) {
+    use order_pipeline::rules::status::WorkerStatus;
+    let beat = |instance: &str, version: u64| WorkerStatus {
+        instance: instance.to_string(),
+        ruleset_version: version,
+        last_error: None,
+        orders: 7,
+        rules: Vec::new(),
+        at_unix_ms: 1,
+    };
+    let (short, long) = (unique("worker-a"), unique("worker-b"));
+    b.registry
+        .put_heartbeat(&beat(&short, 1), Duration::from_millis(800))
+        .await
+        .unwrap();
+    b.registry
+        .put_heartbeat(&beat(&long, 2), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let listed = b.registry.heartbeats().await.unwrap();
+    assert!(listed.contains(&beat(&short, 1)), "{}: {listed:?}", b.name);
+    assert!(listed.contains(&beat(&long, 2)), "{}: {listed:?}", b.name);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let listed = b.registry.heartbeats().await.unwrap();
+    assert!(
+        !listed.iter().any(|w| w.instance == short),
+        "{}: {listed:?}",
+        b.name
+    );
+    assert!(listed.contains(&beat(&long, 2)), "{}", b.name);
+}
+
 async fn run_contract(b: &Backend) {
     put_and_first_final_result_wins(b).await;
     batch_reads_keep_the_order_of_ids(b).await;
     a_wait_returns_a_result_written_meanwhile(b).await;
     registry_compare_and_set_history_and_blobs(b).await;
     registry_changes_are_notified(b).await;
+    heartbeats_are_listed_until_they_expire(b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,5 +21,6 @@ mod metrics;
 mod pipeline;
 mod processes;
 mod readiness;
+mod status;
 mod support;
 mod tls;

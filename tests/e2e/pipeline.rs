@@ -463,9 +463,10 @@ async fn a_partition_that_retries_in_place_does_not_stall_the_others() {
     }
     let behind: Vec<String> = (0..1500).map(|i| unique(&format!("behind-{i}"))).collect();
     futures::future::join_all(behind.iter().map(|id| send(id.clone(), "book", 0))).await;
-    // The first retried order is being decided: partition 0 is now stuck for ~30 s.
-    let first = wait_result(&mut cache, &slow[0], 60).await.unwrap();
-    assert_eq!(first.status, "failed");
+    // Partition 0 is now stuck for ~30 s: its lane retries the slow orders in place (a
+    // batch's results are stored together, so none of them is visible before the last),
+    // and its queue is full behind them. Partition 1's orders come in meanwhile.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let other: Vec<String> = (0..50).map(|i| unique(&format!("other-{i}"))).collect();
     futures::future::join_all(other.iter().map(|id| send(id.clone(), "book", 1))).await;
 

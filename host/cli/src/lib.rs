@@ -306,6 +306,14 @@ enum PluginCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Lists the live workers (from their heartbeats): the ruleset version each runs,
+    /// flagged when it is not the active one, why it could not switch, orders processed,
+    /// and each rule's evaluations, failures, p50/p99 duration and fuel. Exits 1 when a
+    /// worker is not on the active version, or none is live.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Loads a plugin and prints its name, version, description, digest and size.
     Inspect {
         /// The plugin component (.wasm).

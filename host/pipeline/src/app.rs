@@ -287,7 +287,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         tasks.spawn(Arc::clone(&live).follow(Arc::clone(&readiness), stop));
         live_ruleset = Some(Arc::clone(&live));
         let processor = Arc::new(Processor::new(
-            live,
+            Arc::clone(&live),
             RetryPolicy {
                 max_retries: config.max_retries,
                 backoff: Duration::from_millis(config.retry_backoff_ms),
@@ -298,6 +298,12 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
             },
             &config.default_currency,
             &worker_name(config),
+        ));
+        tasks.spawn(crate::rules::status::publish(
+            Arc::clone(&live),
+            processor.stats(),
+            worker_name(config),
+            shutdown.clone(),
         ));
         let log = match (&embedded, &producer, kafka_brokers) {
             (Some(db), _, _) => Consumer::Embedded(Arc::clone(db)),

@@ -21,6 +21,7 @@ use crate::proto;
 use crate::rules::gate::Gate;
 use crate::rules::live::LiveRuleset;
 use crate::rules::quarantine::{Breach, FailureWindows, QuarantinePolicy};
+use crate::rules::status::WorkerStats;
 
 /// Batches at least this big are split over the evaluation threads.
 const PARALLEL_MIN: usize = 32;
@@ -115,6 +116,8 @@ pub struct Processor {
     default_currency: String,
     /// Who this worker is, recorded in every result.
     name: String,
+    /// What its heartbeat reports.
+    stats: Arc<WorkerStats>,
 }
 
 impl Processor {
@@ -133,7 +136,13 @@ impl Processor {
             windows: FailureWindows::new(quarantine),
             default_currency: default_currency.to_string(),
             name: name.to_string(),
+            stats: Arc::default(),
         }
+    }
+
+    /// The figures of this worker's heartbeat, recorded as it processes.
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Takes a rule that broke the quarantine policy out: the gate restores the version
@@ -185,10 +194,12 @@ impl Processor {
         let first_version = active.version;
         let evaluations = evaluate_all(active, orders).await;
         if let Ok((_, evaluations)) = &evaluations {
-            evaluations
-                .iter()
-                .for_each(crate::metrics::record_evaluation);
+            for evaluation in evaluations {
+                crate::metrics::record_evaluation(evaluation);
+                self.stats.record(evaluation);
+            }
         }
+        self.stats.processed(payloads.len());
         let (orders, evaluations) = match evaluations {
             Ok(done) => done,
             Err(e) => {
@@ -241,6 +252,7 @@ impl Processor {
                         {
                             Ok(next) => {
                                 crate::metrics::record_evaluation(&next);
+                                self.stats.record(&next);
                                 evaluation = next;
                             }
                             Err(e) => {

@@ -30,6 +30,24 @@ impl tonic::service::Interceptor for BearerToken {
     }
 }
 
+/// A client of the AdminService at `admin`, with its bearer token.
+async fn client(admin: &AdminArgs) -> Result<AdminClient, String> {
+    let token =
+        match &admin.token {
+            Some(token) => Some(format!("Bearer {token}").parse().map_err(|_| {
+                "ADMIN_TOKEN has characters that cannot go in a header".to_string()
+            })?),
+            None => None,
+        };
+    let channel = crate::tls::connect(&admin.admin_addr, &admin.tls, "AdminService").await?;
+    Ok(
+        proto::admin::admin_service_client::AdminServiceClient::with_interceptor(
+            channel,
+            BearerToken(token),
+        ),
+    )
+}
+
 /// Connects to the AdminService, runs `call`, prints the rulesets it answers.
 pub(crate) fn admin_call<F, Fut>(
     admin: &AdminArgs,
@@ -40,20 +58,8 @@ where
     F: FnOnce(AdminClient) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<proto::admin::RulesetInfo>, tonic::Status>>,
 {
-    let token =
-        match &admin.token {
-            Some(token) => Some(format!("Bearer {token}").parse().map_err(|_| {
-                "ADMIN_TOKEN has characters that cannot go in a header".to_string()
-            })?),
-            None => None,
-        };
     let rulesets = runtime()?.block_on(async {
-        let channel = crate::tls::connect(&admin.admin_addr, &admin.tls, "AdminService").await?;
-        let client = proto::admin::admin_service_client::AdminServiceClient::with_interceptor(
-            channel,
-            BearerToken(token),
-        );
-        call(client)
+        call(client(admin).await?)
             .await
             .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
     })?;
@@ -84,4 +90,64 @@ where
         }
     }
     Ok(EXIT_OK)
+}
+
+/// `plugin status`: every live worker, its ruleset version (flagged when it is not the
+/// active one) and its rules' figures. Exits 1 when a worker is not on the active
+/// version, or none is live.
+pub(crate) fn workers(admin: &AdminArgs, out: &mut dyn Write) -> Result<i32, Failure> {
+    let answer = runtime()?.block_on(async {
+        client(admin)
+            .await?
+            .workers(proto::admin::WorkersRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+    })?;
+    let now = order_pipeline::domain::now_unix_ms();
+    writeln!(
+        out,
+        "active ruleset version {}; {} live worker(s)",
+        answer.active_version,
+        answer.workers.len()
+    )?;
+    for worker in &answer.workers {
+        let flag = if worker.on_active_version {
+            String::new()
+        } else {
+            format!("  NOT ON THE ACTIVE VERSION {}", answer.active_version)
+        };
+        writeln!(
+            out,
+            "{}: version {}{flag}, {} orders, heartbeat {:.1} s ago",
+            worker.instance,
+            worker.ruleset_version,
+            worker.orders,
+            (now - worker.at_unix_ms).max(0) as f64 / 1000.0
+        )?;
+        if !worker.last_error.is_empty() {
+            writeln!(out, "  last error: {}", worker.last_error)?;
+        }
+        for rule in &worker.rules {
+            writeln!(
+                out,
+                "  {} {}: {} evaluations, {} failed, p50 {} µs, p99 {} µs, fuel p50 {} p99 {}",
+                rule.name,
+                rule.version,
+                rule.evaluations,
+                rule.failures,
+                rule.p50_us,
+                rule.p99_us,
+                rule.fuel_p50,
+                rule.fuel_p99
+            )?;
+        }
+    }
+    let all_current =
+        !answer.workers.is_empty() && answer.workers.iter().all(|w| w.on_active_version);
+    Ok(if all_current {
+        EXIT_OK
+    } else {
+        crate::EXIT_TEST_FAILED
+    })
 }

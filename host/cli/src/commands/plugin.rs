@@ -131,6 +131,7 @@ pub(crate) fn run(command: PluginCommand, out: &mut dyn Write) -> Result<i32, Fa
                 .await
                 .map(|r| vec![r.into_inner()])
         }),
+        PluginCommand::Status { admin } => super::admin::workers(&admin, out),
         PluginCommand::Rollback { admin } => admin_call(&admin, out, |mut c| async move {
             c.rollback(proto::admin::RollbackRequest {})
                 .await

@@ -10,19 +10,48 @@ use crate::domain::ruleset::RulesetRecord;
 use crate::proto::admin::{self, admin_service_server::AdminService, deploy_request::Position};
 use crate::rules::gate::{Deploy, Gate, GateExample, Placement};
 use crate::rules::live::LiveRuleset;
+use crate::rules::status::WorkerStatus;
 use order_rules_engine::Isolation;
 
 /// The admin service.
 pub struct AdminApi {
     gate: Gate,
+    live: Arc<LiveRuleset>,
 }
 
 impl AdminApi {
     /// An admin service over `live`'s registry and engine.
     pub fn new(live: Arc<LiveRuleset>) -> Self {
         Self {
-            gate: Gate::new(live),
+            gate: Gate::new(Arc::clone(&live)),
+            live,
         }
+    }
+}
+
+/// A heartbeat as the API answers it.
+fn worker_info(status: WorkerStatus, active: Option<u64>) -> admin::WorkerInfo {
+    admin::WorkerInfo {
+        on_active_version: Some(status.ruleset_version) == active,
+        instance: status.instance,
+        ruleset_version: status.ruleset_version,
+        last_error: status.last_error.unwrap_or_default(),
+        orders: status.orders,
+        rules: status
+            .rules
+            .into_iter()
+            .map(|r| admin::RuleStatus {
+                name: r.name,
+                version: r.version,
+                evaluations: r.evaluations,
+                failures: r.failures,
+                p50_us: r.p50_us,
+                p99_us: r.p99_us,
+                fuel_p50: r.fuel_p50,
+                fuel_p99: r.fuel_p99,
+            })
+            .collect(),
+        at_unix_ms: status.at_unix_ms,
     }
 }
 
@@ -158,6 +187,23 @@ impl AdminService for AdminApi {
         _request: Request<admin::RollbackRequest>,
     ) -> Result<Response<admin::RulesetInfo>, Status> {
         Ok(active_info(self.gate.rollback().await?))
+    }
+
+    async fn workers(
+        &self,
+        _request: Request<admin::WorkersRequest>,
+    ) -> Result<Response<admin::WorkersResponse>, Status> {
+        let registry = self.live.registry();
+        let unavailable = |e: anyhow::Error| Status::unavailable(format!("registry: {e:#}"));
+        let active = registry.active_version().await.map_err(unavailable)?;
+        let workers = registry.heartbeats().await.map_err(unavailable)?;
+        Ok(Response::new(admin::WorkersResponse {
+            active_version: active.unwrap_or(0),
+            workers: workers
+                .into_iter()
+                .map(|status| worker_info(status, active))
+                .collect(),
+        }))
     }
 }
 

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::backends::embedded::EmbeddedDb;
 use crate::backends::redis::RedisRegistry;
 use crate::domain::ruleset::{ActivateError, Expect, RulesetBody, RulesetRecord};
+use crate::rules::status::WorkerStatus;
 
 /// The registry.
 #[derive(Clone)]
@@ -31,6 +32,42 @@ impl Registry {
             Self::Redis(r) => r.put_plugin(digest, bytes).await,
             Self::Embedded(db) => db.put_plugin(digest, bytes).await,
         }
+    }
+
+    /// Publishes a worker's heartbeat, which counts for `ttl`.
+    pub async fn put_heartbeat(
+        &self,
+        status: &WorkerStatus,
+        ttl: std::time::Duration,
+    ) -> anyhow::Result<()> {
+        let json = serde_json::to_string(status).context("serialising a heartbeat")?;
+        match self {
+            Self::Redis(r) => r.put_heartbeat(&status.instance, &json, ttl).await,
+            Self::Embedded(db) => {
+                db.put_heartbeat(&status.instance, json, ttl);
+                Ok(())
+            }
+        }
+    }
+
+    /// The heartbeats of the live workers (sent within their time to live), by instance.
+    pub async fn heartbeats(&self) -> anyhow::Result<Vec<WorkerStatus>> {
+        let raw = match self {
+            Self::Redis(r) => r.heartbeats().await?,
+            Self::Embedded(db) => db.heartbeats(),
+        };
+        let mut workers: Vec<WorkerStatus> = raw
+            .iter()
+            .filter_map(|json| match serde_json::from_str(json) {
+                Ok(status) => Some(status),
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping a heartbeat that does not parse");
+                    None
+                }
+            })
+            .collect();
+        workers.sort_by(|a, b| a.instance.cmp(&b.instance));
+        Ok(workers)
     }
 
     /// A plugin's bytes by digest.

@@ -71,6 +71,8 @@ pub struct EmbeddedDb {
     head: watch::Receiver<u64>,
     waiters: Waiters,
     rulesets: watch::Sender<u64>,
+    /// Worker heartbeats by instance, with when they stop counting.
+    heartbeats: Mutex<std::collections::HashMap<String, (String, Instant)>>,
 }
 
 impl EmbeddedDb {
@@ -104,6 +106,7 @@ impl EmbeddedDb {
         let appender = tokio::spawn(append_loop(Arc::clone(&db), rx, head_tx));
         let (rulesets, _) = watch::channel(0);
         Ok(Arc::new(Self {
+            heartbeats: Mutex::default(),
             rulesets,
             waiters: Waiters::default(),
             db,

@@ -10,6 +10,27 @@ use super::{ACTIVE_RULESET, EmbeddedDb, LATEST_RULESET, META, PLUGINS, RULESETS,
 use crate::domain::ruleset::{ActivateError, Expect};
 
 impl EmbeddedDb {
+    /// Keeps a worker's heartbeat in memory for `ttl` (the embedded mode has one worker,
+    /// in this process).
+    pub fn put_heartbeat(&self, instance: &str, json: String, ttl: std::time::Duration) {
+        let until = std::time::Instant::now() + ttl;
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(instance.to_string(), (json, until));
+    }
+
+    /// The heartbeats still within their time to live.
+    pub fn heartbeats(&self) -> Vec<String> {
+        let now = std::time::Instant::now();
+        let mut beats = self
+            .heartbeats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        beats.retain(|_, (_, until)| *until > now);
+        beats.values().map(|(json, _)| json.clone()).collect()
+    }
+
     /// Stores a plugin's bytes under its digest.
     pub async fn put_plugin(&self, digest: &str, bytes: &[u8]) -> anyhow::Result<()> {
         let (db, digest, bytes) = (Arc::clone(&self.db), digest.to_string(), bytes.to_vec());

@@ -83,6 +83,68 @@ impl RedisRegistry {
         Ok(())
     }
 
+    /// Publishes a worker's heartbeat (`<group keys>worker:<instance>`, expiring after
+    /// `ttl`).
+    pub async fn put_heartbeat(
+        &self,
+        instance: &str,
+        json: &str,
+        ttl: std::time::Duration,
+    ) -> anyhow::Result<()> {
+        let mut c = self.connection.clone();
+        let () = redis::cmd("SET")
+            .arg(format!("{}worker:{instance}", self.namespace))
+            .arg(json)
+            .arg("PX")
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+            .query_async(&mut c)
+            .await
+            .context("publishing a heartbeat to Redis")?;
+        Ok(())
+    }
+
+    /// The heartbeats that have not expired.
+    pub async fn heartbeats(&self) -> anyhow::Result<Vec<String>> {
+        let mut c = self.connection.clone();
+        // The group's name is matched literally, whatever glob characters it has.
+        let literal: String = self
+            .namespace
+            .chars()
+            .flat_map(|c| match c {
+                '*' | '?' | '[' | ']' | '\\' => vec!['\\', c],
+                _ => vec![c],
+            })
+            .collect();
+        let pattern = format!("{literal}worker:*");
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut c)
+                .await
+                .context("listing heartbeats in Redis")?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut c)
+            .await
+            .context("reading heartbeats from Redis")?;
+        Ok(values.into_iter().flatten().collect())
+    }
+
     /// A plugin's bytes by digest.
     pub async fn plugin(&self, digest: &str) -> anyhow::Result<Option<Vec<u8>>> {
         let mut c = self.connection.clone();
