@@ -382,6 +382,7 @@ async fn a_failing_rule_is_quarantined_and_its_orders_retried() {
     let mut config = embedded_config(dir.path());
     config.quarantine_failures = 3;
     config.quarantine_window = 10;
+    config.metrics_addr = Some(crate::support::LOOPBACK_ANY_PORT);
     let running = app::start(Role::All, &config).await.unwrap();
     let mut admin = AdminServiceClient::connect(format!("http://{}", running.admin_addr.unwrap()))
         .await
@@ -436,6 +437,31 @@ async fn a_failing_rule_is_quarantined_and_its_orders_retried() {
     assert!(
         done >= 16,
         "orders failed by the rule before it was taken out are at most a few: {done} done of 20"
+    );
+    // The metrics say what happened: failures by kind, the quarantine, the switches.
+    use crate::metrics::{scrape_until, value};
+    use order_pipeline::metrics as m;
+    let addr = running.metrics_addr.unwrap();
+    let trap = [("rule", "fixture-trap-on"), ("kind", "trap")];
+    let scraped = tokio::task::spawn_blocking(move || {
+        scrape_until(addr, std::time::Duration::from_secs(10), |s| {
+            value(s, m::QUARANTINES, &[("rule", "fixture-trap-on")]) >= 1.0
+        })
+    })
+    .await
+    .unwrap();
+    assert!(value(&scraped, m::RULE_FAILURES, &trap) >= 3.0);
+    assert!(
+        value(
+            &scraped,
+            m::RULE_EVALUATIONS,
+            &[("rule", "fixture-trap-on"), ("outcome", "failed")]
+        ) >= 3.0
+    );
+    assert!(value(&scraped, m::QUARANTINES, &[("rule", "fixture-trap-on")]) >= 1.0);
+    assert!(
+        value(&scraped, m::RULESET_SWITCHES, &[]) >= 3.0,
+        "initial, deploy, restore"
     );
     running.stop().await.unwrap();
 }

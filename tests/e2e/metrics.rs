@@ -16,7 +16,7 @@ use crate::support::{
 };
 
 /// `GET /metrics` at `addr`, parsed.
-fn scrape(addr: SocketAddr) -> Scrape {
+pub(crate) fn scrape(addr: SocketAddr) -> Scrape {
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream
         .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
@@ -38,7 +38,7 @@ fn scrape(addr: SocketAddr) -> Scrape {
 
 /// The value of metric `name` with all of `labels` (summed over the other labels); a
 /// histogram counts its observations.
-fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     scrape
         .samples
         .iter()
@@ -53,7 +53,11 @@ fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 /// Scrapes until `ready` holds (at most `limit`): recording and rendering race the test.
-fn scrape_until(addr: SocketAddr, limit: Duration, ready: impl Fn(&Scrape) -> bool) -> Scrape {
+pub(crate) fn scrape_until(
+    addr: SocketAddr,
+    limit: Duration,
+    ready: impl Fn(&Scrape) -> bool,
+) -> Scrape {
     let deadline = Instant::now() + limit;
     loop {
         let scraped = scrape(addr);
