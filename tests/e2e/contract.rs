@@ -212,7 +212,7 @@ async fn order_log_contract_embedded() {
     let log = Publisher::Embedded(Arc::clone(&db));
     let sent = log_payloads("embedded");
     for payload in &sent {
-        log.publish("same-key", payload.clone()).await.unwrap();
+        log.publish("same-key", payload.clone(), &[]).await.unwrap();
     }
     let (consumed, read) = db.read_batch(100).await.unwrap();
     assert_eq!(consumed, 0);
@@ -248,7 +248,7 @@ async fn order_log_contract_kafka() {
     let log = Publisher::Kafka(KafkaPublisher::new(producer, &topic, timeout));
     let sent = log_payloads("kafka");
     for payload in &sent {
-        log.publish("same-key", payload.clone()).await.unwrap();
+        log.publish("same-key", payload.clone(), &[]).await.unwrap();
     }
     let membership = kafka::Membership {
         group: &group,
@@ -274,7 +274,9 @@ async fn order_log_contract_kafka() {
     consumer.done(&last.unwrap());
     consumer.commit();
     drop(consumer);
-    log.publish("same-key", b"marker".to_vec()).await.unwrap();
+    log.publish("same-key", b"marker".to_vec(), &[])
+        .await
+        .unwrap();
     let again = OrderConsumer::subscribe(&services.kafka, &Default::default(), &membership, &topic)
         .unwrap();
     let first = tokio::time::timeout(Duration::from_secs(60), again.next())

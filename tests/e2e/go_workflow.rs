@@ -5,12 +5,11 @@
 //! `CreateOrder` with `{"id":…,"item":"book","price":42}` answers `accepted`,
 //! `GetOrderResult` on the cache port reaches `done`, and `describe` shows the messages.
 
-use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{services, unique};
+use crate::support::{free_addr, services, start_role as start, unique};
 
 /// The grpcurl to run: `TEST_GRPCURL` (set by scripts/test.sh), else `grpcurl` on the
 /// PATH. Under CI a missing grpcurl fails the test.
@@ -51,46 +50,6 @@ fn env_with<'a>(base: &[(&'a str, &'a str)], extra: (&'a str, &'a str)) -> Vec<(
     let mut env = base.to_vec();
     env.push(extra);
     env
-}
-
-fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
-}
-
-/// A process of the real binary, killed when dropped.
-struct Role(Child);
-
-impl Drop for Role {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `order-pipeline ROLE` with `env` and waits until `addr` accepts connections.
-fn start(role: &str, env: &[(&str, &str)], addr: Option<&str>) -> Role {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_order-pipeline"));
-    command
-        .arg(role)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let child = Role(command.spawn().unwrap());
-    if let Some(addr) = addr {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "{role} did not listen on {addr} within 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    child
 }
 
 /// The seed README's steps against an OrderService at `orders` and a CacheService at

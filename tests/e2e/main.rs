@@ -24,3 +24,4 @@ mod readiness;
 mod status;
 mod support;
 mod tls;
+mod traces;

@@ -80,6 +80,13 @@ pub(crate) struct ConfigArgs {
     /// Unset: no metrics are recorded or served.
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<String>,
+    /// OTLP/gRPC receiver of the process's traces (e.g. http://127.0.0.1:4317, an
+    /// OpenTelemetry Collector). Unset: no spans are recorded or exported.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Service name of the exported spans; default `order-pipeline-ROLE`.
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    pub otel_service_name: Option<String>,
     /// Bearer token the AdminService requires; required unless ADMIN_ADDR is loopback.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,

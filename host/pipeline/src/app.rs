@@ -53,6 +53,16 @@ pub enum Role {
 }
 
 impl Role {
+    /// The command that runs it: `run`, `order-service`, `worker`, `cache-service`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::All => "run",
+            Self::OrderService => "order-service",
+            Self::Worker => "worker",
+            Self::CacheService => "cache-service",
+        }
+    }
+
     fn serves_orders(self) -> bool {
         matches!(self, Self::All | Self::OrderService)
     }

@@ -14,7 +14,8 @@
 //! - [`order_log`], [`store`], [`rules::registry`]: the seams; [`backends`]: embedded
 //!   (redb), Kafka, Redis, each in its own folder;
 //! - [`grpc`]: the tonic services; [`proto`]: the generated code;
-//! - [`readiness`]: the probes behind `grpc.health.v1`; [`metrics`]: Prometheus.
+//! - [`readiness`]: the probes behind `grpc.health.v1`; [`metrics`]: Prometheus;
+//!   [`telemetry`]: traces (OTLP).
 
 pub mod app;
 pub mod backends;
@@ -28,6 +29,7 @@ pub mod proto;
 pub mod readiness;
 pub mod rules;
 pub mod store;
+pub mod telemetry;
 pub mod waiters;
 pub mod worker;
 

@@ -22,12 +22,26 @@ pub enum Publisher {
 }
 
 impl Publisher {
-    /// Publishes an order (binary protobuf `OrderRequest`) keyed by its id; returns once
-    /// the log has durably stored it.
-    pub async fn publish(&self, id: &str, payload: Vec<u8>) -> Result<(), PublishError> {
+    /// Where orders go, for spans: the topic, or `embedded`.
+    pub fn destination(&self) -> &str {
+        match self {
+            Self::Kafka(publisher) => publisher.topic(),
+            Self::Embedded(_) => "embedded",
+        }
+    }
+
+    /// Publishes an order (binary protobuf `OrderRequest`) keyed by its id, with `headers`
+    /// (the trace context; the embedded log keeps none); returns once the log has durably
+    /// stored it.
+    pub async fn publish(
+        &self,
+        id: &str,
+        payload: Vec<u8>,
+        headers: &[(String, String)],
+    ) -> Result<(), PublishError> {
         match self {
             Self::Kafka(publisher) => publisher
-                .publish(id, &payload)
+                .publish(id, &payload, headers)
                 .await
                 .map_err(|e| PublishError(format!("{e:#}"))),
             Self::Embedded(db) => db

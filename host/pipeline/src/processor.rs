@@ -10,7 +10,7 @@
 //! and the offset is stored only after both, so a crash repeats work but loses nothing.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use order_rules_engine::{Evaluation, RuleOutcome, Status};
 use prost::Message as _;
@@ -26,17 +26,29 @@ use crate::rules::status::WorkerStats;
 /// Batches at least this big are split over the evaluation threads.
 const PARALLEL_MIN: usize = 32;
 
+/// Evaluations of a batch, in order, and when each started (for its spans).
+type Evaluated = (Vec<Evaluation>, Vec<SystemTime>);
+
+/// Evaluates `order`, noting when it started.
+fn evaluate_one(
+    active: &crate::rules::live::ActiveChain,
+    order: &Order,
+) -> (Evaluation, SystemTime) {
+    let started = SystemTime::now();
+    (active.chain.evaluate(order), started)
+}
+
 /// Evaluates `orders` on blocking threads: big batches are split in as many parts as
 /// there are CPUs (a fresh Wasm instance per rule per order is the worker's main cost).
 async fn evaluate_all(
     active: Arc<crate::rules::live::ActiveChain>,
     orders: Vec<Order>,
-) -> Result<(Vec<Order>, Vec<Evaluation>), tokio::task::JoinError> {
+) -> Result<(Vec<Order>, Evaluated), tokio::task::JoinError> {
     let parts = std::thread::available_parallelism().map_or(1, usize::from);
     if parts < 2 || orders.len() < PARALLEL_MIN {
         return tokio::task::spawn_blocking(move || {
-            let evaluations: Vec<_> = orders.iter().map(|o| active.chain.evaluate(o)).collect();
-            (orders, evaluations)
+            let evaluated = orders.iter().map(|o| evaluate_one(&active, o)).unzip();
+            (orders, evaluated)
         })
         .await;
     }
@@ -50,17 +62,21 @@ async fn evaluate_all(
                 let start = (part * chunk).min(end);
                 orders[start..end]
                     .iter()
-                    .map(|o| active.chain.evaluate(o))
+                    .map(|o| evaluate_one(&active, o))
                     .collect::<Vec<_>>()
             })
         })
         .collect();
     let mut evaluations = Vec::with_capacity(orders.len());
+    let mut started = Vec::with_capacity(orders.len());
     for task in tasks {
-        evaluations.extend(task.await?);
+        for (evaluation, at) in task.await? {
+            evaluations.push(evaluation);
+            started.push(at);
+        }
     }
     let orders = Arc::try_unwrap(orders).unwrap_or_else(|shared| (*shared).clone());
-    Ok((orders, evaluations))
+    Ok((orders, (evaluations, started)))
 }
 
 /// How `retryable` outcomes are retried.
@@ -81,6 +97,8 @@ pub enum Processed {
         result: Box<OrderResult>,
         /// Dead-letter headers, for failed orders.
         dead_letter: Option<Vec<(String, String)>>,
+        /// When the evaluation that decided it started.
+        evaluated: SystemTime,
     },
     /// Not an order: dead-letter the bytes with these headers.
     NotAnOrder {
@@ -93,13 +111,15 @@ pub enum Processed {
 pub type Headers = Vec<(String, String)>;
 
 impl Processed {
-    /// The result to write (if any) and the dead-letter headers (if any).
-    pub fn into_parts(self) -> (Option<Box<OrderResult>>, Option<Headers>) {
+    /// The result to write (if any) with when its evaluation started, and the
+    /// dead-letter headers (if any).
+    pub fn into_parts(self) -> (Option<(Box<OrderResult>, SystemTime)>, Option<Headers>) {
         match self {
             Self::Result {
                 result,
                 dead_letter,
-            } => (Some(result), dead_letter),
+                evaluated,
+            } => (Some((result, evaluated)), dead_letter),
             Self::NotAnOrder { headers } => (None, Some(headers)),
         }
     }
@@ -193,14 +213,14 @@ impl Processor {
         let active = self.live.current();
         let first_version = active.version;
         let evaluations = evaluate_all(active, orders).await;
-        if let Ok((_, evaluations)) = &evaluations {
+        if let Ok((_, (evaluations, _))) = &evaluations {
             for evaluation in evaluations {
                 crate::metrics::record_evaluation(evaluation);
                 self.stats.record(evaluation);
             }
         }
         self.stats.processed(payloads.len());
-        let (orders, evaluations) = match evaluations {
+        let (orders, (evaluations, started)) = match evaluations {
             Ok(done) => done,
             Err(e) => {
                 // A panic in the engine is a host bug; fail these orders visibly.
@@ -219,13 +239,13 @@ impl Processor {
             // then retried under the restored version.
             self.take_out(first_version, &breach).await;
         }
-        let mut evaluated = orders.into_iter().zip(evaluations);
+        let mut evaluated = orders.into_iter().zip(evaluations).zip(started);
         let mut out = Vec::with_capacity(payloads.len());
         for d in decoded {
             match d {
                 Err(reason) => out.push(not_an_order(reason)),
                 Ok(_) => {
-                    let Some((order, mut evaluation)) = evaluated.next() else {
+                    let Some(((order, mut evaluation), mut started)) = evaluated.next() else {
                         break;
                     };
                     let mut attempts = 1;
@@ -247,13 +267,14 @@ impl Processor {
                         let active = self.live.current();
                         version = active.version;
                         let again = order.clone();
-                        match tokio::task::spawn_blocking(move || active.chain.evaluate(&again))
+                        match tokio::task::spawn_blocking(move || evaluate_one(&active, &again))
                             .await
                         {
-                            Ok(next) => {
+                            Ok((next, at)) => {
                                 crate::metrics::record_evaluation(&next);
                                 self.stats.record(&next);
                                 evaluation = next;
+                                started = at;
                             }
                             Err(e) => {
                                 tracing::error!(error = %e, "rule evaluation panicked");
@@ -282,6 +303,7 @@ impl Processor {
                     out.push(Processed::Result {
                         result: Box::new(result),
                         dead_letter,
+                        evaluated: started,
                     });
                 }
             }
@@ -319,5 +341,6 @@ fn failed_by_host(order: &Order, message: &str) -> Processed {
     Processed::Result {
         dead_letter: Some(vec![("reason".to_string(), message.to_string())]),
         result: Box::new(result),
+        evaluated: SystemTime::now(),
     }
 }

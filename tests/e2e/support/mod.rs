@@ -400,3 +400,44 @@ pub async fn check_batch_results(running: &order_pipeline::app::Running, prefix:
         );
     }
 }
+
+/// A free loopback `host:port` (bound, then released).
+pub fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// A process of the real binary, killed when dropped.
+pub struct RoleProcess(std::process::Child);
+
+impl Drop for RoleProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `order-pipeline ROLE` with `env` and waits until `addr` accepts connections.
+pub fn start_role(role: &str, env: &[(&str, &str)], addr: Option<&str>) -> RoleProcess {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_order-pipeline"));
+    command
+        .arg(role)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let child = RoleProcess(command.spawn().unwrap());
+    if let Some(addr) = addr {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{role} did not listen on {addr} within 60 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    child
+}

@@ -1,6 +1,7 @@
 //! `run`, `order-service`, `worker`, `cache-service`: a role until ctrl-c or SIGTERM.
 
 use order_pipeline::app::{self, Role};
+use order_pipeline::telemetry;
 
 use crate::config_args::ConfigArgs;
 use crate::{EXIT_OK, Failure};
@@ -12,10 +13,25 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(|e| format!("cannot start the async runtime: {e}").into())
 }
 
-/// Runs `role` until ctrl-c or SIGTERM, then shuts down gracefully.
+/// Runs `role` until ctrl-c or SIGTERM, then shuts down gracefully; exports traces when
+/// `--otlp-endpoint` (OTEL_EXPORTER_OTLP_ENDPOINT) is set.
 pub(crate) fn serve(role: Role, config: ConfigArgs) -> Result<i32, Failure> {
+    let otlp = config.otlp_endpoint.clone();
+    let service_name = config
+        .otel_service_name
+        .clone()
+        .unwrap_or_else(|| format!("order-pipeline-{}", role.as_str()));
     let config = config.into_config()?;
-    runtime()?.block_on(async {
+    let runtime = runtime()?;
+    let telemetry = match otlp {
+        Some(endpoint) => Some(
+            runtime
+                .block_on(async { telemetry::init(&endpoint, &service_name) })
+                .map_err(|e| e.to_string())?,
+        ),
+        None => None,
+    };
+    let served = runtime.block_on(async {
         let running = app::start(role, &config)
             .await
             .map_err(|e| format!("{e:#}"))?;
@@ -24,7 +40,12 @@ pub(crate) fn serve(role: Role, config: ConfigArgs) -> Result<i32, Failure> {
             .await
             .map_err(|e| format!("{e:#}"))?;
         Ok(EXIT_OK)
-    })
+    });
+    // The runtime still runs: the exporter sends what is left through it.
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
+    served
 }
 
 /// Resolves on ctrl-c or SIGTERM.

@@ -3,12 +3,14 @@
 
 use std::time::Duration;
 
+use opentelemetry::KeyValue;
 use tonic::{Request, Response, Status};
 
 use super::status::store_unavailable;
 use crate::domain::wire::result_response;
 use crate::proto::{self, cache_service_server::CacheService};
 use crate::store::{MAX_WAIT, Store};
+use crate::telemetry::Trace;
 
 /// Most ids one `GetOrderResults` call may ask for.
 pub const MAX_IDS_PER_CALL: usize = 1000;
@@ -35,14 +37,12 @@ impl CacheApi {
     }
 }
 
-#[tonic::async_trait]
-impl CacheService for CacheApi {
-    #[tracing::instrument(name = "grpc.get_order_result", skip_all, fields(order_id = %request.get_ref().id))]
-    async fn get_order_result(
+impl CacheApi {
+    /// `GetOrderResult` without its span.
+    async fn get_one(
         &self,
-        request: Request<proto::ResultRequest>,
-    ) -> Result<Response<proto::ResultResponse>, Status> {
-        let request = request.into_inner();
+        request: proto::ResultRequest,
+    ) -> Result<proto::ResultResponse, Status> {
         if request.id.is_empty() {
             return Err(Status::invalid_argument("id: is required"));
         }
@@ -51,10 +51,35 @@ impl CacheService for CacheApi {
             Some(wait) => self.store.wait(&request.id, wait).await,
         };
         match found {
-            Ok(Some(result)) => Ok(Response::new(result_response(&result))),
+            Ok(Some(result)) => Ok(result_response(&result)),
             Ok(None) => Err(Status::not_found("order not found")),
             Err(e) => Err(store_unavailable(&e)),
         }
+    }
+}
+
+#[tonic::async_trait]
+impl CacheService for CacheApi {
+    #[tracing::instrument(name = "grpc.get_order_result", skip_all, fields(order_id = %request.get_ref().id))]
+    async fn get_order_result(
+        &self,
+        request: Request<proto::ResultRequest>,
+    ) -> Result<Response<proto::ResultResponse>, Status> {
+        let call = Trace::server(
+            "order.CacheService/GetOrderResult",
+            request.metadata(),
+            || vec![KeyValue::new("order.id", request.get_ref().id.clone())],
+        );
+        let answer = self.get_one(request.into_inner()).await;
+        match &answer {
+            Ok(response) => call.set(|| KeyValue::new("order.status", response.status.clone())),
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                call.set(|| KeyValue::new("order.status", "not-found"));
+            }
+            Err(status) => call.fail(|| status.message().to_string()),
+        }
+        call.end();
+        answer.map(Response::new)
     }
 
     #[tracing::instrument(name = "grpc.get_order_results", skip_all, fields(ids = request.get_ref().ids.len()))]

@@ -33,7 +33,7 @@ pub async fn run(
         let mut dead_letters = Vec::new();
         for ((seq, payload), processed) in batch.iter().zip(processed) {
             let (result, headers) = processed.into_parts();
-            results.extend(result.map(|r| *r));
+            results.extend(result.map(|(r, _)| *r));
             if let Some(mut headers) = headers {
                 headers.push(("source-seq".to_string(), seq.to_string()));
                 dead_letters.push(DeadLetterRecord {

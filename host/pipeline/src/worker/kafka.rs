@@ -210,6 +210,7 @@ async fn lane_loop(
                 Err(_) => break,
             }
         }
+        let taken = std::time::SystemTime::now();
         let payloads: Vec<&[u8]> = batch.iter().map(LogEntry::payload).collect();
         let processed = processor
             .process_batch(&payloads)
@@ -220,9 +221,14 @@ async fn lane_loop(
             .await;
         // Dead letters first, in order; then the results; then the offset.
         let mut results = Vec::with_capacity(batch.len());
+        // For the spans: each result's message and when its evaluation started.
+        let mut sources = Vec::with_capacity(batch.len());
         for (message, processed) in batch.iter().zip(processed) {
             let (result, headers) = processed.into_parts();
-            results.extend(result);
+            if let Some((result, evaluated)) = result {
+                results.push(result);
+                sources.push((message, evaluated));
+            }
             if let Some(headers) = headers
                 && !dead_letter(message, headers, &dead_letters, &shutdown).await
             {
@@ -231,11 +237,26 @@ async fn lane_loop(
             }
         }
         let started = std::time::Instant::now();
+        let write_started = std::time::SystemTime::now();
         if !write_results(&store, &results, &shutdown).await {
             tracing::info!("stopping before the batch was stored; it will be redelivered");
             return;
         }
         crate::metrics::record_stored(results.iter().map(|r| r.status), started.elapsed());
+        if crate::telemetry::enabled() {
+            let stored = (write_started, std::time::SystemTime::now());
+            for (result, (message, evaluated)) in results.iter().zip(&sources) {
+                let order = crate::telemetry::Processed {
+                    traceparent: message.header("traceparent"),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    taken,
+                    evaluated: *evaluated,
+                    result,
+                };
+                crate::telemetry::record_processed(consumer.topic(), &order, stored);
+            }
+        }
         let now = crate::domain::now_unix_ms();
         for message in &batch {
             if let Some(appended) = message.appended_at_ms() {

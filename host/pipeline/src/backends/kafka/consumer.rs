@@ -8,7 +8,7 @@ use std::time::Duration;
 use rdkafka::Message as _;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::OwnedMessage;
+use rdkafka::message::{Headers as _, OwnedMessage};
 use rdkafka::producer::FutureProducer;
 
 /// One message of the order topic, detached from the consumer.
@@ -29,6 +29,20 @@ impl LogEntry {
     /// The partition it came from.
     pub fn partition(&self) -> i32 {
         self.0.partition()
+    }
+
+    /// Its offset in the partition.
+    pub fn offset(&self) -> i64 {
+        self.0.offset()
+    }
+
+    /// The value of its first header named `name`, if it is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.0
+            .headers()?
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| std::str::from_utf8(h.value?).ok())
     }
 
     /// The key (the order id), lossily as text.
@@ -99,6 +113,11 @@ impl OrderConsumer {
     /// The next message of any assigned partition.
     pub async fn next(&self) -> anyhow::Result<LogEntry> {
         Ok(LogEntry(self.consumer.recv().await?.detach()))
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
     }
 
     /// Marks `entry` (and everything before it in its partition) done: its offset is

@@ -106,17 +106,29 @@ impl KafkaPublisher {
         }
     }
 
-    /// Publishes `payload` keyed by `key`; returns once the broker acknowledged it.
-    pub async fn publish(&self, key: &str, payload: &[u8]) -> anyhow::Result<()> {
+    /// Publishes `payload` keyed by `key` with `headers`; returns once the broker
+    /// acknowledged it.
+    pub async fn publish(
+        &self,
+        key: &str,
+        payload: &[u8],
+        headers: &[(String, String)],
+    ) -> anyhow::Result<()> {
+        let headers = (!headers.is_empty()).then_some(headers);
         send(
             &self.producer,
             &self.topic,
             key,
             payload,
-            None,
+            headers,
             self.timeout,
         )
         .await
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
     }
 
     /// The underlying producer.
