@@ -24,4 +24,4 @@ for tool in redis-server java mvn; do
 done
 "$TEST_KAFKA_SCRIPT" libs >/dev/null
 echo "soak: $SOAK_ORDERS orders at $SOAK_RATE/s, a fault every $SOAK_STEADY orders"
-cargo test -p order-pipeline-cli --test e2e -- --include-ignored --nocapture --exact faults::soak
+cargo test -p order-pipeline-cli --test e2e -- --include-ignored --nocapture --exact faults::soak::soak

@@ -89,9 +89,11 @@ export TEST_REDIS_ADDR="127.0.0.1:$REDIS_PORT"
 export TEST_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
 echo "redis at $TEST_REDIS_ADDR, broker at $TEST_KAFKA_BROKERS"
 
-step "cargo fmt --check, and what the engine depends on"
+step "cargo fmt --check, module cycles, and what the engine depends on"
 cargo fmt --all -- --check
 (cd plugins && cargo fmt --all -- --check)
+# No module of a host crate imports one that imports it back (docs/ARCHITECTURE.md).
+python3 scripts/module-cycles.py
 # The engine (and the benchmarks on it) depend on no async runtime, gRPC or backend. The
 # engine is built and linted with the features the pipeline turns on (WASI): a second
 # build of wasmtime without them would cost minutes, and every binary here uses them.

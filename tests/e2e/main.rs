@@ -17,6 +17,7 @@ mod faults;
 mod go_workflow;
 mod grpc_api;
 mod hostile;
+mod kafka_worker;
 mod metrics;
 mod pipeline;
 mod processes;

@@ -110,10 +110,10 @@ pub(crate) struct HostState {
     wasi: Wasi,
 }
 
-impl HostState {
-    #[cfg_attr(not(feature = "wasi"), allow(dead_code))]
-    pub(crate) fn wasi_mut(&mut self) -> &mut Wasi {
-        &mut self.wasi
+#[cfg(feature = "wasi")]
+impl wasmtime_wasi::WasiView for HostState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        self.wasi.view()
     }
 }
 

@@ -20,7 +20,6 @@ mod with_wasi {
         HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
     };
 
-    use crate::instance::HostState;
     use crate::limits::MAX_STDERR_BYTES;
 
     /// The WASI state of one store.
@@ -57,18 +56,20 @@ mod with_wasi {
         }
     }
 
-    impl WasiView for HostState {
-        fn ctx(&mut self) -> WasiCtxView<'_> {
-            let wasi = self.wasi_mut();
+    impl Wasi {
+        /// What wasmtime-wasi works on: the store data's [`WasiView`] returns this.
+        pub(crate) fn view(&mut self) -> WasiCtxView<'_> {
             WasiCtxView {
-                ctx: &mut wasi.ctx,
-                table: &mut wasi.table,
+                ctx: &mut self.ctx,
+                table: &mut self.table,
             }
         }
     }
 
-    /// Links the (empty) WASI context.
-    pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
+    /// Links the (empty) WASI context of the store data `T`.
+    pub(crate) fn add_to_linker<T: WasiView + 'static>(
+        linker: &mut Linker<T>,
+    ) -> anyhow::Result<()> {
         wasmtime_wasi::p2::add_to_linker_sync(linker).map_err(anyhow::Error::from)
     }
 
@@ -99,8 +100,6 @@ mod without_wasi {
 
     use wasmtime::component::Linker;
 
-    use crate::instance::HostState;
-
     /// No WASI state.
     pub(crate) struct Wasi;
 
@@ -116,7 +115,7 @@ mod without_wasi {
     }
 
     /// Links nothing.
-    pub(crate) fn add_to_linker(_linker: &mut Linker<HostState>) -> anyhow::Result<()> {
+    pub(crate) fn add_to_linker<T>(_linker: &mut Linker<T>) -> anyhow::Result<()> {
         Ok(())
     }
 }

@@ -219,6 +219,9 @@ fn installed() -> bool {
 
 /// Records a stored batch: its results by status and how long the write took.
 pub fn record_stored(statuses: impl Iterator<Item = crate::domain::ResultStatus>, took: Duration) {
+    if !installed() {
+        return;
+    }
     metrics::histogram!(STORE_SECONDS).record(took.as_secs_f64());
     for status in statuses {
         metrics::counter!(RESULTS, "status" => status.as_str()).increment(1);

@@ -13,8 +13,8 @@ use tokio::sync::watch;
 
 use crate::backends::embedded::EmbeddedDb;
 use crate::backends::redis::RedisRegistry;
+use crate::domain::heartbeat::WorkerStatus;
 use crate::domain::ruleset::{ActivateError, Expect, RulesetBody, RulesetRecord};
-use crate::rules::status::WorkerStatus;
 
 /// The registry.
 #[derive(Clone)]

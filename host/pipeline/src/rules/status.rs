@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use order_rules_engine::{Evaluation, RuleOutcome};
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::live::LiveRuleset;
+pub use crate::domain::heartbeat::{RuleStatus, WorkerStatus};
 use crate::domain::now_unix_ms;
 
 /// How often a worker publishes its heartbeat.
@@ -21,45 +21,6 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 pub const HEARTBEAT_TTL: Duration = Duration::from_secs(15);
 /// The latest evaluations of a rule version its percentiles are taken over.
 const WINDOW: usize = 1024;
-
-/// One rule version's recent figures on one worker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RuleStatus {
-    /// Rule name.
-    pub name: String,
-    /// Rule version.
-    pub version: String,
-    /// Evaluations since the worker started.
-    pub evaluations: u64,
-    /// Failed evaluations since the worker started.
-    pub failures: u64,
-    /// Median and 99th percentile duration of the latest evaluations, µs.
-    pub p50_us: u64,
-    /// See `p50_us`.
-    pub p99_us: u64,
-    /// Median and 99th percentile fuel of the latest evaluations that did not fail.
-    pub fuel_p50: u64,
-    /// See `fuel_p50`.
-    pub fuel_p99: u64,
-}
-
-/// A worker's heartbeat.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorkerStatus {
-    /// WORKER_INSTANCE_ID, or host:pid.
-    pub instance: String,
-    /// The ruleset version it evaluates with.
-    pub ruleset_version: u64,
-    /// Why it could not switch to the registry's active version, if it could not.
-    #[serde(default)]
-    pub last_error: Option<String>,
-    /// Orders it processed since it started.
-    pub orders: u64,
-    /// Each rule version it ran.
-    pub rules: Vec<RuleStatus>,
-    /// When it sent this, Unix ms.
-    pub at_unix_ms: i64,
-}
 
 #[derive(Default)]
 struct Window {
@@ -74,7 +35,9 @@ struct Window {
 #[derive(Default)]
 pub struct WorkerStats {
     orders: AtomicU64,
-    rules: Mutex<HashMap<(String, String), Window>>,
+    /// By rule name, then version: looked up by `&str`, so that recording allocates
+    /// nothing once a rule version is known (it runs for every rule of every order).
+    rules: Mutex<HashMap<String, HashMap<String, Window>>>,
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -95,11 +58,13 @@ impl WorkerStats {
     pub fn record(&self, evaluation: &Evaluation) {
         let mut rules = self.rules.lock().unwrap_or_else(PoisonError::into_inner);
         for rule in &evaluation.rules {
-            let window = match rules.get_mut(&(rule.name.clone(), rule.version.clone())) {
+            let versions = match rules.get_mut(rule.name.as_str()) {
+                Some(versions) => versions,
+                None => rules.entry(rule.name.clone()).or_default(),
+            };
+            let window = match versions.get_mut(rule.version.as_str()) {
                 Some(window) => window,
-                None => rules
-                    .entry((rule.name.clone(), rule.version.clone()))
-                    .or_default(),
+                None => versions.entry(rule.version.clone()).or_default(),
             };
             window.evaluations += 1;
             let failed = rule.outcome == RuleOutcome::Failed;
@@ -121,7 +86,10 @@ impl WorkerStats {
         let rules = self.rules.lock().unwrap_or_else(PoisonError::into_inner);
         let mut out: Vec<RuleStatus> = rules
             .iter()
-            .map(|((name, version), window)| {
+            .flat_map(|(name, versions)| {
+                versions.iter().map(move |(version, w)| (name, version, w))
+            })
+            .map(|(name, version, window)| {
                 let mut durations: Vec<u64> = window.samples.iter().map(|s| s.0).collect();
                 durations.sort_unstable();
                 let mut fuel: Vec<u64> = window.samples.iter().filter_map(|s| s.1).collect();
