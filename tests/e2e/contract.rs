@@ -351,7 +351,9 @@ async fn contract_redis() {
     let Some(services) = services() else { return };
     // Under a key prefix of its own, as a second pipeline sharing the Redis would be.
     let prefix = format!("{}:", unique("contract-prefix"));
-    let redis = Redis::connect(&services.redis, &prefix).await.unwrap();
+    let redis = Redis::connect(&services.redis, &prefix, &Default::default())
+        .await
+        .unwrap();
     let registry = redis.registry(&unique("contract-group"));
     let shutdown = CancellationToken::new();
     let listener = tokio::spawn(redis.listener(Some(&registry)).run(shutdown.clone()));
@@ -394,7 +396,9 @@ async fn contract_redis() {
 #[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
 async fn redis_results_expire_after_the_result_ttl() {
     let Some(services) = services() else { return };
-    let redis = Redis::connect(&services.redis, "").await.unwrap();
+    let redis = Redis::connect(&services.redis, "", &Default::default())
+        .await
+        .unwrap();
     let short = redis.store().with_ttl(Some(Duration::from_secs(1)));
     let id = unique("ttl");
     short

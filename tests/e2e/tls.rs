@@ -1,15 +1,19 @@
 //! TLS and mTLS of the gRPC servers, with certificates made in the test (rcgen): the CLI's
 //! clients reach them with `--ca` (and `--cert`/`--key` where a client certificate is
 //! required); plaintext clients, clients without a certificate and clients trusting
-//! another CA are refused.
+//! another CA are refused. And the pipeline's connection to a `rediss://` Redis that
+//! requires client certificates.
 
 use std::path::{Path, PathBuf};
 
 use order_pipeline::app::{self, Role};
-use order_pipeline::config::TlsFiles;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use order_pipeline::config::{RedisTls, TlsFiles};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
-use crate::support::{cli, embedded_config};
+use crate::support::{
+    cache_client, cli, embedded_config, free_addr, go_request, kafka_config, order_client,
+    services, unique, wait_result,
+};
 
 /// A CA, and a certificate it signed for each of `names`, as PEM files in `dir`:
 /// `NAME.pem` and `NAME.key` (the CA is `ca`).
@@ -17,18 +21,23 @@ fn pki(dir: &Path, ca_name: &str, names: &[(&str, &[&str])]) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Each certificate its own subject: OpenSSL (Redis) takes a certificate whose subject
+    // is its issuer's for a self-signed one.
+    ca.distinguished_name.push(DnType::CommonName, ca_name);
     let ca_cert = ca.self_signed(&ca_key).unwrap();
     std::fs::write(dir.join(format!("{ca_name}.pem")), ca_cert.pem()).unwrap();
     let issuer = Issuer::from_params(&ca, &ca_key);
     for (name, subject_alt_names) in names {
         let key = KeyPair::generate().unwrap();
-        let params = CertificateParams::new(
+        let mut params = CertificateParams::new(
             subject_alt_names
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>(),
         )
         .unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, *name);
         let cert = params.signed_by(&key, &issuer).unwrap();
         std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
         std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
@@ -179,4 +188,124 @@ async fn unusable_tls_files_are_refused_at_start_naming_the_variable() {
     let (code, _, err) = cli(&["run", "--tls-client-ca", "ca.pem"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("TLS_CLIENT_CA needs TLS_CERT"), "{err}");
+}
+
+/// A `redis-server` that takes TLS only (on a free port) and requires client
+/// certificates of `ca`; killed on drop.
+struct TlsRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl TlsRedis {
+    fn start(dir: &Path) -> Self {
+        let port: u16 = free_addr().rsplit(':').next().unwrap().parse().unwrap();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", "0", "--bind", "127.0.0.1"])
+            .args(["--tls-port", &port.to_string()])
+            .args(["--tls-cert-file", &path(dir, "redis.pem")])
+            .args(["--tls-key-file", &path(dir, "redis.key")])
+            .args(["--tls-ca-cert-file", &path(dir, "ca.pem")])
+            .args(["--tls-auth-clients", "yes"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--dir", &dir.to_string_lossy()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/test.sh installs it)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "TLS Redis did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Self { child, port }
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
+async fn the_pipeline_reaches_redis_over_tls_with_a_client_certificate() {
+    let Some(services) = services() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pki(
+        d,
+        "ca",
+        &[
+            ("redis", &["localhost", "127.0.0.1"]),
+            ("pipeline", &["order-pipeline"]),
+        ],
+    );
+    pki(d, "other-ca", &[("stranger", &["stranger"])]);
+    let redis = TlsRedis::start(d);
+    let mut config = kafka_config(&services);
+    config.redis_addr = Some(format!("rediss://127.0.0.1:{}", redis.port));
+    let tls = |ca: &str, client: Option<&str>| RedisTls {
+        ca: Some(PathBuf::from(path(d, &format!("{ca}.pem")))),
+        client: client.map(|c| {
+            (
+                PathBuf::from(path(d, &format!("{c}.pem"))),
+                PathBuf::from(path(d, &format!("{c}.key"))),
+            )
+        }),
+    };
+
+    // Refused: no client certificate; a certificate of another CA; a server certificate
+    // this client does not trust.
+    for (case, redis_tls) in [
+        ("no client certificate", tls("ca", None)),
+        ("a foreign client certificate", tls("ca", Some("stranger"))),
+        ("Redis's CA not trusted", tls("other-ca", Some("pipeline"))),
+    ] {
+        config.redis_tls = redis_tls;
+        let error = app::start(Role::All, &config).await.err();
+        let error = format!("{:#}", error.unwrap_or_else(|| panic!("{case}: started")));
+        assert!(error.contains("cannot connect to Redis"), "{case}: {error}");
+    }
+
+    // The whole path through the TLS Redis: result written, announced, read.
+    config.redis_tls = tls("ca", Some("pipeline"));
+    let running = app::start(Role::All, &config).await.unwrap();
+    let mut orders = order_client(running.order_addr.unwrap()).await;
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+    let id = unique("tls-redis");
+    orders
+        .create_order(go_request(&id, "book", 42))
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_result(&mut cache, &id, 30).await.unwrap().status,
+        "done"
+    );
+    running.stop().await.unwrap();
+}
+
+#[test]
+fn redis_certificates_need_a_rediss_url() {
+    let (code, _, err) = cli(&[
+        "run",
+        "--redis-addr",
+        "127.0.0.1:6379",
+        "--kafka-brokers",
+        "127.0.0.1:9092",
+        "--redis-ca",
+        "/etc/ca.pem",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("REDIS_CA") && err.contains("rediss://"),
+        "{err}"
+    );
+    let (code, _, err) = cli(&["run", "--redis-cert", "/etc/c.pem"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("REDIS_CERT and REDIS_KEY"), "{err}");
 }

@@ -59,9 +59,19 @@ pub(crate) struct ConfigArgs {
     /// at least KAFKA_SESSION_TIMEOUT_MS.
     #[arg(long, env = "KAFKA_MAX_POLL_INTERVAL_MS", default_value_t = 300_000)]
     pub kafka_max_poll_interval_ms: u64,
-    /// Redis address (`host:port` or `redis://...`). Unset: the embedded store in DATA_DIR.
+    /// Redis address (`host:port`, `redis://...`, or `rediss://...` for TLS). Unset: the
+    /// embedded store in DATA_DIR.
     #[arg(long, env = "REDIS_ADDR")]
     pub redis_addr: Option<String>,
+    /// PEM CA that signed a `rediss://` Redis's certificate; unset: the system's roots.
+    #[arg(long, env = "REDIS_CA", value_name = "CA.pem")]
+    pub redis_ca: Option<PathBuf>,
+    /// PEM client certificate for a `rediss://` Redis that checks clients (with REDIS_KEY).
+    #[arg(long, env = "REDIS_CERT", value_name = "CERT.pem")]
+    pub redis_cert: Option<PathBuf>,
+    /// PEM private key of REDIS_CERT.
+    #[arg(long, env = "REDIS_KEY", value_name = "KEY.pem")]
+    pub redis_key: Option<PathBuf>,
     /// Prefix of every Redis key and channel, so that several pipelines can share one
     /// Redis (e.g. `shop-a:`); empty keeps the Go system's `order:<id>`.
     #[arg(long, env = "KEY_PREFIX", default_value = "")]
@@ -190,6 +200,7 @@ impl ConfigArgs {
             kafka_session_timeout_ms: self.kafka_session_timeout_ms,
             kafka_max_poll_interval_ms: self.kafka_max_poll_interval_ms,
             redis_addr: self.redis_addr,
+            redis_tls: config::RedisTls::from_vars(self.redis_ca, self.redis_cert, self.redis_key)?,
             key_prefix: self.key_prefix,
             admin_token: self.admin_token,
             tls: config::TlsFiles::from_vars(self.tls_cert, self.tls_key, self.tls_client_ca)?,

@@ -216,7 +216,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
     // One Redis connection for the store and the registry, one pub/sub listener.
     let redis = match (&embedded, redis_addr) {
         (None, Some(addr)) if role.works() || role.serves_results() => {
-            Some(Redis::connect(addr, &config.key_prefix).await?)
+            Some(Redis::connect(addr, &config.key_prefix, &config.redis_tls).await?)
         }
         _ => None,
     };

@@ -46,8 +46,11 @@ pub struct Config {
     /// (`max.poll.interval.ms`). The worker keeps polling while a partition waits (its
     /// fetching is paused instead), so a slow partition never reaches it.
     pub kafka_max_poll_interval_ms: u64,
-    /// Redis address (`host:port` or `redis://...`). `None`: the embedded store.
+    /// Redis address (`host:port`, `redis://...`, or `rediss://...` for TLS). `None`: the
+    /// embedded store.
     pub redis_addr: Option<String>,
+    /// Certificates for a `rediss://` Redis (`REDIS_CA`, `REDIS_CERT`, `REDIS_KEY`).
+    pub redis_tls: RedisTls,
     /// Prefix of every Redis key and channel (`KEY_PREFIX`); empty keeps the Go system's
     /// key names.
     pub key_prefix: String,
@@ -125,6 +128,46 @@ impl TlsFiles {
     }
 }
 
+/// The PEM files of a TLS connection to Redis (`rediss://`): a private CA to trust
+/// instead of the system's roots (`REDIS_CA`), and a client certificate and key for
+/// Redis's `tls-auth-clients` (`REDIS_CERT`, `REDIS_KEY`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    /// The CA that signed Redis's certificate; `None`: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// The client certificate and its key, both or neither.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+impl RedisTls {
+    /// From the three variables.
+    pub fn from_vars(
+        ca: Option<PathBuf>,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+    ) -> Result<Self, ConfigError> {
+        let set = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
+        let client = match (set(cert), set(key)) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some((cert, key)),
+            _ => {
+                return Err(ConfigError(
+                    "set both REDIS_CERT and REDIS_KEY (PEM files) for a Redis client certificate, or neither".into(),
+                ));
+            }
+        };
+        Ok(Self {
+            ca: set(ca),
+            client,
+        })
+    }
+
+    /// Whether any file is set.
+    pub fn is_set(&self) -> bool {
+        self.ca.is_some() || self.client.is_some()
+    }
+}
+
 /// How long results live by default: 7 days, Kafka's default retention of the order
 /// topic. As long as the topic can still redeliver an order, its first final result
 /// is kept and wins; older results go, so Redis and the embedded database stop growing.
@@ -157,6 +200,7 @@ impl Default for Config {
             kafka_session_timeout_ms: 10_000,
             kafka_max_poll_interval_ms: 300_000,
             redis_addr: None,
+            redis_tls: RedisTls::default(),
             key_prefix: String::new(),
             order_service_addr: addr(DEFAULT_ORDER_SERVICE_ADDR),
             cache_service_addr: addr(DEFAULT_CACHE_SERVICE_ADDR),
@@ -236,6 +280,15 @@ impl Config {
         }
         if self.produce_timeout_ms == 0 {
             return fail("PRODUCE_TIMEOUT_MS must be at least 1".into());
+        }
+        let tls_redis = self
+            .redis_addr
+            .as_deref()
+            .is_some_and(|a| a.starts_with("rediss://") || a.starts_with("valkeys://"));
+        if self.redis_tls.is_set() && !tls_redis {
+            return fail(
+                "REDIS_CA, REDIS_CERT and REDIS_KEY are for TLS to Redis: REDIS_ADDR must then be a rediss:// URL".into(),
+            );
         }
         self.limits
             .validate()

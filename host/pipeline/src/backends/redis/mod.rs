@@ -12,6 +12,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use redis::aio::ConnectionManager;
 
+use crate::config::RedisTls;
+
 pub use pubsub::Listener;
 pub use registry::RedisRegistry;
 pub use store::{FALLBACK_POLL, RedisStore};
@@ -59,15 +61,46 @@ impl Keys {
 }
 
 /// A client and a self-reconnecting connection to Redis at `addr` (`host:port` as the
-/// Go system took it, or a `redis://` URL); fails clearly within 10 s.
-pub async fn connect(addr: &str) -> anyhow::Result<(redis::Client, ConnectionManager)> {
+/// Go system took it, a `redis://` URL, or a `rediss://` URL for TLS with `tls`'s
+/// certificates); fails clearly within 10 s.
+pub async fn connect(
+    addr: &str,
+    tls: &RedisTls,
+) -> anyhow::Result<(redis::Client, ConnectionManager)> {
     let url = if addr.contains("://") {
         addr.to_string()
     } else {
         format!("redis://{addr}")
     };
-    let client = redis::Client::open(url.as_str())
-        .with_context(|| format!("REDIS_ADDR `{addr}` is not a Redis address"))?;
+    let client = if tls.is_set() {
+        let read = |var: &str, path: &std::path::Path| {
+            std::fs::read(path).with_context(|| format!("{var} `{}`: cannot read", path.display()))
+        };
+        let client_tls = match &tls.client {
+            Some((cert, key)) => Some(redis::ClientTlsConfig {
+                client_cert: read("REDIS_CERT", cert)?,
+                client_key: read("REDIS_KEY", key)?,
+            }),
+            None => None,
+        };
+        let root_cert = match &tls.ca {
+            Some(ca) => Some(read("REDIS_CA", ca)?),
+            None => None,
+        };
+        redis::Client::build_with_tls(
+            url.as_str(),
+            redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            },
+        )
+        .with_context(|| {
+            format!("REDIS_ADDR `{addr}` with REDIS_CA/REDIS_CERT/REDIS_KEY: not usable")
+        })?
+    } else {
+        redis::Client::open(url.as_str())
+            .with_context(|| format!("REDIS_ADDR `{addr}` is not a Redis address"))?
+    };
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_response_timeout(Some(Duration::from_secs(5)))
@@ -96,8 +129,8 @@ pub struct Redis {
 impl Redis {
     /// Connects to `addr` (`REDIS_ADDR`); every key and channel is under `key_prefix`
     /// (`KEY_PREFIX`).
-    pub async fn connect(addr: &str, key_prefix: &str) -> anyhow::Result<Self> {
-        let (client, connection) = connect(addr).await?;
+    pub async fn connect(addr: &str, key_prefix: &str, tls: &RedisTls) -> anyhow::Result<Self> {
+        let (client, connection) = connect(addr, tls).await?;
         Ok(Self {
             client,
             connection,

@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use redis::aio::ConnectionManager;
 
 use super::{Keys, connect};
+use crate::config::RedisTls;
 use crate::domain::{OrderResult, PutOutcome};
 use crate::waiters::Waiters;
 
@@ -55,7 +56,7 @@ impl RedisStore {
     /// Without a running [`Listener`](super::Listener) its waits re-read every
     /// [`FALLBACK_POLL`]; [`Redis::store`](super::Redis::store) makes one that has one.
     pub async fn connect(addr: &str) -> anyhow::Result<Self> {
-        let (_, connection) = connect(addr).await?;
+        let (_, connection) = connect(addr, &RedisTls::default()).await?;
         Ok(Self::new(connection, Arc::default(), Keys::default()))
     }
 
