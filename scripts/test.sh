@@ -83,11 +83,31 @@ PIDS+=("$!")
 KAFKA_PORT="$(free_port)"
 "$TEST_KAFKA_SCRIPT" run "$RUN_DIR/kafka" "$KAFKA_PORT" "$(free_port)" > "$RUN_DIR/kafka.out" 2>&1 &
 PIDS+=("$!")
+# A Redis Cluster of three masters (the cluster tests): three redis-server with
+# --cluster-enabled yes, joined by redis-cli --cluster create.
+CLUSTER_NODES=()
+for n in 1 2 3; do
+  port="$(free_port)"
+  mkdir -p "$RUN_DIR/cluster-$n"
+  redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
+    --cluster-config-file "$RUN_DIR/cluster-$n/nodes.conf" --save '' --appendonly no \
+    --dir "$RUN_DIR/cluster-$n" --logfile "$RUN_DIR/cluster-$n/redis.log" &
+  PIDS+=("$!")
+  CLUSTER_NODES+=("127.0.0.1:$port")
+done
 wait_port "$REDIS_PORT" 30 redis-server
+for node in "${CLUSTER_NODES[@]}"; do wait_port "${node#*:}" 30 "redis-server (cluster node)"; done
+redis-cli --cluster create "${CLUSTER_NODES[@]}" --cluster-replicas 0 --cluster-yes > "$RUN_DIR/cluster-create.log"
+for _ in $(seq 1 100); do
+  redis-cli -p "${CLUSTER_NODES[0]#*:}" cluster info | grep -q '^cluster_state:ok' && break
+  sleep 0.1
+done
 wait_port "$KAFKA_PORT" 60 "Apache Kafka (see $RUN_DIR/kafka/broker.log)"
 export TEST_REDIS_ADDR="127.0.0.1:$REDIS_PORT"
 export TEST_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
-echo "redis at $TEST_REDIS_ADDR, broker at $TEST_KAFKA_BROKERS"
+TEST_REDIS_CLUSTER="$(IFS=,; echo "${CLUSTER_NODES[*]}")"
+export TEST_REDIS_CLUSTER
+echo "redis at $TEST_REDIS_ADDR, Redis Cluster at $TEST_REDIS_CLUSTER, broker at $TEST_KAFKA_BROKERS"
 
 step "cargo fmt --check, module cycles, and what the engine depends on"
 cargo fmt --all -- --check

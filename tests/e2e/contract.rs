@@ -21,13 +21,13 @@ use tokio_util::sync::CancellationToken;
 use crate::support::{services, unique};
 
 /// A backend under test.
-struct Backend {
-    name: &'static str,
-    store: Store,
-    registry: Registry,
+pub(crate) struct Backend {
+    pub(crate) name: &'static str,
+    pub(crate) store: Store,
+    pub(crate) registry: Registry,
 }
 
-fn result(id: &str, status: ResultStatus, item: &str) -> OrderResult {
+pub(crate) fn result(id: &str, status: ResultStatus, item: &str) -> OrderResult {
     let order = Order::single_item(id, item, 4200, "EUR");
     OrderResult {
         id: id.to_string(),
@@ -322,7 +322,7 @@ async fn heartbeats_are_listed_until_they_expire(b: &Backend) {
     assert!(listed.contains(&beat(&long, 2)), "{}", b.name);
 }
 
-async fn run_contract(b: &Backend) {
+pub(crate) async fn run_contract(b: &Backend) {
     put_and_first_final_result_wins(b).await;
     batch_reads_keep_the_order_of_ids(b).await;
     a_wait_returns_a_result_written_meanwhile(b).await;
@@ -351,7 +351,7 @@ async fn contract_redis() {
     let Some(services) = services() else { return };
     // Under a key prefix of its own, as a second pipeline sharing the Redis would be.
     let prefix = format!("{}:", unique("contract-prefix"));
-    let redis = Redis::connect(&services.redis, &prefix, &Default::default())
+    let redis = Redis::connect(&services.redis, &prefix, &Default::default(), None)
         .await
         .unwrap();
     let registry = redis.registry(&unique("contract-group"));
@@ -396,7 +396,7 @@ async fn contract_redis() {
 #[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
 async fn redis_results_expire_after_the_result_ttl() {
     let Some(services) = services() else { return };
-    let redis = Redis::connect(&services.redis, "", &Default::default())
+    let redis = Redis::connect(&services.redis, "", &Default::default(), None)
         .await
         .unwrap();
     let short = redis.store().with_ttl(Some(Duration::from_secs(1)));

@@ -22,6 +22,7 @@ mod metrics;
 mod pipeline;
 mod processes;
 mod readiness;
+mod redis_cluster;
 mod status;
 mod support;
 mod tls;

@@ -63,6 +63,10 @@ pub(crate) struct ConfigArgs {
     /// embedded store in DATA_DIR.
     #[arg(long, env = "REDIS_ADDR")]
     pub redis_addr: Option<String>,
+    /// Whether REDIS_ADDR is a Redis Cluster (`true`/`false`); unset: a cluster when it
+    /// names several nodes (comma-separated) or its node runs in cluster mode.
+    #[arg(long, env = "REDIS_CLUSTER")]
+    pub redis_cluster: Option<bool>,
     /// PEM CA that signed a `rediss://` Redis's certificate; unset: the system's roots.
     #[arg(long, env = "REDIS_CA", value_name = "CA.pem")]
     pub redis_ca: Option<PathBuf>,
@@ -201,6 +205,7 @@ impl ConfigArgs {
             kafka_max_poll_interval_ms: self.kafka_max_poll_interval_ms,
             redis_addr: self.redis_addr,
             redis_tls: config::RedisTls::from_vars(self.redis_ca, self.redis_cert, self.redis_key)?,
+            redis_cluster: self.redis_cluster,
             key_prefix: self.key_prefix,
             admin_token: self.admin_token,
             tls: config::TlsFiles::from_vars(self.tls_cert, self.tls_key, self.tls_client_ca)?,

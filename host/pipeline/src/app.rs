@@ -215,9 +215,15 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
     };
     // One Redis connection for the store and the registry, one pub/sub listener.
     let redis = match (&embedded, redis_addr) {
-        (None, Some(addr)) if role.works() || role.serves_results() => {
-            Some(Redis::connect(addr, &config.key_prefix, &config.redis_tls).await?)
-        }
+        (None, Some(addr)) if role.works() || role.serves_results() => Some(
+            Redis::connect(
+                addr,
+                &config.key_prefix,
+                &config.redis_tls,
+                config.redis_cluster,
+            )
+            .await?,
+        ),
         _ => None,
     };
     if let Some(redis) = redis.as_ref().filter(|_| role.works()) {

@@ -51,6 +51,9 @@ pub struct Config {
     pub redis_addr: Option<String>,
     /// Certificates for a `rediss://` Redis (`REDIS_CA`, `REDIS_CERT`, `REDIS_KEY`).
     pub redis_tls: RedisTls,
+    /// Whether `redis_addr` is a Redis Cluster (`REDIS_CLUSTER`); `None`: a cluster when
+    /// it names several nodes or its node says it runs in cluster mode.
+    pub redis_cluster: Option<bool>,
     /// Prefix of every Redis key and channel (`KEY_PREFIX`); empty keeps the Go system's
     /// key names.
     pub key_prefix: String,
@@ -201,6 +204,7 @@ impl Default for Config {
             kafka_max_poll_interval_ms: 300_000,
             redis_addr: None,
             redis_tls: RedisTls::default(),
+            redis_cluster: None,
             key_prefix: String::new(),
             order_service_addr: addr(DEFAULT_ORDER_SERVICE_ADDR),
             cache_service_addr: addr(DEFAULT_CACHE_SERVICE_ADDR),
@@ -280,6 +284,14 @@ impl Config {
         }
         if self.produce_timeout_ms == 0 {
             return fail("PRODUCE_TIMEOUT_MS must be at least 1".into());
+        }
+        if self.redis_addr.is_some()
+            && (self.worker_group.contains('{') || self.worker_group.contains('}'))
+        {
+            return fail(format!(
+                "WORKER_GROUP `{}` must not contain braces: they are Redis Cluster hash tags",
+                self.worker_group
+            ));
         }
         let tls_redis = self
             .redis_addr

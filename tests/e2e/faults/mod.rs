@@ -440,14 +440,14 @@ async fn a_worker_tells_whether_redis_keeps_acknowledged_results() {
     let Some(services) = crate::support::services() else {
         return;
     };
-    let plain = Client::connect(&services.redis, "", &Default::default())
+    let plain = Client::connect(&services.redis, "", &Default::default(), None)
         .await
         .unwrap();
     assert!(!plain.check_durability().await);
     // The documented setting (the fault tests' Redis).
     let dir = harness::run_dir();
     let redis = Redis::start(dir.path());
-    let durable = Client::connect(&redis.addr, "", &Default::default())
+    let durable = Client::connect(&redis.addr, "", &Default::default(), None)
         .await
         .unwrap();
     assert!(durable.check_durability().await);

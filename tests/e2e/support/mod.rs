@@ -137,6 +137,22 @@ pub fn services() -> Option<Services> {
     }
 }
 
+/// The nodes of the three-master Redis Cluster the test script started
+/// (`TEST_REDIS_CLUSTER`, comma-separated). Without it the test is skipped (`None`), except
+/// under CI, where it fails.
+pub fn redis_cluster() -> Option<String> {
+    match std::env::var("TEST_REDIS_CLUSTER") {
+        Ok(nodes) if !nodes.is_empty() => Some(nodes),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("CI is set but TEST_REDIS_CLUSTER is not: run the suite with scripts/test.sh")
+        }
+        _ => {
+            eprintln!("skipped: TEST_REDIS_CLUSTER not set (scripts/test.sh sets it)");
+            None
+        }
+    }
+}
+
 /// A name no other test (or earlier run) uses: `prefix-<pid>-<nanos>-<n>`.
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};

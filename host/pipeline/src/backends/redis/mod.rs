@@ -2,6 +2,7 @@
 //! the ruleset registry ([`RedisRegistry`]) and their one pub/sub [`Listener`], over one
 //! connection ([`Redis`]).
 
+mod conn;
 mod pubsub;
 mod registry;
 mod store;
@@ -10,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use redis::aio::ConnectionManager;
 
 use crate::config::RedisTls;
+pub use conn::Conn;
 
 pub use pubsub::Listener;
 pub use registry::RedisRegistry;
@@ -21,16 +22,35 @@ pub use store::{FALLBACK_POLL, RedisStore};
 /// The name of every key and channel the pipeline uses, under `KEY_PREFIX` (empty by
 /// default, which keeps the Go system's `order:<id>`): several pipelines can share one
 /// Redis with prefixes of their own.
+///
+/// On a Redis Cluster every script's keys share one slot: a result's full key is
+/// `{order:<id>}:result` (its hash tag is the Go key, so both land where `order:<id>`
+/// does), and a worker group's registry keys carry the group as their hash tag
+/// (`pipeline:{<group>}:...`). A single Redis keeps the names it always had.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Keys {
     prefix: String,
+    cluster: bool,
+}
+
+/// The part of `key` Redis Cluster hashes: the text between its first `{` and the next
+/// `}` when that is not empty, else the whole key.
+pub fn hash_tag(key: &str) -> &str {
+    if let Some(open) = key.find('{')
+        && let Some(len) = key[open + 1..].find('}')
+        && len > 0
+    {
+        return &key[open + 1..open + 1 + len];
+    }
+    key
 }
 
 impl Keys {
-    /// Keys under `prefix`.
-    pub fn new(prefix: &str) -> Self {
+    /// Keys under `prefix`, named for a cluster when `cluster`.
+    pub fn new(prefix: &str, cluster: bool) -> Self {
         Self {
             prefix: prefix.to_string(),
+            cluster,
         }
     }
 
@@ -39,9 +59,18 @@ impl Keys {
         format!("{}order:{id}", self.prefix)
     }
 
-    /// The full result of `id`.
+    /// The full result of `id`; on a cluster in the slot of [`Keys::go`].
     pub fn full(&self, id: &str) -> String {
-        format!("{}order-result:{id}", self.prefix)
+        if !self.cluster {
+            return format!("{}order-result:{id}", self.prefix);
+        }
+        let go = self.go(id);
+        if hash_tag(&go) == go {
+            format!("{{{go}}}:result")
+        } else {
+            // The id has a hash tag of its own: keep it first.
+            format!("{go}:result")
+        }
     }
 
     /// The channel announcing the ids whose results were written.
@@ -54,58 +83,37 @@ impl Keys {
         format!("{}pipeline:plugin:{digest}", self.prefix)
     }
 
-    /// The start of worker group `group`'s registry keys.
+    /// The start of worker group `group`'s registry keys (on a cluster, one slot per
+    /// group: config refuses braces in the group's name).
     pub fn registry(&self, group: &str) -> String {
-        format!("{}pipeline:{group}:", self.prefix)
+        if self.cluster {
+            format!("{}pipeline:{{{group}}}:", self.prefix)
+        } else {
+            format!("{}pipeline:{group}:", self.prefix)
+        }
     }
 }
 
-/// A client and a self-reconnecting connection to Redis at `addr` (`host:port` as the
-/// Go system took it, a `redis://` URL, or a `rediss://` URL for TLS with `tls`'s
-/// certificates); fails clearly within 10 s.
+/// The pub/sub client (of the first node: classic pub/sub reaches every node of a
+/// cluster) and the command connection to Redis at `addr`: one node (`host:port` as the
+/// Go system took it, a `redis://` URL, or `rediss://` for TLS with `tls`'s certificates)
+/// or a Redis Cluster (several nodes separated by commas, `cluster` true, or a node that
+/// says it runs in cluster mode when `cluster` is `None`). Fails clearly within 10 s.
 pub async fn connect(
     addr: &str,
     tls: &RedisTls,
-) -> anyhow::Result<(redis::Client, ConnectionManager)> {
-    let url = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("redis://{addr}")
+    cluster: Option<bool>,
+) -> anyhow::Result<(redis::Client, Conn)> {
+    let urls = conn::node_urls(addr);
+    let Some(first) = urls.first() else {
+        anyhow::bail!("REDIS_ADDR is empty");
     };
-    let client = if tls.is_set() {
-        let read = |var: &str, path: &std::path::Path| {
-            std::fs::read(path).with_context(|| format!("{var} `{}`: cannot read", path.display()))
-        };
-        let client_tls = match &tls.client {
-            Some((cert, key)) => Some(redis::ClientTlsConfig {
-                client_cert: read("REDIS_CERT", cert)?,
-                client_key: read("REDIS_KEY", key)?,
-            }),
-            None => None,
-        };
-        let root_cert = match &tls.ca {
-            Some(ca) => Some(read("REDIS_CA", ca)?),
-            None => None,
-        };
-        redis::Client::build_with_tls(
-            url.as_str(),
-            redis::TlsCertificates {
-                client_tls,
-                root_cert,
-            },
-        )
-        .with_context(|| {
-            format!("REDIS_ADDR `{addr}` with REDIS_CA/REDIS_CERT/REDIS_KEY: not usable")
-        })?
-    } else {
-        redis::Client::open(url.as_str())
-            .with_context(|| format!("REDIS_ADDR `{addr}` is not a Redis address"))?
-    };
+    let client = conn::client(first, addr, tls)?;
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_response_timeout(Some(Duration::from_secs(5)))
         .set_number_of_retries(2);
-    let connection = tokio::time::timeout(
+    let mut connection = tokio::time::timeout(
         Duration::from_secs(10),
         client.get_connection_manager_with_config(config),
     )
@@ -113,6 +121,19 @@ pub async fn connect(
     .map_err(|_| anyhow::anyhow!("timed out"))
     .and_then(|r| r.map_err(anyhow::Error::from))
     .with_context(|| format!("cannot connect to Redis at {addr}"))?;
+    let cluster = match cluster {
+        Some(cluster) => cluster,
+        None => urls.len() > 1 || conn::is_cluster(&mut connection).await?,
+    };
+    if !cluster {
+        return Ok((client, Conn::Single(connection)));
+    }
+    let connection = tokio::time::timeout(Duration::from_secs(10), conn::cluster(&urls, addr, tls))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("cannot connect to the Redis Cluster at {addr}: timed out")
+        })??;
+    tracing::info!(addr, "Redis Cluster");
     Ok((client, connection))
 }
 
@@ -121,22 +142,33 @@ pub async fn connect(
 #[derive(Clone)]
 pub struct Redis {
     client: redis::Client,
-    connection: ConnectionManager,
+    connection: Conn,
     waiters: Arc<crate::waiters::Waiters>,
     keys: Keys,
 }
 
 impl Redis {
-    /// Connects to `addr` (`REDIS_ADDR`); every key and channel is under `key_prefix`
-    /// (`KEY_PREFIX`).
-    pub async fn connect(addr: &str, key_prefix: &str, tls: &RedisTls) -> anyhow::Result<Self> {
-        let (client, connection) = connect(addr, tls).await?;
+    /// Connects to `addr` (`REDIS_ADDR`, one node or a cluster: see [`connect`]); every
+    /// key and channel is under `key_prefix` (`KEY_PREFIX`).
+    pub async fn connect(
+        addr: &str,
+        key_prefix: &str,
+        tls: &RedisTls,
+        cluster: Option<bool>,
+    ) -> anyhow::Result<Self> {
+        let (client, connection) = connect(addr, tls, cluster).await?;
+        let cluster = matches!(connection, Conn::Cluster(_));
         Ok(Self {
             client,
             connection,
             waiters: Arc::default(),
-            keys: Keys::new(key_prefix),
+            keys: Keys::new(key_prefix, cluster),
         })
+    }
+
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.connection, Conn::Cluster(_))
     }
 
     /// The result store, its waits woken by this backend's listener.
@@ -218,5 +250,33 @@ impl Redis {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_single_redis_keeps_its_key_names() {
+        let keys = Keys::new("", false);
+        assert_eq!(keys.go("a1"), "order:a1");
+        assert_eq!(keys.full("a1"), "order-result:a1");
+        assert_eq!(keys.registry("worker-group"), "pipeline:worker-group:");
+    }
+
+    #[test]
+    fn on_a_cluster_a_results_keys_share_the_go_keys_slot() {
+        let keys = Keys::new("shop:", true);
+        assert_eq!(keys.go("a1"), "shop:order:a1");
+        assert_eq!(keys.full("a1"), "{shop:order:a1}:result");
+        assert_eq!(hash_tag(&keys.full("a1")), keys.go("a1"));
+        // An id with a hash tag of its own: the Go key hashes that tag, so must the other.
+        let go = keys.go("x{7}y");
+        assert_eq!(hash_tag(&go), "7");
+        assert_eq!(hash_tag(&keys.full("x{7}y")), "7");
+        // Empty braces are no tag.
+        assert_eq!(hash_tag("order:{}a"), "order:{}a");
+        assert_eq!(keys.registry("g"), "shop:pipeline:{g}:");
     }
 }

@@ -3,10 +3,9 @@
 //! one compare-and-set script that also publishes the new version.
 
 use anyhow::Context as _;
-use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 
-use super::Keys;
+use super::{Conn, Keys};
 use crate::domain::ruleset::{ActivateError, Expect};
 
 /// Compare-and-set activation: KEYS = active, latest; ARGV = body, expected, prefix,
@@ -31,7 +30,7 @@ return v
 /// share one Redis; plugins are shared by digest.
 #[derive(Clone)]
 pub struct RedisRegistry {
-    connection: ConnectionManager,
+    connection: Conn,
     activate: redis::Script,
     keys: Keys,
     /// The start of this group's keys (`<KEY_PREFIX>pipeline:<group>:`).
@@ -54,7 +53,7 @@ impl RedisRegistry {
         format!("{}ruleset-changed", self.namespace)
     }
 
-    pub(super) fn new(connection: ConnectionManager, keys: Keys, group: &str) -> Self {
+    pub(super) fn new(connection: Conn, keys: Keys, group: &str) -> Self {
         Self {
             connection,
             activate: redis::Script::new(ACTIVATE_SCRIPT),
@@ -84,7 +83,9 @@ impl RedisRegistry {
     }
 
     /// Publishes a worker's heartbeat (`<group keys>worker:<instance>`, expiring after
-    /// `ttl`).
+    /// `ttl`), and lists the instance in the group's set of workers
+    /// (`<group keys>workers`): readers look the heartbeats up from there instead of
+    /// scanning, which a Redis Cluster does per node.
     pub async fn put_heartbeat(
         &self,
         instance: &str,
@@ -93,55 +94,64 @@ impl RedisRegistry {
     ) -> anyhow::Result<()> {
         let mut c = self.connection.clone();
         let () = redis::cmd("SET")
-            .arg(format!("{}worker:{instance}", self.namespace))
+            .arg(self.heartbeat_key(instance))
             .arg(json)
             .arg("PX")
             .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
             .query_async(&mut c)
             .await
             .context("publishing a heartbeat to Redis")?;
+        let _: i64 = redis::cmd("SADD")
+            .arg(self.workers_key())
+            .arg(instance)
+            .query_async(&mut c)
+            .await
+            .context("publishing a heartbeat to Redis")?;
         Ok(())
     }
 
-    /// The heartbeats that have not expired.
+    fn heartbeat_key(&self, instance: &str) -> String {
+        format!("{}worker:{instance}", self.namespace)
+    }
+
+    fn workers_key(&self) -> String {
+        format!("{}workers", self.namespace)
+    }
+
+    /// The heartbeats that have not expired; instances whose heartbeat expired leave the
+    /// set of workers.
     pub async fn heartbeats(&self) -> anyhow::Result<Vec<String>> {
         let mut c = self.connection.clone();
-        // The group's name is matched literally, whatever glob characters it has.
-        let literal: String = self
-            .namespace
-            .chars()
-            .flat_map(|c| match c {
-                '*' | '?' | '[' | ']' | '\\' => vec!['\\', c],
-                _ => vec![c],
-            })
-            .collect();
-        let pattern = format!("{literal}worker:*");
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(500)
-                .query_async(&mut c)
-                .await
-                .context("listing heartbeats in Redis")?;
-            keys.extend(batch);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        if keys.is_empty() {
+        let instances: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.workers_key())
+            .query_async(&mut c)
+            .await
+            .context("listing heartbeats in Redis")?;
+        if instances.is_empty() {
             return Ok(Vec::new());
         }
+        let keys: Vec<String> = instances.iter().map(|i| self.heartbeat_key(i)).collect();
         let values: Vec<Option<String>> = redis::cmd("MGET")
             .arg(&keys)
             .query_async(&mut c)
             .await
             .context("reading heartbeats from Redis")?;
+        let gone: Vec<&String> = instances
+            .iter()
+            .zip(&values)
+            .filter_map(|(instance, value)| value.is_none().then_some(instance))
+            .collect();
+        if !gone.is_empty() {
+            // A worker that beats again meanwhile adds itself back with its next beat.
+            let removed: redis::RedisResult<i64> = redis::cmd("SREM")
+                .arg(self.workers_key())
+                .arg(&gone)
+                .query_async(&mut c)
+                .await;
+            if let Err(e) = removed {
+                tracing::debug!(error = %e, "cannot forget expired heartbeats");
+            }
+        }
         Ok(values.into_iter().flatten().collect())
     }
 

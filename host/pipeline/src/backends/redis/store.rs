@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use redis::aio::ConnectionManager;
 
-use super::{Keys, connect};
+use super::{Conn, Keys, connect};
 use crate::config::RedisTls;
 use crate::domain::{OrderResult, PutOutcome};
 use crate::waiters::Waiters;
@@ -43,7 +42,7 @@ pub const FALLBACK_POLL: Duration = Duration::from_millis(100);
 /// by result announcements (through the backend's [`Listener`](super::Listener)).
 #[derive(Clone)]
 pub struct RedisStore {
-    connection: ConnectionManager,
+    connection: Conn,
     put: redis::Script,
     waiters: Arc<Waiters>,
     ttl_ms: u64,
@@ -51,16 +50,21 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// Connects to `addr` (`host:port` as the Go system took it, or a `redis://` URL),
-    /// with no key prefix.
+    /// Connects to `addr` (`host:port` as the Go system took it, a `redis://` URL, or
+    /// cluster nodes), with no key prefix.
     /// Without a running [`Listener`](super::Listener) its waits re-read every
     /// [`FALLBACK_POLL`]; [`Redis::store`](super::Redis::store) makes one that has one.
     pub async fn connect(addr: &str) -> anyhow::Result<Self> {
-        let (_, connection) = connect(addr, &RedisTls::default()).await?;
-        Ok(Self::new(connection, Arc::default(), Keys::default()))
+        let (_, connection) = connect(addr, &RedisTls::default(), None).await?;
+        let cluster = matches!(connection, Conn::Cluster(_));
+        Ok(Self::new(
+            connection,
+            Arc::default(),
+            Keys::new("", cluster),
+        ))
     }
 
-    pub(super) fn new(connection: ConnectionManager, waiters: Arc<Waiters>, keys: Keys) -> Self {
+    pub(super) fn new(connection: Conn, waiters: Arc<Waiters>, keys: Keys) -> Self {
         Self {
             connection,
             put: redis::Script::new(PUT_SCRIPT),
