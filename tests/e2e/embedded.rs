@@ -68,11 +68,14 @@ async fn accepted_but_unprocessed_orders_survive_a_restart() {
         // What the OrderService does before the worker gets to the orders: durable appends.
         let db = EmbeddedDb::open(dir.path()).unwrap();
         for i in 0..20 {
-            db.append(go_request(&format!("pending-{i}"), "book", i).encode_to_vec())
-                .await
-                .unwrap();
+            db.append(
+                go_request(&format!("pending-{i}"), "book", i).encode_to_vec(),
+                None,
+            )
+            .await
+            .unwrap();
         }
-        db.append(vec![0xff, 0xff]).await.unwrap();
+        db.append(vec![0xff, 0xff], None).await.unwrap();
         db.close().await.unwrap();
     }
     let running = app::start(Role::All, &embedded_config(dir.path()))

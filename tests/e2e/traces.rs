@@ -296,3 +296,54 @@ fn an_otlp_endpoint_that_is_not_a_url_is_refused_at_start() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_embedded_keeps_one_trace_from_the_order_service_to_the_worker() {
+    let (endpoint, spans) = receiver().await;
+    let data = tempfile::tempdir().unwrap();
+    let (orders, cache) = (free_addr(), free_addr());
+    let data_dir = data.path().to_string_lossy().into_owned();
+    let env: Vec<(&str, &str)> = vec![
+        ("DATA_DIR", &data_dir),
+        ("ORDER_SERVICE_ADDR", &orders),
+        ("CACHE_SERVICE_ADDR", &cache),
+        ("ADMIN_ADDR", "127.0.0.1:0"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let _run = tokio::task::block_in_place(|| start_role("run", &env, Some(&cache)));
+    let mut submit = order_client(orders.parse().unwrap()).await;
+    let mut read = cache_client(cache.parse().unwrap()).await;
+    let (client_trace, client_span) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
+    let id = unique("embedded-traced");
+    submit
+        .create_order(traced(
+            go_request(&id, "book", 42),
+            &format!("00-{client_trace}-{client_span}-01"),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_result(&mut read, &id, 60).await.unwrap().status,
+        "done"
+    );
+    let received = spans_until(&spans, |s| {
+        find(s, "process embedded", &id)
+            .is_some_and(|p| children(s, p).iter().any(|c| c.name == "store result"))
+    })
+    .await;
+    let create = find(&received, "order.OrderService/CreateOrder", &id).unwrap();
+    let published = find(&received, "publish embedded", &id).unwrap();
+    let processed = find(&received, "process embedded", &id).unwrap();
+    assert_eq!(create.service, "order-pipeline-run");
+    assert_eq!(create.trace_id, client_trace);
+    assert_eq!(create.parent_span_id, client_span);
+    assert_eq!(published.parent_span_id, create.span_id);
+    assert_eq!(processed.trace_id, client_trace);
+    assert_eq!(processed.parent_span_id, published.span_id);
+    let rules = children(&received, processed)
+        .iter()
+        .filter(|s| s.name.starts_with("evaluate "))
+        .count();
+    assert_eq!(rules, 4, "one span per rule of the default ruleset");
+}

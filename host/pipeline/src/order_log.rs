@@ -31,8 +31,9 @@ impl Publisher {
     }
 
     /// Publishes an order (binary protobuf `OrderRequest`) keyed by its id, with `headers`
-    /// (the trace context; the embedded log keeps none); returns once the log has durably
-    /// stored it.
+    /// (the trace context: Kafka message headers; the embedded log keeps the
+    /// `traceparent` in memory until the entry is processed); returns once the log has
+    /// durably stored it.
     pub async fn publish(
         &self,
         id: &str,
@@ -45,7 +46,13 @@ impl Publisher {
                 .await
                 .map_err(|e| PublishError(format!("{e:#}"))),
             Self::Embedded(db) => db
-                .append(payload)
+                .append(
+                    payload,
+                    headers
+                        .iter()
+                        .find(|(name, _)| name == "traceparent")
+                        .map(|(_, value)| value.clone()),
+                )
                 .await
                 .map(|_| ())
                 .map_err(|e| PublishError(format!("{e:#}"))),

@@ -9,8 +9,9 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set). Before that, or without it, nothing is
 //! recorded and every function here costs one branch: no span, no header, no clock read.
 //!
-//! The embedded order log carries no headers: with it, the worker records no spans, and
-//! the gRPC spans are all there is.
+//! The embedded order log has no headers: it keeps each entry's `traceparent` in memory
+//! until the worker processes the entry, so `run` gives the same trace (an entry
+//! appended before a restart is processed without it).
 
 use std::borrow::Cow;
 use std::sync::OnceLock;

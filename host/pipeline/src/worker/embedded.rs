@@ -27,13 +27,19 @@ pub async fn run(
             db.wait_for_entries(consumed, shutdown.cancelled()).await;
             continue;
         };
+        let taken = std::time::SystemTime::now();
         let payloads: Vec<&[u8]> = batch.iter().map(|(_, p)| p.as_slice()).collect();
         let processed = processor.process_batch(&payloads).await;
         let mut results = Vec::with_capacity(batch.len());
+        // For the spans: each result's entry and when its evaluation started.
+        let mut sources = Vec::with_capacity(batch.len());
         let mut dead_letters = Vec::new();
         for ((seq, payload), processed) in batch.iter().zip(processed) {
             let (result, headers) = processed.into_parts();
-            results.extend(result.map(|(r, _)| *r));
+            if let Some((result, evaluated)) = result {
+                results.push(*result);
+                sources.push((*seq, evaluated));
+            }
             if let Some(mut headers) = headers {
                 headers.push(("source-seq".to_string(), seq.to_string()));
                 dead_letters.push(DeadLetterRecord {
@@ -44,9 +50,30 @@ pub async fn run(
             }
         }
         let statuses: Vec<_> = results.iter().map(|r| r.status).collect();
+        let traced = crate::telemetry::enabled().then(|| results.clone());
         let started = std::time::Instant::now();
+        let write_started = std::time::SystemTime::now();
         let outcomes = db.commit_batch(results, dead_letters, last + 1).await?;
         crate::metrics::record_stored(statuses.into_iter(), started.elapsed());
+        if let Some(results) = traced {
+            let stored = (write_started, std::time::SystemTime::now());
+            for (result, (seq, evaluated)) in results.iter().zip(&sources) {
+                let traceparent = db.take_traceparent(*seq);
+                let order = crate::telemetry::Processed {
+                    traceparent: traceparent.as_deref(),
+                    partition: 0,
+                    offset: i64::try_from(*seq).unwrap_or(i64::MAX),
+                    taken,
+                    evaluated: *evaluated,
+                    result,
+                };
+                crate::telemetry::record_processed("embedded", &order, stored);
+            }
+        }
+        // Entries that were not orders leave nothing behind either.
+        for (seq, _) in &batch {
+            db.take_traceparent(*seq);
+        }
         let kept = outcomes
             .iter()
             .filter(|o| **o == PutOutcome::KeptExisting)

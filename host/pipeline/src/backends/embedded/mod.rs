@@ -7,7 +7,7 @@
 //! result TTL are pruned ([`EmbeddedDb::prune`]).
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -60,8 +60,18 @@ pub struct DeadLetterRecord {
 
 struct Append {
     payload: Vec<u8>,
+    traceparent: Option<String>,
     reply: oneshot::Sender<Result<u64, String>>,
 }
+
+/// Most trace contexts held for entries not processed yet (only while traces are
+/// exported); beyond it, entries go untraced rather than grow memory with a backlog.
+const MAX_TRACED: usize = 100_000;
+
+/// The `traceparent` of log entries not processed yet, by sequence number: the embedded
+/// log's stand-in for Kafka's message headers. Kept in memory only: after a restart,
+/// the entries appended before it are processed without their caller's trace.
+type Traces = Arc<Mutex<std::collections::HashMap<u64, String>>>;
 
 /// The embedded database.
 pub struct EmbeddedDb {
@@ -73,6 +83,7 @@ pub struct EmbeddedDb {
     rulesets: watch::Sender<u64>,
     /// Worker heartbeats by instance, with when they stop counting.
     heartbeats: Mutex<std::collections::HashMap<String, (String, Instant)>>,
+    traces: Traces,
 }
 
 impl EmbeddedDb {
@@ -103,9 +114,16 @@ impl EmbeddedDb {
         let db = Arc::new(db);
         let (appends, rx) = mpsc::channel(MAX_APPEND_BATCH);
         let (head_tx, head) = watch::channel(next);
-        let appender = tokio::spawn(append_loop(Arc::clone(&db), rx, head_tx));
+        let traces = Traces::default();
+        let appender = tokio::spawn(append_loop(
+            Arc::clone(&db),
+            rx,
+            head_tx,
+            Arc::clone(&traces),
+        ));
         let (rulesets, _) = watch::channel(0);
         Ok(Arc::new(Self {
+            traces,
             heartbeats: Mutex::default(),
             rulesets,
             waiters: Waiters::default(),
@@ -150,17 +168,35 @@ impl EmbeddedDb {
         Ok(())
     }
 
-    /// Appends an entry durably; returns its sequence number once committed.
-    pub async fn append(&self, payload: Vec<u8>) -> anyhow::Result<u64> {
+    /// Appends an entry durably, with the `traceparent` of its caller's span if traces
+    /// are exported; returns its sequence number once committed.
+    pub async fn append(
+        &self,
+        payload: Vec<u8>,
+        traceparent: Option<String>,
+    ) -> anyhow::Result<u64> {
         let (reply, answer) = oneshot::channel();
         self.appends
-            .send(Append { payload, reply })
+            .send(Append {
+                payload,
+                traceparent,
+                reply,
+            })
             .await
             .map_err(|_| anyhow::anyhow!("the embedded log is closed"))?;
         answer
             .await
             .map_err(|_| anyhow::anyhow!("the embedded log stopped"))?
             .map_err(anyhow::Error::msg)
+    }
+
+    /// The `traceparent` entry `seq` was appended with, if any (once: it is forgotten).
+    pub fn take_traceparent(&self, seq: u64) -> Option<String> {
+        let mut traces = self.traces.lock().unwrap_or_else(PoisonError::into_inner);
+        if traces.is_empty() {
+            return None;
+        }
+        traces.remove(&seq)
     }
 
     /// The consumed offset and up to `max` unprocessed entries after it, in order.
@@ -256,7 +292,12 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Commits appends in groups: everything that arrived while the last commit ran.
-async fn append_loop(db: Arc<Database>, mut rx: mpsc::Receiver<Append>, head: watch::Sender<u64>) {
+async fn append_loop(
+    db: Arc<Database>,
+    mut rx: mpsc::Receiver<Append>,
+    head: watch::Sender<u64>,
+    traces: Traces,
+) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_APPEND_BATCH {
@@ -289,6 +330,17 @@ async fn append_loop(db: Arc<Database>, mut rx: mpsc::Receiver<Append>, head: wa
         match committed {
             Ok(first) => {
                 let count = batch.len() as u64;
+                // Before the head moves: the worker may take the entries at once.
+                if batch.iter().any(|a| a.traceparent.is_some()) {
+                    let mut traces = traces.lock().unwrap_or_else(PoisonError::into_inner);
+                    for (i, append) in batch.iter_mut().enumerate() {
+                        if let Some(traceparent) = append.traceparent.take()
+                            && traces.len() < MAX_TRACED
+                        {
+                            traces.insert(first + i as u64, traceparent);
+                        }
+                    }
+                }
                 for (i, append) in batch.into_iter().enumerate() {
                     let _ = append.reply.send(Ok(first + i as u64));
                 }
