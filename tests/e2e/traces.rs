@@ -327,11 +327,32 @@ async fn run_embedded_keeps_one_trace_from_the_order_service_to_the_worker() {
         wait_result(&mut read, &id, 60).await.unwrap().status,
         "done"
     );
+    // The batch read continues the client's trace too.
+    let batch = order_pipeline::proto::ResultsRequest {
+        ids: vec![id.clone(), unique("unknown")],
+        wait_ms: 0,
+    };
+    read.get_order_results(traced(
+        batch,
+        &format!("00-{client_trace}-{client_span}-01"),
+    ))
+    .await
+    .unwrap();
     let received = spans_until(&spans, |s| {
         find(s, "process embedded", &id)
             .is_some_and(|p| children(s, p).iter().any(|c| c.name == "store result"))
+            && s.iter()
+                .any(|r| r.name == "order.CacheService/GetOrderResults")
     })
     .await;
+    let batch_read = received
+        .iter()
+        .find(|r| r.name == "order.CacheService/GetOrderResults")
+        .unwrap();
+    assert_eq!(batch_read.trace_id, client_trace);
+    assert_eq!(batch_read.parent_span_id, client_span);
+    assert_eq!(batch_read.attributes["ids"], "2");
+    assert_eq!(batch_read.attributes["found"], "1");
     let create = find(&received, "order.OrderService/CreateOrder", &id).unwrap();
     let published = find(&received, "publish embedded", &id).unwrap();
     let processed = find(&received, "process embedded", &id).unwrap();

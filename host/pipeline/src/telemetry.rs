@@ -1,9 +1,9 @@
 //! Traces: one trace per order across the roles. The W3C `traceparent` travels in gRPC
 //! metadata (client → OrderService, client → CacheService) and in the Kafka message
 //! headers (OrderService → worker). Spans: the gRPC call (`CreateOrder`, `CreateOrders`,
-//! `GetOrderResult`), `publish orders` per order, and in the worker `process orders` per
-//! order with a child per rule evaluated (`evaluate RULE`: name, version, outcome, fuel)
-//! and `store result`.
+//! `GetOrderResult`, `GetOrderResults`), `publish orders` per order, and in the worker
+//! `process orders` per order with a child per rule evaluated (`evaluate RULE`: name,
+//! version, outcome, fuel) and `store result`.
 //!
 //! Spans are exported with OTLP/gRPC once [`init`] ran (the binary calls it when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set). Before that, or without it, nothing is

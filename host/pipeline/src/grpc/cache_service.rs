@@ -87,7 +87,30 @@ impl CacheService for CacheApi {
         &self,
         request: Request<proto::ResultsRequest>,
     ) -> Result<Response<proto::ResultsResponse>, Status> {
-        let request = request.into_inner();
+        let call = Trace::server(
+            "order.CacheService/GetOrderResults",
+            request.metadata(),
+            || vec![KeyValue::new("ids", request.get_ref().ids.len() as i64)],
+        );
+        let answer = self.get_many(request.into_inner()).await;
+        match &answer {
+            Ok(response) => call.set(|| {
+                let found = response.results.iter().filter(|r| r.found).count();
+                KeyValue::new("found", found as i64)
+            }),
+            Err(status) => call.fail(|| status.message().to_string()),
+        }
+        call.end();
+        answer.map(Response::new)
+    }
+}
+
+impl CacheApi {
+    /// `GetOrderResults` without its span.
+    async fn get_many(
+        &self,
+        request: proto::ResultsRequest,
+    ) -> Result<proto::ResultsResponse, Status> {
         if request.ids.len() > MAX_IDS_PER_CALL {
             return Err(Status::invalid_argument(format!(
                 "ids: {} ids, at most {MAX_IDS_PER_CALL} per call",
@@ -113,6 +136,6 @@ impl CacheService for CacheApi {
                 result: result.as_ref().map(result_response),
             })
             .collect();
-        Ok(Response::new(proto::ResultsResponse { results }))
+        Ok(proto::ResultsResponse { results })
     }
 }
