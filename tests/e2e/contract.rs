@@ -354,15 +354,9 @@ async fn contract_redis() {
     let redis = Redis::connect(&services.redis, &prefix, &Default::default(), None)
         .await
         .unwrap();
-    let registry = redis.registry(&unique("contract-group"));
-    let shutdown = CancellationToken::new();
-    let listener = tokio::spawn(redis.listener(Some(&registry)).run(shutdown.clone()));
-    let backend = Backend {
-        name: "redis",
-        store: Store::Redis(Box::new(redis.store())),
-        registry: Registry::Redis(Box::new(registry)),
-    };
-    run_contract(&backend).await;
+    let under_test = RedisUnderTest::start("redis", &redis, &unique("contract-group"));
+    let backend = &under_test.backend;
+    run_contract(backend).await;
     // Its keys are under the prefix, and nothing is written under the Go names.
     let id = unique("prefixed");
     backend
@@ -383,13 +377,43 @@ async fn contract_redis() {
         );
         assert_eq!(plain.raw(&key).await.unwrap(), None, "{key}");
     }
-    // The listener stops on the shutdown signal, like every task of the process.
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), listener)
-        .await
-        .expect("the listener did not stop on shutdown")
-        .unwrap()
-        .unwrap();
+    under_test.stop().await;
+}
+
+/// A Redis backend under test, with its pub/sub listener running.
+pub(crate) struct RedisUnderTest {
+    pub(crate) backend: Backend,
+    shutdown: CancellationToken,
+    listener: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RedisUnderTest {
+    /// The store and the registry of worker group `group` of `redis`, and its listener.
+    pub(crate) fn start(name: &'static str, redis: &Redis, group: &str) -> Self {
+        let registry = redis.registry(group);
+        let shutdown = CancellationToken::new();
+        let listener = tokio::spawn(redis.listener(Some(&registry)).run(shutdown.clone()));
+        Self {
+            backend: Backend {
+                name,
+                store: Store::Redis(Box::new(redis.store())),
+                registry: Registry::Redis(Box::new(registry)),
+            },
+            shutdown,
+            listener,
+        }
+    }
+
+    /// Stops the listener: it must stop on the shutdown signal, like every task of the
+    /// process.
+    pub(crate) async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.listener)
+            .await
+            .expect("the listener did not stop on shutdown")
+            .unwrap()
+            .unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{
-    cache_client, go_request, kafka_config, order_client, services, unique, wait_result,
-};
+use crate::support::{cache_client, go_request, kafka_config, services, unique, wait_result};
 use order_pipeline::app::{self, Role};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -109,16 +107,6 @@ async fn kafka_properties_reach_every_client() {
         ("security.protocol".into(), "plaintext".into()),
     ];
     let running = app::start(Role::All, &config).await.unwrap();
-    let mut orders = order_client(running.order_addr.unwrap()).await;
-    let mut cache = cache_client(running.cache_addr.unwrap()).await;
-    let id = unique("props");
-    orders
-        .create_order(go_request(&id, "book", 42))
-        .await
-        .unwrap();
-    assert_eq!(
-        wait_result(&mut cache, &id, 30).await.unwrap().status,
-        "done"
-    );
+    crate::support::decide_one(&running, "props").await;
     running.stop().await.unwrap();
 }

@@ -157,17 +157,7 @@ async fn kafka_pipeline_reports_consumer_lag_and_end_to_end_latency() {
     config.metrics_addr = Some(crate::support::LOOPBACK_ANY_PORT);
     let running = app::start(Role::All, &config).await.unwrap();
     let addr = running.metrics_addr.unwrap();
-    let mut orders = order_client(running.order_addr.unwrap()).await;
-    let mut cache = cache_client(running.cache_addr.unwrap()).await;
-    let id = unique("metrics-kafka");
-    orders
-        .create_order(go_request(&id, "book", 42))
-        .await
-        .unwrap();
-    assert_eq!(
-        wait_result(&mut cache, &id, 30).await.unwrap().status,
-        "done"
-    );
+    crate::support::decide_one(&running, "metrics-kafka").await;
     let topic = config.kafka_topic.clone();
     let scraped = tokio::task::spawn_blocking(move || {
         // librdkafka reports its statistics every 5 s.

@@ -4,16 +4,11 @@
 //! layout (`order:<id>` as the Go clients read it, `{order:<id>}:result` in its slot),
 //! and the pipeline deciding orders through the cluster.
 
-use std::time::Duration;
-
 use order_pipeline::app::{self, Role};
 use order_pipeline::backends::redis::{Redis, RedisStore, hash_tag};
 use order_pipeline::domain::ResultStatus;
-use order_pipeline::rules::registry::Registry;
-use order_pipeline::store::Store;
-use tokio_util::sync::CancellationToken;
 
-use crate::contract::{Backend, result, run_contract};
+use crate::contract::{RedisUnderTest, result, run_contract};
 use crate::support::{
     cache_client, go_request, kafka_config, order_client, redis_cluster, services, unique,
     wait_result,
@@ -36,15 +31,9 @@ async fn contract_redis_cluster() {
         .await
         .unwrap();
     assert!(redis.is_cluster());
-    let registry = redis.registry(&unique("cluster-group"));
-    let shutdown = CancellationToken::new();
-    let listener = tokio::spawn(redis.listener(Some(&registry)).run(shutdown.clone()));
-    let backend = Backend {
-        name: "redis cluster",
-        store: Store::Redis(Box::new(redis.store())),
-        registry: Registry::Redis(Box::new(registry)),
-    };
-    run_contract(&backend).await;
+    let under_test = RedisUnderTest::start("redis cluster", &redis, &unique("cluster-group"));
+    let backend = &under_test.backend;
+    run_contract(backend).await;
 
     // The Go key as it always was, and the full result in its slot.
     let plain = RedisStore::connect(&nodes).await.unwrap();
@@ -69,12 +58,7 @@ async fn contract_redis_cluster() {
         assert!(json.contains("\"status\":\"done\""), "{json}");
         assert!(plain.raw(&full).await.unwrap().is_some(), "{full}");
     }
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), listener)
-        .await
-        .expect("the listener did not stop on shutdown")
-        .unwrap()
-        .unwrap();
+    under_test.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,10 +10,7 @@ use order_pipeline::app::{self, Role};
 use order_pipeline::config::{RedisTls, TlsFiles};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
-use crate::support::{
-    cache_client, cli, embedded_config, free_addr, go_request, kafka_config, order_client,
-    services, unique, wait_result,
-};
+use crate::support::{cli, embedded_config, free_addr, kafka_config, services};
 
 /// A CA, and a certificate it signed for each of `names`, as PEM files in `dir`:
 /// `NAME.pem` and `NAME.key` (the CA is `ca`).
@@ -275,17 +272,7 @@ async fn the_pipeline_reaches_redis_over_tls_with_a_client_certificate() {
     // The whole path through the TLS Redis: result written, announced, read.
     config.redis_tls = tls("ca", Some("pipeline"));
     let running = app::start(Role::All, &config).await.unwrap();
-    let mut orders = order_client(running.order_addr.unwrap()).await;
-    let mut cache = cache_client(running.cache_addr.unwrap()).await;
-    let id = unique("tls-redis");
-    orders
-        .create_order(go_request(&id, "book", 42))
-        .await
-        .unwrap();
-    assert_eq!(
-        wait_result(&mut cache, &id, 30).await.unwrap().status,
-        "done"
-    );
+    crate::support::decide_one(&running, "tls-redis").await;
     running.stop().await.unwrap();
 }
 

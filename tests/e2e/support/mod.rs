@@ -323,6 +323,22 @@ impl Drop for OwnKafka {
     }
 }
 
+/// Submits one Go order (`prefix`-unique id, a book at 42) to a running pipeline and
+/// waits up to 30 s for it to be `done`; returns its id.
+#[allow(clippy::unwrap_used)]
+pub async fn decide_one(running: &order_pipeline::app::Running, prefix: &str) -> String {
+    let mut orders = order_client(running.order_addr.unwrap()).await;
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+    let id = unique(prefix);
+    orders
+        .create_order(go_request(&id, "book", 42))
+        .await
+        .unwrap();
+    let result = wait_result(&mut cache, &id, 30).await.unwrap();
+    assert_eq!(result.status, "done", "{id}");
+    id
+}
+
 /// `CacheService.GetOrderResults` against a running pipeline: a batch read back in one
 /// call, in order; found = false for ids without a result (at once, or after a wait);
 /// and its INVALID_ARGUMENT cases. Panics (a failed test) on any mismatch.
