@@ -258,12 +258,7 @@ async fn leader_lost_from_a_three_node_cluster_loses_nothing() {
     let mut kafka = Kafka::start(dir.path(), 3);
     let redis = Redis::start(dir.path());
     let env = RoleEnv::kafka(dir.path(), &kafka, &redis, 3);
-    let topic = env
-        .common
-        .iter()
-        .find(|(k, _)| k == "KAFKA_TOPIC")
-        .map(|(_, v)| v.clone())
-        .unwrap();
+    let topic = env.topic();
     let mut roles = Roles::start(env, 2);
     let mut run = Run::start(&roles.order_addr, &roles.cache_addr, "leader", usize::MAX);
     run.load.wait_more(1000, Duration::from_secs(120)).await;

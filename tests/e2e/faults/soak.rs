@@ -66,12 +66,7 @@ async fn soak() {
     let mut kafka = Kafka::start(dir.path(), 3);
     let mut redis = Redis::start(dir.path());
     let env = RoleEnv::kafka(dir.path(), &kafka, &redis, 3);
-    let topic = env
-        .common
-        .iter()
-        .find(|(k, _)| k == "KAFKA_TOPIC")
-        .map(|(_, v)| v.clone())
-        .unwrap();
+    let topic = env.topic();
     let mut roles = Roles::start(env, 2);
     let cache_addr = roles.cache_addr.clone();
     let mut run = Run::start_at(

@@ -314,6 +314,15 @@ pub struct RoleEnv {
 }
 
 impl RoleEnv {
+    /// The order topic the roles use.
+    pub fn topic(&self) -> String {
+        self.common
+            .iter()
+            .find(|(k, _)| k == "KAFKA_TOPIC")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    }
+
     /// Roles on `kafka` and `redis`, with topics and group of their own.
     pub fn kafka(dir: &Path, kafka: &Kafka, redis: &Redis, replication: usize) -> Self {
         let prefix = crate::support::unique("fault");
