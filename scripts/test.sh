@@ -89,7 +89,9 @@ CLUSTER_NODES=()
 for n in 1 2 3; do
   port="$(free_port)"
   mkdir -p "$RUN_DIR/cluster-$n"
-  redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
+  # The cluster bus port is given too: by default it is the port + 10000, which does not
+  # exist for a free port above 55535.
+  redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes --cluster-port "$(free_port)" \
     --cluster-config-file "$RUN_DIR/cluster-$n/nodes.conf" --save '' --appendonly no \
     --dir "$RUN_DIR/cluster-$n" --logfile "$RUN_DIR/cluster-$n/redis.log" &
   PIDS+=("$!")
@@ -102,6 +104,10 @@ for _ in $(seq 1 100); do
   redis-cli -p "${CLUSTER_NODES[0]#*:}" cluster info | grep -q '^cluster_state:ok' && break
   sleep 0.1
 done
+if ! redis-cli -p "${CLUSTER_NODES[0]#*:}" cluster info | grep -q '^cluster_state:ok'; then
+  echo "error: the Redis Cluster did not come up (see $RUN_DIR/cluster-*/redis.log)" >&2
+  exit 1
+fi
 wait_port "$KAFKA_PORT" 60 "Apache Kafka (see $RUN_DIR/kafka/broker.log)"
 export TEST_REDIS_ADDR="127.0.0.1:$REDIS_PORT"
 export TEST_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"

@@ -266,18 +266,7 @@ async fn the_log_is_pruned_once_committed_and_results_after_their_ttl() {
     let mut cache = cache_client(running.cache_addr.unwrap()).await;
     let db = running.embedded.clone().unwrap();
 
-    let batch = (0..20)
-        .map(|i| go_request(&format!("old-{i}"), "pen", 100 + i))
-        .collect();
-    orders
-        .create_orders(CreateOrdersRequest { orders: batch })
-        .await
-        .unwrap();
-    for i in 0..20 {
-        wait_result(&mut cache, &format!("old-{i}"), 30)
-            .await
-            .unwrap();
-    }
+    crate::support::decide_batch(&running, "old", 20).await;
     // Results made before the cutoff expire; the one made after it stays.
     let cutoff = order_pipeline::domain::now_unix_ms() + 1;
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;

@@ -5,10 +5,9 @@
 use std::time::{Duration, Instant};
 
 use order_pipeline::app::{self, Role};
-use order_pipeline::proto::CreateOrdersRequest;
 use order_pipeline::rules::status::WorkerStatus;
 
-use crate::support::{cache_client, cli, embedded_config, go_request, order_client, wait_result};
+use crate::support::{cli, embedded_config};
 
 async fn status(admin: &str) -> (i32, String) {
     let admin = admin.to_string();
@@ -26,20 +25,7 @@ async fn plugin_status_lists_live_workers_and_flags_the_ones_behind() {
         .await
         .unwrap();
     let admin = format!("http://{}", running.admin_addr.unwrap());
-    let mut orders = order_client(running.order_addr.unwrap()).await;
-    let mut cache = cache_client(running.cache_addr.unwrap()).await;
-    let batch = (0..20)
-        .map(|i| go_request(&format!("status-{i}"), "book", 100 + i))
-        .collect();
-    orders
-        .create_orders(CreateOrdersRequest { orders: batch })
-        .await
-        .unwrap();
-    for i in 0..20 {
-        wait_result(&mut cache, &format!("status-{i}"), 30)
-            .await
-            .unwrap();
-    }
+    crate::support::decide_batch(&running, "status", 20).await;
     let live = running.live.clone().unwrap();
     let active = live.current().version;
 

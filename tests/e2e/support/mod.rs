@@ -339,6 +339,26 @@ pub async fn decide_one(running: &order_pipeline::app::Running, prefix: &str) ->
     id
 }
 
+/// Submits `count` Go orders in one `CreateOrders` call (ids `prefix-0`...; a pen priced
+/// 100 + i) to a running pipeline and waits up to 30 s for each result.
+#[allow(clippy::unwrap_used)]
+pub async fn decide_batch(running: &order_pipeline::app::Running, prefix: &str, count: i32) {
+    let mut orders = order_client(running.order_addr.unwrap()).await;
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+    let batch = (0..count)
+        .map(|i| go_request(&format!("{prefix}-{i}"), "pen", 100 + i))
+        .collect();
+    orders
+        .create_orders(order_pipeline::proto::CreateOrdersRequest { orders: batch })
+        .await
+        .unwrap();
+    for i in 0..count {
+        wait_result(&mut cache, &format!("{prefix}-{i}"), 30)
+            .await
+            .unwrap();
+    }
+}
+
 /// `CacheService.GetOrderResults` against a running pipeline: a batch read back in one
 /// call, in order; found = false for ids without a result (at once, or after a wait);
 /// and its INVALID_ARGUMENT cases. Panics (a failed test) on any mismatch.
