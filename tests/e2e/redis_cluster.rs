@@ -25,6 +25,12 @@ async fn contract_redis_cluster() {
         .unwrap();
     assert!(one.is_cluster(), "a cluster node is detected as such");
     drop(one);
+    // REDIS_CLUSTER=false: taken as a single Redis, whatever the node says.
+    let forced = Redis::connect(first, "", &Default::default(), Some(false))
+        .await
+        .unwrap();
+    assert!(!forced.is_cluster());
+    drop(forced);
 
     let prefix = format!("{}:", unique("cluster-prefix"));
     let redis = Redis::connect(&nodes, &prefix, &Default::default(), None)

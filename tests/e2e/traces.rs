@@ -368,3 +368,59 @@ async fn run_embedded_keeps_one_trace_from_the_order_service_to_the_worker() {
         .count();
     assert_eq!(rules, 4, "one span per rule of the default ruleset");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sdk_sampler_variables_decide_which_orders_are_traced() {
+    // The README's advice: sample with OTEL_TRACES_SAMPLER. Sampled off, an order's path
+    // exports nothing, while the receiver is the same.
+    let (endpoint, spans) = receiver().await;
+    let data = tempfile::tempdir().unwrap();
+    let (orders, cache) = (free_addr(), free_addr());
+    let data_dir = data.path().to_string_lossy().into_owned();
+    let env: Vec<(&str, &str)> = vec![
+        ("DATA_DIR", &data_dir),
+        ("ORDER_SERVICE_ADDR", &orders),
+        ("CACHE_SERVICE_ADDR", &cache),
+        ("ADMIN_ADDR", "127.0.0.1:0"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0"),
+    ];
+    let run = tokio::task::block_in_place(|| start_role("run", &env, Some(&cache)));
+    let mut submit = order_client(orders.parse().unwrap()).await;
+    let mut read = cache_client(cache.parse().unwrap()).await;
+    let unsampled = unique("unsampled");
+    submit
+        .create_order(go_request(&unsampled, "book", 42))
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_result(&mut read, &unsampled, 60).await.unwrap().status,
+        "done"
+    );
+    // A caller whose traceparent says "sampled" is still traced (parent-based): it shows
+    // the exporter works, and that the unsampled order's spans had their chance to go.
+    let (client_trace, client_span) = ("5bf92f3577b34da6a3ce929d0e0e4736", "10f067aa0ba902b7");
+    let sampled = unique("sampled");
+    submit
+        .create_order(traced(
+            go_request(&sampled, "book", 42),
+            &format!("00-{client_trace}-{client_span}-01"),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_result(&mut read, &sampled, 60).await.unwrap().status,
+        "done"
+    );
+    let received = spans_until(&spans, |s| find(s, "process embedded", &sampled).is_some()).await;
+    drop(run);
+    assert!(
+        received
+            .iter()
+            .all(|s| s.attributes.get("order.id") != Some(&unsampled)),
+        "spans of the unsampled order were exported"
+    );
+    assert!(received.iter().all(|s| s.trace_id == client_trace));
+}
