@@ -11,7 +11,9 @@ use std::time::Duration;
 use order_pipeline::backends::embedded::EmbeddedDb;
 use order_pipeline::backends::kafka::{self, KafkaPublisher, OrderConsumer};
 use order_pipeline::backends::redis::Redis;
-use order_pipeline::domain::ruleset::{ActivateError, Expect, RulesetBody};
+use order_pipeline::domain::ruleset::{
+    ActivateError, Collected, Expect, HistoryLimits, RuleRef, RulesetBody,
+};
 use order_pipeline::domain::{Order, OrderResult, PutOutcome, ResultStatus, Totals};
 use order_pipeline::order_log::Publisher;
 use order_pipeline::rules::registry::Registry;
@@ -322,6 +324,98 @@ async fn heartbeats_are_listed_until_they_expire(b: &Backend) {
     assert!(listed.contains(&beat(&long, 2)), "{}", b.name);
 }
 
+fn uses(reason: &str, digests: &[&str]) -> RulesetBody {
+    let rules = digests
+        .iter()
+        .map(|digest| RuleRef {
+            name: format!("rule-{digest}"),
+            version: "1".into(),
+            digest: (*digest).to_string(),
+            config: Vec::new(),
+            isolation: Default::default(),
+        })
+        .collect();
+    RulesetBody {
+        rules,
+        ..body(reason)
+    }
+}
+
+/// The registry keeps the newest versions and the blobs they use; a blob no kept version
+/// uses goes once its grace is over, and cannot be pinned for an activation after that.
+async fn registry_collects_beyond_the_history_limit(b: &Backend) {
+    let r = &b.registry;
+    let [a, shared, c, late] = ["a", "shared", "c", "late"].map(unique);
+    for digest in [&a, &shared, &c] {
+        r.put_plugin(digest, digest.as_bytes()).await.unwrap();
+    }
+    let mut active = r.active_version().await.unwrap().unwrap();
+    for (reason, digests) in [
+        ("uses a", [a.as_str(), shared.as_str()]),
+        ("uses c", [c.as_str(), shared.as_str()]),
+        ("uses c again", [c.as_str(), shared.as_str()]),
+    ] {
+        active = r
+            .activate(&uses(reason, &digests), Expect::Version(active))
+            .await
+            .unwrap();
+    }
+    let keep = |versions, grace_s| HistoryLimits {
+        versions,
+        blob_grace: Duration::from_secs(grace_s),
+    };
+    r.put_plugin(&late, b"late").await.unwrap();
+    // Within their grace unused blobs stay: a deploy uploads before it activates.
+    let collected = r.collect(&keep(2, 3600)).await.unwrap();
+    let expected = Collected {
+        versions: active - 2,
+        blobs: 0,
+    };
+    assert_eq!(collected, expected, "{}", b.name);
+    let kept: Vec<u64> = r
+        .history()
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(kept, [active, active - 1], "{}", b.name);
+    assert_eq!(r.oldest_version().await.unwrap(), active - 1, "{}", b.name);
+    assert!(r.get(active - 2).await.unwrap().is_none(), "{}", b.name);
+    assert!(r.plugin(&a).await.unwrap().is_some(), "{}", b.name);
+
+    let collected = r.collect(&keep(2, 0)).await.unwrap();
+    assert_eq!(collected.versions, 0, "{}", b.name);
+    assert!(collected.blobs >= 2, "{}: {collected:?}", b.name); // a, late (and older)
+    for gone in [&a, &late] {
+        assert_eq!(r.plugin(gone).await.unwrap(), None, "{}", b.name);
+    }
+    for digest in [&shared, &c] {
+        assert!(r.plugin(digest).await.unwrap().is_some(), "{}", b.name);
+    }
+    assert_eq!(
+        r.pin(&[&c, &a]).await.unwrap(),
+        vec![a.clone()],
+        "{}",
+        b.name
+    );
+
+    // A new version moves the window on.
+    r.put_plugin(&late, b"late").await.unwrap();
+    let next = r
+        .activate(&uses("uses late", &[&late]), Expect::Version(active))
+        .await
+        .unwrap();
+    let collected = r.collect(&keep(1, 0)).await.unwrap();
+    let expected = Collected {
+        versions: 2,
+        blobs: 2, // c and shared
+    };
+    assert_eq!(collected, expected, "{}", b.name);
+    assert_eq!(r.oldest_version().await.unwrap(), next, "{}", b.name);
+    assert_eq!(r.pin(&[&late]).await.unwrap(), Vec::<String>::new());
+}
+
 pub(crate) async fn run_contract(b: &Backend) {
     put_and_first_final_result_wins(b).await;
     batch_reads_keep_the_order_of_ids(b).await;
@@ -329,6 +423,7 @@ pub(crate) async fn run_contract(b: &Backend) {
     registry_compare_and_set_history_and_blobs(b).await;
     registry_changes_are_notified(b).await;
     heartbeats_are_listed_until_they_expire(b).await;
+    registry_collects_beyond_the_history_limit(b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,6 +452,25 @@ async fn contract_redis() {
     let under_test = RedisUnderTest::start("redis", &redis, &unique("contract-group"));
     let backend = &under_test.backend;
     run_contract(backend).await;
+    // A plugin stored before each worker group kept its own (under the prefix, shared by
+    // the groups) is still read, and counts as present when a version goes live.
+    let old = unique("shared-digest");
+    let (host, port) = services.redis.rsplit_once(':').unwrap();
+    let set = std::process::Command::new("redis-cli")
+        .args(["-h", host, "-p", port, "SET"])
+        .arg(format!("{prefix}pipeline:plugin:{old}"))
+        .arg("old-bytes")
+        .output()
+        .unwrap();
+    assert!(set.status.success(), "{set:?}");
+    assert_eq!(
+        backend.registry.plugin(&old).await.unwrap().as_deref(),
+        Some(&b"old-bytes"[..])
+    );
+    assert_eq!(
+        backend.registry.pin(&[&old]).await.unwrap(),
+        Vec::<String>::new()
+    );
     // Its keys are under the prefix, and nothing is written under the Go names.
     let id = unique("prefixed");
     backend

@@ -7,6 +7,11 @@ use crate::support::{
     wait_result,
 };
 use order_pipeline::app::{self, Role};
+use order_pipeline::backends::embedded::EmbeddedDb;
+use order_pipeline::config::HistoryLimits;
+use order_pipeline::metrics as m;
+
+use crate::metrics::{scrape, value};
 use order_pipeline::proto::admin::admin_service_client::AdminServiceClient;
 use order_pipeline::proto::admin::{self, DeployRequest, deploy_request::Position};
 use order_pipeline::proto::{CreateOrdersRequest, OrderLine, OrderRequest};
@@ -365,6 +370,120 @@ async fn rollback_and_activate_make_new_versions_with_old_contents() {
     );
     assert!(history[0].active && !history[1].active);
     running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_limit_drops_old_versions_and_the_plugins_only_they_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = embedded_config(dir.path());
+    config.history = HistoryLimits {
+        versions: 3,
+        blob_grace: Duration::ZERO,
+    };
+    config.metrics_addr = Some(crate::support::LOOPBACK_ANY_PORT);
+    let running = app::start(Role::All, &config).await.unwrap();
+    let metrics = running.metrics_addr.unwrap();
+    let removed = move || {
+        let scrape = scrape(metrics);
+        ["ruleset_versions", "plugin_blobs"]
+            .map(|what| value(&scrape, m::RETENTION_REMOVED, &[("what", what)]))
+    };
+    // The recorder is one per process: other tests add to the counts, so compare growth.
+    let before = tokio::task::spawn_blocking(removed).await.unwrap();
+    let mut admin = AdminServiceClient::connect(format!("http://{}", running.admin_addr.unwrap()))
+        .await
+        .unwrap();
+    let chaos = std::fs::read(built_plugin("rule_chaos")).unwrap();
+    let v2 = admin
+        .deploy(DeployRequest {
+            wasm: chaos,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let chaos_digest = v2.rules.last().unwrap().digest.clone();
+    let v3 = admin
+        .rollback(admin::RollbackRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(v3.rules.iter().all(|r| r.digest != chaos_digest));
+    // Version 2 is still kept, so its plugin is too: it can go live again.
+    let v4 = admin
+        .activate(admin::ActivateRequest {
+            version: v2.version,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v4.rules, v2.rules);
+    let v5 = admin
+        .activate(admin::ActivateRequest {
+            version: v3.version,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let v6 = admin
+        .deploy(tax_deploy("US:1000"))
+        .await
+        .unwrap()
+        .into_inner();
+    let v7 = admin
+        .deploy(tax_deploy("US:2000"))
+        .await
+        .unwrap()
+        .into_inner();
+    let kept = [&v5, &v6, &v7];
+    assert!(
+        kept.iter()
+            .flat_map(|v| &v.rules)
+            .all(|r| r.digest != chaos_digest)
+    );
+
+    let history: Vec<u64> = admin
+        .history(admin::HistoryRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .versions
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(history, [v7.version, v6.version, v5.version]);
+    let after = tokio::task::spawn_blocking(removed).await.unwrap();
+    assert!(
+        after[0] - before[0] >= 4.0,
+        "versions {before:?} -> {after:?}"
+    );
+    assert!(after[1] - before[1] >= 1.0, "blobs {before:?} -> {after:?}");
+    let dropped = admin
+        .activate(admin::ActivateRequest {
+            version: v2.version,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(dropped.code(), tonic::Code::NotFound, "{dropped:?}");
+    assert!(
+        dropped.message().contains("no longer kept")
+            && dropped.message().contains("RULESET_HISTORY"),
+        "{}",
+        dropped.message()
+    );
+    running.stop().await.unwrap();
+
+    // No kept version uses rule-chaos: its blob is gone; every kept version's are there.
+    let db = EmbeddedDb::open(dir.path()).unwrap();
+    assert_eq!(db.plugin(&chaos_digest).await.unwrap(), None);
+    for rule in kept.iter().flat_map(|v| &v.rules) {
+        assert!(
+            db.plugin(&rule.digest).await.unwrap().is_some(),
+            "{}",
+            rule.name
+        );
+    }
+    db.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

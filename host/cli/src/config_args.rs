@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use order_pipeline::config::{self, Config, ConfigError, parse_listen};
+use order_pipeline::config::{self, Config, ConfigError, HistoryLimits, parse_listen};
 use order_rules_engine::{Limits, limits};
 
 /// The roles' configuration as flags and environment variables; [`ConfigArgs::into_config`]
@@ -143,6 +143,16 @@ pub(crate) struct ConfigArgs {
     /// them forever. The default is Kafka's default retention of the order topic.
     #[arg(long, env = "RESULT_TTL", default_value = "7d")]
     pub result_ttl: String,
+    /// How many ruleset versions the registry keeps, the active one included: activate
+    /// and rollback reach back that far, and the plugins only older versions used are
+    /// deleted.
+    #[arg(long, env = "RULESET_HISTORY", default_value_t = config::DEFAULT_RULESET_HISTORY,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub ruleset_history: u64,
+    /// How long a plugin no kept version uses stays after its last upload or activation
+    /// (a duration such as 10m or 1h, or 0).
+    #[arg(long, env = "PLUGIN_GRACE", default_value = "10m")]
+    pub plugin_grace: String,
     /// Limits of every plugin call.
     #[command(flatten)]
     pub limits: LimitArgs,
@@ -218,6 +228,10 @@ impl ConfigArgs {
             quarantine_window: self.quarantine_window,
             produce_timeout_ms: self.produce_timeout_ms,
             result_ttl: config::parse_ttl("RESULT_TTL", &self.result_ttl)?,
+            history: HistoryLimits {
+                versions: self.ruleset_history,
+                blob_grace: config::parse_grace(&self.plugin_grace)?,
+            },
             native_baseline: self.limits.native_baseline,
             limits: self.limits.limits(),
         };

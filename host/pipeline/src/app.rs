@@ -298,7 +298,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
             (None, Some(registry)) => Registry::Redis(Box::new(registry)),
             (None, None) => anyhow::bail!("the worker has no registry (a bug in start-up)"),
         };
-        let live = LiveRuleset::start(engine, registry, seed).await?;
+        let live = LiveRuleset::start(engine, registry, seed, config.history).await?;
         let stop = shutdown.clone();
         tasks.spawn(Arc::clone(&live).follow(Arc::clone(&readiness), stop));
         live_ruleset = Some(Arc::clone(&live));

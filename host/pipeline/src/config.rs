@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use order_rules_engine::Limits;
 
+pub use crate::domain::ruleset::HistoryLimits;
+
 /// A configuration value that is not usable; the message names the variable and what
 /// to fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,6 +89,8 @@ pub struct Config {
     pub produce_timeout_ms: u64,
     /// How long a result lives after it is stored (`RESULT_TTL`); `None`: forever.
     pub result_ttl: Option<Duration>,
+    /// How much ruleset history the registry keeps (`RULESET_HISTORY`, `PLUGIN_GRACE`).
+    pub history: HistoryLimits,
     /// Limits of every plugin call.
     pub limits: Limits,
     /// Benchmark baseline, never for production: the built-in rules run compiled into
@@ -176,6 +180,18 @@ impl RedisTls {
 /// is kept and wins; older results go, so Redis and the embedded database stop growing.
 pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// How many ruleset versions the registry keeps by default: 20, the active one
+/// included. `activate` and `rollback` reach back that far; every plugin those versions
+/// use stays stored, so the registry holds at most 20 versions' worth of plugins (an
+/// interpreter-based plugin is 10–20 MB) however many deploys there were.
+pub const DEFAULT_RULESET_HISTORY: u64 = 20;
+
+/// How long a plugin blob no kept version uses stays by default after its last upload or
+/// activation: 10 minutes. A deploy uploads its plugin, then checks the new chain
+/// (compiling a big plugin takes seconds) before it activates the version that uses it;
+/// the grace keeps the blob through that with a wide margin.
+pub const DEFAULT_PLUGIN_GRACE: Duration = Duration::from_secs(600);
+
 /// The documented defaults of the listen addresses (the Go system's ports).
 pub const DEFAULT_ORDER_SERVICE_ADDR: &str = "0.0.0.0:50051";
 /// See [`DEFAULT_ORDER_SERVICE_ADDR`].
@@ -221,6 +237,10 @@ impl Default for Config {
             quarantine_window: 20,
             produce_timeout_ms: 5000,
             result_ttl: Some(DEFAULT_RESULT_TTL),
+            history: HistoryLimits {
+                versions: DEFAULT_RULESET_HISTORY,
+                blob_grace: DEFAULT_PLUGIN_GRACE,
+            },
             limits: Limits::default(),
             native_baseline: false,
         }
@@ -373,6 +393,20 @@ pub fn parse_ttl(name: &str, value: &str) -> Result<Option<Duration>, ConfigErro
     }
 }
 
+/// Parses `PLUGIN_GRACE`: a duration such as 10m or 1h, or 0 (unused blobs go at the
+/// next change).
+pub fn parse_grace(value: &str) -> Result<Duration, ConfigError> {
+    let value = value.trim();
+    if value == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(value).map_err(|e| {
+        ConfigError(format!(
+            "PLUGIN_GRACE `{value}` is not a duration ({e}); give e.g. 10m or 1h, or 0"
+        ))
+    })
+}
+
 /// Parses a listen address of variable `name`; Go's `:50051` form means every interface.
 pub fn parse_listen(name: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     let value = value.trim();
@@ -420,6 +454,18 @@ mod ttl_tests {
             Some(Duration::from_secs(90))
         );
         assert_eq!(parse_ttl("RESULT_TTL", "0").unwrap(), None);
+        assert_eq!(parse_grace(" 0 ").unwrap(), Duration::ZERO);
+        assert_eq!(parse_grace("10m").unwrap(), DEFAULT_PLUGIN_GRACE);
+        let err = parse_grace("later").unwrap_err();
+        assert!(err.0.starts_with("PLUGIN_GRACE `later`"), "{err}");
+        let limits = |versions| HistoryLimits {
+            versions,
+            blob_grace: Duration::ZERO,
+        };
+        let last_dropped = crate::domain::ruleset::last_dropped;
+        assert_eq!(last_dropped(5, &limits(20)), 0);
+        assert_eq!(last_dropped(25, &limits(20)), 5);
+        assert_eq!(last_dropped(25, &limits(0)), 24); // the active version always stays
         let err = parse_ttl("RESULT_TTL", "soon").unwrap_err();
         assert!(
             err.0.starts_with("RESULT_TTL `soon` is not a duration"),

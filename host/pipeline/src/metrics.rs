@@ -47,9 +47,11 @@ pub const RULESET_VERSION: &str = "order_pipeline_ruleset_active_version";
 /// yet (librdkafka's `consumer_lag`, refreshed every 5 s).
 pub const CONSUMER_LAG: &str = "order_pipeline_consumer_lag";
 
-/// Counter `{what}`: what retention removed from the embedded database: `log` (entries
-/// the worker had committed) and `results` (older than `RESULT_TTL`). Redis expires
-/// results itself (its `INFO stats` counts them as `expired_keys`).
+/// Counter `{what}`: what retention removed: from the embedded database, `log` (entries
+/// the worker had committed) and `results` (older than `RESULT_TTL`); from the registry
+/// (either backend), `ruleset_versions` (beyond `RULESET_HISTORY`) and `plugin_blobs`
+/// (used by no kept version, and unused for `PLUGIN_GRACE`). Redis expires results
+/// itself (its `INFO stats` counts them as `expired_keys`).
 pub const RETENTION_REMOVED: &str = "order_pipeline_retention_removed_total";
 /// Gauge `{check}`: 1 while the check passes, 0 while it fails (`kafka`, `redis`,
 /// `ruleset`); the process answers health checks with NOT_SERVING while any is 0.

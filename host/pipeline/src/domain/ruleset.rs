@@ -63,3 +63,29 @@ pub enum ActivateError {
     #[error(transparent)]
     Store(#[from] anyhow::Error),
 }
+
+/// How much history the registry keeps (`RULESET_HISTORY`, `PLUGIN_GRACE`): the newest
+/// `versions` ruleset versions, and the plugin blobs they use. A blob no kept version
+/// uses goes once it has not been uploaded or activated for `blob_grace`: a deploy
+/// uploads its plugin before it activates the version that uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// Ruleset versions kept, the active one (always the newest) included; at least 1.
+    pub versions: u64,
+    /// How long an unused blob stays after its last upload or activation.
+    pub blob_grace: std::time::Duration,
+}
+
+/// The newest version a history of `latest` versions drops under `limits` (0: none).
+pub fn last_dropped(latest: u64, limits: &HistoryLimits) -> u64 {
+    latest.saturating_sub(limits.versions.max(1))
+}
+
+/// What a collection removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Ruleset versions older than the kept history.
+    pub versions: u64,
+    /// Plugin blobs no kept version uses.
+    pub blobs: u64,
+}

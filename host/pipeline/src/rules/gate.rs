@@ -13,7 +13,9 @@ use order_rules_engine::{Isolation, Order, RuleChain, RuleSpec, Status as EvalSt
 
 use super::live::{LiveRuleset, rule_ref};
 use crate::domain::now_unix_ms;
-use crate::domain::ruleset::{ActivateError, Expect, RuleRef, RulesetBody, RulesetRecord};
+use crate::domain::ruleset::{
+    ActivateError, Collected, Expect, RuleRef, RulesetBody, RulesetRecord,
+};
 
 /// Why a change to the live ruleset did not happen. The gRPC layer maps each kind to one
 /// status code (`grpc::status`).
@@ -287,14 +289,27 @@ impl Gate {
     }
 
     async fn version(&self, version: u64) -> Result<RulesetRecord, GateError> {
-        self.live
-            .registry()
+        let registry = self.live.registry();
+        if let Some(record) = registry
             .get(version)
             .await
             .map_err(GateError::Unavailable)?
-            .ok_or_else(|| {
-                GateError::NotFound(format!("version: there is no ruleset version {version}"))
-            })
+        {
+            return Ok(record);
+        }
+        let oldest = registry
+            .oldest_version()
+            .await
+            .map_err(GateError::Unavailable)?;
+        Err(GateError::NotFound(if version < oldest {
+            format!(
+                "version: ruleset version {version} is no longer kept: the history keeps the \
+                 newest {} versions (RULESET_HISTORY), from version {oldest}",
+                self.live.history_limits().versions
+            )
+        } else {
+            format!("version: there is no ruleset version {version}")
+        }))
     }
 
     async fn builds_and_decides(&self, rules: &[RuleRef], what: &str) -> Result<(), GateError> {
@@ -320,12 +335,25 @@ impl Gate {
     /// Activates `body` if `expect` is still the active version, and switches this
     /// process at once.
     async fn switch(&self, body: RulesetBody, expect: u64) -> Result<RulesetRecord, GateError> {
-        let version = match self
-            .live
-            .registry()
-            .activate(&body, Expect::Version(expect))
+        let registry = self.live.registry();
+        // Marked in use first, so that no collection takes a blob while it goes live.
+        let digests: Vec<&str> = body.rules.iter().map(|r| r.digest.as_str()).collect();
+        let gone = registry
+            .pin(&digests)
             .await
-        {
+            .map_err(GateError::Unavailable)?;
+        if let Some(digest) = gone.first() {
+            let name = body
+                .rules
+                .iter()
+                .find(|r| &r.digest == digest)
+                .map_or("?", |r| r.name.as_str());
+            return Err(GateError::Refused(format!(
+                "the registry no longer has plugin {name} ({digest}): no kept version used it, \
+                 so it was collected; deploy it again"
+            )));
+        }
+        let version = match registry.activate(&body, Expect::Version(expect)).await {
             Ok(version) => version,
             Err(ActivateError::Conflict(_)) => return Err(GateError::Conflict),
             Err(ActivateError::Store(e)) => return Err(GateError::Unavailable(e)),
@@ -334,7 +362,34 @@ impl Gate {
         if let Err(e) = self.live.refresh().await {
             tracing::warn!(error = %format!("{e:#}"), "this process could not switch yet; it will retry");
         }
+        self.collect().await;
         Ok(RulesetRecord { version, body })
+    }
+
+    /// Keeps the registry within its history limits after a change (a failure only
+    /// delays the collection to the next change).
+    async fn collect(&self) {
+        let limits = self.live.history_limits();
+        match self.live.registry().collect(limits).await {
+            Ok(collected) => {
+                let removed = metrics::counter!(crate::metrics::RETENTION_REMOVED, "what" => "ruleset_versions");
+                removed.increment(collected.versions);
+                let removed =
+                    metrics::counter!(crate::metrics::RETENTION_REMOVED, "what" => "plugin_blobs");
+                removed.increment(collected.blobs);
+                if collected != Collected::default() {
+                    tracing::info!(
+                        versions = collected.versions,
+                        blobs = collected.blobs,
+                        keep = limits.versions,
+                        "dropped the ruleset versions beyond the history limit and the plugin blobs no kept version uses"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot collect the registry's history; the next change retries");
+            }
+        }
     }
 }
 

@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::registry::Registry;
 use crate::domain::now_unix_ms;
-use crate::domain::ruleset::{ActivateError, Expect, RuleRef, RulesetBody, RulesetRecord};
+use crate::domain::ruleset::{
+    ActivateError, Expect, HistoryLimits, RuleRef, RulesetBody, RulesetRecord,
+};
 use crate::readiness::Readiness;
 use order_rules_engine::{Engine, Plugin, RuleChain, RuleSpec};
 
@@ -36,15 +38,18 @@ pub struct LiveRuleset {
     plugins: Mutex<HashMap<String, Arc<Plugin>>>,
     swap: tokio::sync::Mutex<()>,
     last_error: Mutex<Option<String>>,
+    history: HistoryLimits,
 }
 
 impl LiveRuleset {
     /// Starts from the registry's active version; with none, stores `seed` (the
-    /// configured ruleset) as version 1.
+    /// configured ruleset) as version 1. Changes keep the registry's history within
+    /// `history`.
     pub async fn start(
         engine: Engine,
         registry: Registry,
         seed: RuleChain,
+        history: HistoryLimits,
     ) -> anyhow::Result<Arc<Self>> {
         let active = match registry.active().await? {
             Some(active) => {
@@ -96,6 +101,7 @@ impl LiveRuleset {
             plugins: Mutex::new(plugins),
             swap: tokio::sync::Mutex::new(()),
             last_error: Mutex::new(None),
+            history,
         });
         live.switch_to(&active).await?;
         Ok(live)
@@ -114,6 +120,11 @@ impl LiveRuleset {
     /// The registry.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// How much history the registry keeps.
+    pub fn history_limits(&self) -> &HistoryLimits {
+        &self.history
     }
 
     /// Switches to the registry's active version if it is not the current one; returns

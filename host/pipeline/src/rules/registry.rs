@@ -1,6 +1,8 @@
 //! The plugin registry shared by every worker: plugin components stored by sha256 digest,
 //! and the active ruleset (ordered plugin digests with their config) with a
-//! monotonically increasing version and its whole history. In Redis in Kafka mode
+//! monotonically increasing version and its history (the newest `RULESET_HISTORY`
+//! versions; [`Registry::collect`] drops older ones, and the blobs no kept version
+//! uses). In Redis in Kafka mode
 //! ([`backends::redis`](crate::backends::redis)), in the embedded database otherwise
 //! ([`backends::embedded`](crate::backends::embedded)). Every activation is one atomic
 //! compare-and-set that also notifies the workers (Redis pub/sub, or an in-process
@@ -14,7 +16,9 @@ use tokio::sync::watch;
 use crate::backends::embedded::EmbeddedDb;
 use crate::backends::redis::RedisRegistry;
 use crate::domain::heartbeat::WorkerStatus;
-use crate::domain::ruleset::{ActivateError, Expect, RulesetBody, RulesetRecord};
+use crate::domain::ruleset::{
+    ActivateError, Collected, Expect, HistoryLimits, RulesetBody, RulesetRecord,
+};
 
 /// The registry.
 #[derive(Clone)]
@@ -31,6 +35,33 @@ impl Registry {
         match self {
             Self::Redis(r) => r.put_plugin(digest, bytes).await,
             Self::Embedded(db) => db.put_plugin(digest, bytes).await,
+        }
+    }
+
+    /// Marks the blobs of `digests` as in use now, so that no collection takes them
+    /// within the grace period; answers the digests whose blob is gone.
+    pub async fn pin(&self, digests: &[&str]) -> anyhow::Result<Vec<String>> {
+        match self {
+            Self::Redis(r) => r.pin(digests).await,
+            Self::Embedded(db) => db.pin(digests).await,
+        }
+    }
+
+    /// Drops the versions older than the newest `limits.versions`, and the blobs that
+    /// no kept version uses and that nobody uploaded or activated within
+    /// `limits.blob_grace`.
+    pub async fn collect(&self, limits: &HistoryLimits) -> anyhow::Result<Collected> {
+        match self {
+            Self::Redis(r) => r.collect(limits).await,
+            Self::Embedded(db) => db.collect(limits).await,
+        }
+    }
+
+    /// The oldest version the history keeps (1 until the history limit dropped one).
+    pub async fn oldest_version(&self) -> anyhow::Result<u64> {
+        match self {
+            Self::Redis(r) => r.oldest_version().await,
+            Self::Embedded(db) => db.oldest_ruleset().await,
         }
     }
 
@@ -110,14 +141,15 @@ impl Registry {
         }
     }
 
-    /// Every version, newest first.
+    /// Every version kept, newest first.
     pub async fn history(&self) -> anyhow::Result<Vec<RulesetRecord>> {
         let latest = match self {
             Self::Redis(r) => r.latest_version().await?,
             Self::Embedded(db) => db.latest_ruleset().await?,
         };
+        let oldest = self.oldest_version().await?;
         let mut out = Vec::new();
-        for version in (1..=latest).rev() {
+        for version in (oldest..=latest).rev() {
             if let Some(record) = self.get(version).await? {
                 out.push(record);
             }

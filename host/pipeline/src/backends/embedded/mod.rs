@@ -35,6 +35,11 @@ const RESULT_TIMES: TableDefinition<(u64, &str), ()> = TableDefinition::new("res
 const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
 const PLUGINS: TableDefinition<&str, &[u8]> = TableDefinition::new("plugins");
 const RULESETS: TableDefinition<u64, &str> = TableDefinition::new("rulesets");
+/// When each plugin blob was last uploaded or activated (Unix ms, by digest); a blob
+/// without an entry counts as unused since 0.
+const PLUGIN_TIMES: TableDefinition<&str, i64> = TableDefinition::new("plugin_times");
+/// META key: the first ruleset version the history limit did not drop.
+const OLDEST_RULESET: &str = "oldest_ruleset";
 /// META key: the active ruleset version.
 const ACTIVE_RULESET: &str = "active_ruleset";
 /// META key: the newest ruleset version.
@@ -106,6 +111,7 @@ impl EmbeddedDb {
             txn.open_table(DEAD_LETTERS)?;
             txn.open_table(PLUGINS)?;
             txn.open_table(RULESETS)?;
+            txn.open_table(PLUGIN_TIMES)?;
             let meta = txn.open_table(META)?;
             meta.get(NEXT_SEQ)?.map_or(0, |v| v.value())
         };

@@ -1,13 +1,21 @@
-//! The embedded ruleset registry: plugin blobs by digest, ruleset versions and the active
-//! one, activated by compare-and-set in one transaction.
+//! The embedded ruleset registry: plugin blobs by digest with when each was last used,
+//! ruleset versions and the active one, activated by compare-and-set in one transaction;
+//! and the collection of the versions beyond the history limit and of the blobs no kept
+//! version uses, in one transaction too.
 
 use std::sync::Arc;
 
 use redb::{ReadableDatabase, ReadableTable};
 use tokio::sync::watch;
 
-use super::{ACTIVE_RULESET, EmbeddedDb, LATEST_RULESET, META, PLUGINS, RULESETS, blocking};
-use crate::domain::ruleset::{ActivateError, Expect};
+use super::{
+    ACTIVE_RULESET, EmbeddedDb, LATEST_RULESET, META, OLDEST_RULESET, PLUGIN_TIMES, PLUGINS,
+    RULESETS, blocking,
+};
+use crate::domain::now_unix_ms;
+use crate::domain::ruleset::{
+    ActivateError, Collected, Expect, HistoryLimits, RulesetBody, last_dropped,
+};
 
 impl EmbeddedDb {
     /// Keeps a worker's heartbeat in memory for `ttl` (the embedded mode has one worker,
@@ -31,15 +39,98 @@ impl EmbeddedDb {
         beats.values().map(|(json, _)| json.clone()).collect()
     }
 
-    /// Stores a plugin's bytes under its digest.
+    /// Stores a plugin's bytes under its digest, uploaded now.
     pub async fn put_plugin(&self, digest: &str, bytes: &[u8]) -> anyhow::Result<()> {
         let (db, digest, bytes) = (Arc::clone(&self.db), digest.to_string(), bytes.to_vec());
         blocking(move || {
             let txn = db.begin_write()?;
             txn.open_table(PLUGINS)?
                 .insert(digest.as_str(), bytes.as_slice())?;
+            txn.open_table(PLUGIN_TIMES)?
+                .insert(digest.as_str(), now_unix_ms())?;
             txn.commit()?;
             Ok(())
+        })
+        .await
+    }
+
+    /// Marks the blobs of `digests` as in use now; answers the digests that have none.
+    pub async fn pin(&self, digests: &[&str]) -> anyhow::Result<Vec<String>> {
+        let db = Arc::clone(&self.db);
+        let digests: Vec<String> = digests.iter().map(ToString::to_string).collect();
+        blocking(move || {
+            let txn = db.begin_write()?;
+            let mut missing = Vec::new();
+            {
+                let plugins = txn.open_table(PLUGINS)?;
+                let mut times = txn.open_table(PLUGIN_TIMES)?;
+                for digest in &digests {
+                    if plugins.get(digest.as_str())?.is_some() {
+                        times.insert(digest.as_str(), now_unix_ms())?;
+                    } else {
+                        missing.push(digest.clone());
+                    }
+                }
+            }
+            txn.commit()?;
+            Ok(missing)
+        })
+        .await
+    }
+
+    /// Drops the versions beyond `limits` and the blobs no kept version uses, unused
+    /// for `limits.blob_grace`.
+    pub async fn collect(&self, limits: &HistoryLimits) -> anyhow::Result<Collected> {
+        let (db, limits) = (Arc::clone(&self.db), *limits);
+        blocking(move || {
+            let grace = i64::try_from(limits.blob_grace.as_millis()).unwrap_or(i64::MAX);
+            let cutoff = now_unix_ms().saturating_sub(grace);
+            let txn = db.begin_write()?;
+            let mut collected = Collected::default();
+            {
+                let mut meta = txn.open_table(META)?;
+                let latest = meta.get(LATEST_RULESET)?.map_or(0, |v| v.value());
+                let drop_to = last_dropped(latest, &limits);
+                let mut rulesets = txn.open_table(RULESETS)?;
+                let dropped: Vec<u64> = rulesets
+                    .range(..=drop_to)?
+                    .map(|entry| entry.map(|(version, _)| version.value()))
+                    .collect::<Result<_, _>>()?;
+                for version in &dropped {
+                    rulesets.remove(version)?;
+                }
+                collected.versions = dropped.len() as u64;
+                if drop_to > 0 {
+                    meta.insert(OLDEST_RULESET, drop_to + 1)?;
+                }
+                let mut used = std::collections::HashSet::new();
+                for entry in rulesets.iter()? {
+                    let (version, body) = entry?;
+                    let body: RulesetBody = serde_json::from_str(body.value()).map_err(|e| {
+                        anyhow::anyhow!(
+                            "ruleset version {} is not valid ({e}): nothing collected",
+                            version.value()
+                        )
+                    })?;
+                    used.extend(body.rules.into_iter().map(|r| r.digest));
+                }
+                let mut plugins = txn.open_table(PLUGINS)?;
+                let mut times = txn.open_table(PLUGIN_TIMES)?;
+                let unused: Vec<String> = plugins
+                    .iter()?
+                    .map(|entry| entry.map(|(digest, _)| digest.value().to_string()))
+                    .collect::<Result<_, _>>()?;
+                for digest in unused.iter().filter(|d| !used.contains(*d)) {
+                    let last = times.get(digest.as_str())?.map_or(0, |t| t.value());
+                    if last <= cutoff {
+                        plugins.remove(digest.as_str())?;
+                        times.remove(digest.as_str())?;
+                        collected.blobs += 1;
+                    }
+                }
+            }
+            txn.commit()?;
+            Ok(collected)
         })
         .await
     }
@@ -67,6 +158,11 @@ impl EmbeddedDb {
     /// The active ruleset version.
     pub async fn active_ruleset(&self) -> anyhow::Result<Option<u64>> {
         self.meta(ACTIVE_RULESET).await
+    }
+
+    /// The oldest ruleset version the history keeps.
+    pub async fn oldest_ruleset(&self) -> anyhow::Result<u64> {
+        Ok(self.meta(OLDEST_RULESET).await?.unwrap_or(1))
     }
 
     /// The newest ruleset version (0 when there is none).

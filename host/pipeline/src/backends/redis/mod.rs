@@ -78,8 +78,10 @@ impl Keys {
         format!("{}pipeline:results-written", self.prefix)
     }
 
-    /// A plugin's bytes, by digest (shared by every worker group under the prefix).
-    pub fn plugin(&self, digest: &str) -> String {
+    /// Where a plugin's bytes were stored by digest, shared by every worker group under
+    /// the prefix, before each group kept its own (and collected them): still read, as a
+    /// fallback for rulesets made then; never written or collected.
+    pub fn shared_plugin(&self, digest: &str) -> String {
         format!("{}pipeline:plugin:{digest}", self.prefix)
     }
 

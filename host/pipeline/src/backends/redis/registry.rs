@@ -1,12 +1,14 @@
-//! The ruleset registry in Redis: plugin blobs by digest (`pipeline:plugin:<sha256>`,
-//! shared by every group), ruleset versions under the worker group's name, activated by
-//! one compare-and-set script that also publishes the new version.
+//! The ruleset registry in Redis, under the worker group's name: plugin blobs by digest
+//! with when each was last uploaded or activated, ruleset versions activated by one
+//! compare-and-set script that also publishes the new version, and one collection script
+//! that drops the versions beyond the history limit and the blobs no kept version uses.
 
 use anyhow::Context as _;
 use tokio::sync::watch;
 
 use super::{Conn, Keys};
-use crate::domain::ruleset::{ActivateError, Expect};
+use crate::domain::now_unix_ms;
+use crate::domain::ruleset::{ActivateError, Collected, Expect, HistoryLimits, last_dropped};
 
 /// Compare-and-set activation: KEYS = active, latest; ARGV = body, expected, prefix,
 /// channel. Returns the new version, or -active / 0 (none active) on a conflict.
@@ -25,6 +27,62 @@ redis.call('PUBLISH', ARGV[4], v)
 return v
 "#;
 
+/// Stores a blob and when it was uploaded: KEYS = blob, times; ARGV = bytes, now (ms),
+/// digest.
+const PUT_PLUGIN_SCRIPT: &str = r#"
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+return 1
+"#;
+
+/// Marks blobs as in use now: KEYS = times; ARGV = prefix, now (ms), digests. Returns
+/// the digests that have no blob under the group.
+const PIN_SCRIPT: &str = r#"
+local missing = {}
+for i = 3, #ARGV do
+  if redis.call('EXISTS', ARGV[1] .. ARGV[i]) == 1 then
+    redis.call('ZADD', KEYS[1], ARGV[2], ARGV[i])
+  else
+    table.insert(missing, ARGV[i])
+  end
+end
+return missing
+"#;
+
+/// Drops versions up to ARGV[3] and the blobs no kept version uses that were last
+/// pinned at or before ARGV[4]: KEYS = latest, oldest kept, times; ARGV = ruleset
+/// prefix, blob prefix, last version to drop, cutoff (ms). Returns {versions, blobs}.
+const COLLECT_SCRIPT: &str = r#"
+local latest = tonumber(redis.call('GET', KEYS[1]) or '0')
+local drop_to = tonumber(ARGV[3])
+local oldest = tonumber(redis.call('GET', KEYS[2]) or '1')
+local versions = 0
+for v = oldest, drop_to do
+  versions = versions + redis.call('DEL', ARGV[1] .. v)
+end
+if drop_to >= oldest then redis.call('SET', KEYS[2], drop_to + 1) end
+local used = {}
+for v = math.max(drop_to + 1, 1), latest do
+  local body = redis.call('GET', ARGV[1] .. v)
+  if body then
+    local ok, doc = pcall(cjson.decode, body)
+    if not ok or type(doc.rules) ~= 'table' then
+      return redis.error_reply('ruleset version ' .. v .. ' is not valid: nothing collected')
+    end
+    for _, rule in ipairs(doc.rules) do used[rule.digest] = true end
+  end
+end
+local blobs = 0
+for _, digest in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[4])) do
+  if not used[digest] then
+    redis.call('DEL', ARGV[2] .. digest)
+    redis.call('ZREM', KEYS[3], digest)
+    blobs = blobs + 1
+  end
+end
+return {versions, blobs}
+"#;
+
 /// The Redis registry: a connection plus the client for pub/sub. Rulesets live under
 /// the worker group's name (`pipeline:<group>:ruleset...`), so several pipelines can
 /// share one Redis; plugins are shared by digest.
@@ -32,6 +90,9 @@ return v
 pub struct RedisRegistry {
     connection: Conn,
     activate: redis::Script,
+    put_plugin: redis::Script,
+    pin: redis::Script,
+    collect: redis::Script,
     keys: Keys,
     /// The start of this group's keys (`<KEY_PREFIX>pipeline:<group>:`).
     namespace: String,
@@ -48,6 +109,18 @@ impl RedisRegistry {
     fn latest_key(&self) -> String {
         format!("{}ruleset-latest", self.namespace)
     }
+    /// The first version not dropped by the history limit (1 when none was).
+    fn oldest_key(&self) -> String {
+        format!("{}ruleset-oldest", self.namespace)
+    }
+    /// The start of the group's plugin blobs' keys.
+    fn plugin_prefix(&self) -> String {
+        format!("{}plugin:", self.namespace)
+    }
+    /// When each blob was last uploaded or activated (a sorted set: Unix ms by digest).
+    fn plugin_times_key(&self) -> String {
+        format!("{}plugin-times", self.namespace)
+    }
     /// Pub/sub channel announcing a new active version.
     pub fn channel(&self) -> String {
         format!("{}ruleset-changed", self.namespace)
@@ -57,6 +130,9 @@ impl RedisRegistry {
         Self {
             connection,
             activate: redis::Script::new(ACTIVATE_SCRIPT),
+            put_plugin: redis::Script::new(PUT_PLUGIN_SCRIPT),
+            pin: redis::Script::new(PIN_SCRIPT),
+            collect: redis::Script::new(COLLECT_SCRIPT),
             namespace: keys.registry(group),
             keys,
             changes: watch::channel(0).0,
@@ -70,16 +146,69 @@ impl RedisRegistry {
 }
 
 impl RedisRegistry {
-    /// Stores a plugin's bytes under its digest (idempotent).
+    /// Stores a plugin's bytes under its digest (idempotent), uploaded now.
     pub async fn put_plugin(&self, digest: &str, bytes: &[u8]) -> anyhow::Result<()> {
         let mut c = self.connection.clone();
-        let () = redis::cmd("SET")
-            .arg(self.keys.plugin(digest))
+        let _: i64 = self
+            .put_plugin
+            .key(format!("{}{digest}", self.plugin_prefix()))
+            .key(self.plugin_times_key())
             .arg(bytes)
-            .query_async(&mut c)
+            .arg(now_unix_ms())
+            .arg(digest)
+            .invoke_async(&mut c)
             .await
             .context("storing a plugin in Redis")?;
         Ok(())
+    }
+
+    /// Marks the blobs of `digests` as in use now, so that no collection takes them
+    /// within the grace period; answers the digests that have no blob.
+    pub async fn pin(&self, digests: &[&str]) -> anyhow::Result<Vec<String>> {
+        let mut c = self.connection.clone();
+        let mut invocation = self.pin.key(self.plugin_times_key());
+        invocation.arg(self.plugin_prefix()).arg(now_unix_ms());
+        for digest in digests {
+            invocation.arg(*digest);
+        }
+        let missing: Vec<String> = invocation
+            .invoke_async(&mut c)
+            .await
+            .context("marking plugins in use in Redis")?;
+        // Blobs stored before each group kept its own are still there to use.
+        let mut gone = Vec::new();
+        for digest in missing {
+            let shared: bool = redis::cmd("EXISTS")
+                .arg(self.keys.shared_plugin(&digest))
+                .query_async(&mut c)
+                .await
+                .context("looking for a plugin in Redis")?;
+            if !shared {
+                gone.push(digest);
+            }
+        }
+        Ok(gone)
+    }
+
+    /// Drops the versions beyond `limits` and the blobs no kept version uses, unused
+    /// for `limits.blob_grace`; all in one script.
+    pub async fn collect(&self, limits: &HistoryLimits) -> anyhow::Result<Collected> {
+        let mut c = self.connection.clone();
+        let latest = self.latest_version().await?;
+        let grace = i64::try_from(limits.blob_grace.as_millis()).unwrap_or(i64::MAX);
+        let (versions, blobs): (u64, u64) = self
+            .collect
+            .key(self.latest_key())
+            .key(self.oldest_key())
+            .key(self.plugin_times_key())
+            .arg(self.ruleset_prefix())
+            .arg(self.plugin_prefix())
+            .arg(last_dropped(latest, limits))
+            .arg(now_unix_ms().saturating_sub(grace))
+            .invoke_async(&mut c)
+            .await
+            .context("collecting the registry's history in Redis")?;
+        Ok(Collected { versions, blobs })
     }
 
     /// Publishes a worker's heartbeat (`<group keys>worker:<instance>`, expiring after
@@ -155,14 +284,35 @@ impl RedisRegistry {
         Ok(values.into_iter().flatten().collect())
     }
 
-    /// A plugin's bytes by digest.
+    /// A plugin's bytes by digest (the group's, or one stored before each group kept
+    /// its own).
     pub async fn plugin(&self, digest: &str) -> anyhow::Result<Option<Vec<u8>>> {
         let mut c = self.connection.clone();
-        redis::cmd("GET")
-            .arg(self.keys.plugin(digest))
+        for key in [
+            format!("{}{digest}", self.plugin_prefix()),
+            self.keys.shared_plugin(digest),
+        ] {
+            let bytes: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut c)
+                .await
+                .context("reading a plugin from Redis")?;
+            if bytes.is_some() {
+                return Ok(bytes);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The oldest version the history keeps.
+    pub async fn oldest_version(&self) -> anyhow::Result<u64> {
+        let mut c = self.connection.clone();
+        let oldest: Option<u64> = redis::cmd("GET")
+            .arg(self.oldest_key())
             .query_async(&mut c)
             .await
-            .context("reading a plugin from Redis")
+            .context("reading the ruleset history")?;
+        Ok(oldest.unwrap_or(1))
     }
 
     /// The active version number.
