@@ -83,9 +83,10 @@ end
 return {versions, blobs}
 "#;
 
-/// The Redis registry: a connection plus the client for pub/sub. Rulesets live under
-/// the worker group's name (`pipeline:<group>:ruleset...`), so several pipelines can
-/// share one Redis; plugins are shared by digest.
+/// The Redis registry: a connection plus the client for pub/sub. Rulesets and plugins
+/// live under the worker group's name (`pipeline:<group>:ruleset...`,
+/// `pipeline:<group>:plugin:<sha256>`), so several pipelines can share one Redis and
+/// each collects only its own plugins.
 #[derive(Clone)]
 pub struct RedisRegistry {
     connection: Conn,
