@@ -184,3 +184,96 @@ fn bytes_that_are_not_a_component_are_refused() {
     let good = chain(&engine, &[("rule_tax", &[])]).unwrap();
     assert_eq!(good.evaluate(&go_order()).status, Status::Accepted);
 }
+
+/// The label fixture-random made of the first bytes it drew for order `id`.
+fn drawn(chain: &order_rules_engine::RuleChain, id: &str) -> String {
+    let evaluation = chain.evaluate(&order_rules_engine::Order::single_item(
+        id, "book", 100, "USD",
+    ));
+    assert_eq!(evaluation.status, Status::Accepted, "{evaluation:?}");
+    evaluation.adjustments[0].label.clone()
+}
+
+#[test]
+fn wasi_random_is_the_same_for_the_same_order_and_rule() {
+    let engine = engine();
+    let fresh = chain_with(&engine, &[("fixture_random", &[])], Isolation::Fresh).unwrap();
+    let first = drawn(&fresh, "order-a");
+    assert!(first.starts_with("random ") && first.len() == 23, "{first}");
+    assert_eq!(drawn(&fresh, "order-a"), first);
+    assert_ne!(drawn(&fresh, "order-b"), first);
+    // A reused instance draws the same for the order, whatever orders it saw before;
+    // so does a chain built again (another worker, a replay).
+    let reused = chain_with(&engine, &[("fixture_random", &[])], Isolation::Reuse).unwrap();
+    drawn(&reused, "order-b");
+    assert_eq!(drawn(&reused, "order-a"), first);
+    let again = chain_with(&engine, &[("fixture_random", &[])], Isolation::Fresh).unwrap();
+    assert_eq!(drawn(&again, "order-a"), first);
+    // Another config is another rule, with randomness of its own.
+    let other = chain_with(
+        &engine,
+        &[("fixture_random", &[("bytes", "16")])],
+        Isolation::Fresh,
+    )
+    .unwrap();
+    assert_ne!(drawn(&other, "order-a"), first);
+}
+
+#[test]
+fn a_random_request_above_the_bound_fails_without_allocating_it() {
+    let engine = engine();
+    let max = order_rules_engine::limits::MAX_RANDOM_BYTES.to_string();
+    let at_max = chain_with(
+        &engine,
+        &[("fixture_random", &[("bytes", &max)])],
+        Isolation::Fresh,
+    )
+    .unwrap();
+    drawn(&at_max, "order-a");
+    for isolation in [Isolation::Fresh, Isolation::Reuse] {
+        let evaluation = run_hostile(
+            &engine,
+            "fixture_random",
+            &[("bytes", "1073741824")],
+            isolation,
+        );
+        assert_contained(&engine, &evaluation, "fixture-random", FailureKind::Trap);
+        let message = &evaluation.error.as_ref().unwrap().message;
+        assert!(
+            message.contains("1073741824") && message.contains(&max),
+            "{message}"
+        );
+    }
+
+    // The host's peak memory stays flat: `plugin run` asking for 8 bytes and for 1 GiB,
+    // each in a process of its own, measured by the kernel.
+    let peak_kib = |bytes: &str| {
+        #[allow(clippy::zombie_processes)] // waited for below, with wait4
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_order-pipeline"))
+            .args(["plugin", "run", "--plugin"])
+            .arg(built_plugin("fixture_random"))
+            .args(["--config", &format!("bytes={bytes}"), "--order"])
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../examples/orders/accepted-at-fraud-limit.json"
+            ))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as libc::pid_t;
+        let mut status = 0;
+        // SAFETY: rusage is plain data the kernel fills in; the pid is our own child,
+        // waited for here once (std's `Child` is dropped without waiting again).
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        assert_eq!(waited, pid);
+        usage.ru_maxrss
+    };
+    let small = peak_kib("8");
+    let huge = peak_kib("1073741824");
+    assert!(
+        huge < small + 16 * 1024,
+        "peak memory asking for 8 bytes: {small} KiB, for 1 GiB: {huge} KiB"
+    );
+}

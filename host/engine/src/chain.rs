@@ -13,6 +13,7 @@ use super::instance::{Failure, FailureKind, Instance, RuleFailure};
 use super::limits::{MAX_ADJUSTMENTS, MAX_REASONS};
 use super::native::{self, NativeRule};
 use super::plugin::{Isolation, Plugin};
+use super::wasi::OrderSeed;
 use crate::order::{AdjustmentKind, Order, Totals};
 
 /// Idle instances kept per rule with [`Isolation::Reuse`].
@@ -163,6 +164,8 @@ pub struct RuleChain {
 
 struct Step {
     spec: RuleSpec,
+    /// What its WASI randomness is seeded from.
+    seed: OrderSeed,
     idle: Mutex<Vec<Instance>>,
     /// The rule compiled natively, in the benchmark baseline only.
     native: Option<NativeRule>,
@@ -178,7 +181,8 @@ impl RuleChain {
             if steps.iter().any(|s| s.spec.plugin.name() == name) {
                 return Err(ChainError::DuplicateRule(name.to_string()));
             }
-            let instance = configured(&spec).map_err(|f| f.named(name))?;
+            let seed = OrderSeed::of_rule(spec.plugin.digest(), &spec.config);
+            let instance = configured(&spec, &seed).map_err(|f| f.named(name))?;
             let idle = match spec.isolation {
                 Isolation::Reuse => vec![instance],
                 Isolation::Fresh => Vec::new(),
@@ -195,6 +199,7 @@ impl RuleChain {
             };
             steps.push(Step {
                 spec,
+                seed,
                 idle: Mutex::new(idle),
                 native,
             });
@@ -315,14 +320,19 @@ impl Step {
     ) -> Result<(wit::Outcome, u64), Failure> {
         let plugin = &self.spec.plugin;
         match self.spec.isolation {
-            Isolation::Fresh => configured(&self.spec)?.evaluate(plugin.limits(), order, context),
+            Isolation::Fresh => configured(&self.spec, &self.seed)?.evaluate(
+                plugin.limits(),
+                order,
+                context,
+                &self.seed,
+            ),
             Isolation::Reuse => {
                 let pooled = lock(&self.idle).pop();
                 let mut instance = match pooled {
                     Some(instance) => instance,
-                    None => configured(&self.spec)?,
+                    None => configured(&self.spec, &self.seed)?,
                 };
-                let result = instance.evaluate(plugin.limits(), order, context);
+                let result = instance.evaluate(plugin.limits(), order, context, &self.seed);
                 if result.is_ok() {
                     let mut idle = lock(&self.idle);
                     if idle.len() < REUSE_POOL_SIZE {
@@ -342,8 +352,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn configured(spec: &RuleSpec) -> Result<Instance, Failure> {
-    let mut instance = spec.plugin.instantiate()?;
+fn configured(spec: &RuleSpec, seed: &OrderSeed) -> Result<Instance, Failure> {
+    let mut instance = spec.plugin.instantiate(seed)?;
     instance.configure(spec.plugin.limits(), &spec.config)?;
     Ok(instance)
 }

@@ -12,7 +12,7 @@ use super::bindings::RulePre;
 use super::bindings::{self, order::rules::log, order::rules::types as wit};
 use super::limits::Limits;
 use super::limits::{MAX_LOG_LINE_BYTES, MAX_LOG_LINES_PER_CALL};
-use super::wasi::Wasi;
+use super::wasi::{OrderSeed, Wasi};
 
 /// What kind of infrastructure failure stopped a rule. Business outcomes (reject,
 /// retryable) are not failures.
@@ -189,6 +189,7 @@ impl Instance {
         limits: &Limits,
         pre: &RulePre<HostState>,
         rule: Arc<str>,
+        seed: &OrderSeed,
     ) -> Result<Self, Failure> {
         let state = HostState {
             rule,
@@ -198,7 +199,7 @@ impl Instance {
             },
             log_lines: 0,
             panic: None,
-            wasi: Wasi::new(),
+            wasi: Wasi::new(seed),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -237,8 +238,10 @@ impl Instance {
         limits: &Limits,
         order: &wit::Order,
         context: &wit::ChainContext,
+        seed: &OrderSeed,
     ) -> Result<(wit::Outcome, u64), Failure> {
         let budget = self.arm(limits)?;
+        self.store.data().wasi.seed_for(seed, &order.id);
         let outcome = self
             .rule
             .call_evaluate(&mut self.store, order, context)
@@ -298,6 +301,12 @@ fn classify(store: &Store<HostState>, error: wasmtime::Error, other: FailureKind
         None if limits_hit => Failure::new(
             FailureKind::MemoryLimit,
             format!("needs more memory than the {max_mib} MiB cap: {error:#}"),
+        ),
+        // A host function refused the call (a WASI random request above
+        // MAX_RANDOM_BYTES, say): its own words, without wasmtime's backtrace.
+        None if other == FailureKind::Trap => Failure::new(
+            other,
+            format!("the host refused a call: {}", error.root_cause()),
         ),
         None => Failure::new(other, format!("{error:#}")),
     }

@@ -20,6 +20,12 @@ pub const MAX_LOG_LINES_PER_CALL: u32 = 32;
 pub const MAX_LOG_LINE_BYTES: usize = 1024;
 /// How much a rule's stderr (where a Rust panic message goes) is kept for error reports.
 pub const MAX_STDERR_BYTES: usize = 4096;
+
+/// Most bytes one WASI `get-random-bytes` (or `get-insecure-random-bytes`) call may ask
+/// for: the host builds the answer before the guest's memory limit applies, so a larger
+/// request traps instead of allocating it. 64 KiB is far more than any rule needs (a
+/// UUID takes 16 bytes, a hash seed 16-32); wasmtime-wasi's own bound is 64 MiB.
+pub const MAX_RANDOM_BYTES: u64 = 64 << 10;
 /// Most adjustments one rule may return.
 pub const MAX_ADJUSTMENTS: usize = 32;
 /// Most reasons one rejection may carry.

@@ -13,6 +13,7 @@ use super::Engine;
 use super::bindings::RulePre;
 use super::instance::{Failure, HostState, Instance};
 use super::limits::Limits;
+use super::wasi::OrderSeed;
 
 /// How instances of a rule are used.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,7 +135,7 @@ impl Engine {
             bytes: Arc::from(bytes),
         };
         let info = plugin
-            .instantiate()
+            .instantiate(&OrderSeed::of_rule(&plugin.digest, &[]))
             .and_then(|mut instance| instance.describe(plugin.limits()))
             .map_err(|f| LoadError::Describe(format!("{}: {}", f.kind, f.message)))?;
         check_info(&info.name, &info.version)?;
@@ -183,13 +184,14 @@ impl Plugin {
         self.engine.limits()
     }
 
-    /// A new instance in a fresh store.
-    pub(crate) fn instantiate(&self) -> Result<Instance, Failure> {
+    /// A new instance in a fresh store, its randomness seeded by `seed`.
+    pub(crate) fn instantiate(&self, seed: &OrderSeed) -> Result<Instance, Failure> {
         Instance::new(
             self.engine.wasmtime(),
             self.limits(),
             &self.pre,
             self.name.clone(),
+            seed,
         )
     }
 }
