@@ -57,6 +57,7 @@ fn body(reason: &str) -> RulesetBody {
         rules: Vec::new(),
         reason: reason.into(),
         based_on: None,
+        previous: None,
         created_at_unix_ms: 1,
     }
 }

@@ -372,6 +372,75 @@ async fn rollback_and_activate_make_new_versions_with_old_contents() {
     running.stop().await.unwrap();
 }
 
+/// The operator's sequences of issue 12: rollback returns to the version that was
+/// active before, following the activation history, however versions were made.
+async fn rollback_follows_the_activation_history(admin_addr: std::net::SocketAddr) {
+    let mut c = AdminServiceClient::connect(format!("http://{admin_addr}"))
+        .await
+        .unwrap();
+    let base = c
+        .active(admin::ActiveRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    // Four deploys after the first version, each with other contents.
+    let mut v = vec![base.clone()];
+    for rate in ["US:1000", "US:2000", "US:3000", "US:4000"] {
+        v.push(c.deploy(tax_deploy(rate)).await.unwrap().into_inner());
+    }
+    let activate = |version| admin::ActivateRequest { version };
+    let rollback = || admin::RollbackRequest {};
+    // On the last one, activate the second one, then roll back: back to the last one
+    // (not to the version before the activated one by number).
+    c.activate(activate(v[2].version)).await.unwrap();
+    let back = c.rollback(rollback()).await.unwrap().into_inner();
+    assert_eq!(back.rules, v[4].rules, "{}", back.reason);
+    assert_eq!(back.reason, format!("rollback to {}", v[4].version));
+    // Again: to the version that was active before that one.
+    let back = c.rollback(rollback()).await.unwrap().into_inner();
+    assert_eq!(back.rules, v[3].rules, "{}", back.reason);
+    assert_eq!(back.reason, format!("rollback to {}", v[3].version));
+    // Activating the very first version, then rolling back, works and undoes it.
+    let on = back.version;
+    c.activate(activate(base.version)).await.unwrap();
+    let back = c.rollback(rollback()).await.unwrap().into_inner();
+    assert_eq!(back.rules, v[3].rules);
+    assert_eq!(back.reason, format!("rollback to {on}"));
+    // Rolling back on and on walks the history down to the first version, then stops.
+    for i in (0..3).rev() {
+        let back = c.rollback(rollback()).await.unwrap().into_inner();
+        assert_eq!(back.rules, v[i].rules, "step {i}: {}", back.reason);
+    }
+    let none = c.rollback(rollback()).await.unwrap_err();
+    assert_eq!(none.code(), tonic::Code::FailedPrecondition, "{none:?}");
+    assert!(
+        none.message().contains("no earlier version"),
+        "{}",
+        none.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_follows_the_activation_history_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = app::start(Role::All, &embedded_config(dir.path()))
+        .await
+        .unwrap();
+    rollback_follows_the_activation_history(running.admin_addr.unwrap()).await;
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
+async fn rollback_follows_the_activation_history_on_kafka_and_redis() {
+    let Some(services) = services() else { return };
+    let running = app::start(Role::All, &kafka_config(&services))
+        .await
+        .unwrap();
+    rollback_follows_the_activation_history(running.admin_addr.unwrap()).await;
+    running.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_history_limit_drops_old_versions_and_the_plugins_only_they_used() {
     let dir = tempfile::tempdir().unwrap();

@@ -79,6 +79,7 @@ async fn a_worker_that_cannot_build_the_active_ruleset_is_not_ready_and_says_why
                 rules,
                 reason: "a test: a plugin that is not stored".into(),
                 based_on: None,
+                previous: Some(good.version),
                 created_at_unix_ms: now_unix_ms(),
             },
             Expect::Version(good.version),

@@ -31,6 +31,13 @@ pub struct RulesetBody {
     /// The version whose contents this one copies (activate, rollback), if any.
     #[serde(default)]
     pub based_on: Option<u64>,
+    /// Where a rollback from this version returns to: the version that was active before
+    /// it, following the activation history (a rollback's own version inherits the
+    /// `previous` of the version it returned to, so rollbacks walk further back). `0`:
+    /// none. Missing in versions stored before it was recorded; for those it is the
+    /// version before by number ([`RulesetRecord::rollback_target`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<u64>,
     /// When it was made, Unix milliseconds.
     pub created_at_unix_ms: i64,
 }
@@ -42,6 +49,19 @@ pub struct RulesetRecord {
     pub version: u64,
     /// Its contents.
     pub body: RulesetBody,
+}
+
+impl RulesetRecord {
+    /// The version a rollback from this one returns to; `None` when there is none.
+    pub fn rollback_target(&self) -> Option<u64> {
+        match self.body.previous {
+            Some(0) => None,
+            Some(previous) => Some(previous),
+            // Stored before `previous` was: every activation makes a new version, so
+            // the one before by number was active before this one.
+            None => self.version.checked_sub(1).filter(|v| *v > 0),
+        }
+    }
 }
 
 /// What the active version must be for an activation to go through.

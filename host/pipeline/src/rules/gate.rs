@@ -3,8 +3,9 @@
 //! loads and implements the world, takes its config, passes the examples sent with it on
 //! its own, and the whole new chain builds and evaluates a smoke order without failing;
 //! then one compare-and-set activates the new version in the registry, which every
-//! worker follows. Also here: where a deployed rule goes in the chain ([`Placement`]) and
-//! which version a rollback returns to ([`rollback_target`]).
+//! worker follows. Also here: where a deployed rule goes in the chain ([`Placement`]).
+//! A rollback returns to the version that was active before the current one, following
+//! the activation history ([`RulesetRecord::rollback_target`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -78,17 +79,6 @@ pub struct Deploy {
     pub placement: Placement,
     /// Examples it must pass on its own.
     pub examples: Vec<GateExample>,
-}
-
-/// The version a rollback from `active` returns to: the one before the version it was
-/// based on (or before itself); `None` when there is none.
-pub fn rollback_target(active: &RulesetRecord) -> Option<u64> {
-    active
-        .body
-        .based_on
-        .unwrap_or(active.version)
-        .checked_sub(1)
-        .filter(|v| *v > 0)
 }
 
 /// Puts `entry` (the rule `name`) into `rules` as `placement` says.
@@ -210,6 +200,7 @@ impl Gate {
             rules,
             reason: format!("deploy {} {}", plugin.name(), plugin.info().version),
             based_on: None,
+            previous: Some(active.version),
             created_at_unix_ms: now_unix_ms(),
         };
         self.switch(body, active.version).await
@@ -229,15 +220,17 @@ impl Gate {
             rules: target.body.rules,
             reason: format!("activate {version}"),
             based_on: Some(version),
+            previous: Some(active.version),
             created_at_unix_ms: now_unix_ms(),
         };
         self.switch(body, active.version).await
     }
 
-    /// Returns to the [`rollback_target`] of the active version.
+    /// Returns to the version that was active before the active one
+    /// ([`RulesetRecord::rollback_target`]).
     pub async fn rollback(&self) -> Result<RulesetRecord, GateError> {
         let active = self.active().await?;
-        let target = rollback_target(&active).ok_or_else(|| {
+        let target = active.rollback_target().ok_or_else(|| {
             GateError::Refused(format!(
                 "version {} has no earlier version to roll back to",
                 active.version
@@ -245,17 +238,19 @@ impl Gate {
         })?;
         let record = self.version(target).await?;
         let body = RulesetBody {
-            rules: record.body.rules,
             reason: format!("rollback to {target}"),
             based_on: Some(target),
+            previous: Some(record.rollback_target().unwrap_or(0)),
+            rules: record.body.rules,
             created_at_unix_ms: now_unix_ms(),
         };
         self.switch(body, active.version).await
     }
 
-    /// Takes a failing rule out (the quarantine): restores the [`rollback_target`] of
-    /// `version` if `version` is still active; the reason goes into the history. Answers
-    /// the new version, or `None` when another change came first.
+    /// Takes a failing rule out (the quarantine): rolls `version` back (to
+    /// [`RulesetRecord::rollback_target`]) if `version` is still active; the reason
+    /// goes into the history. Answers the new version, or `None` when another change
+    /// came first.
     pub async fn take_out(
         &self,
         version: u64,
@@ -263,7 +258,7 @@ impl Gate {
         reason: impl FnOnce(u64) -> String,
     ) -> Result<Option<u64>, GateError> {
         let current = self.version(version).await?;
-        let target = rollback_target(&current).ok_or_else(|| {
+        let target = current.rollback_target().ok_or_else(|| {
             GateError::Refused(format!(
                 "version {version} has no earlier version to restore"
             ))
@@ -275,9 +270,10 @@ impl Gate {
             )));
         }
         let body = RulesetBody {
-            rules: restored.body.rules,
             reason: reason(target),
             based_on: Some(target),
+            previous: Some(restored.rollback_target().unwrap_or(0)),
+            rules: restored.body.rules,
             created_at_unix_ms: now_unix_ms(),
         };
         match self.switch(body, version).await {
@@ -458,19 +454,23 @@ mod tests {
     }
 
     #[test]
-    fn rollback_goes_before_the_version_a_record_is_based_on() {
-        let record = |version, based_on| RulesetRecord {
+    fn rollback_follows_the_activation_history() {
+        let record = |version, previous| RulesetRecord {
             version,
             body: RulesetBody {
                 rules: Vec::new(),
                 reason: String::new(),
-                based_on,
+                based_on: None,
+                previous,
                 created_at_unix_ms: 0,
             },
         };
-        assert_eq!(rollback_target(&record(5, None)), Some(4));
-        assert_eq!(rollback_target(&record(7, Some(3))), Some(2));
-        assert_eq!(rollback_target(&record(1, None)), None);
-        assert_eq!(rollback_target(&record(4, Some(1))), None);
+        // Activating 3 while on 5 made 6: a rollback returns to 5, not to 2.
+        assert_eq!(record(6, Some(5)).rollback_target(), Some(5));
+        // The first version has nothing before it.
+        assert_eq!(record(1, Some(0)).rollback_target(), None);
+        // Versions stored before `previous` was recorded: the one before by number.
+        assert_eq!(record(5, None).rollback_target(), Some(4));
+        assert_eq!(record(1, None).rollback_target(), None);
     }
 }

@@ -74,6 +74,7 @@ impl LiveRuleset {
                     rules,
                     reason: "initial ruleset (from the configuration)".into(),
                     based_on: None,
+                    previous: Some(0),
                     created_at_unix_ms: now_unix_ms(),
                 };
                 match registry.activate(&body, Expect::Nothing).await {
