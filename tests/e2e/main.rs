@@ -7,6 +7,7 @@
 // Test code: a failed unwrap is a failed test with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod bundle;
 mod cli;
 mod compose;
 mod contract;
@@ -27,3 +28,4 @@ mod status;
 mod support;
 mod tls;
 mod traces;
+mod versions;

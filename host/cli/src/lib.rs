@@ -278,7 +278,9 @@ enum PluginCommand {
         /// Instance isolation.
         #[arg(long, value_enum, default_value = "fresh")]
         isolation: IsolationArg,
-        /// Examples (NAME.json + NAME.expected.json) the plugin must pass on its own first.
+        /// Examples (NAME.json + NAME.expected.json) the plugin must pass on its own first;
+        /// a config.toml there gives the plugin's config (--config overrides it), as for
+        /// `plugin test`.
         #[arg(long)]
         examples: Option<PathBuf>,
         #[command(flatten)]
@@ -314,10 +316,27 @@ enum PluginCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Loads a plugin and prints its name, version, description, digest and size.
+    /// Loads a plugin and prints its name, version, description, digest and size, and
+    /// the examples and config bundled in it.
     Inspect {
         /// The plugin component (.wasm).
         plugin: PathBuf,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Embeds examples (and DIR/config.toml, the config they were written for) in a
+    /// custom section of the plugin, after checking that they pass. The deploy gate runs
+    /// them on deploy, activate and rollback. Writes a new file: the bytes, and so the
+    /// digest, change.
+    Bundle {
+        /// The plugin component (.wasm).
+        plugin: PathBuf,
+        /// Directory of NAME.json orders and NAME.expected.json expectations.
+        #[arg(long)]
+        examples: PathBuf,
+        /// Where to write the bundled plugin (default: NAME.bundled.wasm beside it).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
         #[command(flatten)]
         limits: LimitArgs,
     },

@@ -15,6 +15,7 @@
 //! Errors: callers branch on [`LoadError`], [`ChainError`] and [`RuleFailure`]; plumbing
 //! uses `anyhow` (wasmtime's errors convert into it).
 
+pub mod bundle;
 mod chain;
 mod instance;
 pub mod limits;

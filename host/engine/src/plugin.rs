@@ -14,6 +14,7 @@ use super::bindings::RulePre;
 use super::instance::{Failure, HostState, Instance};
 use super::limits::Limits;
 use super::wasi::OrderSeed;
+use crate::bundle::Bundle;
 
 /// How instances of a rule are used.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +79,9 @@ pub enum LoadError {
     /// `describe` failed or said something unusable.
     #[error("the plugin's describe() failed: {0}")]
     Describe(String),
+    /// Its bundled examples cannot be read.
+    #[error("the plugin's bundled examples: {0}")]
+    Bundle(#[from] crate::bundle::BundleError),
 }
 
 /// What a plugin says about itself.
@@ -99,6 +103,7 @@ pub struct Plugin {
     info: PluginInfo,
     digest: String,
     bytes: Arc<[u8]>,
+    bundle: Option<Arc<Bundle>>,
 }
 
 impl fmt::Debug for Plugin {
@@ -133,6 +138,7 @@ impl Engine {
             },
             digest: digest(bytes),
             bytes: Arc::from(bytes),
+            bundle: crate::bundle::read(bytes)?.map(Arc::new),
         };
         let info = plugin
             .instantiate(&OrderSeed::of_rule(&plugin.digest, &[]))
@@ -163,6 +169,11 @@ impl Plugin {
     /// sha256 of the component bytes, lowercase hex.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    /// The examples (and their config) bundled in the component, if any.
+    pub fn bundle(&self) -> Option<&Arc<Bundle>> {
+        self.bundle.as_ref()
     }
 
     /// Size of the component in bytes.

@@ -1,4 +1,4 @@
-//! `plugin run|test|bench|inspect` (the plugin author's tools, no server) and the admin
+//! `plugin run|test|bench|inspect|bundle` (the plugin author's tools, no server) and the admin
 //! calls `plugin deploy|list|history|activate|rollback`.
 
 use std::io::Write;
@@ -6,6 +6,7 @@ use std::path::Path;
 
 use order_builtin_rules as builtin_rules;
 use order_pipeline::proto;
+use order_rules_engine::bundle::{Bundle, BundledExample};
 use order_rules_engine::{Engine, Isolation, Order, RuleChain, RuleSpec, runner};
 
 use super::admin::admin_call;
@@ -78,6 +79,15 @@ pub(crate) fn run(command: PluginCommand, out: &mut dyn Write) -> Result<i32, Fa
             use proto::admin::{DeployRequest, Example, deploy_request::Position};
             let wasm = std::fs::read(&plugin)
                 .map_err(|e| format!("cannot read {}: {e}", plugin.display()))?;
+            let mut config = config;
+            if let Some(dir) = &examples {
+                // As `plugin test`: the examples' config, overridden key by key.
+                for (key, value) in runner::load_examples_config(dir)? {
+                    if !config.iter().any(|(k, _)| *k == key) {
+                        config.push((key, value));
+                    }
+                }
+            }
             let examples = match examples {
                 Some(dir) => runner::load_examples(&dir)
                     .map_err(|e| format!("cannot read examples in {}: {e}", dir.display()))?
@@ -150,11 +160,86 @@ pub(crate) fn run(command: PluginCommand, out: &mut dyn Write) -> Result<i32, Fa
                 "description": loaded.info().description,
                 "digest": loaded.digest(),
                 "size": loaded.size(),
+                "bundle": loaded.bundle().map(|b| serde_json::json!({
+                    "config": b.config.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+                    "examples": b.examples,
+                })),
             });
             writeln!(out, "{json:#}")?;
             Ok(EXIT_OK)
         }
+        PluginCommand::Bundle {
+            plugin,
+            examples,
+            output,
+            limits,
+        } => bundle(&plugin, &examples, output, &limits, out),
     }
+}
+
+/// `plugin bundle`: embeds the examples of `dir` (which must pass) in `plugin`.
+fn bundle(
+    plugin: &Path,
+    dir: &Path,
+    output: Option<std::path::PathBuf>,
+    limits: &crate::LimitArgs,
+    out: &mut dyn Write,
+) -> Result<i32, Failure> {
+    let engine = Engine::new(limits.limits()).map_err(|e| format!("{e:#}"))?;
+    let bytes =
+        std::fs::read(plugin).map_err(|e| format!("cannot read {}: {e}", plugin.display()))?;
+    let loaded = engine
+        .load(&bytes)
+        .map_err(|e| format!("{}: {e}", plugin.display()))?;
+    let config = runner::load_examples_config(dir)?;
+    let read = |path: std::path::PathBuf| -> Result<serde_json::Value, Failure> {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        serde_json::from_str(&text)
+            .map_err(|e| format!("{} is not valid JSON: {e}", path.display()).into())
+    };
+    let mut examples = Vec::new();
+    for example in runner::load_examples(dir)
+        .map_err(|e| format!("cannot read examples in {}: {e}", dir.display()))?
+    {
+        examples.push(BundledExample {
+            order: read(dir.join(format!("{}.json", example.name)))?,
+            expected: read(dir.join(format!("{}{}", example.name, runner::EXPECTED_SUFFIX)))?,
+            name: example.name,
+        });
+    }
+    if examples.is_empty() {
+        return Err(format!(
+            "no NAME.json examples in {}; add orders with NAME.expected.json beside them",
+            dir.display()
+        )
+        .into());
+    }
+    let bundle = Bundle { config, examples };
+    let passed = bundle
+        .check(&loaded)
+        .map_err(|e| format!("not bundled: {e} (bundle only examples that pass)"))?;
+    let bundled = order_rules_engine::bundle::embed(&bytes, &bundle)
+        .map_err(|e| format!("{}: {e}", plugin.display()))?;
+    // What the gate will load: check the result reads back as the same plugin.
+    let reloaded = engine
+        .load(&bundled)
+        .map_err(|e| format!("the bundled plugin does not load: {e}"))?;
+    let output = output.unwrap_or_else(|| {
+        let stem = plugin.file_stem().unwrap_or_default().to_string_lossy();
+        plugin.with_file_name(format!("{stem}.bundled.wasm"))
+    });
+    std::fs::write(&output, &bundled)
+        .map_err(|e| format!("cannot write {}: {e}", output.display()))?;
+    let json = serde_json::json!({
+        "output": output.display().to_string(),
+        "name": reloaded.info().name,
+        "digest": reloaded.digest(),
+        "size": reloaded.size(),
+        "examples": passed,
+    });
+    writeln!(out, "{json:#}")?;
+    Ok(EXIT_OK)
 }
 
 /// The chain the arguments name. With --plugin, `examples_dir/config.toml` (if any) gives

@@ -1,9 +1,11 @@
 //! The deploy gate: every change to the live ruleset goes through here, whatever asked
 //! for it (the AdminService, the quarantine). A deploy goes live only after the component
-//! loads and implements the world, takes its config, passes the examples sent with it on
-//! its own, and the whole new chain builds and evaluates a smoke order without failing;
-//! then one compare-and-set activates the new version in the registry, which every
-//! worker follows. Also here: where a deployed rule goes in the chain ([`Placement`]).
+//! loads and implements the world, takes its config and passes the examples sent with it
+//! on its own; then, for a deploy, an activate and a rollback alike, the whole new chain
+//! builds, every plugin in it passes the examples bundled in it (`plugin bundle`) and a
+//! smoke order does not fail. One compare-and-set then activates the new version in the
+//! registry, which every worker follows. The quarantine's take-out skips the examples:
+//! it must stop a failing rule even if the version it restores would not pass them now. Also here: where a deployed rule goes in the chain ([`Placement`]).
 //! A rollback returns to the version that was active before the current one, following
 //! the activation history ([`RulesetRecord::rollback_target`]).
 
@@ -213,9 +215,8 @@ impl Gate {
         if target.body.rules == active.body.rules {
             return Ok(active);
         }
-        self.live.build(&target.body.rules).await.map_err(|e| {
-            GateError::Refused(format!("version {version} does not build here: {e:#}"))
-        })?;
+        let what = format!("activate refused: version {version}");
+        self.builds_and_decides(&target.body.rules, &what).await?;
         let body = RulesetBody {
             rules: target.body.rules,
             reason: format!("activate {version}"),
@@ -237,6 +238,8 @@ impl Gate {
             ))
         })?;
         let record = self.version(target).await?;
+        let what = format!("rollback refused: version {target}");
+        self.builds_and_decides(&record.body.rules, &what).await?;
         let body = RulesetBody {
             reason: format!("rollback to {target}"),
             based_on: Some(target),
@@ -308,24 +311,31 @@ impl Gate {
         }))
     }
 
+    /// Gate 2 (deploy, activate, rollback): the whole chain of `rules` builds here, each
+    /// of its plugins passes the examples bundled in it, and a smoke order does not fail.
+    /// `what` starts the refusal ("deploy refused: the new ruleset").
     async fn builds_and_decides(&self, rules: &[RuleRef], what: &str) -> Result<(), GateError> {
         let chain = self
             .live
             .build(rules)
             .await
             .map_err(|e| GateError::Refused(format!("{what} does not build: {e:#}")))?;
-        let smoke = tokio::task::spawn_blocking(move || {
-            chain.evaluate(&Order::single_item("smoke-test", "book", 100, "USD"))
+        let checked = tokio::task::spawn_blocking(move || {
+            for spec in chain.specs() {
+                if let Some(bundle) = spec.plugin.bundle() {
+                    bundle.check(&spec.plugin)?;
+                }
+            }
+            let smoke = chain.evaluate(&Order::single_item("smoke-test", "book", 100, "USD"));
+            if smoke.status == EvalStatus::Failed {
+                let error = smoke.error.map(|e| e.to_string()).unwrap_or_default();
+                return Err(format!("a smoke order failed: {error}"));
+            }
+            Ok(())
         })
         .await
         .map_err(|e| GateError::Internal(e.to_string()))?;
-        if smoke.status == EvalStatus::Failed {
-            let error = smoke.error.map(|e| e.to_string()).unwrap_or_default();
-            return Err(GateError::Refused(format!(
-                "deploy refused: a smoke order failed: {error}"
-            )));
-        }
-        Ok(())
+        checked.map_err(|message| GateError::Refused(format!("{what}: {message}")))
     }
 
     /// Activates `body` if `expect` is still the active version, and switches this
