@@ -48,6 +48,7 @@ pub(crate) fn result(id: &str, status: ResultStatus, item: &str) -> OrderResult 
         ruleset_version: 1,
         processed_by: "contract".into(),
         processed_at_unix_ms: 1,
+        order: Some(order),
     }
 }
 

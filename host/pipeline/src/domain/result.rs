@@ -65,6 +65,9 @@ pub struct OrderResult {
     pub processed_by: String,
     /// When the result was made, Unix milliseconds.
     pub processed_at_unix_ms: i64,
+    /// The order as it was decided: what a replay or a shadow run decides again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<Order>,
 }
 
 impl OrderResult {
@@ -113,6 +116,7 @@ impl OrderResult {
             ruleset_version: 0,
             processed_by: String::new(),
             processed_at_unix_ms: now_unix_ms(),
+            order: Some(order.clone()),
         }
     }
 
@@ -182,6 +186,7 @@ impl OrderResult {
             ruleset_version: 0,
             processed_by: String::new(),
             processed_at_unix_ms: 0,
+            order: None,
         }
     }
 }
