@@ -278,11 +278,40 @@ enum PluginCommand {
         /// Instance isolation.
         #[arg(long, value_enum, default_value = "fresh")]
         isolation: IsolationArg,
+        /// Instead of activating the new ruleset, run it as a canary deciding this
+        /// percentage of the orders (a stable hash of the order id); end it with
+        /// `plugin promote` or `plugin rollback`.
+        #[arg(long, value_name = "PERCENT")]
+        canary: Option<f64>,
+        /// The canary ends by itself when its share of failed or rejected orders exceeds
+        /// the live version's by more than this many percentage points.
+        #[arg(
+            long,
+            value_name = "POINTS",
+            default_value_t = 5.0,
+            requires = "canary"
+        )]
+        canary_margin: f64,
         /// Examples (NAME.json + NAME.expected.json) the plugin must pass on its own first;
         /// a config.toml there gives the plugin's config (--config overrides it), as for
         /// `plugin test`.
         #[arg(long)]
         examples: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Shadow runs: a candidate ruleset decides every order too, off the client's path.
+    Shadow {
+        #[command(subcommand)]
+        command: commands::rollout::ShadowCommand,
+    },
+    /// Activates the canary's candidate and ends the canary.
+    Promote {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// The rollout in progress: shadow run, canary, and why the last canary ended.
+    Rollout {
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -391,7 +420,7 @@ impl From<IsolationArg> for order_rules_engine::Isolation {
     }
 }
 
-fn parse_key_value(raw: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_key_value(raw: &str) -> Result<(String, String), String> {
     match raw.split_once('=') {
         Some((key, value)) if !key.trim().is_empty() => {
             Ok((key.trim().to_string(), value.to_string()))

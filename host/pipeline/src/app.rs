@@ -302,7 +302,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         let stop = shutdown.clone();
         tasks.spawn(Arc::clone(&live).follow(Arc::clone(&readiness), stop));
         live_ruleset = Some(Arc::clone(&live));
-        let processor = Arc::new(Processor::new(
+        let processor = Processor::new(
             Arc::clone(&live),
             RetryPolicy {
                 max_retries: config.max_retries,
@@ -314,7 +314,21 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
             },
             &config.default_currency,
             &worker_name(config),
-        ));
+        );
+        let processor = Arc::new(match &store {
+            Some(store) => {
+                let (offer, batches) = crate::shadow::channel();
+                tasks.spawn(crate::shadow::run(
+                    Arc::clone(&live),
+                    store.clone(),
+                    worker_name(config),
+                    batches,
+                    shutdown.clone(),
+                ));
+                processor.with_shadow(offer)
+            }
+            None => processor,
+        });
         tasks.spawn(crate::rules::status::publish(
             Arc::clone(&live),
             processor.stats(),
@@ -422,7 +436,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         let listener = bind("ADMIN_ADDR", addr).await?;
         admin_addr = Some(listener.local_addr()?);
         let service = AdminServiceServer::with_interceptor(
-            AdminApi::new(Arc::clone(live)),
+            AdminApi::new(Arc::clone(live), store.clone()),
             TokenCheck::new(token),
         );
         let routes = Routes::new(service);

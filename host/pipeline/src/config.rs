@@ -463,9 +463,10 @@ mod ttl_tests {
             blob_grace: Duration::ZERO,
         };
         let last_dropped = crate::domain::ruleset::last_dropped;
-        assert_eq!(last_dropped(5, &limits(20)), 0);
-        assert_eq!(last_dropped(25, &limits(20)), 5);
-        assert_eq!(last_dropped(25, &limits(0)), 24); // the active version always stays
+        assert_eq!(last_dropped(5, &limits(20), 5), 0);
+        assert_eq!(last_dropped(25, &limits(20), 25), 5);
+        assert_eq!(last_dropped(25, &limits(0), 25), 24); // the active version always stays
+        assert_eq!(last_dropped(25, &limits(2), 3), 2); // so do those a rollout uses
         let err = parse_ttl("RESULT_TTL", "soon").unwrap_err();
         assert!(
             err.0.starts_with("RESULT_TTL `soon` is not a duration"),

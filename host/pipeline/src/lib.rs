@@ -9,7 +9,8 @@
 //! Layout (see docs/ARCHITECTURE.md):
 //! - [`domain`]: the order, the result, their wire format;
 //! - [`rules`]: the registry, the live ruleset, the deploy gate, the quarantine;
-//! - [`processor`]: decode -> evaluate -> retry -> result, no I/O of its own;
+//! - [`processor`]: decode -> evaluate -> retry -> result, no I/O of its own; [`shadow`]:
+//!   a shadow run's candidate decides the same orders again, off the client's path;
 //! - [`worker`]: the consumer loops around it (Kafka, embedded);
 //! - [`order_log`], [`store`], [`rules::registry`]: the seams; [`backends`]: embedded
 //!   (redb), Kafka, Redis, each in its own folder;
@@ -28,6 +29,7 @@ pub mod processor;
 pub mod proto;
 pub mod readiness;
 pub mod rules;
+pub mod shadow;
 pub mod store;
 pub mod telemetry;
 pub mod waiters;

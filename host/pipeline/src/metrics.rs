@@ -47,6 +47,12 @@ pub const RULESET_VERSION: &str = "order_pipeline_ruleset_active_version";
 /// yet (librdkafka's `consumer_lag`, refreshed every 5 s).
 pub const CONSUMER_LAG: &str = "order_pipeline_consumer_lag";
 
+/// Counter `{what}`: orders of a shadow run: `compared` (decided again by the
+/// candidate), `differing` (decided differently), `dropped` (not compared: the shadow
+/// task fell behind, or its results could not be stored).
+pub const SHADOW_ORDERS: &str = "order_pipeline_shadow_orders_total";
+/// Counter: canaries ended because their candidate did worse than the live version.
+pub const CANARY_ROLLBACKS: &str = "order_pipeline_canary_rollbacks_total";
 /// Counter `{what}`: what retention removed: from the embedded database, `log` (entries
 /// the worker had committed) and `results` (older than `RESULT_TTL`); from the registry
 /// (either backend), `ruleset_versions` (beyond `RULESET_HISTORY`) and `plugin_blobs`

@@ -21,6 +21,7 @@ use crate::proto;
 use crate::rules::gate::Gate;
 use crate::rules::live::LiveRuleset;
 use crate::rules::quarantine::{Breach, FailureWindows, QuarantinePolicy};
+use crate::rules::rollout::{CanaryWatch, Deciders};
 use crate::rules::status::WorkerStats;
 
 /// Batches at least this big are split over the evaluation threads.
@@ -29,19 +30,17 @@ const PARALLEL_MIN: usize = 32;
 /// Evaluations of a batch, in order, and when each started (for its spans).
 type Evaluated = (Vec<Evaluation>, Vec<SystemTime>);
 
-/// Evaluates `order`, noting when it started.
-fn evaluate_one(
-    active: &crate::rules::live::ActiveChain,
-    order: &Order,
-) -> (Evaluation, SystemTime) {
+/// Evaluates `order` with the chain that decides it (the live one, or a canary's
+/// candidate), noting when it started.
+fn evaluate_one(deciders: &Deciders, order: &Order) -> (Evaluation, SystemTime) {
     let started = SystemTime::now();
-    (active.chain.evaluate(order), started)
+    (deciders.for_order(&order.id).chain.evaluate(order), started)
 }
 
 /// Evaluates `orders` on blocking threads: big batches are split in as many parts as
 /// there are CPUs (a fresh Wasm instance per rule per order is the worker's main cost).
 async fn evaluate_all(
-    active: Arc<crate::rules::live::ActiveChain>,
+    active: Deciders,
     orders: Vec<Order>,
 ) -> Result<(Vec<Order>, Evaluated), tokio::task::JoinError> {
     let parts = std::thread::available_parallelism().map_or(1, usize::from);
@@ -56,7 +55,7 @@ async fn evaluate_all(
     let chunk = orders.len().div_ceil(parts);
     let tasks: Vec<_> = (0..parts)
         .map(|part| {
-            let (active, orders) = (Arc::clone(&active), Arc::clone(&orders));
+            let (active, orders) = (active.clone(), Arc::clone(&orders));
             tokio::task::spawn_blocking(move || {
                 let end = ((part + 1) * chunk).min(orders.len());
                 let start = (part * chunk).min(end);
@@ -138,6 +137,10 @@ pub struct Processor {
     name: String,
     /// What its heartbeat reports.
     stats: Arc<WorkerStats>,
+    /// A running canary's watch.
+    canary: CanaryWatch,
+    /// Where live results go to be decided again by a shadow run's candidate.
+    shadow: Option<crate::shadow::Sender>,
 }
 
 impl Processor {
@@ -157,7 +160,15 @@ impl Processor {
             default_currency: default_currency.to_string(),
             name: name.to_string(),
             stats: Arc::default(),
+            canary: CanaryWatch::default(),
+            shadow: None,
         }
+    }
+
+    /// Hands every batch's results to `shadow` while a shadow run is on.
+    pub fn with_shadow(mut self, shadow: crate::shadow::Sender) -> Self {
+        self.shadow = Some(shadow);
+        self
     }
 
     /// The figures of this worker's heartbeat, recorded as it processes.
@@ -209,10 +220,15 @@ impl Processor {
             .iter()
             .filter_map(|d| d.as_ref().ok().cloned())
             .collect();
-        // The whole batch is evaluated by one ruleset version.
-        let active = self.live.current();
-        let first_version = active.version;
-        let evaluations = evaluate_all(active, orders).await;
+        // The whole batch is evaluated by one ruleset version (and a canary's share by
+        // one candidate version).
+        let deciders = self.live.deciders();
+        let first_version = deciders.live.version;
+        let versions: Vec<u64> = orders
+            .iter()
+            .map(|o| deciders.for_order(&o.id).version)
+            .collect();
+        let evaluations = evaluate_all(deciders.clone(), orders).await;
         if let Ok((_, (evaluations, _))) = &evaluations {
             for evaluation in evaluations {
                 crate::metrics::record_evaluation(evaluation);
@@ -234,28 +250,46 @@ impl Processor {
                     .collect();
             }
         };
-        if let Some(breach) = self.windows.observe(&evaluations) {
+        // The quarantine watches the live version's rules; a canary has its own watch.
+        let live_only = evaluations
+            .iter()
+            .zip(&versions)
+            .filter(|(_, v)| !deciders.is_canary(**v))
+            .map(|(e, _)| e);
+        if let Some(breach) = self.windows.observe(live_only) {
             // Take the rule out before deciding about this batch: its failed orders are
             // then retried under the restored version.
             self.take_out(first_version, &breach).await;
         }
-        let mut evaluated = orders.into_iter().zip(evaluations).zip(started);
+        if let Some((canary, _)) = &deciders.canary {
+            let evaluated: Vec<(u64, &Evaluation)> =
+                versions.iter().copied().zip(&evaluations).collect();
+            if let Some(reason) = self.canary.observe(canary, &evaluated) {
+                self.end_canary(canary.version, reason).await;
+            }
+        }
+        let mut evaluated = orders
+            .into_iter()
+            .zip(evaluations)
+            .zip(started)
+            .zip(versions);
         let mut out = Vec::with_capacity(payloads.len());
         for d in decoded {
             match d {
                 Err(reason) => out.push(not_an_order(reason)),
                 Ok(_) => {
-                    let Some(((order, mut evaluation), mut started)) = evaluated.next() else {
+                    let Some((((order, mut evaluation), mut started), mut version)) =
+                        evaluated.next()
+                    else {
                         break;
                     };
                     let mut attempts = 1;
-                    let mut version = first_version;
-                    // Retry a retryable outcome; and a failure if the ruleset was switched
-                    // meanwhile (a rollback), under the new version.
+                    // Retry a retryable outcome; and a failure if the version that decides
+                    // the order changed meanwhile (a rollback, a canary's end), under it.
                     while attempts <= self.retry.max_retries
                         && (evaluation.status == Status::Retryable
                             || (evaluation.status == Status::Failed
-                                && self.live.current().version != version))
+                                && self.live.deciders().for_order(&order.id).version != version))
                     {
                         let pause = self
                             .retry
@@ -264,8 +298,8 @@ impl Processor {
                         tracing::info!(order_id = %order.id, attempts, ?pause, "retrying");
                         tokio::time::sleep(pause).await;
                         attempts += 1;
-                        let active = self.live.current();
-                        version = active.version;
+                        let active = self.live.deciders();
+                        version = active.for_order(&order.id).version;
                         let again = order.clone();
                         match tokio::task::spawn_blocking(move || evaluate_one(&active, &again))
                             .await
@@ -308,7 +342,20 @@ impl Processor {
                 }
             }
         }
+        if let Some(shadow) = &self.shadow {
+            crate::shadow::offer(shadow, &self.live, &out);
+        }
         out
+    }
+
+    /// Ends a canary whose candidate did worse than the live version: every order goes
+    /// back to the live version, and the reason stays in the rollout.
+    async fn end_canary(&self, version: u64, reason: String) {
+        tracing::error!(version, %reason, "canary rolled back");
+        metrics::counter!(crate::metrics::CANARY_ROLLBACKS).increment(1);
+        if let Err(e) = self.gate.end_canary(version, &reason).await {
+            tracing::error!(error = %e, "cannot end the canary");
+        }
     }
 
     fn decode(&self, payload: &[u8]) -> Result<Order, String> {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::backends::embedded::EmbeddedDb;
 use crate::backends::redis::RedisStore;
+use crate::domain::diff::DiffReport;
 use crate::domain::{OrderResult, PutOutcome};
 
 /// Longest wait a client may ask for.
@@ -29,6 +30,36 @@ impl Store {
         match self {
             Self::Redis(store) => store.put(result).await,
             Self::Embedded(db) => db.put_result(result).await,
+        }
+    }
+
+    /// Stores a batch of the candidate's results of shadow run `run` (never where
+    /// clients read) and adds `tally` to the run's.
+    pub async fn put_shadow(
+        &self,
+        run: &str,
+        candidates: &[OrderResult],
+        tally: &DiffReport,
+    ) -> anyhow::Result<()> {
+        match self {
+            Self::Redis(store) => store.put_shadow(run, candidates, tally).await,
+            Self::Embedded(db) => db.put_shadow(run, candidates, tally).await,
+        }
+    }
+
+    /// The tally of shadow run `run`, every worker's.
+    pub async fn shadow_report(&self, run: &str) -> anyhow::Result<DiffReport> {
+        match self {
+            Self::Redis(store) => store.shadow_report(run).await,
+            Self::Embedded(db) => db.shadow_report(run).await,
+        }
+    }
+
+    /// The candidate's result of order `id` in shadow run `run`.
+    pub async fn shadow_result(&self, run: &str, id: &str) -> anyhow::Result<Option<OrderResult>> {
+        match self {
+            Self::Redis(store) => store.shadow_result(run, id).await,
+            Self::Embedded(db) => db.shadow_result(run, id).await,
         }
     }
 

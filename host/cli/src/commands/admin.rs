@@ -31,7 +31,7 @@ impl tonic::service::Interceptor for BearerToken {
 }
 
 /// A client of the AdminService at `admin`, with its bearer token.
-async fn client(admin: &AdminArgs) -> Result<AdminClient, String> {
+pub(crate) async fn client(admin: &AdminArgs) -> Result<AdminClient, String> {
     let token =
         match &admin.token {
             Some(token) => Some(format!("Bearer {token}").parse().map_err(|_| {

@@ -5,4 +5,5 @@
 pub(crate) mod admin;
 pub(crate) mod client;
 pub(crate) mod plugin;
+pub(crate) mod rollout;
 pub(crate) mod serve;

@@ -74,6 +74,8 @@ pub(crate) fn run(command: PluginCommand, out: &mut dyn Write) -> Result<i32, Fa
             replace,
             isolation,
             examples,
+            canary,
+            canary_margin,
             admin,
         } => {
             use proto::admin::{DeployRequest, Example, deploy_request::Position};
@@ -121,6 +123,8 @@ pub(crate) fn run(command: PluginCommand, out: &mut dyn Write) -> Result<i32, Fa
                 }
                 .into(),
                 examples,
+                canary_percent: canary.unwrap_or(0.0),
+                canary_margin_percent: canary_margin,
             };
             admin_call(&admin, out, |mut c| async move {
                 c.deploy(request).await.map(|r| vec![r.into_inner()])
@@ -142,6 +146,19 @@ pub(crate) fn run(command: PluginCommand, out: &mut dyn Write) -> Result<i32, Fa
                 .map(|r| vec![r.into_inner()])
         }),
         PluginCommand::Status { admin } => super::admin::workers(&admin, out),
+        PluginCommand::Shadow { command } => super::rollout::shadow(command, out),
+        PluginCommand::Promote { admin } => admin_call(&admin, out, |mut c| async move {
+            c.promote(proto::admin::PromoteRequest {})
+                .await
+                .map(|r| vec![r.into_inner()])
+        }),
+        PluginCommand::Rollout { admin } => {
+            super::rollout::rollout_call(&admin, out, |mut c| async move {
+                c.rollout(proto::admin::RolloutRequest {})
+                    .await
+                    .map(tonic::Response::into_inner)
+            })
+        }
         PluginCommand::Rollback { admin } => admin_call(&admin, out, |mut c| async move {
             c.rollback(proto::admin::RollbackRequest {})
                 .await

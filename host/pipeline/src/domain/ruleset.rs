@@ -96,9 +96,12 @@ pub struct HistoryLimits {
     pub blob_grace: std::time::Duration,
 }
 
-/// The newest version a history of `latest` versions drops under `limits` (0: none).
-pub fn last_dropped(latest: u64, limits: &HistoryLimits) -> u64 {
-    latest.saturating_sub(limits.versions.max(1))
+/// The newest version a history of `latest` versions drops under `limits` (0: none),
+/// keeping `keep_from` (the active version, and any version a rollout uses) and after.
+pub fn last_dropped(latest: u64, limits: &HistoryLimits, keep_from: u64) -> u64 {
+    latest
+        .saturating_sub(limits.versions.max(1))
+        .min(keep_from.saturating_sub(1))
 }
 
 /// What a collection removed.
@@ -108,4 +111,67 @@ pub struct Collected {
     pub versions: u64,
     /// Plugin blobs no kept version uses.
     pub blobs: u64,
+}
+
+/// A rollout in progress beside the active version: a shadow run, a canary, or both.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    /// Every order is also evaluated with a candidate, off the client's path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowRun>,
+    /// A share of the orders is decided by a candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+    /// The last shadow run that ended (its diff stays readable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_shadow: Option<ShadowRun>,
+    /// Why the last canary ended, when it did not end by promotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_canary_end: Option<String>,
+}
+
+impl Rollout {
+    /// The versions it uses (kept by the history limit while it runs).
+    pub fn versions(&self) -> impl Iterator<Item = u64> {
+        let shadow = self.shadow.as_ref().map(|s| s.version);
+        let canary = self.canary.as_ref().map(|c| c.version);
+        shadow.into_iter().chain(canary)
+    }
+}
+
+/// A shadow run: its id names where its results and its diff are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShadowRun {
+    /// The run's id (`shadow-<version>-<ms>`).
+    pub id: String,
+    /// The candidate ruleset version.
+    pub version: u64,
+    /// When it started, Unix ms.
+    pub started_at_unix_ms: i64,
+}
+
+/// A canary: the orders whose id hashes below `basis_points` (of 10,000) are decided by
+/// the candidate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Canary {
+    /// The candidate ruleset version.
+    pub version: u64,
+    /// Its share of the orders, in basis points (100 = 1%).
+    pub basis_points: u32,
+    /// How far the candidate's rate of failed or rejected orders may exceed the live
+    /// version's before the canary ends by itself, in basis points.
+    pub margin_basis_points: u32,
+    /// When it started, Unix ms.
+    pub started_at_unix_ms: i64,
+}
+
+impl Canary {
+    /// Whether order `id` goes to the candidate: a stable hash of the id (the same on
+    /// every worker and every delivery).
+    pub fn selects(&self, id: &str) -> bool {
+        use sha2::Digest as _;
+        let hash = sha2::Sha256::digest(id.as_bytes());
+        let bucket = u32::from_be_bytes([hash[0], hash[1], hash[2], hash[3]]) % 10_000;
+        bucket < self.basis_points
+    }
 }

@@ -6,27 +6,81 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::domain::ruleset::Rollout;
 use crate::domain::ruleset::RulesetRecord;
 use crate::proto::admin::{self, admin_service_server::AdminService, deploy_request::Position};
-use crate::rules::gate::{Deploy, Gate, GateExample, Placement};
+use crate::rules::gate::{Candidate, DEFAULT_CANARY_MARGIN, Deploy, Gate, GateExample, Placement};
 use crate::rules::live::LiveRuleset;
 use crate::rules::status::WorkerStatus;
+use crate::store::Store;
 use order_rules_engine::Isolation;
 
 /// The admin service.
 pub struct AdminApi {
     gate: Gate,
     live: Arc<LiveRuleset>,
+    /// Where shadow runs' tallies are read (the worker's result store).
+    store: Option<Store>,
 }
 
 impl AdminApi {
-    /// An admin service over `live`'s registry and engine.
-    pub fn new(live: Arc<LiveRuleset>) -> Self {
+    /// An admin service over `live`'s registry and engine, and the worker's `store`.
+    pub fn new(live: Arc<LiveRuleset>, store: Option<Store>) -> Self {
         Self {
             gate: Gate::new(Arc::clone(&live)),
             live,
+            store,
         }
     }
+}
+
+/// A rollout as the API answers it.
+fn rollout_info(rollout: Rollout) -> Response<admin::RolloutInfo> {
+    let shadow = rollout.shadow.as_ref();
+    let canary = rollout.canary.as_ref();
+    Response::new(admin::RolloutInfo {
+        shadow_run: shadow.map(|s| s.id.clone()).unwrap_or_default(),
+        shadow_version: shadow.map_or(0, |s| s.version),
+        canary_version: canary.map_or(0, |c| c.version),
+        canary_percent: canary.map_or(0.0, |c| f64::from(c.basis_points) / 100.0),
+        canary_margin_percent: canary.map_or(0.0, |c| f64::from(c.margin_basis_points) / 100.0),
+        last_canary_end: rollout.last_canary_end.unwrap_or_default(),
+    })
+}
+
+/// A percentage of the API (0..=100) in basis points; `name` names it in the error.
+fn basis_points(name: &str, percent: f64) -> Result<u32, Status> {
+    if !(0.0..=100.0).contains(&percent) || percent.is_nan() {
+        return Err(Status::invalid_argument(format!(
+            "{name}: {percent} is not a percentage between 0 and 100"
+        )));
+    }
+    Ok((percent * 100.0).round() as u32)
+}
+
+/// A deploy request as the gate takes it.
+fn deploy_of(request: admin::DeployRequest) -> Result<Deploy, Status> {
+    let isolation = deploy_isolation(&request)?;
+    Ok(Deploy {
+        wasm: request.wasm,
+        config: request.config.into_iter().collect(),
+        isolation,
+        placement: match request.position {
+            Some(Position::Before(target)) => Placement::Before(target),
+            Some(Position::After(target)) => Placement::After(target),
+            Some(Position::Replace(target)) => Placement::Replace(target),
+            None => Placement::SameNameOrEnd,
+        },
+        examples: request
+            .examples
+            .into_iter()
+            .map(|e| GateExample {
+                name: e.name,
+                order_json: e.order_json,
+                expected_json: e.expected_json,
+            })
+            .collect(),
+    })
 }
 
 /// A heartbeat as the API answers it.
@@ -129,28 +183,24 @@ impl AdminService for AdminApi {
         request: Request<admin::DeployRequest>,
     ) -> Result<Response<admin::RulesetInfo>, Status> {
         let request = request.into_inner();
-        let isolation = deploy_isolation(&request)?;
-        let deploy = Deploy {
-            wasm: request.wasm,
-            config: request.config.into_iter().collect(),
-            isolation,
-            placement: match request.position {
-                Some(Position::Before(target)) => Placement::Before(target),
-                Some(Position::After(target)) => Placement::After(target),
-                Some(Position::Replace(target)) => Placement::Replace(target),
-                None => Placement::SameNameOrEnd,
-            },
-            examples: request
-                .examples
-                .into_iter()
-                .map(|e| GateExample {
-                    name: e.name,
-                    order_json: e.order_json,
-                    expected_json: e.expected_json,
-                })
-                .collect(),
+        let canary = basis_points("canary_percent", request.canary_percent)?;
+        let margin = match basis_points("canary_margin_percent", request.canary_margin_percent)? {
+            0 => DEFAULT_CANARY_MARGIN,
+            margin => margin,
         };
-        Ok(active_info(self.gate.deploy(deploy).await?))
+        let deploy = deploy_of(request)?;
+        if canary == 0 {
+            return Ok(active_info(self.gate.deploy(deploy).await?));
+        }
+        let rollout = self
+            .gate
+            .canary_start(Candidate::Plugins(vec![deploy]), canary, margin)
+            .await?;
+        let version = rollout.canary.map_or(0, |c| c.version);
+        Ok(Response::new(info(
+            &self.gate.version(version).await?,
+            false,
+        )))
     }
 
     async fn active(
@@ -187,6 +237,98 @@ impl AdminService for AdminApi {
         _request: Request<admin::RollbackRequest>,
     ) -> Result<Response<admin::RulesetInfo>, Status> {
         Ok(active_info(self.gate.rollback().await?))
+    }
+
+    #[tracing::instrument(name = "admin.shadow_start", skip_all)]
+    async fn shadow_start(
+        &self,
+        request: Request<admin::ShadowStartRequest>,
+    ) -> Result<Response<admin::RolloutInfo>, Status> {
+        let request = request.into_inner();
+        let candidate = match (request.version, request.plugins.is_empty()) {
+            (0, true) => {
+                return Err(Status::invalid_argument(
+                    "version or plugins: name the candidate (a version, or plugins to deploy into the active ruleset)",
+                ));
+            }
+            (0, false) => Candidate::Plugins(
+                request
+                    .plugins
+                    .into_iter()
+                    .map(deploy_of)
+                    .collect::<Result<_, _>>()?,
+            ),
+            (version, true) => Candidate::Version(version),
+            (_, false) => {
+                return Err(Status::invalid_argument(
+                    "version and plugins: give one of them, not both",
+                ));
+            }
+        };
+        Ok(rollout_info(self.gate.shadow_start(candidate).await?))
+    }
+
+    async fn shadow_diff(
+        &self,
+        _request: Request<admin::ShadowDiffRequest>,
+    ) -> Result<Response<admin::ShadowDiffResponse>, Status> {
+        let rollout = self.gate.rollout().await?;
+        let on = rollout.shadow.is_some();
+        let Some(run) = rollout.shadow.or(rollout.last_shadow) else {
+            return Err(Status::failed_precondition(
+                "no shadow run yet: start one with `plugin shadow start`",
+            ));
+        };
+        let store = self
+            .store
+            .as_ref()
+            .ok_or_else(|| Status::unavailable("this process has no result store"))?;
+        let report = store
+            .shadow_report(&run.id)
+            .await
+            .map_err(|e| Status::unavailable(format!("store: {e:#}")))?;
+        Ok(Response::new(admin::ShadowDiffResponse {
+            run: run.id,
+            candidate_version: run.version,
+            on,
+            orders: report.orders,
+            differing: report.differing,
+            by_kind: report.by_kind.into_iter().collect(),
+            money: report.money.into_iter().collect(),
+            samples_json: serde_json::to_string(&report.samples)
+                .map_err(|e| Status::internal(e.to_string()))?,
+        }))
+    }
+
+    #[tracing::instrument(name = "admin.shadow_promote", skip_all)]
+    async fn shadow_promote(
+        &self,
+        _request: Request<admin::ShadowPromoteRequest>,
+    ) -> Result<Response<admin::RulesetInfo>, Status> {
+        Ok(active_info(self.gate.shadow_promote().await?))
+    }
+
+    #[tracing::instrument(name = "admin.shadow_stop", skip_all)]
+    async fn shadow_stop(
+        &self,
+        _request: Request<admin::ShadowStopRequest>,
+    ) -> Result<Response<admin::RolloutInfo>, Status> {
+        Ok(rollout_info(self.gate.shadow_stop().await?))
+    }
+
+    #[tracing::instrument(name = "admin.promote", skip_all)]
+    async fn promote(
+        &self,
+        _request: Request<admin::PromoteRequest>,
+    ) -> Result<Response<admin::RulesetInfo>, Status> {
+        Ok(active_info(self.gate.promote().await?))
+    }
+
+    async fn rollout(
+        &self,
+        _request: Request<admin::RolloutRequest>,
+    ) -> Result<Response<admin::RolloutInfo>, Status> {
+        Ok(rollout_info(self.gate.rollout().await?))
     }
 
     async fn workers(

@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use super::registry::Registry;
+use super::rollout::{Deciders, RolloutChains};
 use crate::domain::now_unix_ms;
 use crate::domain::ruleset::{
     ActivateError, Expect, HistoryLimits, RuleRef, RulesetBody, RulesetRecord,
@@ -39,6 +40,7 @@ pub struct LiveRuleset {
     swap: tokio::sync::Mutex<()>,
     last_error: Mutex<Option<String>>,
     history: HistoryLimits,
+    rollout: ArcSwap<RolloutChains>,
 }
 
 impl LiveRuleset {
@@ -103,6 +105,7 @@ impl LiveRuleset {
             swap: tokio::sync::Mutex::new(()),
             last_error: Mutex::new(None),
             history,
+            rollout: ArcSwap::from_pointee(RolloutChains::default()),
         });
         live.switch_to(&active).await?;
         Ok(live)
@@ -128,9 +131,72 @@ impl LiveRuleset {
         &self.history
     }
 
-    /// Switches to the registry's active version if it is not the current one; returns
-    /// whether it switched.
+    /// The rollout this worker runs beside the live version (shadow, canary).
+    pub fn rollout(&self) -> Arc<RolloutChains> {
+        self.rollout.load_full()
+    }
+
+    /// Who decides orders now: the live chain and the canary's candidate.
+    pub fn deciders(&self) -> Deciders {
+        Deciders {
+            live: self.current(),
+            canary: self.rollout().canary.clone(),
+        }
+    }
+
+    /// Follows the registry's rollout: builds the candidates' chains when it changed. A
+    /// candidate that does not build here leaves this worker without that part of the
+    /// rollout (logged), and the live version deciding alone.
+    pub async fn refresh_rollout(&self) -> anyhow::Result<()> {
+        let rollout = self.registry.rollout().await?.unwrap_or_default();
+        if rollout == self.rollout().rollout {
+            return Ok(());
+        }
+        let mut chains = RolloutChains {
+            rollout: rollout.clone(),
+            ..RolloutChains::default()
+        };
+        if let Some(shadow) = rollout.shadow {
+            match self.chain_of(shadow.version).await {
+                Ok(chain) => chains.shadow = Some((shadow, chain)),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), version = shadow.version, "cannot build the shadow candidate; no shadow run here")
+                }
+            }
+        }
+        if let Some(canary) = rollout.canary {
+            match self.chain_of(canary.version).await {
+                Ok(chain) => chains.canary = Some((canary, chain)),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), version = canary.version, "cannot build the canary candidate; the live version decides every order here")
+                }
+            }
+        }
+        tracing::info!(
+            shadow = ?chains.shadow.as_ref().map(|(s, _)| s.version),
+            canary = ?chains.canary.as_ref().map(|(c, _)| (c.version, c.basis_points)),
+            "rollout changed"
+        );
+        self.rollout.store(Arc::new(chains));
+        Ok(())
+    }
+
+    async fn chain_of(&self, version: u64) -> anyhow::Result<Arc<ActiveChain>> {
+        let record = self
+            .registry
+            .get(version)
+            .await?
+            .with_context(|| format!("ruleset version {version} is missing"))?;
+        let chain = self.build(&record.body.rules).await?;
+        Ok(Arc::new(ActiveChain { version, chain }))
+    }
+
+    /// Switches to the registry's active version if it is not the current one, and
+    /// follows the rollout; returns whether it switched.
     pub async fn refresh(&self) -> anyhow::Result<bool> {
+        if let Err(e) = self.refresh_rollout().await {
+            tracing::warn!(error = %format!("{e:#}"), "cannot read the rollout; keeping the current one");
+        }
         let Some(active) = self.registry.active_version().await? else {
             return Ok(false);
         };

@@ -8,4 +8,5 @@ pub mod gate;
 pub mod live;
 pub mod quarantine;
 pub mod registry;
+pub mod rollout;
 pub mod status;

@@ -52,13 +52,16 @@ impl FailureWindows {
 
     /// Records what each rule did; returns a rule that broke the policy, if one did
     /// (and forgets its window, so that it is reported once).
-    pub fn observe(&self, evaluations: &[Evaluation]) -> Option<Breach> {
+    pub fn observe<'a>(
+        &self,
+        evaluations: impl IntoIterator<Item = &'a Evaluation>,
+    ) -> Option<Breach> {
         let mut windows = self
             .windows
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut broken = None;
-        for trace in evaluations.iter().flat_map(|e| &e.rules) {
+        for trace in evaluations.into_iter().flat_map(|e| &e.rules) {
             let window = windows.entry(trace.digest.clone()).or_default();
             window.push_back(trace.outcome == RuleOutcome::Failed);
             while window.len() > self.policy.window {

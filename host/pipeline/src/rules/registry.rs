@@ -17,7 +17,8 @@ use crate::backends::embedded::EmbeddedDb;
 use crate::backends::redis::RedisRegistry;
 use crate::domain::heartbeat::WorkerStatus;
 use crate::domain::ruleset::{
-    ActivateError, Collected, Expect, HistoryLimits, RulesetBody, RulesetRecord,
+    ActivateError, Collected, Expect, HistoryLimits, Rollout, RulesetBody, RulesetRecord,
+    last_dropped,
 };
 
 /// The registry.
@@ -51,9 +52,51 @@ impl Registry {
     /// no kept version uses and that nobody uploaded or activated within
     /// `limits.blob_grace`.
     pub async fn collect(&self, limits: &HistoryLimits) -> anyhow::Result<Collected> {
+        let latest = match self {
+            Self::Redis(r) => r.latest_version().await?,
+            Self::Embedded(db) => db.latest_ruleset().await?,
+        };
+        // The active version and the versions a rollout uses stay, however old.
+        let active = self.active_version().await?.unwrap_or(latest);
+        let rollout = self.rollout().await?.unwrap_or_default();
+        let keep_from = rollout.versions().fold(active, u64::min);
+        let drop_to = last_dropped(latest, limits, keep_from);
         match self {
-            Self::Redis(r) => r.collect(limits).await,
-            Self::Embedded(db) => db.collect(limits).await,
+            Self::Redis(r) => r.collect(drop_to, limits).await,
+            Self::Embedded(db) => db.collect(drop_to, limits).await,
+        }
+    }
+
+    /// Stores `body` as a new version without activating it: a candidate for a shadow
+    /// run or a canary.
+    pub async fn create(&self, body: &RulesetBody) -> anyhow::Result<u64> {
+        let json = serde_json::to_string(body).context("serialising a ruleset")?;
+        match self {
+            Self::Redis(r) => r.create(json).await,
+            Self::Embedded(db) => db.create_ruleset(json).await,
+        }
+    }
+
+    /// The rollout in progress (none: the active version decides every order alone).
+    pub async fn rollout(&self) -> anyhow::Result<Option<Rollout>> {
+        let json = match self {
+            Self::Redis(r) => r.rollout().await?,
+            Self::Embedded(db) => db.rollout().await?,
+        };
+        json.map(|json| serde_json::from_str(&json).context("the stored rollout is not valid"))
+            .transpose()
+    }
+
+    /// Sets the rollout (an empty one ends it) and tells the workers.
+    pub async fn set_rollout(&self, rollout: &Rollout) -> anyhow::Result<()> {
+        let json = if *rollout == Rollout::default() {
+            None
+        } else {
+            Some(serde_json::to_string(rollout).context("serialising a rollout")?)
+        };
+        match self {
+            Self::Redis(r) => r.set_rollout(json).await,
+            Self::Embedded(db) => db.set_rollout(json).await,
         }
     }
 

@@ -23,6 +23,7 @@ use results::put;
 mod registry;
 mod results;
 mod retention;
+mod shadow;
 
 pub use retention::run as run_retention;
 pub use retention::{PRUNE_BATCH, PRUNE_EVERY, Pruned};
@@ -38,6 +39,14 @@ const RULESETS: TableDefinition<u64, &str> = TableDefinition::new("rulesets");
 /// When each plugin blob was last uploaded or activated (Unix ms, by digest); a blob
 /// without an entry counts as unused since 0.
 const PLUGIN_TIMES: TableDefinition<&str, i64> = TableDefinition::new("plugin_times");
+/// Shadow runs' results: the candidate's result (JSON) by (run, order id).
+const SHADOW_RESULTS: TableDefinition<(&str, &str), &str> = TableDefinition::new("shadow_results");
+/// Shadow runs' tallies (JSON) by run.
+const SHADOW_REPORTS: TableDefinition<&str, &str> = TableDefinition::new("shadow_reports");
+/// The rollout in progress (one entry, [`ROLLOUT`], JSON).
+const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
+/// SETTINGS key: the rollout in progress.
+const ROLLOUT: &str = "rollout";
 /// META key: the first ruleset version the history limit did not drop.
 const OLDEST_RULESET: &str = "oldest_ruleset";
 /// META key: the active ruleset version.
@@ -112,6 +121,9 @@ impl EmbeddedDb {
             txn.open_table(PLUGINS)?;
             txn.open_table(RULESETS)?;
             txn.open_table(PLUGIN_TIMES)?;
+            txn.open_table(SETTINGS)?;
+            txn.open_table(SHADOW_RESULTS)?;
+            txn.open_table(SHADOW_REPORTS)?;
             let meta = txn.open_table(META)?;
             meta.get(NEXT_SEQ)?.map_or(0, |v| v.value())
         };

@@ -10,12 +10,10 @@ use tokio::sync::watch;
 
 use super::{
     ACTIVE_RULESET, EmbeddedDb, LATEST_RULESET, META, OLDEST_RULESET, PLUGIN_TIMES, PLUGINS,
-    RULESETS, blocking,
+    ROLLOUT, RULESETS, SETTINGS, blocking,
 };
 use crate::domain::now_unix_ms;
-use crate::domain::ruleset::{
-    ActivateError, Collected, Expect, HistoryLimits, RulesetBody, last_dropped,
-};
+use crate::domain::ruleset::{ActivateError, Collected, Expect, HistoryLimits, RulesetBody};
 
 impl EmbeddedDb {
     /// Keeps a worker's heartbeat in memory for `ttl` (the embedded mode has one worker,
@@ -78,9 +76,9 @@ impl EmbeddedDb {
         .await
     }
 
-    /// Drops the versions beyond `limits` and the blobs no kept version uses, unused
+    /// Drops the versions up to `drop_to` and the blobs no kept version uses, unused
     /// for `limits.blob_grace`.
-    pub async fn collect(&self, limits: &HistoryLimits) -> anyhow::Result<Collected> {
+    pub async fn collect(&self, drop_to: u64, limits: &HistoryLimits) -> anyhow::Result<Collected> {
         let (db, limits) = (Arc::clone(&self.db), *limits);
         blocking(move || {
             let grace = i64::try_from(limits.blob_grace.as_millis()).unwrap_or(i64::MAX);
@@ -89,8 +87,6 @@ impl EmbeddedDb {
             let mut collected = Collected::default();
             {
                 let mut meta = txn.open_table(META)?;
-                let latest = meta.get(LATEST_RULESET)?.map_or(0, |v| v.value());
-                let drop_to = last_dropped(latest, &limits);
                 let mut rulesets = txn.open_table(RULESETS)?;
                 let dropped: Vec<u64> = rulesets
                     .range(..=drop_to)?
@@ -219,6 +215,55 @@ impl EmbeddedDb {
             }
             Err(active) => Err(ActivateError::Conflict(active)),
         }
+    }
+
+    /// Stores `body` as a new version without activating it (a candidate).
+    pub async fn create_ruleset(&self, body: String) -> anyhow::Result<u64> {
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            let txn = db.begin_write()?;
+            let version = {
+                let mut meta = txn.open_table(META)?;
+                let version = meta.get(LATEST_RULESET)?.map_or(0, |v| v.value()) + 1;
+                txn.open_table(RULESETS)?.insert(version, body.as_str())?;
+                meta.insert(LATEST_RULESET, version)?;
+                version
+            };
+            txn.commit()?;
+            Ok(version)
+        })
+        .await
+    }
+
+    /// The rollout in progress (JSON), if any.
+    pub async fn rollout(&self) -> anyhow::Result<Option<String>> {
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(SETTINGS)?;
+            Ok(table.get(ROLLOUT)?.map(|v| v.value().to_string()))
+        })
+        .await
+    }
+
+    /// Sets (or, with `None`, ends) the rollout, and tells the worker.
+    pub async fn set_rollout(&self, json: Option<String>) -> anyhow::Result<()> {
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(SETTINGS)?;
+                match &json {
+                    Some(json) => table.insert(ROLLOUT, json.as_str())?,
+                    None => table.remove(ROLLOUT)?,
+                };
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await?;
+        self.rulesets.send_modify(|_| {});
+        Ok(())
     }
 
     /// Changes whenever a ruleset version is activated.

@@ -5,6 +5,7 @@
 mod conn;
 mod pubsub;
 mod registry;
+mod shadow;
 mod store;
 
 use std::sync::Arc;
@@ -52,6 +53,11 @@ impl Keys {
             prefix: prefix.to_string(),
             cluster,
         }
+    }
+
+    /// `KEY_PREFIX`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// The Go-compatible result of `id` (`order:<id>`).

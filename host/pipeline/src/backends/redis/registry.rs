@@ -8,7 +8,15 @@ use tokio::sync::watch;
 
 use super::{Conn, Keys};
 use crate::domain::now_unix_ms;
-use crate::domain::ruleset::{ActivateError, Collected, Expect, HistoryLimits, last_dropped};
+use crate::domain::ruleset::{ActivateError, Collected, Expect, HistoryLimits};
+
+/// A new version, not activated: KEYS = latest; ARGV = body, ruleset prefix. Returns
+/// its number.
+const CREATE_SCRIPT: &str = r#"
+local v = redis.call('INCR', KEYS[1])
+redis.call('SET', ARGV[2] .. v, ARGV[1])
+return v
+"#;
 
 /// Compare-and-set activation: KEYS = active, latest; ARGV = body, expected, prefix,
 /// channel. Returns the new version, or -active / 0 (none active) on a conflict.
@@ -91,6 +99,7 @@ return {versions, blobs}
 pub struct RedisRegistry {
     connection: Conn,
     activate: redis::Script,
+    create: redis::Script,
     put_plugin: redis::Script,
     pin: redis::Script,
     collect: redis::Script,
@@ -131,6 +140,7 @@ impl RedisRegistry {
         Self {
             connection,
             activate: redis::Script::new(ACTIVATE_SCRIPT),
+            create: redis::Script::new(CREATE_SCRIPT),
             put_plugin: redis::Script::new(PUT_PLUGIN_SCRIPT),
             pin: redis::Script::new(PIN_SCRIPT),
             collect: redis::Script::new(COLLECT_SCRIPT),
@@ -191,11 +201,10 @@ impl RedisRegistry {
         Ok(gone)
     }
 
-    /// Drops the versions beyond `limits` and the blobs no kept version uses, unused
+    /// Drops the versions up to `drop_to` and the blobs no kept version uses, unused
     /// for `limits.blob_grace`; all in one script.
-    pub async fn collect(&self, limits: &HistoryLimits) -> anyhow::Result<Collected> {
+    pub async fn collect(&self, drop_to: u64, limits: &HistoryLimits) -> anyhow::Result<Collected> {
         let mut c = self.connection.clone();
-        let latest = self.latest_version().await?;
         let grace = i64::try_from(limits.blob_grace.as_millis()).unwrap_or(i64::MAX);
         let (versions, blobs): (u64, u64) = self
             .collect
@@ -204,7 +213,7 @@ impl RedisRegistry {
             .key(self.plugin_times_key())
             .arg(self.ruleset_prefix())
             .arg(self.plugin_prefix())
-            .arg(last_dropped(latest, limits))
+            .arg(drop_to)
             .arg(now_unix_ms().saturating_sub(grace))
             .invoke_async(&mut c)
             .await
@@ -371,6 +380,60 @@ impl RedisRegistry {
             0 => Err(ActivateError::Conflict(None)),
             v => Err(ActivateError::Conflict(Some(v.unsigned_abs()))),
         }
+    }
+
+    /// Stores `json` as a new version without activating it (a candidate).
+    pub async fn create(&self, json: String) -> anyhow::Result<u64> {
+        let mut c = self.connection.clone();
+        self.create
+            .key(self.latest_key())
+            .arg(json)
+            .arg(self.ruleset_prefix())
+            .invoke_async(&mut c)
+            .await
+            .context("storing a ruleset version in Redis")
+    }
+
+    fn rollout_key(&self) -> String {
+        format!("{}rollout", self.namespace)
+    }
+
+    /// The rollout in progress (JSON), if any.
+    pub async fn rollout(&self) -> anyhow::Result<Option<String>> {
+        let mut c = self.connection.clone();
+        redis::cmd("GET")
+            .arg(self.rollout_key())
+            .query_async(&mut c)
+            .await
+            .context("reading the rollout from Redis")
+    }
+
+    /// Sets (or, with `None`, ends) the rollout, and tells the workers.
+    pub async fn set_rollout(&self, json: Option<String>) -> anyhow::Result<()> {
+        let mut c = self.connection.clone();
+        let command = match json {
+            Some(json) => {
+                let mut set = redis::cmd("SET");
+                set.arg(self.rollout_key()).arg(json);
+                set
+            }
+            None => {
+                let mut del = redis::cmd("DEL");
+                del.arg(self.rollout_key());
+                del
+            }
+        };
+        let _: redis::Value = command
+            .query_async(&mut c)
+            .await
+            .context("writing the rollout to Redis")?;
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(self.channel())
+            .arg(0)
+            .query_async(&mut c)
+            .await
+            .context("announcing the rollout in Redis")?;
+        Ok(())
     }
 
     /// A receiver that changes whenever another version may have become active (fed by

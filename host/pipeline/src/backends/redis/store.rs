@@ -42,11 +42,11 @@ pub const FALLBACK_POLL: Duration = Duration::from_millis(100);
 /// by result announcements (through the backend's [`Listener`](super::Listener)).
 #[derive(Clone)]
 pub struct RedisStore {
-    connection: Conn,
+    pub(super) connection: Conn,
     put: redis::Script,
     waiters: Arc<Waiters>,
-    ttl_ms: u64,
-    keys: Keys,
+    pub(super) ttl_ms: u64,
+    pub(super) keys: Keys,
 }
 
 impl RedisStore {

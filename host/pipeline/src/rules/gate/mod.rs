@@ -15,6 +15,13 @@ use std::sync::Arc;
 use order_rules_engine::{Isolation, Order, RuleChain, RuleSpec, Status as EvalStatus, runner};
 
 use super::live::{LiveRuleset, rule_ref};
+
+mod rollout;
+pub use rollout::Candidate;
+
+/// How many basis points more failed or rejected orders than the live version end a
+/// canary by itself, by default (5 percentage points).
+pub const DEFAULT_CANARY_MARGIN: u32 = 500;
 use crate::domain::now_unix_ms;
 use crate::domain::ruleset::{
     ActivateError, Collected, Expect, RuleRef, RulesetBody, RulesetRecord,
@@ -162,50 +169,69 @@ impl Gate {
     /// Deploys a rule through the gate; answers the active version afterwards (the same
     /// one when the deploy changes nothing).
     pub async fn deploy(&self, deploy: Deploy) -> Result<RulesetRecord, GateError> {
-        let engine = self.live.engine().clone();
-        let wasm = deploy.wasm;
-        let plugin = tokio::task::spawn_blocking(move || engine.load(&wasm))
-            .await
-            .map_err(|e| GateError::Internal(e.to_string()))?
-            .map_err(|e| GateError::Invalid(format!("plugin refused: {e}")))?;
-        let spec = RuleSpec {
-            plugin: Arc::clone(&plugin),
-            config: deploy.config.into_iter().collect(),
-            isolation: deploy.isolation,
-        };
+        let (active, body) = self.candidate(vec![deploy], "deploy").await?;
+        match body {
+            Some(body) => self.switch(body, active.version).await,
+            None => Ok(active),
+        }
+    }
 
-        // Gate 1: the plugin alone takes its config and passes its examples.
-        let alone = spec.clone();
-        let examples = deploy.examples;
-        tokio::task::spawn_blocking(move || passes_examples(alone, &examples))
-            .await
-            .map_err(|e| GateError::Internal(e.to_string()))?
-            .map_err(|message| GateError::Refused(format!("deploy refused: {message}")))?;
-
+    /// The active version with `deploys` applied in turn, through the gate; `None` when
+    /// that changes nothing. Answers the active version it is based on too. `what`
+    /// names the operation in refusals and in the new version's reason.
+    pub(crate) async fn candidate(
+        &self,
+        deploys: Vec<Deploy>,
+        what: &str,
+    ) -> Result<(RulesetRecord, Option<RulesetBody>), GateError> {
         let active = self.active().await?;
         let mut rules = active.body.rules.clone();
-        place(&mut rules, rule_ref(&spec), &deploy.placement)?;
+        let mut names = Vec::new();
+        for deploy in deploys {
+            let engine = self.live.engine().clone();
+            let wasm = deploy.wasm;
+            let plugin = tokio::task::spawn_blocking(move || engine.load(&wasm))
+                .await
+                .map_err(|e| GateError::Internal(e.to_string()))?
+                .map_err(|e| GateError::Invalid(format!("plugin refused: {e}")))?;
+            let spec = RuleSpec {
+                plugin: Arc::clone(&plugin),
+                config: deploy.config.into_iter().collect(),
+                isolation: deploy.isolation,
+            };
+
+            // Gate 1: the plugin alone takes its config and passes its examples.
+            let alone = spec.clone();
+            let examples = deploy.examples;
+            tokio::task::spawn_blocking(move || passes_examples(alone, &examples))
+                .await
+                .map_err(|e| GateError::Internal(e.to_string()))?
+                .map_err(|message| GateError::Refused(format!("{what} refused: {message}")))?;
+            place(&mut rules, rule_ref(&spec), &deploy.placement)?;
+            self.live
+                .registry()
+                .put_plugin(plugin.digest(), plugin.bytes())
+                .await
+                .map_err(GateError::Unavailable)?;
+            names.push(format!("{} {}", plugin.name(), plugin.info().version));
+        }
         if rules == active.body.rules {
-            // Identical digest and config in the same place: nothing to do.
-            return Ok(active);
+            // Identical digests and config in the same places: nothing to do.
+            return Ok((active, None));
         }
 
-        // Gate 2: the whole new chain builds and a smoke order does not fail.
-        self.live
-            .registry()
-            .put_plugin(plugin.digest(), plugin.bytes())
-            .await
-            .map_err(GateError::Unavailable)?;
-        self.builds_and_decides(&rules, "deploy refused: the new ruleset")
+        // Gate 2: the whole new chain builds, passes its bundled examples and a smoke
+        // order does not fail.
+        self.builds_and_decides(&rules, &format!("{what} refused: the new ruleset"))
             .await?;
         let body = RulesetBody {
             rules,
-            reason: format!("deploy {} {}", plugin.name(), plugin.info().version),
+            reason: format!("{what} {}", names.join(", ")),
             based_on: None,
             previous: Some(active.version),
             created_at_unix_ms: now_unix_ms(),
         };
-        self.switch(body, active.version).await
+        Ok((active, Some(body)))
     }
 
     /// Activates the contents of `version` as a new version.
@@ -229,7 +255,14 @@ impl Gate {
 
     /// Returns to the version that was active before the active one
     /// ([`RulesetRecord::rollback_target`]).
+    /// While a canary runs, a rollback ends the canary instead: every order goes back
+    /// to the active version, which stays as it is.
     pub async fn rollback(&self) -> Result<RulesetRecord, GateError> {
+        if let Some(canary) = self.rollout().await?.canary {
+            self.end_canary(canary.version, "rolled back by an operator")
+                .await?;
+            return self.active().await;
+        }
         let active = self.active().await?;
         let target = active.rollback_target().ok_or_else(|| {
             GateError::Refused(format!(
@@ -287,7 +320,7 @@ impl Gate {
         }
     }
 
-    async fn version(&self, version: u64) -> Result<RulesetRecord, GateError> {
+    pub(crate) async fn version(&self, version: u64) -> Result<RulesetRecord, GateError> {
         let registry = self.live.registry();
         if let Some(record) = registry
             .get(version)
@@ -314,7 +347,11 @@ impl Gate {
     /// Gate 2 (deploy, activate, rollback): the whole chain of `rules` builds here, each
     /// of its plugins passes the examples bundled in it, and a smoke order does not fail.
     /// `what` starts the refusal ("deploy refused: the new ruleset").
-    async fn builds_and_decides(&self, rules: &[RuleRef], what: &str) -> Result<(), GateError> {
+    pub(crate) async fn builds_and_decides(
+        &self,
+        rules: &[RuleRef],
+        what: &str,
+    ) -> Result<(), GateError> {
         let chain = self
             .live
             .build(rules)
@@ -340,7 +377,11 @@ impl Gate {
 
     /// Activates `body` if `expect` is still the active version, and switches this
     /// process at once.
-    async fn switch(&self, body: RulesetBody, expect: u64) -> Result<RulesetRecord, GateError> {
+    pub(crate) async fn switch(
+        &self,
+        body: RulesetBody,
+        expect: u64,
+    ) -> Result<RulesetRecord, GateError> {
         let registry = self.live.registry();
         // Marked in use first, so that no collection takes a blob while it goes live.
         let digests: Vec<&str> = body.rules.iter().map(|r| r.digest.as_str()).collect();

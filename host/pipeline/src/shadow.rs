@@ -1,0 +1,107 @@
+//! The shadow run, off the client's path: the processor offers each batch's live results
+//! ([`offer`]); a task of its own decides their orders again with the shadow candidate,
+//! stores the candidate's results where clients never read ([`Store::put_shadow`]) and
+//! adds to the run's tally of differences. When it falls behind, batches are dropped
+//! (counted in `order_pipeline_shadow_orders_total{what="dropped"}`) rather than slowing
+//! the live path down.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::OrderResult;
+use crate::domain::diff::DiffReport;
+use crate::processor::Processed;
+use crate::rules::live::LiveRuleset;
+use crate::store::Store;
+
+/// Batches waiting for the shadow task; beyond it, batches are dropped.
+pub const SHADOW_QUEUE: usize = 64;
+
+/// Where the processor hands live results over.
+pub type Sender = mpsc::Sender<Vec<OrderResult>>;
+
+/// The channel between the processor and the shadow task.
+pub fn channel() -> (Sender, mpsc::Receiver<Vec<OrderResult>>) {
+    mpsc::channel(SHADOW_QUEUE)
+}
+
+/// Offers a processed batch to the shadow task, if a shadow run is on.
+pub fn offer(shadow: &Sender, live: &LiveRuleset, processed: &[Processed]) {
+    if live.rollout().shadow.is_none() {
+        return;
+    }
+    let results: Vec<OrderResult> = processed
+        .iter()
+        .filter_map(|p| match p {
+            Processed::Result { result, .. } if result.order.is_some() => Some((**result).clone()),
+            _ => None,
+        })
+        .collect();
+    let n = results.len() as u64;
+    if shadow.try_send(results).is_err() {
+        metrics::counter!(crate::metrics::SHADOW_ORDERS, "what" => "dropped").increment(n);
+    }
+}
+
+/// Decides the offered orders again with the shadow candidate until `shutdown`.
+pub async fn run(
+    live: Arc<LiveRuleset>,
+    store: Store,
+    name: String,
+    mut batches: mpsc::Receiver<Vec<OrderResult>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut started = String::new();
+    loop {
+        let batch = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            batch = batches.recv() => match batch {
+                Some(batch) => batch,
+                None => return Ok(()),
+            },
+        };
+        let Some((run, chain)) = live.rollout().shadow.clone() else {
+            continue;
+        };
+        if started != run.id {
+            if let Store::Embedded(db) = &store {
+                db.drop_shadows_but(&run.id).await?;
+            }
+            started.clone_from(&run.id);
+        }
+        let who = name.clone();
+        let decided = tokio::task::spawn_blocking(move || {
+            let mut tally = DiffReport::default();
+            let mut candidates = Vec::with_capacity(batch.len());
+            for live in &batch {
+                let Some(order) = &live.order else { continue };
+                let evaluation = chain.chain.evaluate(order);
+                let mut candidate = OrderResult::from_evaluation(order, evaluation, 1);
+                candidate.ruleset_version = chain.version;
+                candidate.processed_by.clone_from(&who);
+                tally.add(live, &candidate);
+                candidates.push(candidate);
+            }
+            (candidates, tally)
+        })
+        .await;
+        let (candidates, tally) = match decided {
+            Ok(decided) => decided,
+            Err(e) => {
+                tracing::error!(error = %e, "shadow evaluation panicked");
+                continue;
+            }
+        };
+        metrics::counter!(crate::metrics::SHADOW_ORDERS, "what" => "compared")
+            .increment(tally.orders);
+        metrics::counter!(crate::metrics::SHADOW_ORDERS, "what" => "differing")
+            .increment(tally.differing);
+        if let Err(e) = store.put_shadow(&run.id, &candidates, &tally).await {
+            metrics::counter!(crate::metrics::SHADOW_ORDERS, "what" => "dropped")
+                .increment(tally.orders);
+            tracing::warn!(error = %format!("{e:#}"), run = %run.id, "cannot store shadow results");
+        }
+    }
+}

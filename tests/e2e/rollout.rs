@@ -1,0 +1,413 @@
+//! Safe rollout: a shadow run decides every order again with a candidate and reports the
+//! differences without touching what clients read; a canary decides a stable share of
+//! the orders, ends with promote or rollback, and rolls back by itself when its candidate
+//! does worse than the live version. Each runs embedded and on Kafka + Redis.
+
+use std::time::{Duration, Instant};
+
+use crate::deploy::{tax_deploy, us_order};
+use crate::support::{
+    built_plugin, cache_client, embedded_config, kafka_config, order_client, services, unique,
+    wait_result,
+};
+use order_pipeline::app::{self, Role, Running};
+use order_pipeline::domain::ruleset::Canary;
+use order_pipeline::proto::admin::admin_service_client::AdminServiceClient;
+use order_pipeline::proto::admin::{self, DeployRequest, deploy_request::Position};
+use order_pipeline::proto::{OrderLine, OrderRequest};
+
+type Admin = AdminServiceClient<tonic::transport::Channel>;
+
+async fn admin_of(running: &Running) -> Admin {
+    AdminServiceClient::connect(format!("http://{}", running.admin_addr.unwrap()))
+        .await
+        .unwrap()
+}
+
+fn de_order(id: &str) -> OrderRequest {
+    OrderRequest {
+        currency: "EUR".into(),
+        shipping_country: "DE".into(),
+        ..us_order(id)
+    }
+}
+
+async fn shadow_run_reports_differences_and_touches_no_result(running: &Running) {
+    let mut admin = admin_of(running).await;
+    let mut orders = order_client(running.order_addr.unwrap()).await;
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+    let live = admin
+        .active(admin::ActiveRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+
+    // The candidate taxes US orders at 10%; the live version does not tax them.
+    let started = admin
+        .shadow_start(admin::ShadowStartRequest {
+            version: 0,
+            plugins: vec![tax_deploy("US:1000,DE:1900")],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(started.shadow_version > live.version);
+    assert!(started.shadow_run.starts_with("shadow-"));
+    let still = admin
+        .active(admin::ActiveRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        still.version, live.version,
+        "a shadow run activates nothing"
+    );
+
+    let run = unique("shadow");
+    let us: Vec<String> = (0..6).map(|i| format!("{run}-us-{i}")).collect();
+    let de: Vec<String> = (0..4).map(|i| format!("{run}-de-{i}")).collect();
+    for id in &us {
+        orders.create_order(us_order(id)).await.unwrap();
+    }
+    for id in &de {
+        orders.create_order(de_order(id)).await.unwrap();
+    }
+    for id in us.iter().chain(&de) {
+        let result = wait_result(&mut cache, id, 30).await.unwrap();
+        assert_eq!(result.ruleset_version, live.version, "{id}");
+        let expected = if id.contains("-us-") { 1000 } else { 1190 };
+        assert_eq!(
+            result.totals.unwrap().total,
+            expected,
+            "{id}: the live decision"
+        );
+    }
+
+    // The shadow task runs beside the worker: wait for it to have compared them all.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let diff = loop {
+        let diff = admin
+            .shadow_diff(admin::ShadowDiffRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if diff.orders >= 10 || Instant::now() > deadline {
+            break diff;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(diff.run, started.shadow_run);
+    assert!(diff.on);
+    // The orders of this test (an embedded run has only them; others may share Kafka's).
+    assert!(diff.orders >= 10, "{diff:?}");
+    assert_eq!(diff.differing, 6, "{diff:?}");
+    assert_eq!(diff.by_kind.get("total"), Some(&6));
+    assert_eq!(diff.by_kind.get("status"), None);
+    assert_eq!(
+        diff.money.get("USD"),
+        Some(&600),
+        "6 orders, +100 cents each"
+    );
+    let samples: serde_json::Value = serde_json::from_str(&diff.samples_json).unwrap();
+    let sample = &samples["total"][0];
+    assert!(
+        us.contains(&sample["id"].as_str().unwrap().to_string()),
+        "{sample}"
+    );
+    assert_eq!(sample["live"]["total"], 1000);
+    assert_eq!(sample["candidate"]["total"], 1100);
+    assert_eq!(sample["candidate"]["version"], started.shadow_version);
+
+    // Promote: the candidate's contents go live; the diff stays readable.
+    let promoted = admin
+        .shadow_promote(admin::ShadowPromoteRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(promoted.active && promoted.version > started.shadow_version);
+    let id = format!("{run}-after");
+    orders.create_order(us_order(&id)).await.unwrap();
+    let after = wait_result(&mut cache, &id, 30).await.unwrap();
+    assert_eq!(after.totals.unwrap().total, 1100);
+    let rollout = admin
+        .rollout(admin::RolloutRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(rollout.shadow_run.is_empty(), "{rollout:?}");
+    let diff = admin
+        .shadow_diff(admin::ShadowDiffRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!diff.on && diff.differing == 6, "{diff:?}");
+    let none = admin
+        .shadow_stop(admin::ShadowStopRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(none.code(), tonic::Code::FailedPrecondition);
+}
+
+fn canary_deploy(wasm: DeployRequest, percent: f64) -> DeployRequest {
+    DeployRequest {
+        canary_percent: percent,
+        ..wasm
+    }
+}
+
+async fn canary_decides_its_share_until_promote_or_rollback(running: &Running) {
+    let mut admin = admin_of(running).await;
+    let mut orders = order_client(running.order_addr.unwrap()).await;
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+    let live = admin
+        .active(admin::ActiveRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+
+    let candidate = admin
+        .deploy(canary_deploy(tax_deploy("US:1000"), 30.0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!candidate.active && candidate.version > live.version);
+    let rollout = admin
+        .rollout(admin::RolloutRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            rollout.canary_version,
+            rollout.canary_percent,
+            rollout.canary_margin_percent
+        ),
+        (candidate.version, 30.0, 5.0)
+    );
+    let selects = |id: &str| {
+        Canary {
+            version: candidate.version,
+            basis_points: 3000,
+            margin_basis_points: 500,
+            started_at_unix_ms: 0,
+        }
+        .selects(id)
+    };
+    let run = unique("canary");
+    let ids: Vec<String> = (0..40).map(|i| format!("{run}-{i}")).collect();
+    for id in &ids {
+        orders.create_order(us_order(id)).await.unwrap();
+    }
+    let mut on_candidate = 0;
+    for id in &ids {
+        let result = wait_result(&mut cache, id, 30).await.unwrap();
+        let (version, total) = (result.ruleset_version, result.totals.unwrap().total);
+        if selects(id) {
+            on_candidate += 1;
+            assert_eq!((version, total), (candidate.version, 1100), "{id}");
+        } else {
+            assert_eq!((version, total), (live.version, 1000), "{id}");
+        }
+    }
+    assert!(
+        (4..=24).contains(&on_candidate),
+        "{on_candidate} of 40 at 30%"
+    );
+
+    // A rollback ends the canary and leaves the active version as it is.
+    let back = admin
+        .rollback(admin::RollbackRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(back.version, live.version);
+    let rollout = admin
+        .rollout(admin::RolloutRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rollout.canary_version, 0);
+    assert_eq!(rollout.last_canary_end, "rolled back by an operator");
+    let picked = (0..200)
+        .map(|i| format!("{run}-again-{i}"))
+        .find(|id| selects(id))
+        .unwrap();
+    orders.create_order(us_order(&picked)).await.unwrap();
+    let result = wait_result(&mut cache, &picked, 30).await.unwrap();
+    assert_eq!(result.ruleset_version, live.version, "no canary any more");
+
+    // Again, then promote: the candidate's contents become the active version.
+    let candidate = admin
+        .deploy(canary_deploy(tax_deploy("US:1000"), 30.0))
+        .await
+        .unwrap()
+        .into_inner();
+    let promoted = admin
+        .promote(admin::PromoteRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(promoted.active);
+    assert_eq!(promoted.rules, candidate.rules);
+    let rollout = admin
+        .rollout(admin::RolloutRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rollout.canary_version, 0);
+    let none = admin.promote(admin::PromoteRequest {}).await.unwrap_err();
+    assert_eq!(none.code(), tonic::Code::FailedPrecondition);
+}
+
+fn boom_order(id: &str) -> OrderRequest {
+    OrderRequest {
+        lines: vec![OrderLine {
+            sku: "boom-1".into(),
+            quantity: 1,
+            unit_price: 1000,
+        }],
+        ..us_order(id)
+    }
+}
+
+async fn a_failing_canary_rolls_back_by_itself(running: &Running) {
+    let mut admin = admin_of(running).await;
+    let mut orders = order_client(running.order_addr.unwrap()).await;
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+    let live = admin
+        .active(admin::ActiveRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    // A candidate that traps on every `boom` order, on half of the orders.
+    let candidate = admin
+        .deploy(canary_deploy(
+            DeployRequest {
+                wasm: std::fs::read(built_plugin("fixture_trap_on")).unwrap(),
+                position: Some(Position::After("rule-validate".into())),
+                ..DeployRequest::default()
+            },
+            50.0,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let run = unique("bad-canary");
+    let ids: Vec<String> = (0..80).map(|i| format!("{run}-{i}")).collect();
+    for id in &ids {
+        orders.create_order(boom_order(id)).await.unwrap();
+    }
+    // Every order ends decided: the candidate's failures are retried under the live
+    // version once the canary is gone, or stay failed if they were final before.
+    for id in &ids {
+        let result = wait_result(&mut cache, id, 30).await.unwrap();
+        assert!(["done", "failed"].contains(&result.status.as_str()), "{id}");
+    }
+    let rollout = admin
+        .rollout(admin::RolloutRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rollout.canary_version, 0, "{rollout:?}");
+    assert!(
+        rollout
+            .last_canary_end
+            .starts_with(&format!("canary of version {} ended", candidate.version)),
+        "{rollout:?}"
+    );
+    let active = admin
+        .active(admin::ActiveRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(active.version, live.version, "the live version stays");
+    let id = format!("{run}-after");
+    orders.create_order(boom_order(&id)).await.unwrap();
+    let result = wait_result(&mut cache, &id, 30).await.unwrap();
+    assert_eq!(
+        (result.status.as_str(), result.ruleset_version),
+        ("done", live.version)
+    );
+}
+
+async fn embedded() -> (tempfile::TempDir, Running) {
+    let dir = tempfile::tempdir().unwrap();
+    let running = app::start(Role::All, &embedded_config(dir.path()))
+        .await
+        .unwrap();
+    (dir, running)
+}
+
+async fn on_kafka() -> Option<Running> {
+    let services = services()?;
+    Some(
+        app::start(Role::All, &kafka_config(&services))
+            .await
+            .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_run_embedded() {
+    let (_dir, running) = embedded().await;
+    shadow_run_reports_differences_and_touches_no_result(&running).await;
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
+async fn shadow_run_on_kafka_and_redis() {
+    let Some(running) = on_kafka().await else {
+        return;
+    };
+    shadow_run_reports_differences_and_touches_no_result(&running).await;
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_embedded() {
+    let (_dir, running) = embedded().await;
+    canary_decides_its_share_until_promote_or_rollback(&running).await;
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
+async fn canary_on_kafka_and_redis() {
+    let Some(running) = on_kafka().await else {
+        return;
+    };
+    canary_decides_its_share_until_promote_or_rollback(&running).await;
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_canary_embedded() {
+    let (_dir, running) = embedded().await;
+    a_failing_canary_rolls_back_by_itself(&running).await;
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
+async fn failing_canary_on_kafka_and_redis() {
+    let Some(running) = on_kafka().await else {
+        return;
+    };
+    a_failing_canary_rolls_back_by_itself(&running).await;
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Redis Cluster and the broker: scripts/test.sh runs it"]
+async fn shadow_run_on_a_redis_cluster() {
+    let Some(nodes) = crate::support::redis_cluster() else {
+        return;
+    };
+    let Some(services) = services() else { return };
+    let mut config = kafka_config(&services);
+    config.redis_addr = Some(nodes);
+    let running = app::start(Role::All, &config).await.unwrap();
+    shadow_run_reports_differences_and_touches_no_result(&running).await;
+    running.stop().await.unwrap();
+}
