@@ -299,10 +299,30 @@ async fn a_failing_canary_rolls_back_by_itself(running: &Running) {
     }
     // Every order ends decided: the candidate's failures are retried under the live
     // version once the canary is gone, or stay failed if they were final before.
+    let selects = |id: &str| {
+        Canary {
+            version: candidate.version,
+            basis_points: 5000,
+            margin_basis_points: 500,
+            started_at_unix_ms: 0,
+        }
+        .selects(id)
+    };
+    let mut rescued = 0;
     for id in &ids {
         let result = wait_result(&mut cache, id, 30).await.unwrap();
         assert!(["done", "failed"].contains(&result.status.as_str()), "{id}");
+        if selects(id) && result.status == "done" && result.attempts >= 2 {
+            // Failed under the candidate in the batch that ended the canary, retried
+            // under the live version. (Later orders are simply decided by it.)
+            assert_eq!(result.ruleset_version, live.version);
+            rescued += 1;
+        }
     }
+    assert!(
+        rescued >= 1,
+        "the breaking batch's failures are retried under the live version"
+    );
     let rollout = admin
         .rollout(admin::RolloutRequest {})
         .await
