@@ -24,6 +24,7 @@ mod pipeline;
 mod processes;
 mod readiness;
 mod redis_cluster;
+mod replay;
 mod rollout;
 mod status;
 mod support;

@@ -435,10 +435,26 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         }
         let listener = bind("ADMIN_ADDR", addr).await?;
         admin_addr = Some(listener.local_addr()?);
-        let service = AdminServiceServer::with_interceptor(
-            AdminApi::new(Arc::clone(live), store.clone()),
-            TokenCheck::new(token),
-        );
+        let mut api = AdminApi::new(Arc::clone(live), store.clone());
+        let log = match (&embedded, kafka_brokers) {
+            (Some(db), _) => Some(crate::replay::Log::Embedded(Arc::clone(db))),
+            (None, Some(brokers)) => Some(crate::replay::Log::Kafka {
+                brokers: brokers.to_string(),
+                options: kafka_options.clone(),
+                topic: config.kafka_topic.clone(),
+                dlq_topic: config.dlq_topic.clone(),
+            }),
+            (None, None) => None,
+        };
+        if let (Some(store), Some(log)) = (&store, log) {
+            api = api.with_replayer(Arc::new(crate::replay::Replayer::new(
+                Arc::clone(live),
+                store.clone(),
+                log,
+                &config.default_currency,
+            )));
+        }
+        let service = AdminServiceServer::with_interceptor(api, TokenCheck::new(token));
         let routes = Routes::new(service);
         let stop = shutdown.clone();
         let readiness = Arc::clone(&readiness);

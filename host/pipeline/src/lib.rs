@@ -28,6 +28,7 @@ pub mod order_log;
 pub mod processor;
 pub mod proto;
 pub mod readiness;
+pub mod replay;
 pub mod rules;
 pub mod shadow;
 pub mod store;

@@ -63,6 +63,15 @@ impl Store {
         }
     }
 
+    /// Writes `result` whatever result exists: a replay's explicit `--overwrite` (the
+    /// result records what it replaced).
+    pub async fn replace(&self, result: &OrderResult) -> anyhow::Result<()> {
+        match self {
+            Self::Redis(store) => store.replace(result).await,
+            Self::Embedded(db) => db.replace_result(result).await,
+        }
+    }
+
     /// The result of `id`, if there is one.
     pub async fn get(&self, id: &str) -> anyhow::Result<Option<OrderResult>> {
         match self {

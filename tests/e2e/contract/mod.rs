@@ -49,6 +49,7 @@ pub(crate) fn result(id: &str, status: ResultStatus, item: &str) -> OrderResult 
         processed_by: "contract".into(),
         processed_at_unix_ms: 1,
         order: Some(order),
+        replaced: None,
     }
 }
 

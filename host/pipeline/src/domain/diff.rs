@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::OrderResult;
+use super::{OrderResult, ResultStatus};
+use order_rules_engine::RuleOutcome;
 
 /// Samples kept per kind of difference.
 pub const MAX_SAMPLES: usize = 10;
@@ -21,7 +22,7 @@ pub struct Side {
     pub status: String,
     /// The total, minor units.
     pub total: i64,
-    /// Rejection reasons as `rule/code`, and the error of a failure.
+    /// Rejection reasons as `rule/code`, and `failed in <rule>` for a failure.
     pub reasons: Vec<String>,
     /// The ruleset version that decided.
     pub version: u64,
@@ -34,8 +35,16 @@ impl Side {
             .iter()
             .map(|r| format!("{}/{}", r.rule, r.code))
             .collect();
-        if !result.error.is_empty() {
-            reasons.push(format!("error: {}", result.error));
+        if result.status == ResultStatus::Failed {
+            // Which rule failed it, not the error's words (they count attempts, which a
+            // replay or a shadow run, deciding once, does not repeat).
+            let rule = result
+                .rules
+                .iter()
+                .rev()
+                .find(|r| r.outcome != RuleOutcome::Accept)
+                .map_or("the host", |r| r.name.as_str());
+            reasons.push(format!("failed in {rule}"));
         }
         Self {
             status: result.status.as_str().to_string(),
@@ -167,7 +176,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::domain::{Order, ResultStatus, Totals};
+    use crate::domain::{Order, Totals};
 
     fn result(id: &str, status: ResultStatus, total: i64) -> OrderResult {
         let order = Order::single_item(id, "book", total, "EUR");

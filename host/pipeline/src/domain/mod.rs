@@ -10,4 +10,4 @@ pub mod ruleset;
 pub mod wire;
 
 pub use order_rules_engine::{AdjustmentKind, Order, OrderLine, Totals};
-pub use result::{OrderResult, PutOutcome, ResultStatus, now_unix_ms};
+pub use result::{OrderResult, PutOutcome, Replaced, ResultStatus, now_unix_ms};

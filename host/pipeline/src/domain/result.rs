@@ -68,6 +68,26 @@ pub struct OrderResult {
     /// The order as it was decided: what a replay or a shadow run decides again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<Order>,
+    /// What this result replaced, when a replay with `--overwrite` wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<Replaced>,
+}
+
+/// The result a replay replaced, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replaced {
+    /// Its status.
+    pub status: ResultStatus,
+    /// Its total.
+    pub total: i64,
+    /// The version that made it.
+    pub ruleset_version: u64,
+    /// When it was made, Unix ms.
+    pub processed_at_unix_ms: i64,
+    /// Why it was replaced (the operator's words).
+    pub reason: String,
+    /// The replay run that replaced it.
+    pub run: String,
 }
 
 impl OrderResult {
@@ -117,6 +137,7 @@ impl OrderResult {
             processed_by: String::new(),
             processed_at_unix_ms: now_unix_ms(),
             order: Some(order.clone()),
+            replaced: None,
         }
     }
 
@@ -187,6 +208,7 @@ impl OrderResult {
             processed_by: String::new(),
             processed_at_unix_ms: 0,
             order: None,
+            replaced: None,
         }
     }
 }

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::domain::ruleset::Rollout;
 use crate::domain::ruleset::RulesetRecord;
 use crate::proto::admin::{self, admin_service_server::AdminService, deploy_request::Position};
+use crate::replay::{ReplayError, Replayer, Request as ReplayRun, Selection};
 use crate::rules::gate::{Candidate, DEFAULT_CANARY_MARGIN, Deploy, Gate, GateExample, Placement};
 use crate::rules::live::LiveRuleset;
 use crate::rules::status::WorkerStatus;
@@ -21,6 +22,8 @@ pub struct AdminApi {
     live: Arc<LiveRuleset>,
     /// Where shadow runs' tallies are read (the worker's result store).
     store: Option<Store>,
+    /// Replays and dead letters.
+    replayer: Option<Arc<Replayer>>,
 }
 
 impl AdminApi {
@@ -30,7 +33,75 @@ impl AdminApi {
             gate: Gate::new(Arc::clone(&live)),
             live,
             store,
+            replayer: None,
         }
+    }
+
+    /// Serves replays and dead letters with `replayer`.
+    pub fn with_replayer(mut self, replayer: Arc<Replayer>) -> Self {
+        self.replayer = Some(replayer);
+        self
+    }
+
+    fn replayer(&self) -> Result<&Replayer, Status> {
+        self.replayer
+            .as_deref()
+            .ok_or_else(|| Status::unavailable("this process does not replay"))
+    }
+}
+
+fn replay_status(e: ReplayError) -> Status {
+    match e {
+        ReplayError::Invalid(message) => Status::invalid_argument(message),
+        ReplayError::Version(message) => Status::not_found(message),
+        ReplayError::Unavailable(e) => Status::unavailable(format!("{e:#}")),
+    }
+}
+
+/// The orders a replay request names.
+fn selection(request: &admin::ReplayRequest) -> Result<Selection, Status> {
+    let mut chosen = Vec::new();
+    if !request.ids.is_empty() {
+        chosen.push(Selection::Ids(request.ids.clone()));
+    }
+    if request.since_unix_ms != 0 || request.until_unix_ms != 0 {
+        if request.until_unix_ms <= request.since_unix_ms {
+            return Err(Status::invalid_argument(
+                "until_unix_ms: the end of the time range must come after its start",
+            ));
+        }
+        chosen.push(Selection::Time {
+            since: request.since_unix_ms,
+            until: request.until_unix_ms,
+        });
+    }
+    if !request.offsets.is_empty() {
+        let ranges = request
+            .offsets
+            .iter()
+            .map(|r| {
+                if r.from < 0 || (r.to != 0 && r.to <= r.from) {
+                    return Err(Status::invalid_argument(format!(
+                        "offsets: partition {} from {} to {} is not a range",
+                        r.partition, r.from, r.to
+                    )));
+                }
+                Ok((r.partition, r.from, (r.to != 0).then_some(r.to)))
+            })
+            .collect::<Result<_, _>>()?;
+        chosen.push(Selection::Offsets(ranges));
+    }
+    if request.dead_letters {
+        chosen.push(Selection::DeadLetters);
+    }
+    match chosen.len() {
+        1 => Ok(chosen.remove(0)),
+        0 => Err(Status::invalid_argument(
+            "ids, time range, offsets or dead_letters: choose the orders to replay",
+        )),
+        _ => Err(Status::invalid_argument(
+            "ids, time range, offsets, dead_letters: choose one of them",
+        )),
     }
 }
 
@@ -329,6 +400,125 @@ impl AdminService for AdminApi {
         _request: Request<admin::RolloutRequest>,
     ) -> Result<Response<admin::RolloutInfo>, Status> {
         Ok(rollout_info(self.gate.rollout().await?))
+    }
+
+    #[tracing::instrument(name = "admin.replay", skip_all)]
+    async fn replay(
+        &self,
+        request: Request<admin::ReplayRequest>,
+    ) -> Result<Response<admin::ReplayResponse>, Status> {
+        let request = request.into_inner();
+        let selection = selection(&request)?;
+        if request.overwrite && request.reason.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "reason: say why the results are replaced (it is recorded in each)",
+            ));
+        }
+        let outcome = self
+            .replayer()?
+            .replay(ReplayRun {
+                selection,
+                version: (request.version != 0).then_some(request.version),
+                overwrite: request.overwrite.then_some(request.reason),
+                limit: match request.limit {
+                    0 => crate::replay::DEFAULT_LIMIT,
+                    n => n as usize,
+                },
+            })
+            .await
+            .map_err(replay_status)?;
+        Ok(Response::new(admin::ReplayResponse {
+            run: outcome.run,
+            version: outcome.version,
+            decided: outcome.decided,
+            differing: outcome.report.differing,
+            by_kind: outcome.report.by_kind.into_iter().collect(),
+            money: outcome.report.money.into_iter().collect(),
+            samples_json: serde_json::to_string(&outcome.report.samples)
+                .map_err(|e| Status::internal(e.to_string()))?,
+            without_result: outcome.without_result,
+            overwritten: outcome.overwritten,
+            skipped: outcome.skipped,
+            seconds: outcome.seconds,
+        }))
+    }
+
+    async fn dead_letters(
+        &self,
+        request: Request<admin::DeadLettersRequest>,
+    ) -> Result<Response<admin::DeadLettersResponse>, Status> {
+        let limit = match request.into_inner().limit {
+            0 => 1000,
+            n => n as usize,
+        };
+        let letters = self
+            .replayer()?
+            .dead_letters(limit)
+            .await
+            .map_err(replay_status)?;
+        let letters = letters
+            .into_iter()
+            .map(|l| {
+                let (order_json, error) = match l.order {
+                    Ok(order) => (
+                        serde_json::to_string(&order).unwrap_or_default(),
+                        String::new(),
+                    ),
+                    Err(why) => (String::new(), why),
+                };
+                admin::DeadLetter {
+                    position: l.position,
+                    headers: l.headers.into_iter().collect(),
+                    order_json,
+                    error,
+                    result_status: l.result_status.unwrap_or_default(),
+                }
+            })
+            .collect();
+        Ok(Response::new(admin::DeadLettersResponse { letters }))
+    }
+
+    async fn decision(
+        &self,
+        request: Request<admin::DecisionRequest>,
+    ) -> Result<Response<admin::DecisionResponse>, Status> {
+        let id = request.into_inner().id;
+        let store = self
+            .store
+            .as_ref()
+            .ok_or_else(|| Status::unavailable("this process has no result store"))?;
+        let result = store
+            .get(&id)
+            .await
+            .map_err(|e| Status::unavailable(format!("store: {e:#}")))?
+            .ok_or_else(|| Status::not_found(format!("id: no result for `{id}`")))?;
+        if result.order.is_none() {
+            return Err(Status::failed_precondition(format!(
+                "id: the result of `{id}` does not keep its order (written by the Go worker, or before results kept it)"
+            )));
+        }
+        let version = self.gate.version(result.ruleset_version).await?;
+        let active = self.gate.active().await?.version == version.version;
+        Ok(Response::new(admin::DecisionResponse {
+            result_json: serde_json::to_string(&result)
+                .map_err(|e| Status::internal(e.to_string()))?,
+            version: Some(info(&version, active)),
+        }))
+    }
+
+    async fn plugin(
+        &self,
+        request: Request<admin::PluginRequest>,
+    ) -> Result<Response<admin::PluginResponse>, Status> {
+        let digest = request.into_inner().digest;
+        let wasm = self
+            .live
+            .registry()
+            .plugin(&digest)
+            .await
+            .map_err(|e| Status::unavailable(format!("registry: {e:#}")))?
+            .ok_or_else(|| Status::not_found(format!("digest: no plugin {digest}")))?;
+        Ok(Response::new(admin::PluginResponse { wasm }))
     }
 
     async fn workers(

@@ -181,7 +181,8 @@ impl LiveRuleset {
         Ok(())
     }
 
-    async fn chain_of(&self, version: u64) -> anyhow::Result<Arc<ActiveChain>> {
+    /// The chain of `version` (built here; its plugins are compiled once per process).
+    pub async fn chain_of(&self, version: u64) -> anyhow::Result<Arc<ActiveChain>> {
         let record = self
             .registry
             .get(version)

@@ -30,6 +30,69 @@ impl EmbeddedDb {
         Ok(outcome)
     }
 
+    /// Writes one result whatever result exists (a replay's `--overwrite`); the
+    /// retention index follows the new result.
+    pub async fn replace_result(&self, result: &OrderResult) -> anyhow::Result<()> {
+        let db = Arc::clone(&self.db);
+        let id = result.id.clone();
+        let result = result.clone();
+        blocking(move || {
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(RESULTS)?;
+                let mut times = txn.open_table(RESULT_TIMES)?;
+                let old = table
+                    .get(result.id.as_str())?
+                    .map(|json| serde_json::from_str::<OrderResult>(json.value()))
+                    .transpose()?;
+                if let Some(old) = old {
+                    times.remove((made_at(&old), result.id.as_str()))?;
+                }
+                let json = serde_json::to_string(&result)?;
+                table.insert(result.id.as_str(), json.as_str())?;
+                times.insert((made_at(&result), result.id.as_str()), ())?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await?;
+        self.waiters.wake([id.as_str()]);
+        Ok(())
+    }
+
+    /// The results made from `since` (included) to `until` (excluded), Unix ms, oldest
+    /// first, at most `limit`.
+    pub async fn results_between(
+        &self,
+        since: i64,
+        until: i64,
+        limit: usize,
+    ) -> anyhow::Result<Vec<OrderResult>> {
+        let db = Arc::clone(&self.db);
+        let (since, until) = (
+            u64::try_from(since).unwrap_or(0),
+            u64::try_from(until).unwrap_or(0),
+        );
+        blocking(move || {
+            let txn = db.begin_read()?;
+            let times = txn.open_table(RESULT_TIMES)?;
+            let table = txn.open_table(RESULTS)?;
+            let mut out = Vec::new();
+            for entry in times.range((since, "")..(until, ""))? {
+                if out.len() >= limit {
+                    break;
+                }
+                let (key, _) = entry?;
+                let (_, id) = key.value();
+                if let Some(json) = table.get(id)? {
+                    out.push(serde_json::from_str(json.value())?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// The result of `id`. Read on the calling thread: a read transaction on cached
     /// pages takes microseconds, less than handing it to a blocking thread.
     pub async fn get_result(&self, id: &str) -> anyhow::Result<Option<OrderResult>> {

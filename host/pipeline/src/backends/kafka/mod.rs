@@ -2,6 +2,7 @@
 //! path), topic creation at start-up, and the consumer the worker uses.
 
 mod consumer;
+pub mod reader;
 
 pub use consumer::{DeadLetters, LogEntry, OrderConsumer};
 

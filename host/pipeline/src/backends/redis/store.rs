@@ -34,6 +34,23 @@ end
 return 1
 "#;
 
+/// Writes both keys whatever is there (a replay's `--overwrite`), to expire after
+/// ARGV[3] ms (0: never).
+const REPLACE_SCRIPT: &str = r#"
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[2], ARGV[2])
+end
+return 1
+"#;
+
+static REPLACE: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(REPLACE_SCRIPT));
+
 /// How often a waiting call re-reads Redis even without an announcement (results written
 /// by other writers, such as the Go worker, or a missed message).
 pub const FALLBACK_POLL: Duration = Duration::from_millis(100);
@@ -101,6 +118,23 @@ impl RedisStore {
         } else {
             PutOutcome::KeptExisting
         })
+    }
+
+    /// Writes `result` (both keys, atomically) whatever result exists: a replay's
+    /// explicit `--overwrite`.
+    pub async fn replace(&self, result: &OrderResult) -> anyhow::Result<()> {
+        let full = serde_json::to_string(result).context("serialising a result")?;
+        let mut connection = self.connection.clone();
+        let _: i64 = REPLACE
+            .key(self.keys.go(&result.id))
+            .key(self.keys.full(&result.id))
+            .arg(result.go_json())
+            .arg(full)
+            .arg(self.ttl_ms)
+            .invoke_async(&mut connection)
+            .await
+            .context("replacing a result in Redis")?;
+        Ok(())
     }
 
     /// The result of `id`: the full one, or one written by the Go worker.

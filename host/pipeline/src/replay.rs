@@ -1,0 +1,418 @@
+//! Replay: decide orders again with a chosen ruleset version. The orders come from their
+//! stored results (by id, or, embedded, by when they were decided; a result keeps the
+//! order it decided), from the order log (Kafka: by offsets, or by the time they were
+//! appended) or from the dead letters. By default the new results go to a scratch
+//! namespace (the shadow runs' store, under the replay's run id) and the answer is the
+//! diff against the stored results; `overwrite` replaces the stored results, each
+//! recording what it replaced and why.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use prost::Message as _;
+
+use crate::backends::embedded::EmbeddedDb;
+use crate::backends::kafka::{self, reader};
+use crate::domain::diff::DiffReport;
+use crate::domain::wire::order_from_request;
+use crate::domain::{Order, OrderResult, Replaced, now_unix_ms};
+use crate::proto;
+use crate::rules::live::LiveRuleset;
+use crate::store::Store;
+
+/// A message's headers, as text.
+type Headers = Vec<(String, String)>;
+
+/// Most orders one replay decides by default.
+pub const DEFAULT_LIMIT: usize = 10_000;
+
+/// Results written to the scratch namespace per call.
+const CHUNK: usize = 500;
+
+/// Which orders a replay decides again.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    /// These ids (from their stored results).
+    Ids(Vec<String>),
+    /// Decided (embedded) or appended to the order topic (Kafka) from `since` to
+    /// `until`, Unix ms.
+    Time {
+        /// Start, included.
+        since: i64,
+        /// End, excluded.
+        until: i64,
+    },
+    /// Kafka offsets of the order topic: partition, first, after the last (`None`: end).
+    Offsets(Vec<(i32, i64, Option<i64>)>),
+    /// Every dead letter.
+    DeadLetters,
+}
+
+/// A replay to run.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The orders.
+    pub selection: Selection,
+    /// The ruleset version to decide with (`None`: the active one).
+    pub version: Option<u64>,
+    /// Replace the stored results, for this reason (`None`: scratch only).
+    pub overwrite: Option<String>,
+    /// Most orders to decide.
+    pub limit: usize,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// Its run id: where its results are (`replay-<version>-<ms>`).
+    pub run: String,
+    /// The version that decided.
+    pub version: u64,
+    /// Orders decided.
+    pub decided: u64,
+    /// The diff against the stored results (orders that had one).
+    pub report: DiffReport,
+    /// Orders that had no stored result.
+    pub without_result: u64,
+    /// Stored results replaced (`overwrite`).
+    pub overwritten: u64,
+    /// Ids or entries that could not be replayed, with why.
+    pub skipped: Vec<String>,
+    /// How long it took, seconds.
+    pub seconds: f64,
+}
+
+/// A dead letter as the tooling lists it.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// Where it is: `partition/offset` (Kafka) or the log sequence number (embedded).
+    pub position: String,
+    /// Why it was dead-lettered, and where it came from.
+    pub headers: Vec<(String, String)>,
+    /// The order, or why the bytes are not one.
+    pub order: Result<Order, String>,
+    /// The status of its stored result, if it has one.
+    pub result_status: Option<String>,
+}
+
+/// Where the worker's orders come from.
+#[derive(Clone)]
+pub enum Log {
+    /// The embedded database.
+    Embedded(Arc<EmbeddedDb>),
+    /// Kafka.
+    Kafka {
+        /// Bootstrap servers.
+        brokers: String,
+        /// Client options.
+        options: kafka::ClientOptions,
+        /// The order topic.
+        topic: String,
+        /// The dead-letter topic.
+        dlq_topic: String,
+    },
+}
+
+/// Why a replay did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The request cannot be served (names what to fix).
+    #[error("{0}")]
+    Invalid(String),
+    /// The version does not exist or does not build.
+    #[error("{0}")]
+    Version(String),
+    /// A backend failed.
+    #[error("{0:#}")]
+    Unavailable(anyhow::Error),
+}
+
+/// Replays orders of one worker's pipeline.
+pub struct Replayer {
+    live: Arc<LiveRuleset>,
+    store: Store,
+    log: Log,
+    default_currency: String,
+}
+
+impl Replayer {
+    /// A replayer over the worker's ruleset, store and log.
+    pub fn new(live: Arc<LiveRuleset>, store: Store, log: Log, default_currency: &str) -> Self {
+        Self {
+            live,
+            store,
+            log,
+            default_currency: default_currency.to_string(),
+        }
+    }
+
+    fn decode(&self, payload: &[u8]) -> Result<Order, String> {
+        let request = proto::OrderRequest::decode(payload)
+            .map_err(|e| format!("not a protobuf OrderRequest: {e}"))?;
+        order_from_request(&request, &self.default_currency)
+            .map_err(|e| format!("not a valid order: {e}"))
+    }
+
+    async fn read_kafka(
+        &self,
+        dead_letters: bool,
+        range: reader::Range,
+        limit: usize,
+    ) -> Result<Vec<reader::ReadMessage>, ReplayError> {
+        let Log::Kafka {
+            brokers,
+            options,
+            topic,
+            dlq_topic,
+        } = self.log.clone()
+        else {
+            return Err(ReplayError::Invalid(
+                "offsets: the embedded mode has no Kafka offsets; choose ids, a time range or the dead letters".into(),
+            ));
+        };
+        let topic = if dead_letters { dlq_topic } else { topic };
+        tokio::task::spawn_blocking(move || reader::read(&brokers, &options, &topic, &range, limit))
+            .await
+            .map_err(|e| ReplayError::Unavailable(anyhow::anyhow!("reading Kafka panicked: {e}")))?
+            .map_err(ReplayError::Unavailable)
+    }
+
+    /// The dead letters, oldest first, at most `limit`.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, ReplayError> {
+        let raw: Vec<(String, Headers, Vec<u8>)> = match &self.log {
+            Log::Embedded(db) => db
+                .dead_letters()
+                .await
+                .map_err(ReplayError::Unavailable)?
+                .into_iter()
+                .take(limit)
+                .map(|d| (d.source_seq.to_string(), d.headers, d.payload))
+                .collect(),
+            Log::Kafka { .. } => self
+                .read_kafka(true, reader::Range::All, limit)
+                .await?
+                .into_iter()
+                .map(|m| {
+                    (
+                        format!("{}/{}", m.partition, m.offset),
+                        m.headers,
+                        m.payload,
+                    )
+                })
+                .collect(),
+        };
+        let mut out = Vec::with_capacity(raw.len());
+        for (position, headers, payload) in raw {
+            let order = self.decode(&payload);
+            let result_status = match &order {
+                Ok(order) => self
+                    .store
+                    .get(&order.id)
+                    .await
+                    .map_err(ReplayError::Unavailable)?
+                    .map(|r| r.status.as_str().to_string()),
+                Err(_) => None,
+            };
+            out.push(DeadLetter {
+                position,
+                headers,
+                order,
+                result_status,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The orders `selection` names, each with its stored result when it has one.
+    async fn orders(
+        &self,
+        selection: &Selection,
+        limit: usize,
+        skipped: &mut Vec<String>,
+    ) -> Result<Vec<(Order, Option<OrderResult>)>, ReplayError> {
+        let from_results = |results: Vec<OrderResult>, skipped: &mut Vec<String>| {
+            let mut out = Vec::new();
+            for result in results {
+                match result.order.clone() {
+                    Some(order) => out.push((order, Some(result))),
+                    None => skipped.push(format!(
+                        "{}: its result does not keep its order (written by the Go worker, or before results kept it)",
+                        result.id
+                    )),
+                }
+            }
+            out
+        };
+        let payloads: Vec<(String, Vec<u8>)> = match (selection, &self.log) {
+            (Selection::Ids(ids), _) => {
+                let mut results = Vec::new();
+                for id in ids.iter().take(limit) {
+                    match self.store.get(id).await.map_err(ReplayError::Unavailable)? {
+                        Some(result) => results.push(result),
+                        None => skipped.push(format!("{id}: no stored result")),
+                    }
+                }
+                return Ok(from_results(results, skipped));
+            }
+            (Selection::Time { since, until }, Log::Embedded(db)) => {
+                let results = db
+                    .results_between(*since, *until, limit)
+                    .await
+                    .map_err(ReplayError::Unavailable)?;
+                return Ok(from_results(results, skipped));
+            }
+            (Selection::Time { since, until }, Log::Kafka { .. }) => self
+                .read_kafka(
+                    false,
+                    reader::Range::Time {
+                        since: *since,
+                        until: *until,
+                    },
+                    limit,
+                )
+                .await?
+                .into_iter()
+                .map(|m| (format!("{}/{}", m.partition, m.offset), m.payload))
+                .collect(),
+            (Selection::Offsets(ranges), _) => {
+                let mut all = Vec::new();
+                for (partition, from, to) in ranges {
+                    let range = reader::Range::Offsets {
+                        partition: *partition,
+                        from: *from,
+                        to: *to,
+                    };
+                    let left = limit.saturating_sub(all.len());
+                    all.extend(
+                        self.read_kafka(false, range, left)
+                            .await?
+                            .into_iter()
+                            .map(|m| (format!("{}/{}", m.partition, m.offset), m.payload)),
+                    );
+                }
+                all
+            }
+            (Selection::DeadLetters, _) => {
+                let mut out = Vec::new();
+                for letter in self.dead_letters(limit).await? {
+                    match letter.order {
+                        Ok(order) => {
+                            let stored = self
+                                .store
+                                .get(&order.id)
+                                .await
+                                .map_err(ReplayError::Unavailable)?;
+                            out.push((order, stored));
+                        }
+                        Err(why) => skipped.push(format!("{}: {why}", letter.position)),
+                    }
+                }
+                return Ok(out);
+            }
+        };
+        let mut out = Vec::with_capacity(payloads.len());
+        for (position, payload) in payloads {
+            match self.decode(&payload) {
+                Ok(order) => {
+                    let stored = self
+                        .store
+                        .get(&order.id)
+                        .await
+                        .map_err(ReplayError::Unavailable)?;
+                    out.push((order, stored));
+                }
+                Err(why) => skipped.push(format!("{position}: {why}")),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs `request`.
+    pub async fn replay(&self, request: Request) -> Result<Outcome, ReplayError> {
+        let started = Instant::now();
+        if request
+            .overwrite
+            .as_ref()
+            .is_some_and(|r| r.trim().is_empty())
+        {
+            return Err(ReplayError::Invalid(
+                "reason: say why the results are replaced (it is recorded in each)".into(),
+            ));
+        }
+        let chain = match request.version {
+            None => self.live.current(),
+            Some(version) => self
+                .live
+                .chain_of(version)
+                .await
+                .map_err(|e| ReplayError::Version(format!("version {version}: {e:#}")))?,
+        };
+        let mut outcome = Outcome {
+            run: format!("replay-{}-{}", chain.version, now_unix_ms()),
+            version: chain.version,
+            ..Outcome::default()
+        };
+        let orders = self
+            .orders(&request.selection, request.limit, &mut outcome.skipped)
+            .await?;
+        let run = outcome.run.clone();
+        let decided = tokio::task::spawn_blocking(move || {
+            orders
+                .into_iter()
+                .map(|(order, stored)| {
+                    let evaluation = chain.chain.evaluate(&order);
+                    let mut result = OrderResult::from_evaluation(&order, evaluation, 1);
+                    result.ruleset_version = chain.version;
+                    result.processed_by = format!("replay {run}");
+                    (result, stored)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| ReplayError::Unavailable(anyhow::anyhow!("replay panicked: {e}")))?;
+        for chunk in decided.chunks(CHUNK) {
+            let mut tally = DiffReport::default();
+            for (candidate, stored) in chunk {
+                match stored {
+                    Some(stored) => tally.add(stored, candidate),
+                    None => outcome.without_result += 1,
+                }
+            }
+            let candidates: Vec<OrderResult> = chunk.iter().map(|(c, _)| c.clone()).collect();
+            self.store
+                .put_shadow(&outcome.run, &candidates, &tally)
+                .await
+                .map_err(ReplayError::Unavailable)?;
+            outcome.report.merge(&tally);
+            outcome.decided += chunk.len() as u64;
+        }
+        if let Some(reason) = &request.overwrite {
+            for (mut candidate, stored) in decided {
+                candidate.replaced = stored.map(|old| Replaced {
+                    status: old.status,
+                    total: old.totals.total,
+                    ruleset_version: old.ruleset_version,
+                    processed_at_unix_ms: old.processed_at_unix_ms,
+                    reason: reason.clone(),
+                    run: outcome.run.clone(),
+                });
+                self.store
+                    .replace(&candidate)
+                    .await
+                    .map_err(ReplayError::Unavailable)?;
+                outcome.overwritten += 1;
+            }
+        }
+        outcome.seconds = started.elapsed().as_secs_f64();
+        tracing::info!(
+            run = %outcome.run,
+            version = outcome.version,
+            decided = outcome.decided,
+            differing = outcome.report.differing,
+            overwritten = outcome.overwritten,
+            seconds = outcome.seconds,
+            "replay done"
+        );
+        Ok(outcome)
+    }
+}
