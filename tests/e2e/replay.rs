@@ -262,3 +262,118 @@ async fn replay_on_kafka_and_redis() {
     replay_decides_again(&running, true).await;
     running.stop().await.unwrap();
 }
+
+/// The operator's and the plugin author's commands, as a shell would run them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_commands_of_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = app::start(Role::All, &embedded_config(dir.path()))
+        .await
+        .unwrap();
+    let url = format!("http://{}", running.admin_addr.unwrap());
+    let run = |args: Vec<String>| async move {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            crate::support::cli(&args)
+        })
+        .await
+        .unwrap()
+    };
+    let with_admin = |args: &[&str]| {
+        let mut args: Vec<String> = args.iter().map(ToString::to_string).collect();
+        args.extend(["--admin-addr".to_string(), url.clone()]);
+        args
+    };
+    let mut admin = AdminServiceClient::connect(url.clone()).await.unwrap();
+    let chaos = admin
+        .deploy(DeployRequest {
+            wasm: std::fs::read(built_plugin("rule_chaos")).unwrap(),
+            position: Some(Position::After("rule-validate".into())),
+            ..DeployRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut orders = order_client(running.order_addr.unwrap()).await;
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+    let (good, failing) = (unique("cli-good"), unique("cli-fail"));
+    orders.create_order(us_order(&good)).await.unwrap();
+    orders.create_order(chaos_order(&failing)).await.unwrap();
+    wait_result(&mut cache, &good, 30).await.unwrap();
+    assert_eq!(
+        wait_result(&mut cache, &failing, 30).await.unwrap().status,
+        "failed"
+    );
+
+    let (code, out, err) = run(with_admin(&[
+        "replay", "--id", &good, "--id", &failing, "--json",
+    ]))
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (answer["decided"].as_u64(), answer["differing"].as_u64()),
+        (Some(2), Some(0))
+    );
+    let (code, out, err) = run(with_admin(&["replay", "--since", "10m", "--until", "0s"])).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("2 orders decided"), "{out}");
+    assert!(out.contains("stored results unchanged"), "{out}");
+
+    let (code, list, err) = run(with_admin(&["dlq", "list"])).await;
+    assert_eq!(code, 0, "{list}{err}");
+    let line = list
+        .lines()
+        .find(|l| l.contains(&failing))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(
+        line.contains("[failed]") && line.contains("simulated-failure"),
+        "{line}"
+    );
+    let position = line.split_whitespace().next().unwrap().to_string();
+    let (code, out, err) = run(with_admin(&["dlq", "inspect", &position])).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let letter: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(letter["order"]["id"], failing.as_str());
+
+    // The plugin author's view: the order here, under the version that decided it and
+    // under a candidate tax rule.
+    let tax = built_plugin("rule_tax").display().to_string();
+    let (code, out, err) = run(with_admin(&[
+        "plugin",
+        "replay",
+        &good,
+        "--candidate",
+        &tax,
+        "--config",
+        "rates=US:1000",
+    ]))
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("under version {}", chaos.version)),
+        "{out}"
+    );
+    assert!(out.contains("(as stored)"), "{out}");
+    assert!(out.contains("total USD +100"), "{out}");
+
+    // Without the chaos rule, then the dead letters replayed over their results.
+    admin.rollback(admin::RollbackRequest {}).await.unwrap();
+    let (code, _, err) = run(with_admin(&["dlq", "replay", "--overwrite"])).await;
+    assert_eq!(code, 2, "--overwrite needs --reason: {err}");
+    let (code, out, err) = run(with_admin(&[
+        "dlq",
+        "replay",
+        "--overwrite",
+        "--reason",
+        "chaos rule removed",
+    ]))
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("1 stored results replaced"), "{out}");
+    assert_eq!(
+        wait_result(&mut cache, &failing, 5).await.unwrap().status,
+        "done"
+    );
+    running.stop().await.unwrap();
+}

@@ -103,6 +103,13 @@ enum Command {
     /// Tools for rule plugins: run, test, benchmark and inspect them.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Decides orders again with a chosen ruleset version (through the AdminService):
+    /// by id, time range, Kafka offsets or the dead letters; into a scratch namespace
+    /// with a diff against the stored results, or replacing them with --overwrite.
+    Replay(commands::replay::ReplayArgs),
+    /// The dead letters: list, inspect, replay.
+    #[command(subcommand)]
+    Dlq(commands::replay::DlqCommand),
 }
 
 #[derive(Debug, Args)]
@@ -310,6 +317,9 @@ enum PluginCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Fetches a production order and the plugins of the version that decided it, and
+    /// decides it here under that version and under candidate plugins.
+    Replay(commands::replay::PluginReplayArgs),
     /// The rollout in progress: shadow run, canary, and why the last canary ended.
     Rollout {
         #[command(flatten)]
@@ -497,6 +507,8 @@ fn execute(cli: Cli, out: &mut dyn Write) -> Result<i32, Failure> {
         Command::Bench(args) => return runtime()?.block_on(load(args, out)),
         Command::Health(args) => return runtime()?.block_on(health(args, out)),
         Command::Plugin(command) => command,
+        Command::Replay(args) => return commands::replay::replay(args, out),
+        Command::Dlq(command) => return commands::replay::dlq(command, out),
     };
     commands::plugin::run(command, out)
 }

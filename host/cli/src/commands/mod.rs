@@ -5,5 +5,6 @@
 pub(crate) mod admin;
 pub(crate) mod client;
 pub(crate) mod plugin;
+pub(crate) mod replay;
 pub(crate) mod rollout;
 pub(crate) mod serve;

@@ -147,6 +147,7 @@ pub(crate) fn run(command: PluginCommand, out: &mut dyn Write) -> Result<i32, Fa
         }),
         PluginCommand::Status { admin } => super::admin::workers(&admin, out),
         PluginCommand::Shadow { command } => super::rollout::shadow(command, out),
+        PluginCommand::Replay(args) => super::replay::plugin_replay(args, out),
         PluginCommand::Promote { admin } => admin_call(&admin, out, |mut c| async move {
             c.promote(proto::admin::PromoteRequest {})
                 .await
