@@ -49,7 +49,7 @@ pub const CONSUMER_LAG: &str = "order_pipeline_consumer_lag";
 
 /// Counter `{what}`: orders of a shadow run: `compared` (decided again by the
 /// candidate), `differing` (decided differently), `dropped` (not compared: the shadow
-/// task fell behind, or its results could not be stored).
+/// task fell behind).
 pub const SHADOW_ORDERS: &str = "order_pipeline_shadow_orders_total";
 /// Counter: canaries ended because their candidate did worse than the live version.
 pub const CANARY_ROLLBACKS: &str = "order_pipeline_canary_rollbacks_total";

@@ -245,9 +245,15 @@ impl Replayer {
         };
         let payloads: Vec<(String, Vec<u8>)> = match (selection, &self.log) {
             (Selection::Ids(ids), _) => {
+                let ids: Vec<String> = ids.iter().take(limit).cloned().collect();
+                let stored = self
+                    .store
+                    .get_many(&ids, None)
+                    .await
+                    .map_err(ReplayError::Unavailable)?;
                 let mut results = Vec::new();
-                for id in ids.iter().take(limit) {
-                    match self.store.get(id).await.map_err(ReplayError::Unavailable)? {
+                for (id, result) in ids.iter().zip(stored) {
+                    match result {
                         Some(result) => results.push(result),
                         None => skipped.push(format!("{id}: no stored result")),
                     }
@@ -310,21 +316,21 @@ impl Replayer {
                 return Ok(out);
             }
         };
-        let mut out = Vec::with_capacity(payloads.len());
+        let mut orders = Vec::with_capacity(payloads.len());
         for (position, payload) in payloads {
             match self.decode(&payload) {
-                Ok(order) => {
-                    let stored = self
-                        .store
-                        .get(&order.id)
-                        .await
-                        .map_err(ReplayError::Unavailable)?;
-                    out.push((order, stored));
-                }
+                Ok(order) => orders.push(order),
                 Err(why) => skipped.push(format!("{position}: {why}")),
             }
         }
-        Ok(out)
+        // Their stored results, read together (pipelined on Redis).
+        let ids: Vec<String> = orders.iter().map(|o| o.id.clone()).collect();
+        let stored = self
+            .store
+            .get_many(&ids, None)
+            .await
+            .map_err(ReplayError::Unavailable)?;
+        Ok(orders.into_iter().zip(stored).collect())
     }
 
     /// Runs `request`.
