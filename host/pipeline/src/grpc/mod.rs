@@ -3,6 +3,7 @@
 //! [`Readiness`]) and gRPC reflection (v1 and v1alpha, as the Go servers did), advertising
 //! only what it serves.
 
+mod admin_convert;
 pub mod admin_service;
 pub mod cache_service;
 pub mod health;
