@@ -1,0 +1,157 @@
+//! The `plugin` subcommands and their arguments.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use crate::{AdminArgs, ChainArgs, IsolationArg, LimitArgs, commands, parse_key_value};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PluginCommand {
+    /// Evaluates one order and prints the outcome as JSON, with fuel used and time.
+    Run {
+        #[command(flatten)]
+        chain: ChainArgs,
+        /// The order, as JSON (see examples/orders/).
+        #[arg(long)]
+        order: PathBuf,
+    },
+    /// Runs every NAME.json order in a directory and compares the outcome with
+    /// NAME.expected.json; prints a pass/fail table and exits 1 on any failure.
+    Test {
+        #[command(flatten)]
+        chain: ChainArgs,
+        /// Directory of NAME.json orders and NAME.expected.json expectations. With
+        /// --plugin, a config.toml there gives the plugin's config (--config overrides it).
+        #[arg(long)]
+        examples: PathBuf,
+    },
+    /// Times the chain on the orders of an examples directory, cycling through them.
+    Bench {
+        #[command(flatten)]
+        chain: ChainArgs,
+        /// Directory of NAME.json orders.
+        #[arg(long)]
+        examples: PathBuf,
+        /// How many orders to evaluate.
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deploys a plugin to the running pipeline (through the AdminService): it is checked
+    /// (world, config, examples, smoke order) and goes live on every worker.
+    Deploy {
+        /// The plugin component (.wasm).
+        plugin: PathBuf,
+        /// Its config, as KEY=VALUE (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        config: Vec<(String, String)>,
+        /// Put it before this rule.
+        #[arg(long, conflicts_with_all = ["after", "replace"])]
+        before: Option<String>,
+        /// Put it after this rule.
+        #[arg(long, conflicts_with = "replace")]
+        after: Option<String>,
+        /// Replace this rule.
+        #[arg(long)]
+        replace: Option<String>,
+        /// Instance isolation.
+        #[arg(long, value_enum, default_value = "fresh")]
+        isolation: IsolationArg,
+        /// Instead of activating the new ruleset, run it as a canary deciding this
+        /// percentage of the orders (a stable hash of the order id); end it with
+        /// `plugin promote` or `plugin rollback`.
+        #[arg(long, value_name = "PERCENT")]
+        canary: Option<f64>,
+        /// The canary ends by itself when its share of failed or rejected orders exceeds
+        /// the live version's by more than this many percentage points.
+        #[arg(
+            long,
+            value_name = "POINTS",
+            default_value_t = 5.0,
+            requires = "canary"
+        )]
+        canary_margin: f64,
+        /// Examples (NAME.json + NAME.expected.json) the plugin must pass on its own first;
+        /// a config.toml there gives the plugin's config (--config overrides it), as for
+        /// `plugin test`.
+        #[arg(long)]
+        examples: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Shadow runs: a candidate ruleset decides every order too, off the client's path.
+    Shadow {
+        #[command(subcommand)]
+        command: commands::rollout::ShadowCommand,
+    },
+    /// Activates the canary's candidate and ends the canary.
+    Promote {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Fetches a production order and the plugins of the version that decided it, and
+    /// decides it here under that version and under candidate plugins.
+    Replay(commands::replay::PluginReplayArgs),
+    /// The rollout in progress: shadow run, canary, and why the last canary ended.
+    Rollout {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Shows the active ruleset of the running pipeline.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Shows every ruleset version, newest first.
+    History {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Makes an earlier ruleset version active again.
+    Activate {
+        /// The version to activate.
+        version: u64,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Activates the version that was active before the current one.
+    Rollback {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Lists the live workers (from their heartbeats): the ruleset version each runs,
+    /// flagged when it is not the active one, why it could not switch, orders processed,
+    /// and each rule's evaluations, failures, p50/p99 duration and fuel. Exits 1 when a
+    /// worker is not on the active version, or none is live.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Loads a plugin and prints its name, version, description, digest and size, and
+    /// the examples and config bundled in it.
+    Inspect {
+        /// The plugin component (.wasm).
+        plugin: PathBuf,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Embeds examples (and DIR/config.toml, the config they were written for) in a
+    /// custom section of the plugin, after checking that they pass. The deploy gate runs
+    /// them on deploy, activate and rollback. Writes a new file: the bytes, and so the
+    /// digest, change.
+    Bundle {
+        /// The plugin component (.wasm).
+        plugin: PathBuf,
+        /// Directory of NAME.json orders and NAME.expected.json expectations.
+        #[arg(long)]
+        examples: PathBuf,
+        /// Where to write the bundled plugin (default: NAME.bundled.wasm beside it).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+}
