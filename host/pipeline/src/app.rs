@@ -316,17 +316,14 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
             &worker_name(config),
         );
         let processor = Arc::new(match &store {
-            Some(store) => {
-                let (offer, batches) = crate::shadow::channel();
-                tasks.spawn(crate::shadow::run(
-                    Arc::clone(&live),
-                    store.clone(),
-                    worker_name(config),
-                    batches,
-                    shutdown.clone(),
-                ));
-                processor.with_shadow(offer)
-            }
+            Some(store) => crate::shadow::attach(
+                processor,
+                &live,
+                store,
+                &worker_name(config),
+                &mut tasks,
+                &shutdown,
+            ),
             None => processor,
         });
         tasks.spawn(crate::rules::status::publish(
@@ -436,16 +433,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         let listener = bind("ADMIN_ADDR", addr).await?;
         admin_addr = Some(listener.local_addr()?);
         let mut api = AdminApi::new(Arc::clone(live), store.clone());
-        let log = match (&embedded, kafka_brokers) {
-            (Some(db), _) => Some(crate::replay::Log::Embedded(Arc::clone(db))),
-            (None, Some(brokers)) => Some(crate::replay::Log::Kafka {
-                brokers: brokers.to_string(),
-                options: kafka_options.clone(),
-                topic: config.kafka_topic.clone(),
-                dlq_topic: config.dlq_topic.clone(),
-            }),
-            (None, None) => None,
-        };
+        let log = crate::replay::Log::of(embedded.as_ref(), kafka_brokers, &kafka_options, config);
         if let (Some(store), Some(log)) = (&store, log) {
             api = api.with_replayer(Arc::new(crate::replay::Replayer::new(
                 Arc::clone(live),

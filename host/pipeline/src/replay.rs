@@ -113,6 +113,28 @@ pub enum Log {
     },
 }
 
+impl Log {
+    /// The worker's log as `config` and the backends started set it up: the embedded
+    /// database, or Kafka at `brokers`; `None` without either.
+    pub fn of(
+        embedded: Option<&Arc<EmbeddedDb>>,
+        brokers: Option<&str>,
+        options: &kafka::ClientOptions,
+        config: &crate::config::Config,
+    ) -> Option<Self> {
+        match (embedded, brokers) {
+            (Some(db), _) => Some(Self::Embedded(Arc::clone(db))),
+            (None, Some(brokers)) => Some(Self::Kafka {
+                brokers: brokers.to_string(),
+                options: options.clone(),
+                topic: config.kafka_topic.clone(),
+                dlq_topic: config.dlq_topic.clone(),
+            }),
+            (None, None) => None,
+        }
+    }
+}
+
 /// Why a replay did not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {

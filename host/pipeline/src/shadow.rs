@@ -34,6 +34,26 @@ pub fn channel() -> (Sender, mpsc::Receiver<Vec<OrderResult>>) {
     mpsc::channel(SHADOW_QUEUE)
 }
 
+/// Starts the shadow task in `tasks` and hands `processor`'s batches to it.
+pub fn attach(
+    processor: crate::processor::Processor,
+    live: &Arc<LiveRuleset>,
+    store: &Store,
+    name: &str,
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+    shutdown: &CancellationToken,
+) -> crate::processor::Processor {
+    let (offer, batches) = channel();
+    tasks.spawn(run(
+        Arc::clone(live),
+        store.clone(),
+        name.to_string(),
+        batches,
+        shutdown.clone(),
+    ));
+    processor.with_shadow(offer)
+}
+
 /// Offers a processed batch to the shadow task, if a shadow run is on.
 pub fn offer(shadow: &Sender, live: &LiveRuleset, processed: &[Processed]) {
     if live.rollout().shadow.is_none() {
