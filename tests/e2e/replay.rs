@@ -377,3 +377,67 @@ async fn replay_commands_of_the_cli() {
     );
     running.stop().await.unwrap();
 }
+
+/// A rule that draws WASI randomness decides an order the same way on replay: the
+/// randomness is seeded per order, not live.
+async fn random_rules_replay_exactly(running: &Running) {
+    let mut admin = AdminServiceClient::connect(format!("http://{}", running.admin_addr.unwrap()))
+        .await
+        .unwrap();
+    let mut orders = order_client(running.order_addr.unwrap()).await;
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+    admin
+        .deploy(DeployRequest {
+            wasm: std::fs::read(built_plugin("fixture_random")).unwrap(),
+            ..DeployRequest::default()
+        })
+        .await
+        .unwrap();
+    let run = unique("random");
+    let ids: Vec<String> = (0..10).map(|i| format!("{run}-{i}")).collect();
+    for id in &ids {
+        orders.create_order(us_order(id)).await.unwrap();
+    }
+    let mut totals = std::collections::BTreeSet::new();
+    for id in &ids {
+        totals.insert(
+            wait_result(&mut cache, id, 30)
+                .await
+                .unwrap()
+                .totals
+                .unwrap()
+                .total,
+        );
+    }
+    assert!(totals.len() > 1, "the surcharges are random: {totals:?}");
+    let answer = admin
+        .replay(admin::ReplayRequest {
+            ids: ids.clone(),
+            ..admin::ReplayRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((answer.decided, answer.differing), (10, 0), "{answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_rules_replay_exactly_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = app::start(Role::All, &embedded_config(dir.path()))
+        .await
+        .unwrap();
+    random_rules_replay_exactly(&running).await;
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
+async fn random_rules_replay_exactly_on_kafka_and_redis() {
+    let Some(services) = services() else { return };
+    let running = app::start(Role::All, &kafka_config(&services))
+        .await
+        .unwrap();
+    random_rules_replay_exactly(&running).await;
+    running.stop().await.unwrap();
+}
