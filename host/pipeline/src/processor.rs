@@ -106,6 +106,28 @@ pub enum Processed {
     },
 }
 
+/// Where the processor hands a batch's live results to the shadow task (`shadow`).
+pub type ShadowSender = tokio::sync::mpsc::Sender<Vec<OrderResult>>;
+
+/// Offers a processed batch to the shadow task, if a shadow run is on; drops it (counted)
+/// when the task is behind.
+fn offer_shadow(shadow: &ShadowSender, live: &LiveRuleset, processed: &[Processed]) {
+    if live.rollout().shadow.is_none() {
+        return;
+    }
+    let results: Vec<OrderResult> = processed
+        .iter()
+        .filter_map(|p| match p {
+            Processed::Result { result, .. } if result.order.is_some() => Some((**result).clone()),
+            _ => None,
+        })
+        .collect();
+    let n = results.len() as u64;
+    if shadow.try_send(results).is_err() {
+        metrics::counter!(crate::metrics::SHADOW_ORDERS, "what" => "dropped").increment(n);
+    }
+}
+
 /// Headers of a dead letter: (name, value).
 pub type Headers = Vec<(String, String)>;
 
@@ -140,7 +162,7 @@ pub struct Processor {
     /// A running canary's watch.
     canary: CanaryWatch,
     /// Where live results go to be decided again by a shadow run's candidate.
-    shadow: Option<crate::shadow::Sender>,
+    shadow: Option<ShadowSender>,
 }
 
 impl Processor {
@@ -166,7 +188,7 @@ impl Processor {
     }
 
     /// Hands every batch's results to `shadow` while a shadow run is on.
-    pub fn with_shadow(mut self, shadow: crate::shadow::Sender) -> Self {
+    pub fn with_shadow(mut self, shadow: ShadowSender) -> Self {
         self.shadow = Some(shadow);
         self
     }
@@ -343,7 +365,7 @@ impl Processor {
             }
         }
         if let Some(shadow) = &self.shadow {
-            crate::shadow::offer(shadow, &self.live, &out);
+            offer_shadow(shadow, &self.live, &out);
         }
         out
     }

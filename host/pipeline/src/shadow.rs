@@ -1,5 +1,5 @@
 //! The shadow run, off the client's path: the processor offers each batch's live results
-//! ([`offer`]); a task of its own decides their orders again with the shadow candidate,
+//! (through a [`ShadowSender`]); a task of its own decides their orders again with the shadow candidate,
 //! stores the candidate's results where clients never read ([`Store::put_shadow`]) and
 //! adds to the run's tally of differences. Batches that queued meanwhile are merged into
 //! one pass. When it falls behind anyway, batches are dropped (counted in
@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::OrderResult;
 use crate::domain::diff::DiffReport;
-use crate::processor::Processed;
+use crate::processor::ShadowSender;
 use crate::rules::live::LiveRuleset;
 use crate::store::Store;
 
@@ -26,11 +26,8 @@ const MAX_MERGED: usize = 2000;
 /// Results stored per write.
 const WRITE_CHUNK: usize = 500;
 
-/// Where the processor hands live results over.
-pub type Sender = mpsc::Sender<Vec<OrderResult>>;
-
 /// The channel between the processor and the shadow task.
-pub fn channel() -> (Sender, mpsc::Receiver<Vec<OrderResult>>) {
+pub fn channel() -> (ShadowSender, mpsc::Receiver<Vec<OrderResult>>) {
     mpsc::channel(SHADOW_QUEUE)
 }
 
@@ -52,24 +49,6 @@ pub fn attach(
         shutdown.clone(),
     ));
     processor.with_shadow(offer)
-}
-
-/// Offers a processed batch to the shadow task, if a shadow run is on.
-pub fn offer(shadow: &Sender, live: &LiveRuleset, processed: &[Processed]) {
-    if live.rollout().shadow.is_none() {
-        return;
-    }
-    let results: Vec<OrderResult> = processed
-        .iter()
-        .filter_map(|p| match p {
-            Processed::Result { result, .. } if result.order.is_some() => Some((**result).clone()),
-            _ => None,
-        })
-        .collect();
-    let n = results.len() as u64;
-    if shadow.try_send(results).is_err() {
-        metrics::counter!(crate::metrics::SHADOW_ORDERS, "what" => "dropped").increment(n);
-    }
 }
 
 /// Decides the offered orders again with the shadow candidate until `shutdown`.

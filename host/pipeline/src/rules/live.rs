@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use super::registry::Registry;
+pub use super::rollout::ActiveChain;
 use super::rollout::{Deciders, RolloutChains};
 use crate::domain::now_unix_ms;
 use crate::domain::ruleset::{
@@ -22,14 +23,6 @@ use order_rules_engine::{Engine, Plugin, RuleChain, RuleSpec};
 
 /// How often a worker checks the active version even without a notification.
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(2);
-
-/// A ruleset version with its ready chain.
-pub struct ActiveChain {
-    /// The registry version.
-    pub version: u64,
-    /// The chain.
-    pub chain: RuleChain,
-}
 
 /// The worker's current chain and what it needs to build the next one.
 pub struct LiveRuleset {

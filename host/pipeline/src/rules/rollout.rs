@@ -8,10 +8,17 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use order_rules_engine::{Evaluation, Status};
+use order_rules_engine::{Evaluation, RuleChain, Status};
 
-use super::live::ActiveChain;
 use crate::domain::ruleset::{Canary, Rollout, ShadowRun};
+
+/// A ruleset version with its ready chain.
+pub struct ActiveChain {
+    /// The registry version.
+    pub version: u64,
+    /// The chain.
+    pub chain: RuleChain,
+}
 
 /// The rollout this worker runs, with its chains.
 #[derive(Default)]
