@@ -185,4 +185,31 @@ fn inspect_and_bench() {
     assert_eq!(json["orders"], 200);
     assert!(json["median_us"].as_f64().unwrap() > 0.0);
     assert!(json["statuses"]["accepted"].as_u64().unwrap() > 0);
+    // Each rule's cost, slowest first.
+    let rules = json["rules"].as_array().unwrap();
+    let mut names: Vec<&str> = rules.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["rule-discount", "rule-fraud", "rule-tax", "rule-validate"]
+    );
+    let means: Vec<f64> = rules
+        .iter()
+        .map(|r| r["mean_us"].as_f64().unwrap())
+        .collect();
+    assert!(means.windows(2).all(|w| w[0] >= w[1]), "{means:?}");
+    assert!(rules.iter().all(|r| r["mean_fuel"].as_f64().unwrap() > 0.0));
+    let (code, text, _) = cli(&[
+        "plugin",
+        "bench",
+        "--examples",
+        path(&examples),
+        "--count",
+        "50",
+    ]);
+    assert_eq!(code, EXIT_OK);
+    assert!(
+        text.contains("rules, slowest first") && text.contains("most fuel: "),
+        "{text}"
+    );
 }

@@ -285,6 +285,25 @@ pub struct BenchReport {
     pub max_us: f64,
     /// How many evaluations ended in each status.
     pub statuses: BTreeMap<String, usize>,
+    /// Each rule of the chain, slowest first (by mean time).
+    pub rules: Vec<RuleCost>,
+}
+
+/// What one rule of the chain cost over a benchmark run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleCost {
+    /// Rule name.
+    pub name: String,
+    /// Its evaluations (a rule after a rejection is not evaluated).
+    pub evaluations: usize,
+    /// Mean time, instantiation included, µs.
+    pub mean_us: f64,
+    /// 99th percentile, µs.
+    pub p99_us: f64,
+    /// Mean fuel.
+    pub mean_fuel: f64,
+    /// Most fuel of one evaluation.
+    pub max_fuel: u64,
 }
 
 /// Evaluates `count` orders, cycling through `orders`, on the calling thread; `warmup`
@@ -297,6 +316,8 @@ pub fn bench(chain: &RuleChain, orders: &[Order], count: usize, warmup: usize) -
             chain.evaluate(order);
         }
     }
+    // Per rule, in chain order: (name, durations µs, fuel).
+    let mut per_rule: Vec<(String, Vec<u64>, Vec<u64>)> = Vec::new();
     let started = Instant::now();
     for i in 0..count {
         let Some(order) = orders.get(i % orders.len().max(1)) else {
@@ -308,8 +329,36 @@ pub fn bench(chain: &RuleChain, orders: &[Order], count: usize, warmup: usize) -
         *statuses
             .entry(status_name(evaluation.status).to_string())
             .or_insert(0) += 1;
+        for trace in &evaluation.rules {
+            let at = match per_rule.iter().position(|(n, _, _)| *n == trace.name) {
+                Some(at) => at,
+                None => {
+                    per_rule.push((trace.name.clone(), Vec::new(), Vec::new()));
+                    per_rule.len() - 1
+                }
+            };
+            per_rule[at].1.push(trace.duration_us);
+            per_rule[at].2.push(trace.fuel_used);
+        }
     }
     let total = started.elapsed();
+    let mut rules: Vec<RuleCost> = per_rule
+        .into_iter()
+        .map(|(name, mut us, fuel)| {
+            us.sort_unstable();
+            let n = us.len().max(1) as f64;
+            let rank = ((us.len() as f64 * 0.99).ceil() as usize).clamp(1, us.len().max(1));
+            RuleCost {
+                name,
+                evaluations: us.len(),
+                mean_us: us.iter().sum::<u64>() as f64 / n,
+                p99_us: us.get(rank - 1).copied().unwrap_or(0) as f64,
+                mean_fuel: fuel.iter().sum::<u64>() as f64 / n,
+                max_fuel: fuel.iter().copied().max().unwrap_or(0),
+            }
+        })
+        .collect();
+    rules.sort_by(|a, b| b.mean_us.total_cmp(&a.mean_us));
     times.sort_unstable();
     let pct = |p: f64| percentile(&times, p).as_secs_f64() * 1e6;
     BenchReport {
@@ -320,6 +369,7 @@ pub fn bench(chain: &RuleChain, orders: &[Order], count: usize, warmup: usize) -
         p99_us: pct(0.99),
         max_us: pct(1.0),
         statuses,
+        rules,
     }
 }
 
@@ -345,6 +395,32 @@ impl BenchReport {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         let _ = writeln!(s, "outcomes: {}", statuses.join(", "));
+        if !self.rules.is_empty() {
+            let _ = writeln!(s, "rules, slowest first (time includes instantiation):");
+            for rule in &self.rules {
+                let _ = writeln!(
+                    s,
+                    "  {:<24} {:>8.1} µs mean {:>8.1} µs p99 {:>10.0} fuel mean {:>10} fuel max ({} evaluations)",
+                    rule.name,
+                    rule.mean_us,
+                    rule.p99_us,
+                    rule.mean_fuel,
+                    rule.max_fuel,
+                    rule.evaluations
+                );
+            }
+            if let Some(hungriest) = self
+                .rules
+                .iter()
+                .max_by(|a, b| a.mean_fuel.total_cmp(&b.mean_fuel))
+            {
+                let _ = writeln!(
+                    s,
+                    "most fuel: {} ({:.0} per evaluation)",
+                    hungriest.name, hungriest.mean_fuel
+                );
+            }
+        }
         s
     }
 }
