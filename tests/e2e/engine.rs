@@ -207,3 +207,57 @@ fn ruleset_files_resolve_plugins_and_report_errors() {
     assert!(err.to_string().contains("missing.wasm"), "{err}");
     assert!(repo_root().join("plugins/ruleset.toml").is_file());
 }
+
+#[test]
+fn compiled_components_are_cached_by_digest_and_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(crate::support::built_plugin("rule_tax")).unwrap();
+    let mut order = order_rules_engine::Order::single_item("cached", "book", 1000, "EUR");
+    order.shipping_country = "DE".into();
+    let with_cache = || {
+        let engine = engine();
+        engine.cache_compiled_in(dir.path().to_path_buf());
+        engine
+    };
+    let decide = |plugin: std::sync::Arc<order_rules_engine::Plugin>| {
+        let evaluation = order_rules_engine::RuleChain::new(vec![order_rules_engine::RuleSpec {
+            plugin,
+            config: vec![("rates".into(), "DE:1900".into())],
+            isolation: order_rules_engine::Isolation::Fresh,
+        }])
+        .unwrap()
+        .evaluate(&order);
+        let fuel: Vec<u64> = evaluation.rules.iter().map(|r| r.fuel_used).collect();
+        (
+            evaluation.status,
+            evaluation.totals,
+            evaluation.adjustments,
+            fuel,
+        )
+    };
+    let compiled = with_cache().load(&bytes).unwrap();
+    assert!(!compiled.from_cache());
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let file = &files[0];
+    let name = file.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with(compiled.digest()) && name.ends_with(".cwasm"),
+        "{name}"
+    );
+
+    // Another engine of the same settings (another process, a restart) loads it.
+    let cached = with_cache().load(&bytes).unwrap();
+    assert!(cached.from_cache());
+    assert_eq!(cached.digest(), compiled.digest());
+    assert_eq!(decide(cached), decide(compiled));
+
+    // A file that does not load is compiled again and replaced.
+    std::fs::write(file, b"not a compiled component").unwrap();
+    let again = with_cache().load(&bytes).unwrap();
+    assert!(!again.from_cache());
+    assert!(with_cache().load(&bytes).unwrap().from_cache());
+}

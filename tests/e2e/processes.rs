@@ -70,6 +70,7 @@ fn worker_process_with(
             "WORKER_INSTANCE_ID",
             format!("{}-{instance}", config.worker_group),
         )
+        .env("COMPONENT_CACHE_DIR", crate::support::component_cache())
         .env("PLUGIN_FUEL", "1000000000")
         .env("PLUGIN_DEADLINE_MS", "5000")
         .env("ADMIN_ADDR", admin_addr)

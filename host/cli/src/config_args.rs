@@ -117,6 +117,12 @@ pub(crate) struct ConfigArgs {
     /// Directory of the embedded log and store.
     #[arg(long, env = "DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
+    /// Where compiled plugins are cached, by sha256 and engine settings, so that a worker
+    /// switching to a plugin compiled before loads it in milliseconds. Default:
+    /// DATA_DIR/component-cache; `off` compiles every time. It holds native code the
+    /// host runs: protect it like the binary.
+    #[arg(long, env = "COMPONENT_CACHE_DIR")]
+    pub component_cache_dir: Option<String>,
     /// Ruleset file (TOML); unset: the default ruleset built into the binary.
     #[arg(long, env = "RULESET")]
     pub ruleset: Option<PathBuf>,
@@ -219,6 +225,11 @@ impl ConfigArgs {
             key_prefix: self.key_prefix,
             admin_token: self.admin_token,
             tls: config::TlsFiles::from_vars(self.tls_cert, self.tls_key, self.tls_client_ca)?,
+            component_cache: match self.component_cache_dir.as_deref().map(str::trim) {
+                Some("off") => None,
+                Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir)),
+                _ => Some(self.data_dir.join("component-cache")),
+            },
             data_dir: self.data_dir,
             ruleset: self.ruleset,
             default_currency: self.default_currency,

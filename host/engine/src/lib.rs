@@ -16,6 +16,7 @@
 //! uses `anyhow` (wasmtime's errors convert into it).
 
 pub mod bundle;
+mod cache;
 mod chain;
 mod instance;
 pub mod limits;
@@ -65,6 +66,8 @@ struct EngineInner {
     limits: Limits,
     /// Native twins of plugins (benchmark baseline only).
     native: Option<Arc<dyn NativeTwins>>,
+    /// Where compiled components are cached ([`Engine::cache_compiled_in`]).
+    cache_dir: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 impl Engine {
@@ -119,8 +122,20 @@ impl Engine {
                 linker,
                 limits,
                 native,
+                cache_dir: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// From now on, compiled components are kept in `dir` (and loaded from it) by their
+    /// sha256 and this engine's settings. Once per engine; later calls change nothing.
+    pub fn cache_compiled_in(&self, dir: std::path::PathBuf) {
+        let _ = self.inner.cache_dir.set(dir);
+    }
+
+    /// Where compiled components are cached, if anywhere.
+    pub fn compiled_cache(&self) -> Option<&std::path::Path> {
+        self.inner.cache_dir.get().map(std::path::PathBuf::as_path)
     }
 
     /// The limits every call is held to.

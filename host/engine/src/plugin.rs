@@ -104,6 +104,7 @@ pub struct Plugin {
     digest: String,
     bytes: Arc<[u8]>,
     bundle: Option<Arc<Bundle>>,
+    from_cache: bool,
 }
 
 impl fmt::Debug for Plugin {
@@ -120,8 +121,12 @@ impl Engine {
     /// `describe()`. The plugin's name comes from `describe()`.
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<Plugin>, LoadError> {
         check_header(bytes)?;
-        let component = Component::new(self.wasmtime(), bytes)
-            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let digest = digest(bytes);
+        let (component, from_cache) = match self.compiled_cache() {
+            Some(dir) => crate::cache::load_or_compile(self.wasmtime(), dir, &digest, bytes),
+            None => Component::new(self.wasmtime(), bytes).map(|c| (c, false)),
+        }
+        .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         let pre = self
             .linker()
             .instantiate_pre(&component)
@@ -136,8 +141,9 @@ impl Engine {
                 version: String::new(),
                 description: String::new(),
             },
-            digest: digest(bytes),
+            digest,
             bytes: Arc::from(bytes),
+            from_cache,
             bundle: crate::bundle::read(bytes)?.map(Arc::new),
         };
         let info = plugin
@@ -169,6 +175,11 @@ impl Plugin {
     /// sha256 of the component bytes, lowercase hex.
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    /// Whether its compiled form came from the engine's cache of compiled components.
+    pub fn from_cache(&self) -> bool {
+        self.from_cache
     }
 
     /// The examples (and their config) bundled in the component, if any.

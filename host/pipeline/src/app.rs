@@ -502,6 +502,7 @@ async fn load_chain(config: &Config) -> anyhow::Result<(Engine, RuleChain)> {
     let limits = config.limits.clone();
     let native = config.native_baseline;
     let path = config.ruleset.clone();
+    let cache = config.component_cache.clone();
     tokio::task::spawn_blocking(move || {
         if native {
             tracing::warn!(
@@ -510,6 +511,9 @@ async fn load_chain(config: &Config) -> anyhow::Result<(Engine, RuleChain)> {
             );
         }
         let engine = order_builtin_rules::engine(limits, native)?;
+        if let Some(dir) = cache {
+            engine.cache_compiled_in(dir);
+        }
         let chain = match &path {
             Some(path) => order_builtin_rules::load_file(&engine, path)?,
             None => order_builtin_rules::load_default(&engine)?,

@@ -73,6 +73,9 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Directory of the embedded log and store.
     pub data_dir: PathBuf,
+    /// Where compiled plugins are cached (`COMPONENT_CACHE_DIR`; default
+    /// `DATA_DIR/component-cache`); `None`: every process compiles every plugin.
+    pub component_cache: Option<PathBuf>,
     /// Ruleset file (TOML); `None`: the default ruleset built into the binary.
     pub ruleset: Option<PathBuf>,
     /// Currency of orders that give none (the Go API's orders).
@@ -229,6 +232,7 @@ impl Default for Config {
             admin_token: None,
             tls: None,
             data_dir: PathBuf::from("data"),
+            component_cache: Some(PathBuf::from("data").join("component-cache")),
             ruleset: None,
             default_currency: "USD".into(),
             max_retries: 3,

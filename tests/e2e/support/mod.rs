@@ -165,6 +165,11 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{nanos}-{n}", std::process::id())
 }
 
+/// The compiled-component cache the tests' pipelines share (outside the repository).
+pub fn component_cache() -> PathBuf {
+    std::env::temp_dir().join("order-pipeline-tests-component-cache")
+}
+
 /// A config for the Kafka + Redis mode with topics and group of its own, listening on
 /// free loopback ports, with quick retries.
 pub fn kafka_config(services: &Services) -> order_pipeline::config::Config {
@@ -180,6 +185,7 @@ pub fn kafka_config(services: &Services) -> order_pipeline::config::Config {
         admin_addr: LOOPBACK_ANY_PORT,
         retry_backoff_ms: 10,
         produce_timeout_ms: 5000,
+        component_cache: Some(component_cache()),
         ..order_pipeline::config::Config::default()
     }
 }
@@ -188,6 +194,7 @@ pub fn kafka_config(services: &Services) -> order_pipeline::config::Config {
 pub fn embedded_config(data_dir: &Path) -> order_pipeline::config::Config {
     order_pipeline::config::Config {
         data_dir: data_dir.to_path_buf(),
+        component_cache: Some(data_dir.join("component-cache")),
         order_service_addr: LOOPBACK_ANY_PORT,
         cache_service_addr: LOOPBACK_ANY_PORT,
         admin_addr: LOOPBACK_ANY_PORT,
@@ -475,6 +482,7 @@ pub fn start_role(role: &str, env: &[(&str, &str)], addr: Option<&str>) -> RoleP
     command
         .arg(role)
         .env("RUST_LOG", "warn")
+        .env("COMPONENT_CACHE_DIR", component_cache())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit());
     for (key, value) in env {
