@@ -271,19 +271,6 @@ async fn replay_commands_of_the_cli() {
         .await
         .unwrap();
     let url = format!("http://{}", running.admin_addr.unwrap());
-    let run = |args: Vec<String>| async move {
-        tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            crate::support::cli(&args)
-        })
-        .await
-        .unwrap()
-    };
-    let with_admin = |args: &[&str]| {
-        let mut args: Vec<String> = args.iter().map(ToString::to_string).collect();
-        args.extend(["--admin-addr".to_string(), url.clone()]);
-        args
-    };
     let mut admin = AdminServiceClient::connect(url.clone()).await.unwrap();
     let chaos = admin
         .deploy(DeployRequest {
@@ -305,22 +292,22 @@ async fn replay_commands_of_the_cli() {
         "failed"
     );
 
-    let (code, out, err) = run(with_admin(&[
-        "replay", "--id", &good, "--id", &failing, "--json",
-    ]))
-    .await;
+    let (code, out, err) =
+        crate::support::admin_cli(&url, &["replay", "--id", &good, "--id", &failing, "--json"])
+            .await;
     assert_eq!(code, 0, "{out}{err}");
     let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         (answer["decided"].as_u64(), answer["differing"].as_u64()),
         (Some(2), Some(0))
     );
-    let (code, out, err) = run(with_admin(&["replay", "--since", "10m", "--until", "0s"])).await;
+    let (code, out, err) =
+        crate::support::admin_cli(&url, &["replay", "--since", "10m", "--until", "0s"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("2 orders decided"), "{out}");
     assert!(out.contains("stored results unchanged"), "{out}");
 
-    let (code, list, err) = run(with_admin(&["dlq", "list"])).await;
+    let (code, list, err) = crate::support::admin_cli(&url, &["dlq", "list"]).await;
     assert_eq!(code, 0, "{list}{err}");
     let line = list
         .lines()
@@ -331,7 +318,7 @@ async fn replay_commands_of_the_cli() {
         "{line}"
     );
     let position = line.split_whitespace().next().unwrap().to_string();
-    let (code, out, err) = run(with_admin(&["dlq", "inspect", &position])).await;
+    let (code, out, err) = crate::support::admin_cli(&url, &["dlq", "inspect", &position]).await;
     assert_eq!(code, 0, "{out}{err}");
     let letter: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(letter["order"]["id"], failing.as_str());
@@ -339,15 +326,18 @@ async fn replay_commands_of_the_cli() {
     // The plugin author's view: the order here, under the version that decided it and
     // under a candidate tax rule.
     let tax = built_plugin("rule_tax").display().to_string();
-    let (code, out, err) = run(with_admin(&[
-        "plugin",
-        "replay",
-        &good,
-        "--candidate",
-        &tax,
-        "--config",
-        "rates=US:1000",
-    ]))
+    let (code, out, err) = crate::support::admin_cli(
+        &url,
+        &[
+            "plugin",
+            "replay",
+            &good,
+            "--candidate",
+            &tax,
+            "--config",
+            "rates=US:1000",
+        ],
+    )
     .await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(
@@ -359,15 +349,18 @@ async fn replay_commands_of_the_cli() {
 
     // Without the chaos rule, then the dead letters replayed over their results.
     admin.rollback(admin::RollbackRequest {}).await.unwrap();
-    let (code, _, err) = run(with_admin(&["dlq", "replay", "--overwrite"])).await;
+    let (code, _, err) = crate::support::admin_cli(&url, &["dlq", "replay", "--overwrite"]).await;
     assert_eq!(code, 2, "--overwrite needs --reason: {err}");
-    let (code, out, err) = run(with_admin(&[
-        "dlq",
-        "replay",
-        "--overwrite",
-        "--reason",
-        "chaos rule removed",
-    ]))
+    let (code, out, err) = crate::support::admin_cli(
+        &url,
+        &[
+            "dlq",
+            "replay",
+            "--overwrite",
+            "--reason",
+            "chaos rule removed",
+        ],
+    )
     .await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("1 stored results replaced"), "{out}");

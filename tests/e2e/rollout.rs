@@ -437,28 +437,18 @@ async fn shadow_run_on_a_redis_cluster() {
 async fn rollout_commands_of_the_cli() {
     let (_dir, running) = embedded().await;
     let url = format!("http://{}", running.admin_addr.unwrap());
-    let run = |args: Vec<String>| async move {
-        tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            crate::support::cli(&args)
-        })
-        .await
-        .unwrap()
-    };
     let tax = built_plugin("rule_tax").display().to_string();
-    let with_admin = |args: &[&str]| {
-        let mut args: Vec<String> = args.iter().map(ToString::to_string).collect();
-        args.extend(["--admin-addr".to_string(), url.clone()]);
-        args
-    };
-    let (code, out, err) = run(with_admin(&[
-        "plugin",
-        "shadow",
-        "start",
-        &tax,
-        "--config",
-        "rates=US:1000",
-    ]))
+    let (code, out, err) = crate::support::admin_cli(
+        &url,
+        &[
+            "plugin",
+            "shadow",
+            "start",
+            &tax,
+            "--config",
+            "rates=US:1000",
+        ],
+    )
     .await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.starts_with("shadow: shadow-"), "{out}");
@@ -469,7 +459,8 @@ async fn rollout_commands_of_the_cli() {
     wait_result(&mut cache, &id, 30).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let diff = loop {
-        let (code, out, err) = run(with_admin(&["plugin", "shadow", "diff", "--json"])).await;
+        let (code, out, err) =
+            crate::support::admin_cli(&url, &["plugin", "shadow", "diff", "--json"]).await;
         assert_eq!(code, 0, "{out}{err}");
         let diff: serde_json::Value = serde_json::from_str(&out).unwrap();
         if diff["orders"] == 1 || Instant::now() > deadline {
@@ -478,34 +469,37 @@ async fn rollout_commands_of_the_cli() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(diff["money"]["USD"], 100, "{diff}");
-    let (_, text, _) = run(with_admin(&["plugin", "shadow", "diff"])).await;
+    let (_, text, _) = crate::support::admin_cli(&url, &["plugin", "shadow", "diff"]).await;
     assert!(
         text.contains("1 orders compared, 1 decided differently"),
         "{text}"
     );
     assert!(text.contains("money    USD +100"), "{text}");
-    let (code, out, _) = run(with_admin(&["plugin", "shadow", "stop"])).await;
+    let (code, out, _) = crate::support::admin_cli(&url, &["plugin", "shadow", "stop"]).await;
     assert_eq!((code, out.lines().next()), (0, Some("shadow: none")));
 
-    let (code, out, err) = run(with_admin(&[
-        "plugin",
-        "deploy",
-        &tax,
-        "--replace",
-        "rule-tax",
-        "--config",
-        "rates=US:1000",
-        "--canary",
-        "25",
-    ]))
+    let (code, out, err) = crate::support::admin_cli(
+        &url,
+        &[
+            "plugin",
+            "deploy",
+            &tax,
+            "--replace",
+            "rule-tax",
+            "--config",
+            "rates=US:1000",
+            "--canary",
+            "25",
+        ],
+    )
     .await;
     assert_eq!(code, 0, "{out}{err}");
-    let (_, out, _) = run(with_admin(&["plugin", "rollout"])).await;
+    let (_, out, _) = crate::support::admin_cli(&url, &["plugin", "rollout"]).await;
     assert!(out.contains("on 25% of the orders"), "{out}");
-    let (code, out, err) = run(with_admin(&["plugin", "promote"])).await;
+    let (code, out, err) = crate::support::admin_cli(&url, &["plugin", "promote"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("(active)"), "{out}");
-    let (code, _, err) = run(with_admin(&["plugin", "promote"])).await;
+    let (code, _, err) = crate::support::admin_cli(&url, &["plugin", "promote"]).await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no canary is running"), "{err}");
     running.stop().await.unwrap();

@@ -106,6 +106,19 @@ pub fn cli(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Runs the CLI in-process, off the async runtime, with `args` and then
+/// `--admin-addr url`: an operator's command against a running pipeline.
+pub async fn admin_cli(url: &str, args: &[&str]) -> (i32, String, String) {
+    let mut args: Vec<String> = args.iter().map(ToString::to_string).collect();
+    args.extend(["--admin-addr".to_string(), url.to_string()]);
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(&args)
+    })
+    .await
+    .unwrap()
+}
+
 /// Addresses of the real Redis and Kafka-compatible broker the test script started.
 #[derive(Debug, Clone)]
 pub struct Services {

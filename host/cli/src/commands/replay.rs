@@ -176,25 +176,13 @@ fn run_replay(
         "replay {} with version {}: {} orders decided in {:.3} s ({rate:.0}/s), {} differently from their stored result",
         answer.run, answer.version, answer.decided, answer.seconds, answer.differing
     )?;
-    for kind in order_pipeline::domain::diff::KINDS {
-        let n = answer.by_kind.get(kind).copied().unwrap_or(0);
-        writeln!(out, "  {kind:<8} {n}")?;
-    }
-    let mut money: Vec<_> = answer.money.iter().collect();
-    money.sort();
-    for (currency, amount) in money {
-        writeln!(
-            out,
-            "  money    {currency} {amount:+} (replay - stored, minor units)"
-        )?;
-    }
-    if let Some(kinds) = samples.as_object() {
-        for (kind, list) in kinds {
-            for sample in list.as_array().into_iter().flatten() {
-                writeln!(out, "  {kind}: {sample}")?;
-            }
-        }
-    }
+    super::rollout::print_diff(
+        out,
+        &answer.by_kind,
+        &answer.money,
+        &samples,
+        "replay - stored",
+    )?;
     if answer.without_result > 0 {
         writeln!(
             out,

@@ -162,16 +162,36 @@ fn diff(admin: &AdminArgs, json: bool, out: &mut dyn Write) -> Result<i32, Failu
         "shadow run {} ({state}), candidate version {}: {} orders compared, {} decided differently",
         answer.run, answer.candidate_version, answer.orders, answer.differing
     )?;
+    print_diff(
+        out,
+        &answer.by_kind,
+        &answer.money,
+        &samples,
+        "candidate - live",
+    )?;
+    Ok(EXIT_OK)
+}
+
+/// The body of a diff as people read it (`shadow diff`, `replay`): the count of each
+/// kind of difference, the money per currency (`sides` names the subtraction), and the
+/// samples.
+pub(crate) fn print_diff(
+    out: &mut dyn Write,
+    by_kind: &std::collections::HashMap<String, u64>,
+    money: &std::collections::HashMap<String, i64>,
+    samples: &serde_json::Value,
+    sides: &str,
+) -> std::io::Result<()> {
     for kind in order_pipeline::domain::diff::KINDS {
-        let n = answer.by_kind.get(kind).copied().unwrap_or(0);
+        let n = by_kind.get(kind).copied().unwrap_or(0);
         writeln!(out, "  {kind:<8} {n}")?;
     }
-    let mut money: Vec<_> = answer.money.iter().collect();
+    let mut money: Vec<_> = money.iter().collect();
     money.sort();
     for (currency, amount) in money {
         writeln!(
             out,
-            "  money    {currency} {amount:+} (candidate - live, minor units)"
+            "  money    {currency} {amount:+} ({sides}, minor units)"
         )?;
     }
     if let Some(kinds) = samples.as_object() {
@@ -181,5 +201,5 @@ fn diff(admin: &AdminArgs, json: bool, out: &mut dyn Write) -> Result<i32, Failu
             }
         }
     }
-    Ok(EXIT_OK)
+    Ok(())
 }

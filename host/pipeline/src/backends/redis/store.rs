@@ -13,14 +13,17 @@ use crate::config::RedisTls;
 use crate::domain::{OrderResult, PutOutcome};
 use crate::waiters::Waiters;
 
-/// Writes both keys unless a final (not `failed`) result exists, to expire after ARGV[3]
-/// ms (0: never). Returns 1 if written.
+/// Writes both keys, to expire after ARGV[3] ms (0: never), unless ARGV[4] is `keep`
+/// and a final (not `failed`) result exists (a replay's `--overwrite` passes `replace`).
+/// Returns 1 if written.
 const PUT_SCRIPT: &str = r#"
-local existing = redis.call('GET', KEYS[2])
-if existing then
-  local ok, decoded = pcall(cjson.decode, existing)
-  if ok and decoded['status'] ~= 'failed' then
-    return 0
+if ARGV[4] == 'keep' then
+  local existing = redis.call('GET', KEYS[2])
+  if existing then
+    local ok, decoded = pcall(cjson.decode, existing)
+    if ok and decoded['status'] ~= 'failed' then
+      return 0
+    end
   end
 end
 local ttl = tonumber(ARGV[3])
@@ -33,23 +36,6 @@ else
 end
 return 1
 "#;
-
-/// Writes both keys whatever is there (a replay's `--overwrite`), to expire after
-/// ARGV[3] ms (0: never).
-const REPLACE_SCRIPT: &str = r#"
-local ttl = tonumber(ARGV[3])
-if ttl > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
-  redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-  redis.call('SET', KEYS[2], ARGV[2])
-end
-return 1
-"#;
-
-static REPLACE: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(REPLACE_SCRIPT));
 
 /// How often a waiting call re-reads Redis even without an announcement (results written
 /// by other writers, such as the Go worker, or a missed message).
@@ -101,6 +87,16 @@ impl RedisStore {
 
     /// Writes `result` (both keys, atomically) unless a final result exists.
     pub async fn put(&self, result: &OrderResult) -> anyhow::Result<PutOutcome> {
+        self.write(result, "keep").await
+    }
+
+    /// Writes `result` (both keys, atomically) whatever result exists: a replay's
+    /// explicit `--overwrite`.
+    pub async fn replace(&self, result: &OrderResult) -> anyhow::Result<()> {
+        self.write(result, "replace").await.map(|_| ())
+    }
+
+    async fn write(&self, result: &OrderResult, existing: &str) -> anyhow::Result<PutOutcome> {
         let full = serde_json::to_string(result).context("serialising a result")?;
         let mut connection = self.connection.clone();
         let written: i64 = self
@@ -110,6 +106,7 @@ impl RedisStore {
             .arg(result.go_json())
             .arg(full)
             .arg(self.ttl_ms)
+            .arg(existing)
             .invoke_async(&mut connection)
             .await
             .context("writing a result to Redis")?;
@@ -118,23 +115,6 @@ impl RedisStore {
         } else {
             PutOutcome::KeptExisting
         })
-    }
-
-    /// Writes `result` (both keys, atomically) whatever result exists: a replay's
-    /// explicit `--overwrite`.
-    pub async fn replace(&self, result: &OrderResult) -> anyhow::Result<()> {
-        let full = serde_json::to_string(result).context("serialising a result")?;
-        let mut connection = self.connection.clone();
-        let _: i64 = REPLACE
-            .key(self.keys.go(&result.id))
-            .key(self.keys.full(&result.id))
-            .arg(result.go_json())
-            .arg(full)
-            .arg(self.ttl_ms)
-            .invoke_async(&mut connection)
-            .await
-            .context("replacing a result in Redis")?;
-        Ok(())
     }
 
     /// The result of `id`: the full one, or one written by the Go worker.
