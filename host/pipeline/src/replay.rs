@@ -201,6 +201,19 @@ impl Replayer {
 
     /// The dead letters, oldest first, at most `limit`.
     pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, ReplayError> {
+        Ok(self
+            .letters_with_results(limit)
+            .await?
+            .into_iter()
+            .map(|(letter, _)| letter)
+            .collect())
+    }
+
+    /// The dead letters with the stored results of their orders (read together).
+    async fn letters_with_results(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(DeadLetter, Option<OrderResult>)>, ReplayError> {
         let raw: Vec<(String, Headers, Vec<u8>)> = match &self.log {
             Log::Embedded(db) => db
                 .dead_letters()
@@ -223,26 +236,34 @@ impl Replayer {
                 })
                 .collect(),
         };
-        let mut out = Vec::with_capacity(raw.len());
-        for (position, headers, payload) in raw {
-            let order = self.decode(&payload);
-            let result_status = match &order {
-                Ok(order) => self
-                    .store
-                    .get(&order.id)
-                    .await
-                    .map_err(ReplayError::Unavailable)?
-                    .map(|r| r.status.as_str().to_string()),
-                Err(_) => None,
-            };
-            out.push(DeadLetter {
+        let letters: Vec<DeadLetter> = raw
+            .into_iter()
+            .map(|(position, headers, payload)| DeadLetter {
+                order: self.decode(&payload),
                 position,
                 headers,
-                order,
-                result_status,
-            });
-        }
-        Ok(out)
+                result_status: None,
+            })
+            .collect();
+        // Letters that are not orders have no result: their slot reads nothing.
+        let ids: Vec<String> = letters
+            .iter()
+            .map(|l| l.order.as_ref().map(|o| o.id.clone()).unwrap_or_default())
+            .collect();
+        let stored = self
+            .store
+            .get_many(&ids, None)
+            .await
+            .map_err(ReplayError::Unavailable)?;
+        Ok(letters
+            .into_iter()
+            .zip(stored)
+            .map(|(mut letter, stored)| {
+                let stored = stored.filter(|_| letter.order.is_ok());
+                letter.result_status = stored.as_ref().map(|r| r.status.as_str().to_string());
+                (letter, stored)
+            })
+            .collect())
     }
 
     /// The orders `selection` names, each with its stored result when it has one.
@@ -322,16 +343,9 @@ impl Replayer {
             }
             (Selection::DeadLetters, _) => {
                 let mut out = Vec::new();
-                for letter in self.dead_letters(limit).await? {
+                for (letter, stored) in self.letters_with_results(limit).await? {
                     match letter.order {
-                        Ok(order) => {
-                            let stored = self
-                                .store
-                                .get(&order.id)
-                                .await
-                                .map_err(ReplayError::Unavailable)?;
-                            out.push((order, stored));
-                        }
+                        Ok(order) => out.push((order, stored)),
                         Err(why) => skipped.push(format!("{}: {why}", letter.position)),
                     }
                 }
