@@ -32,7 +32,10 @@ fn de_order(id: &str) -> OrderRequest {
     }
 }
 
-async fn shadow_run_reports_differences_and_touches_no_result(running: &Running) {
+/// Answers the shadow run's id and one order it compared.
+async fn shadow_run_reports_differences_and_touches_no_result(
+    running: &Running,
+) -> (String, String) {
     let mut admin = admin_of(running).await;
     let mut orders = order_client(running.order_addr.unwrap()).await;
     let mut cache = cache_client(running.cache_addr.unwrap()).await;
@@ -146,6 +149,7 @@ async fn shadow_run_reports_differences_and_touches_no_result(running: &Running)
         .await
         .unwrap_err();
     assert_eq!(none.code(), tonic::Code::FailedPrecondition);
+    (started.shadow_run, us[0].clone())
 }
 
 fn canary_deploy(wasm: DeployRequest, percent: f64) -> DeployRequest {
@@ -370,7 +374,38 @@ async fn on_kafka() -> Option<Running> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shadow_run_embedded() {
     let (_dir, running) = embedded().await;
-    shadow_run_reports_differences_and_touches_no_result(&running).await;
+    let (first, id) = shadow_run_reports_differences_and_touches_no_result(&running).await;
+    let db = running.embedded.clone().unwrap();
+    assert!(db.shadow_result(&first, &id).await.unwrap().is_some());
+    // The next run's first batch replaces the earlier run's data.
+    let mut admin = admin_of(&running).await;
+    let active = admin
+        .active(admin::ActiveRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let next = admin
+        .shadow_start(admin::ShadowStartRequest {
+            version: active.version,
+            plugins: Vec::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut orders = order_client(running.order_addr.unwrap()).await;
+    let another = unique("next-shadow");
+    orders.create_order(us_order(&another)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while db.shadow_report(&next.shadow_run).await.unwrap().orders == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the next shadow run compared nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(db.shadow_report(&first).await.unwrap().orders, 0);
+    assert!(db.shadow_result(&first, &id).await.unwrap().is_none());
+    drop(db);
     running.stop().await.unwrap();
 }
 
@@ -380,7 +415,16 @@ async fn shadow_run_on_kafka_and_redis() {
     let Some(running) = on_kafka().await else {
         return;
     };
-    shadow_run_reports_differences_and_touches_no_result(&running).await;
+    let (run, id) = shadow_run_reports_differences_and_touches_no_result(&running).await;
+    // The candidate's result is under the run's own key, expiring with the results.
+    let plain = order_pipeline::backends::redis::RedisStore::connect(&services().unwrap().redis)
+        .await
+        .unwrap();
+    let key = format!("pipeline:{{shadow:{run}}}:result:{id}");
+    assert!(plain.raw(&key).await.unwrap().is_some(), "{key}");
+    let ttl = plain.ttl_ms(&key).await.unwrap().unwrap();
+    let week = order_pipeline::config::DEFAULT_RESULT_TTL.as_millis() as i64;
+    assert!(ttl > week - 600_000 && ttl <= week, "{key}: {ttl} ms");
     running.stop().await.unwrap();
 }
 

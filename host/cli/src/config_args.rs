@@ -288,6 +288,20 @@ mod tests {
     }
 
     #[test]
+    fn compiled_plugins_are_cached_under_the_data_dir_unless_off() {
+        let cache = |args: &[&str]| parse(args).unwrap().component_cache;
+        assert_eq!(
+            cache(&["--data-dir", "/srv/op"]),
+            Some(PathBuf::from("/srv/op/component-cache"))
+        );
+        assert_eq!(
+            cache(&["--component-cache-dir", "/var/cache/op"]),
+            Some(PathBuf::from("/var/cache/op"))
+        );
+        assert_eq!(cache(&["--component-cache-dir", "off"]), None);
+    }
+
+    #[test]
     fn a_bad_value_names_its_variable() {
         let err = parse(&["--admin-addr", "localhost"]).unwrap_err();
         assert!(err.0.contains("ADMIN_ADDR"), "{err}");
