@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what is missing (the wasm32-wasip2
 # target, redis-server, Java and Maven for Apache Kafka, whose jars come from Maven
-# Central: scripts/kafka.sh, and grpcurl with go install), starts Redis and a single-node
+# Central: scripts/kafka.sh, grpcurl with go install, npm and the JavaScript template's
+# packages, componentize-py and pytest from PyPI), starts Redis and a single-node
 # KRaft broker on free loopback ports, checks formatting, builds and lints (clippy
 # -D warnings) the workspace and the plugins, runs the plugins' unit tests, builds and
-# tests the rule template, runs `cargo test`, and stops the services by PID. The fault tests and the short soak (tests/e2e/faults, docs/RELIABILITY.md) start
+# tests the rule templates (Rust, JavaScript, Python), runs `cargo test`, and stops the services by PID. The fault tests and the short soak (tests/e2e/faults, docs/RELIABILITY.md) start
 # brokers (one node, or a three-node cluster) and a Redis of their own with
 # scripts/kafka.sh and redis-server, on free ports, and stop them by PID.
 #
@@ -56,6 +57,28 @@ if [ ! -x "$TEST_GRPCURL" ]; then
   GOBIN="$(dirname "$TEST_GRPCURL")" go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION"
 fi
 go version -m "$TEST_GRPCURL" | sed -n 's/^[[:space:]]*mod[[:space:]]*//p'
+
+step "node and npm, componentize-py and pytest (the JavaScript and Python rule templates)"
+if ! command -v npm >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+fi
+node --version
+# npm's downloads are cached; the template's package-lock.json pins every package.
+export npm_config_cache="$CACHE/npm"
+# componentize-py and pytest at the versions requirements.txt pins, in a virtual
+# environment named by that file's hash (a changed pin makes a new one).
+PY_REQUIREMENTS=examples/rule-template-python/requirements.txt
+PY_TOOLS="$CACHE/python-rules-$(sha256sum "$PY_REQUIREMENTS" | cut -c1-12)"
+if [ ! -x "$PY_TOOLS/bin/componentize-py" ] || [ ! -x "$PY_TOOLS/bin/pytest" ]; then
+  rm -rf "$PY_TOOLS"
+  python3 -m venv "$PY_TOOLS"
+  "$PY_TOOLS/bin/pip" install --quiet --disable-pip-version-check -r "$PY_REQUIREMENTS"
+fi
+"$PY_TOOLS/bin/componentize-py" --version
+export TEST_PYTHON_RULE_TOOLS="$PY_TOOLS/bin"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { # port seconds name
@@ -149,13 +172,25 @@ step "building and linting the workspace's tests and the order-pipeline binary"
 # Every target, the benchmarks' too (built, not run; `cd bench && cargo bench` runs them).
 cargo test --workspace --all-targets --no-run --quiet
 
-step "rule template: unit tests, component build, plugin test"
+step "rule templates (Rust, JavaScript, Python): unit tests, component build, plugin test"
 (cd examples/rule-template && unset RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS && \
   cargo test --quiet --target "$HOST_TRIPLE" --target-dir "$CARGO_TARGET_DIR/rule-template" && \
   cargo build --quiet --release --target-dir "$CARGO_TARGET_DIR/rule-template")
 "$CARGO_TARGET_DIR/debug/order-pipeline" plugin test \
   --plugin "$CARGO_TARGET_DIR/rule-template/wasm32-wasip2/release/rule_small_order_fee.wasm" \
   --examples examples/rule-template/examples
+(cd examples/rule-template-js && npm ci --no-audit --no-fund --loglevel=error && \
+  npm test --silent && npm run --silent build)
+"$CARGO_TARGET_DIR/debug/order-pipeline" plugin test \
+  --plugin examples/rule-template-js/rule-small-order-fee.wasm \
+  --examples examples/rule-template-js/examples
+# The end-to-end test that deploys a JavaScript rule takes this one.
+export TEST_JS_RULE="$ROOT/examples/rule-template-js/rule-small-order-fee.wasm"
+(cd examples/rule-template-python && export PATH="$TEST_PYTHON_RULE_TOOLS:$PATH" && \
+  pytest -q -p no:cacheprovider && sh build.sh)
+"$CARGO_TARGET_DIR/debug/order-pipeline" plugin test \
+  --plugin examples/rule-template-python/rule-small-order-fee.wasm \
+  --examples examples/rule-template-python/examples
 
 step "cargo test (with the tests marked #[ignore] because they need Redis and the broker)"
 cargo test --workspace -- --include-ignored "$@" 2>&1 | tee "$RUN_DIR/cargo-test.log"

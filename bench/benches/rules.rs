@@ -11,7 +11,9 @@ use criterion::{Criterion, criterion_group};
 use order_builtin_rules as ruleset;
 #[cfg(feature = "zen")]
 use order_pipeline_bench::zen;
-use order_rules_engine::{Engine, Isolation, Limits, Order, OrderLine, RuleChain, RuleSpec};
+use order_rules_engine::{
+    Engine, Isolation, Limits, Order, OrderLine, RuleChain, RuleLimits, RuleSpec,
+};
 
 fn order(lines: usize) -> Order {
     Order {
@@ -42,6 +44,7 @@ fn chain(engine: &Engine, rules: &[&str], isolation: Isolation) -> RuleChain {
                 plugin: engine.load(ruleset::builtin(rule).unwrap()).unwrap(),
                 config: config(rule),
                 isolation,
+                limits: RuleLimits::default(),
             })
             .collect(),
     )

@@ -224,6 +224,7 @@ fn compiled_components_are_cached_by_digest_and_engine() {
             plugin,
             config: vec![("rates".into(), "DE:1900".into())],
             isolation: order_rules_engine::Isolation::Fresh,
+            limits: order_rules_engine::RuleLimits::default(),
         }])
         .unwrap()
         .evaluate(&order);

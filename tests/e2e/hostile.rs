@@ -277,3 +277,73 @@ fn a_random_request_above_the_bound_fails_without_allocating_it() {
         "peak memory asking for 8 bytes: {small} KiB, for 1 GiB: {huge} KiB"
     );
 }
+
+/// A rule's own limits (`[rule.limits]`, or given at deploy) replace the engine's for
+/// that rule only: a memory cap above the engine's (and the pool's old ceiling), a fuel
+/// budget below it, and a deadline, each reported in the rule's failure.
+#[test]
+fn a_rules_own_limits_replace_the_engines_for_that_rule() {
+    use order_rules_engine::{RuleChain, RuleLimits, RuleSpec};
+    let engine = engine_plenty_of_fuel();
+    let spec = |stem: &str, limits: RuleLimits| RuleSpec {
+        plugin: crate::support::load(&engine, stem).unwrap(),
+        config: Vec::new(),
+        isolation: Isolation::Fresh,
+        limits,
+    };
+    let chain = RuleChain::new(vec![
+        spec("rule_validate", RuleLimits::default()),
+        spec(
+            "fixture_alloc",
+            RuleLimits {
+                memory_mib: Some(64),
+                ..RuleLimits::default()
+            },
+        ),
+    ])
+    .unwrap();
+    let evaluation = chain.evaluate(&go_order());
+    let error = evaluation.error.unwrap();
+    assert_eq!(error.kind, FailureKind::MemoryLimit);
+    assert!(error.message.contains("64 MiB"), "{}", error.message);
+
+    let starved = RuleChain::new(vec![spec(
+        "rule_validate",
+        RuleLimits {
+            fuel: Some(1),
+            ..RuleLimits::default()
+        },
+    )]);
+    // Instantiating and configuring run on the rule's own budget too: 1 unit is not enough.
+    let err = starved.err().unwrap().to_string();
+    assert!(err.contains("fuel"), "{err}");
+
+    let started = Instant::now();
+    let evaluation = RuleChain::new(vec![spec(
+        "fixture_spin",
+        RuleLimits {
+            deadline_ms: Some(20),
+            ..RuleLimits::default()
+        },
+    )])
+    .unwrap()
+    .evaluate(&go_order());
+    assert_eq!(
+        evaluation.error.unwrap().kind,
+        FailureKind::DeadlineExceeded
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    let refused = RuleChain::new(vec![spec(
+        "rule_validate",
+        RuleLimits {
+            memory_mib: Some(100_000),
+            ..RuleLimits::default()
+        },
+    )]);
+    let err = refused.err().unwrap().to_string();
+    assert!(
+        err.starts_with("rule `rule-validate`, limits: memory-mib 100000 is out of range"),
+        "{err}"
+    );
+}

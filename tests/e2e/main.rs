@@ -19,6 +19,7 @@ mod go_workflow;
 mod grpc_api;
 mod hostile;
 mod kafka_worker;
+mod languages;
 mod metrics;
 mod pipeline;
 mod processes;

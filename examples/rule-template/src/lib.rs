@@ -8,8 +8,8 @@ use std::cell::RefCell;
 
 wit_bindgen::generate!({
     world: "rule",
-    // The contract; point this at your copy of the project's `wit/` directory.
-    path: "../../wit",
+    // The contract: wit/rule.wit (order:rules@0.1.0).
+    path: "wit",
 });
 
 use order::rules::log::{Level, log};

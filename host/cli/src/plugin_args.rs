@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
+use order_pipeline::proto::admin;
 
 use crate::{AdminArgs, ChainArgs, IsolationArg, LimitArgs, commands, parse_key_value};
 
@@ -80,6 +81,8 @@ pub(crate) enum PluginCommand {
         #[arg(long)]
         examples: Option<PathBuf>,
         #[command(flatten)]
+        limits: RuleLimitArgs,
+        #[command(flatten)]
         admin: AdminArgs,
     },
     /// Shadow runs: a candidate ruleset decides every order too, off the client's path.
@@ -138,6 +141,19 @@ pub(crate) enum PluginCommand {
         #[command(flatten)]
         limits: LimitArgs,
     },
+    /// Writes a ready rule project (the WIT, a build command, examples and a README) from
+    /// the templates built into this binary; it builds and passes `plugin test` as
+    /// written.
+    New {
+        /// The rule's name, kebab-case (also the project's).
+        name: String,
+        /// The language to write it in.
+        #[arg(long, value_enum)]
+        lang: commands::new::Lang,
+        /// Where to write it (default: ./NAME); must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Embeds examples (and DIR/config.toml, the config they were written for) in a
     /// custom section of the plugin, after checking that they pass. The deploy gate runs
     /// them on deploy, activate and rollback. Writes a new file: the bytes, and so the
@@ -154,4 +170,33 @@ pub(crate) enum PluginCommand {
         #[command(flatten)]
         limits: LimitArgs,
     },
+}
+
+/// One rule's own limits at deploy, in place of the workers' defaults (an interpreter
+/// guest, JavaScript or Python, needs more fuel than a Rust rule).
+#[derive(Debug, Clone, Copy, Args)]
+pub(crate) struct RuleLimitArgs {
+    /// This rule's memory cap per instance, MiB, 2 to 1024 (default: the workers'
+    /// PLUGIN_MEMORY_MIB).
+    #[arg(long, value_name = "MIB")]
+    pub memory_mib: Option<u32>,
+    /// This rule's fuel per call (default: the workers' PLUGIN_FUEL).
+    #[arg(long)]
+    pub fuel: Option<u64>,
+    /// This rule's deadline per call, milliseconds, 5 to 10000 (default: the workers'
+    /// PLUGIN_DEADLINE_MS).
+    #[arg(long, value_name = "MS")]
+    pub deadline_ms: Option<u64>,
+}
+
+impl RuleLimitArgs {
+    /// As the AdminService takes them (none given: unset).
+    pub(crate) fn request(self) -> Option<admin::RuleLimits> {
+        let given = self.memory_mib.is_some() || self.fuel.is_some() || self.deadline_ms.is_some();
+        given.then(|| admin::RuleLimits {
+            memory_mib: self.memory_mib.unwrap_or(0),
+            fuel: self.fuel.unwrap_or(0),
+            deadline_ms: self.deadline_ms.unwrap_or(0),
+        })
+    }
 }

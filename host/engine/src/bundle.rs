@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use wasmparser::{Parser, Payload};
 
-use crate::{Isolation, Order, Plugin, RuleChain, RuleSpec, runner};
+use crate::{Isolation, Order, Plugin, RuleChain, RuleLimits, RuleSpec, runner};
 
 /// The name of the custom section that holds a plugin's bundled examples.
 pub const SECTION: &str = "order-pipeline-examples";
@@ -122,13 +122,15 @@ pub fn embed(bytes: &[u8], bundle: &Bundle) -> Result<Vec<u8>, BundleError> {
 
 impl Bundle {
     /// Runs every example on `plugin` alone, with the bundle's config, fresh instances
-    /// and the plugin's engine limits; answers how many passed, or the first failure.
-    pub fn check(&self, plugin: &Arc<Plugin>) -> Result<usize, String> {
+    /// and the plugin's engine limits with the rule's own (`limits`) in place; answers
+    /// how many passed, or the first failure.
+    pub fn check(&self, plugin: &Arc<Plugin>, limits: RuleLimits) -> Result<usize, String> {
         let name = plugin.name();
         let chain = RuleChain::new(vec![RuleSpec {
             plugin: Arc::clone(plugin),
             config: self.config.clone(),
             isolation: Isolation::Fresh,
+            limits,
         }])
         .map_err(|e| format!("{name} does not take its bundled config: {e}"))?;
         for example in &self.examples {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::bindings::order::rules::types as wit;
 use super::instance::{Failure, FailureKind, Instance, RuleFailure};
-use super::limits::{MAX_ADJUSTMENTS, MAX_REASONS};
+use super::limits::{Limits, MAX_ADJUSTMENTS, MAX_REASONS, RuleLimits};
 use super::native::{self, NativeRule};
 use super::plugin::{Isolation, Plugin};
 use super::wasi::OrderSeed;
@@ -28,6 +28,8 @@ pub struct RuleSpec {
     pub config: Vec<(String, String)>,
     /// How its instances are used.
     pub isolation: Isolation,
+    /// Its own limits, in place of the engine's where given.
+    pub limits: RuleLimits,
 }
 
 /// Why a chain could not be built.
@@ -39,6 +41,14 @@ pub enum ChainError {
     /// A plugin refused its config or could not start.
     #[error(transparent)]
     Rule(#[from] RuleFailure),
+    /// A rule's own limits cannot work.
+    #[error("rule `{rule}`, limits: {message}")]
+    Limits {
+        /// The rule.
+        rule: String,
+        /// Which limit to fix.
+        message: String,
+    },
 }
 
 /// The overall decision about an order.
@@ -164,6 +174,8 @@ pub struct RuleChain {
 
 struct Step {
     spec: RuleSpec,
+    /// The engine's limits with the rule's own in place.
+    limits: Limits,
     /// What its WASI randomness is seeded from.
     seed: OrderSeed,
     idle: Mutex<Vec<Instance>>,
@@ -181,8 +193,15 @@ impl RuleChain {
             if steps.iter().any(|s| s.spec.plugin.name() == name) {
                 return Err(ChainError::DuplicateRule(name.to_string()));
             }
+            let limits =
+                spec.limits
+                    .apply(spec.plugin.limits())
+                    .map_err(|e| ChainError::Limits {
+                        rule: name.to_string(),
+                        message: e.0,
+                    })?;
             let seed = OrderSeed::of_rule(spec.plugin.digest(), &spec.config);
-            let instance = configured(&spec, &seed).map_err(|f| f.named(name))?;
+            let instance = configured(&spec, &limits, &seed).map_err(|f| f.named(name))?;
             let idle = match spec.isolation {
                 Isolation::Reuse => vec![instance],
                 Isolation::Fresh => Vec::new(),
@@ -199,6 +218,7 @@ impl RuleChain {
             };
             steps.push(Step {
                 spec,
+                limits,
                 seed,
                 idle: Mutex::new(idle),
                 native,
@@ -318,21 +338,17 @@ impl Step {
         order: &wit::Order,
         context: &wit::ChainContext,
     ) -> Result<(wit::Outcome, u64), Failure> {
-        let plugin = &self.spec.plugin;
+        let limits = &self.limits;
         match self.spec.isolation {
-            Isolation::Fresh => configured(&self.spec, &self.seed)?.evaluate(
-                plugin.limits(),
-                order,
-                context,
-                &self.seed,
-            ),
+            Isolation::Fresh => configured(&self.spec, limits, &self.seed)?
+                .evaluate(limits, order, context, &self.seed),
             Isolation::Reuse => {
                 let pooled = lock(&self.idle).pop();
                 let mut instance = match pooled {
                     Some(instance) => instance,
-                    None => configured(&self.spec, &self.seed)?,
+                    None => configured(&self.spec, limits, &self.seed)?,
                 };
-                let result = instance.evaluate(plugin.limits(), order, context, &self.seed);
+                let result = instance.evaluate(limits, order, context, &self.seed);
                 if result.is_ok() {
                     let mut idle = lock(&self.idle);
                     if idle.len() < REUSE_POOL_SIZE {
@@ -352,9 +368,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn configured(spec: &RuleSpec, seed: &OrderSeed) -> Result<Instance, Failure> {
-    let mut instance = spec.plugin.instantiate(seed)?;
-    instance.configure(spec.plugin.limits(), &spec.config)?;
+fn configured(spec: &RuleSpec, limits: &Limits, seed: &OrderSeed) -> Result<Instance, Failure> {
+    let mut instance = spec.plugin.instantiate(limits, seed)?;
+    instance.configure(limits, &spec.config)?;
     Ok(instance)
 }
 

@@ -39,7 +39,7 @@ pub use chain::{
     RuleSpec, RuleTrace, Status,
 };
 pub use instance::{FailureKind, RuleFailure};
-pub use limits::{Limits, LimitsError};
+pub use limits::{Limits, LimitsError, RuleLimits};
 pub use native::{NativeDecide, NativeTwins};
 pub use order::{AdjustmentKind, Order, OrderLine, Totals};
 pub use plugin::{Isolation, LoadError, Plugin, PluginInfo, digest};
@@ -98,7 +98,13 @@ impl Engine {
             .total_core_instances(slots.saturating_mul(8))
             .total_memories(slots.saturating_mul(2))
             .total_tables(slots.saturating_mul(4))
-            .max_memory_size(limits.memory_bytes)
+            // A rule's own memory cap may exceed the engine's (`RuleLimits`); each store's
+            // limiter holds every instance to its rule's cap.
+            .max_memory_size(
+                limits
+                    .memory_bytes
+                    .max((limits::MAX_RULE_MEMORY_MIB as usize) << 20),
+            )
             // Measured here: these keep a fresh instance at ~10 µs instead of ~25-80 µs.
             .linear_memory_keep_resident(2 << 20)
             .table_keep_resident(256 << 10)

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 /// Default wall-clock deadline of one call into a rule (`configure` or `evaluate`).
 pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(100);
 /// Default fuel (about one unit per WebAssembly instruction) of one call into a rule.
@@ -56,6 +58,99 @@ impl Default for Limits {
             memory_bytes: DEFAULT_MEMORY_BYTES,
             max_instances: DEFAULT_MAX_INSTANCES,
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+        }
+    }
+}
+
+/// Largest memory cap one rule may be given ([`RuleLimits::memory_mib`]): the pooling
+/// allocator lets no linear memory grow past it.
+pub const MAX_RULE_MEMORY_MIB: u32 = 1024;
+/// Longest deadline one rule may be given ([`RuleLimits::deadline_ms`]).
+pub const MAX_RULE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// One rule's own limits, set in its ruleset entry (`[rule.limits]`) or at deploy: each
+/// one given replaces the engine's for that rule's calls; the others stay the engine's.
+/// An interpreter guest (JavaScript, Python) needs more fuel than a Rust rule, for example.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RuleLimits {
+    /// Linear memory cap of one instance, MiB (2 to [`MAX_RULE_MEMORY_MIB`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u32>,
+    /// Fuel budget of one call (at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+    /// Wall-clock deadline of one call, milliseconds (one epoch tick to
+    /// [`MAX_RULE_DEADLINE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+}
+
+impl RuleLimits {
+    /// Whether no limit is given.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Checks each given limit; the message names the one to fix.
+    pub fn validate(&self) -> Result<(), LimitsError> {
+        if let Some(mib) = self.memory_mib
+            && !(2..=MAX_RULE_MEMORY_MIB).contains(&mib)
+        {
+            return Err(LimitsError(format!(
+                "memory-mib {mib} is out of range: give 2 to {MAX_RULE_MEMORY_MIB}"
+            )));
+        }
+        if self.fuel == Some(0) {
+            return Err(LimitsError("fuel must be at least 1".into()));
+        }
+        if let Some(ms) = self.deadline_ms {
+            let deadline = Duration::from_millis(ms);
+            if deadline < EPOCH_TICK || deadline > MAX_RULE_DEADLINE {
+                return Err(LimitsError(format!(
+                    "deadline-ms {ms} is out of range: give {} to {}",
+                    EPOCH_TICK.as_millis(),
+                    MAX_RULE_DEADLINE.as_millis()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// `base` with these limits in place of its own.
+    pub fn apply(&self, base: &Limits) -> Result<Limits, LimitsError> {
+        self.validate()?;
+        Ok(Limits {
+            memory_bytes: self
+                .memory_mib
+                .map_or(base.memory_bytes, |mib| (mib as usize) << 20),
+            fuel: self.fuel.unwrap_or(base.fuel),
+            deadline: self
+                .deadline_ms
+                .map_or(base.deadline, Duration::from_millis),
+            ..base.clone()
+        })
+    }
+}
+
+impl std::fmt::Display for RuleLimits {
+    /// `memory-mib=64 fuel=50000000 deadline-ms=500`, the given ones only; `defaults`
+    /// when none is.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(v) = self.memory_mib {
+            parts.push(format!("memory-mib={v}"));
+        }
+        if let Some(v) = self.fuel {
+            parts.push(format!("fuel={v}"));
+        }
+        if let Some(v) = self.deadline_ms {
+            parts.push(format!("deadline-ms={v}"));
+        }
+        if parts.is_empty() {
+            f.write_str("defaults")
+        } else {
+            f.write_str(&parts.join(" "))
         }
     }
 }
@@ -126,5 +221,64 @@ mod tests {
             ..Limits::default()
         };
         assert!(bad.validate().unwrap_err().0.contains("deadline"));
+    }
+
+    #[test]
+    fn rule_limits_replace_the_given_ones_only() {
+        let base = Limits::default();
+        let rule = RuleLimits {
+            memory_mib: Some(64),
+            fuel: None,
+            deadline_ms: Some(500),
+        };
+        let limits = rule.apply(&base).unwrap();
+        assert_eq!(limits.memory_bytes, 64 << 20);
+        assert_eq!(limits.fuel, base.fuel);
+        assert_eq!(limits.deadline, Duration::from_millis(500));
+        assert_eq!(rule.to_string(), "memory-mib=64 deadline-ms=500");
+        assert_eq!(RuleLimits::default().apply(&base).unwrap(), base);
+        for (bad, word) in [
+            (
+                RuleLimits {
+                    memory_mib: Some(1),
+                    ..RuleLimits::default()
+                },
+                "memory-mib",
+            ),
+            (
+                RuleLimits {
+                    memory_mib: Some(4096),
+                    ..RuleLimits::default()
+                },
+                "memory-mib",
+            ),
+            (
+                RuleLimits {
+                    fuel: Some(0),
+                    ..RuleLimits::default()
+                },
+                "fuel",
+            ),
+            (
+                RuleLimits {
+                    deadline_ms: Some(1),
+                    ..RuleLimits::default()
+                },
+                "deadline-ms",
+            ),
+            (
+                RuleLimits {
+                    deadline_ms: Some(60_000),
+                    ..RuleLimits::default()
+                },
+                "deadline-ms",
+            ),
+        ] {
+            let err = bad.apply(&base).unwrap_err().0;
+            assert!(err.starts_with(word), "{err}");
+        }
+        let parsed: RuleLimits = toml::from_str("memory-mib = 32\nfuel = 7").unwrap();
+        assert_eq!(parsed.memory_mib, Some(32));
+        assert!(toml::from_str::<RuleLimits>("memory = 32").is_err());
     }
 }

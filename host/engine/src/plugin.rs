@@ -147,7 +147,7 @@ impl Engine {
             bundle: crate::bundle::read(bytes)?.map(Arc::new),
         };
         let info = plugin
-            .instantiate(&OrderSeed::of_rule(&plugin.digest, &[]))
+            .instantiate(plugin.limits(), &OrderSeed::of_rule(&plugin.digest, &[]))
             .and_then(|mut instance| instance.describe(plugin.limits()))
             .map_err(|f| LoadError::Describe(format!("{}: {}", f.kind, f.message)))?;
         check_info(&info.name, &info.version)?;
@@ -206,11 +206,15 @@ impl Plugin {
         self.engine.limits()
     }
 
-    /// A new instance in a fresh store, its randomness seeded by `seed`.
-    pub(crate) fn instantiate(&self, seed: &OrderSeed) -> Result<Instance, Failure> {
+    /// A new instance in a fresh store held to `limits`, its randomness seeded by `seed`.
+    pub(crate) fn instantiate(
+        &self,
+        limits: &Limits,
+        seed: &OrderSeed,
+    ) -> Result<Instance, Failure> {
         Instance::new(
             self.engine.wasmtime(),
-            self.limits(),
+            limits,
             &self.pre,
             self.name.clone(),
             seed,

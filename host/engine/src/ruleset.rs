@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::{ChainError, Engine, Isolation, LoadError, Plugin, RuleChain, RuleSpec};
+use crate::{ChainError, Engine, Isolation, LoadError, Plugin, RuleChain, RuleLimits, RuleSpec};
 
 /// The plugins a ruleset may name as `builtin:NAME`: (name, component bytes).
 pub type Builtins = &'static [(&'static str, &'static [u8])];
@@ -38,6 +38,9 @@ pub struct RuleEntry {
     /// The rule's config.
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,
+    /// The rule's own limits (`[rule.limits]`: `memory-mib`, `fuel`, `deadline-ms`).
+    #[serde(default)]
+    pub limits: RuleLimits,
 }
 
 /// Why a ruleset could not be loaded; each names the file, rule or key to fix.
@@ -147,6 +150,7 @@ pub fn build(
             plugin,
             config,
             isolation: entry.isolation,
+            limits: entry.limits,
         });
     }
     Ok(RuleChain::new(specs)?)
@@ -254,5 +258,13 @@ mod tests {
         assert!(matches!(parse("", "t"), Err(RulesetError::Empty(_))));
         let err = parse("[[rule]]\nplugin = \"x\"\nisolaton = \"fresh\"\n", "t").unwrap_err();
         assert!(err.to_string().contains("isolaton"), "{err}");
+        let err = parse(
+            "[[rule]]\nplugin = \"x\"\n[rule.limits]\nmemory = 64\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("memory-mib"), "{err}");
+        let file = parse("[[rule]]\nplugin = \"x\"\n[rule.limits]\nfuel = 99\n", "t").unwrap();
+        assert_eq!(file.rules[0].limits.fuel, Some(99));
     }
 }

@@ -442,7 +442,12 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
                 &config.default_currency,
             )));
         }
-        let service = AdminServiceServer::with_interceptor(api, TokenCheck::new(token));
+        let service = tonic::service::interceptor::InterceptedService::new(
+            AdminServiceServer::new(api)
+                .max_decoding_message_size(grpc::admin_service::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(grpc::admin_service::MAX_MESSAGE_BYTES),
+            TokenCheck::new(token),
+        );
         let routes = Routes::new(service);
         let stop = shutdown.clone();
         let readiness = Arc::clone(&readiness);

@@ -126,6 +126,7 @@ fn uses(reason: &str, digests: &[&str]) -> RulesetBody {
             digest: (*digest).to_string(),
             config: Vec::new(),
             isolation: Default::default(),
+            limits: Default::default(),
         })
         .collect();
     RulesetBody {

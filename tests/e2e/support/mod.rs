@@ -52,6 +52,7 @@ pub fn chain_with(
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
                 isolation,
+                limits: Default::default(),
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;

@@ -44,7 +44,9 @@ pub(crate) async fn client(admin: &AdminArgs) -> Result<AdminClient, String> {
         proto::admin::admin_service_client::AdminServiceClient::with_interceptor(
             channel,
             BearerToken(token),
-        ),
+        )
+        .max_decoding_message_size(order_pipeline::grpc::admin_service::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(order_pipeline::grpc::admin_service::MAX_MESSAGE_BYTES),
     )
 }
 
@@ -77,9 +79,26 @@ where
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
             config.sort();
+            // The rule's own limits, when it has any: "limits: memory-mib=64 fuel=...".
+            let limits = rule
+                .limits
+                .map(|l| {
+                    [
+                        ("memory-mib", l.memory_mib as u64),
+                        ("fuel", l.fuel),
+                        ("deadline-ms", l.deadline_ms),
+                    ]
+                    .into_iter()
+                    .filter(|(_, v)| *v > 0)
+                    .map(|(k, v)| format!(" {k}={v}"))
+                    .collect::<String>()
+                })
+                .filter(|l| !l.is_empty())
+                .map(|l| format!(" limits:{l}"))
+                .unwrap_or_default();
             writeln!(
                 out,
-                "  {}. {} {} {} {} {}",
+                "  {}. {} {} {} {} {}{limits}",
                 i + 1,
                 rule.name,
                 rule.version,

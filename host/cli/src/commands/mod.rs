@@ -4,6 +4,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod client;
+pub(crate) mod new;
 pub(crate) mod plugin;
 pub(crate) mod replay;
 pub(crate) mod rollout;

@@ -76,6 +76,7 @@ pub(crate) fn run(command: PluginCommand, out: &mut dyn Write) -> Result<i32, Fa
             examples,
             canary,
             canary_margin,
+            limits,
             admin,
         } => {
             use proto::admin::{DeployRequest, Example, deploy_request::Position};
@@ -125,6 +126,7 @@ pub(crate) fn run(command: PluginCommand, out: &mut dyn Write) -> Result<i32, Fa
                 examples,
                 canary_percent: canary.unwrap_or(0.0),
                 canary_margin_percent: canary_margin,
+                limits: limits.request(),
             };
             admin_call(&admin, out, |mut c| async move {
                 c.deploy(request).await.map(|r| vec![r.into_inner()])
@@ -165,6 +167,7 @@ pub(crate) fn run(command: PluginCommand, out: &mut dyn Write) -> Result<i32, Fa
                 .await
                 .map(|r| vec![r.into_inner()])
         }),
+        PluginCommand::New { name, lang, dir } => super::new::new(&name, lang, dir, out),
         PluginCommand::Inspect { plugin, limits } => {
             let engine = Engine::new(limits.limits()).map_err(|e| format!("{e:#}"))?;
             let bytes = std::fs::read(&plugin)
@@ -235,7 +238,7 @@ fn bundle(
     }
     let bundle = Bundle { config, examples };
     let passed = bundle
-        .check(&loaded)
+        .check(&loaded, order_rules_engine::RuleLimits::default())
         .map_err(|e| format!("not bundled: {e} (bundle only examples that pass)"))?;
     let bundled = order_rules_engine::bundle::embed(&bytes, &bundle)
         .map_err(|e| format!("{}: {e}", plugin.display()))?;
@@ -276,10 +279,12 @@ fn build_chain(args: &ChainArgs, examples_dir: Option<&Path>) -> Result<RuleChai
             config.push((key.clone(), value.clone()));
         }
         let isolation = Isolation::from(args.isolation);
+        // The engine's limits are --fuel, --memory-mib and --deadline-ms already.
         return RuleChain::new(vec![RuleSpec {
             plugin,
             config,
             isolation,
+            limits: order_rules_engine::RuleLimits::default(),
         }])
         .map_err(Failure::from);
     }

@@ -12,7 +12,7 @@ use order_builtin_rules as builtin_rules;
 use order_pipeline::domain::diff::DiffReport;
 use order_pipeline::domain::{OrderResult, now_unix_ms};
 use order_pipeline::proto::admin;
-use order_rules_engine::{Isolation, RuleChain, RuleSpec};
+use order_rules_engine::{Isolation, RuleChain, RuleLimits, RuleSpec};
 
 use super::admin::client;
 use super::serve::runtime;
@@ -331,6 +331,14 @@ pub(crate) fn plugin_replay(args: PluginReplayArgs, out: &mut dyn Write) -> Resu
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             isolation: rule.isolation.parse().unwrap_or(Isolation::Fresh),
+            limits: rule
+                .limits
+                .map(|l| RuleLimits {
+                    memory_mib: (l.memory_mib > 0).then_some(l.memory_mib),
+                    fuel: (l.fuel > 0).then_some(l.fuel),
+                    deadline_ms: (l.deadline_ms > 0).then_some(l.deadline_ms),
+                })
+                .unwrap_or_default(),
         });
     }
     let decided = RuleChain::new(specs.clone())?;
@@ -354,6 +362,7 @@ pub(crate) fn plugin_replay(args: PluginReplayArgs, out: &mut dyn Write) -> Resu
             plugin,
             config,
             isolation: Isolation::Fresh,
+            limits: RuleLimits::default(),
         };
         match at {
             Some(i) => candidate_specs[i] = spec,

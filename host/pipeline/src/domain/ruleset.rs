@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use order_rules_engine::Isolation;
+use order_rules_engine::{Isolation, RuleLimits};
 
 /// One rule of a stored ruleset.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,6 +19,9 @@ pub struct RuleRef {
     pub config: Vec<(String, String)>,
     /// How its instances are used.
     pub isolation: Isolation,
+    /// Its own limits (missing in versions stored before rules had them: none).
+    #[serde(default, skip_serializing_if = "RuleLimits::is_default")]
+    pub limits: RuleLimits,
 }
 
 /// What a ruleset version holds (its number is its key).

@@ -9,7 +9,7 @@ use crate::proto::admin::{self, deploy_request::Position};
 use crate::replay::{ReplayError, Selection};
 use crate::rules::gate::{Deploy, GateExample, Placement};
 use crate::rules::status::WorkerStatus;
-use order_rules_engine::Isolation;
+use order_rules_engine::{Isolation, RuleLimits};
 
 pub(super) fn replay_status(e: ReplayError) -> Status {
     match e {
@@ -93,7 +93,9 @@ pub(super) fn basis_points(name: &str, percent: f64) -> Result<u32, Status> {
 /// A deploy request as the gate takes it.
 pub(super) fn deploy_of(request: admin::DeployRequest) -> Result<Deploy, Status> {
     let isolation = deploy_isolation(&request)?;
+    let limits = rule_limits_of(request.limits.unwrap_or_default())?;
     Ok(Deploy {
+        limits,
         wasm: request.wasm,
         config: request.config.into_iter().collect(),
         isolation,
@@ -113,6 +115,29 @@ pub(super) fn deploy_of(request: admin::DeployRequest) -> Result<Deploy, Status>
             })
             .collect(),
     })
+}
+
+/// A rule's limits from the API (0: the default); an error names the field to fix.
+pub(super) fn rule_limits_of(limits: admin::RuleLimits) -> Result<RuleLimits, Status> {
+    let given = |v: u64| (v > 0).then_some(v);
+    let limits = RuleLimits {
+        memory_mib: (limits.memory_mib > 0).then_some(limits.memory_mib),
+        fuel: given(limits.fuel),
+        deadline_ms: given(limits.deadline_ms),
+    };
+    limits
+        .validate()
+        .map_err(|e| Status::invalid_argument(format!("limits.{}", e.0.replacen('-', "_", 1))))?;
+    Ok(limits)
+}
+
+/// A rule's limits as the API shows them.
+pub(crate) fn rule_limits_info(limits: &RuleLimits) -> admin::RuleLimits {
+    admin::RuleLimits {
+        memory_mib: limits.memory_mib.unwrap_or(0),
+        fuel: limits.fuel.unwrap_or(0),
+        deadline_ms: limits.deadline_ms.unwrap_or(0),
+    }
 }
 
 /// A heartbeat as the API answers it.
@@ -161,6 +186,7 @@ pub(super) fn info(record: &RulesetRecord, active: bool) -> admin::RulesetInfo {
                 config: r.config.iter().cloned().collect(),
                 isolation: r.isolation.to_string(),
                 isolation_mode: isolation_mode(r.isolation).into(),
+                limits: (!r.limits.is_default()).then(|| rule_limits_info(&r.limits)),
             })
             .collect(),
         reason: record.body.reason.clone(),

@@ -15,6 +15,11 @@ use crate::rules::gate::{Candidate, DEFAULT_CANARY_MARGIN, Gate};
 use crate::rules::live::LiveRuleset;
 use crate::store::Store;
 
+/// Largest message the AdminService takes or sends, either way: a deploy carries its
+/// plugin, and a rule from an interpreter (JavaScript about 12 MB, Python about 18 MB)
+/// is far above gRPC's default of 4 MiB.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
 /// The admin service.
 pub struct AdminApi {
     gate: Gate,

@@ -264,6 +264,7 @@ impl LiveRuleset {
                 plugin,
                 config: rule.config.clone(),
                 isolation: rule.isolation,
+                limits: rule.limits,
             });
         }
         tokio::task::spawn_blocking(move || RuleChain::new(specs))
@@ -327,5 +328,6 @@ pub fn rule_ref(spec: &RuleSpec) -> RuleRef {
         digest: spec.plugin.digest().to_string(),
         config: spec.config.clone(),
         isolation: spec.isolation,
+        limits: spec.limits,
     }
 }

@@ -12,7 +12,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use order_rules_engine::{Isolation, Order, RuleChain, RuleSpec, Status as EvalStatus, runner};
+use order_rules_engine::{
+    Isolation, Order, RuleChain, RuleLimits, RuleSpec, Status as EvalStatus, runner,
+};
 
 use super::live::{LiveRuleset, rule_ref};
 
@@ -73,6 +75,8 @@ pub struct Deploy {
     pub config: BTreeMap<String, String>,
     /// How its instances are used.
     pub isolation: Isolation,
+    /// Its own limits.
+    pub limits: RuleLimits,
     /// Where it goes.
     pub placement: Placement,
     /// Examples it must pass on its own.
@@ -143,6 +147,7 @@ impl Gate {
                 plugin: Arc::clone(&plugin),
                 config: deploy.config.into_iter().collect(),
                 isolation: deploy.isolation,
+                limits: deploy.limits,
             };
 
             // Gate 1: the plugin alone takes its config and passes its examples.
@@ -305,7 +310,7 @@ impl Gate {
         let checked = tokio::task::spawn_blocking(move || {
             for spec in chain.specs() {
                 if let Some(bundle) = spec.plugin.bundle() {
-                    bundle.check(&spec.plugin)?;
+                    bundle.check(&spec.plugin, spec.limits)?;
                 }
             }
             let smoke = chain.evaluate(&Order::single_item("smoke-test", "book", 100, "USD"));

@@ -74,6 +74,7 @@ mod tests {
             digest: format!("{name}-digest"),
             config: Vec::new(),
             isolation: Isolation::Fresh,
+            limits: Default::default(),
         }
     }
 
