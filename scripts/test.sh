@@ -21,18 +21,30 @@ cd "$ROOT"
 CACHE="${ORDER_PIPELINE_CACHE:-$HOME/.cache/order-pipeline}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 GRPCURL_VERSION="v1.9.3"
+CARGO_COMPONENT_VERSION="0.21.1"
 [ "${1:-}" = "--" ] && shift
 STARTED=$SECONDS
 step() { printf '\n==> [%d s] %s\n' "$((SECONDS - STARTED))" "$*"; }
 
-step "toolchain and wasm targets (wasm32-wasip2, wasm32-unknown-unknown)"
+step "toolchain and wasm targets (wasm32-wasip2, wasm32-unknown-unknown, wasm32-wasip1)"
 # The pinned toolchain (rust-toolchain.toml), installed explicitly: rustup's automatic
 # install may be switched off (RUSTUP_AUTO_INSTALL=0).
 TOOLCHAIN="$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)"
 rustup toolchain install "$TOOLCHAIN" --profile minimal -c rustfmt -c clippy \
-  -t wasm32-wasip2 -t wasm32-unknown-unknown >/dev/null
-rustup target add --toolchain "$TOOLCHAIN" wasm32-wasip2 wasm32-unknown-unknown >/dev/null
+  -t wasm32-wasip2 -t wasm32-unknown-unknown -t wasm32-wasip1 >/dev/null
+rustup target add --toolchain "$TOOLCHAIN" wasm32-wasip2 wasm32-unknown-unknown wasm32-wasip1 >/dev/null
 HOST_TRIPLE="$(rustc -vV | sed -n 's/^host: //p')"
+
+step "cargo-component $CARGO_COMPONENT_VERSION (the rule template's other build path)"
+# Built once from crates.io into the cache (several minutes), then reused.
+CARGO_COMPONENT="$CACHE/cargo-component-$CARGO_COMPONENT_VERSION/bin/cargo-component"
+if [ ! -x "$CARGO_COMPONENT" ]; then
+  (unset RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS; cargo install cargo-component --locked --quiet \
+    --version "$CARGO_COMPONENT_VERSION" --root "$CACHE/cargo-component-$CARGO_COMPONENT_VERSION" \
+    --target-dir "$CACHE/cargo-component-build")
+  rm -rf "$CACHE/cargo-component-build"
+fi
+"$CARGO_COMPONENT" component --version
 
 step "redis-server"
 if ! command -v redis-server >/dev/null; then
@@ -178,6 +190,13 @@ step "rule templates (Rust, JavaScript, Python): unit tests, component build, pl
   cargo build --quiet --release --target-dir "$CARGO_TARGET_DIR/rule-template")
 "$CARGO_TARGET_DIR/debug/order-pipeline" plugin test \
   --plugin "$CARGO_TARGET_DIR/rule-template/wasm32-wasip2/release/rule_small_order_fee.wasm" \
+  --examples examples/rule-template/examples
+# The same template through cargo-component, as its README offers (wasm32-wasip1, adapted).
+(cd examples/rule-template && unset RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS && \
+  PATH="$(dirname "$CARGO_COMPONENT"):$PATH" cargo component build --quiet --release \
+    --target-dir "$CARGO_TARGET_DIR/rule-template-component")
+"$CARGO_TARGET_DIR/debug/order-pipeline" plugin test \
+  --plugin "$CARGO_TARGET_DIR/rule-template-component/wasm32-wasip1/release/rule_small_order_fee.wasm" \
   --examples examples/rule-template/examples
 (cd examples/rule-template-js && npm ci --no-audit --no-fund --loglevel=error && \
   npm test --silent && npm run --silent build)

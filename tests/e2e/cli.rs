@@ -213,3 +213,77 @@ fn inspect_and_bench() {
         "{text}"
     );
 }
+
+/// `plugin run --profile`: a Firefox-profiler profile of the rule's evaluate, whose
+/// samples land in the rule's own functions; a chain of several rules needs the rule
+/// named; a rule that is not there is an error that lists the chain's.
+#[test]
+fn run_writes_a_guest_profile_of_the_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    // About 5 million loop iterations: milliseconds of guest code, hundreds of samples.
+    let ruleset = crate::support::slow_ruleset(dir.path(), 5_000_000);
+    let order = repo_root().join("examples/rule-template/examples/small-order.json");
+    let profile = dir.path().join("slow.json");
+    let (code, out, err) = cli(&[
+        "plugin",
+        "run",
+        "--ruleset",
+        path(&ruleset),
+        "--fuel",
+        "1000000000",
+        "--deadline-ms",
+        "10000",
+        "--order",
+        path(&order),
+        "--profile",
+        path(&profile),
+        "--profile-runs",
+        "2",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let evaluation: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(evaluation["status"], "accepted", "{out}");
+    let profile: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&profile).unwrap()).unwrap();
+    let thread = &profile["threads"][0];
+    let samples = thread["samples"]["length"].as_u64().unwrap();
+    assert!(samples > 10, "{samples} samples");
+    let names: Vec<&str> = thread["stringArray"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s.as_str())
+        .collect();
+    // The built plugins are stripped of names: their frames are "<wasm function N>".
+    assert!(
+        names.iter().any(|n| n.starts_with("<wasm function ")),
+        "no guest function in {names:?}"
+    );
+
+    let default_order = repo_root().join("examples/orders/accepted-at-fraud-limit.json");
+    let (code, _, err) = cli(&[
+        "plugin",
+        "run",
+        "--order",
+        path(&default_order),
+        "--profile",
+        path(&dir.path().join("x.json")),
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--profile-rule (rule-validate, rule-fraud, rule-discount, rule-tax)"),
+        "{err}"
+    );
+    let (code, _, err) = cli(&[
+        "plugin",
+        "run",
+        "--order",
+        path(&default_order),
+        "--profile",
+        path(&dir.path().join("x.json")),
+        "--profile-rule",
+        "rule-nope",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("the chain has no rule `rule-nope`"), "{err}");
+}

@@ -78,9 +78,10 @@ fn scaffold(parent: &Path, lang: &str) -> PathBuf {
     dir
 }
 
-/// `plugin test` of the built component on the project's own examples: both pass, and
-/// the rule describes itself by the project's name.
-fn passes_its_examples(dir: &Path, wasm: &Path) {
+/// `plugin test` of the built component on the project's own examples: both pass, the
+/// rule describes itself by the project's name, and its default memory cap is
+/// `memory_mib` (twice an interpreter's initial heap, else the engine's 16 MiB).
+fn passes_its_examples(dir: &Path, wasm: &Path, memory_mib: u64) {
     let (code, out, err) = cli(&[
         "plugin",
         "test",
@@ -93,7 +94,9 @@ fn passes_its_examples(dir: &Path, wasm: &Path) {
     assert!(out.contains("2 passed, 0 failed"), "{out}");
     let (code, out, err) = cli(&["plugin", "inspect", &wasm.to_string_lossy()]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("rule-gift-wrap"), "{out}");
+    let inspected: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(inspected["name"], "rule-gift-wrap", "{out}");
+    assert_eq!(inspected["limits"]["memory_mib"], memory_mib, "{out}");
 }
 
 #[test]
@@ -116,6 +119,7 @@ fn a_new_rust_rule_builds_and_passes_its_examples() {
     passes_its_examples(
         &dir,
         &target.join("wasm32-wasip2/release/rule_gift_wrap.wasm"),
+        16,
     );
 }
 
@@ -136,7 +140,8 @@ fn a_new_javascript_rule_builds_and_passes_its_examples() {
     );
     run(&dir, None, "npm", &["test"]);
     run(&dir, None, "npm", &["run", "build"]);
-    passes_its_examples(&dir, &dir.join("rule-gift-wrap.wasm"));
+    // componentize-js 0.23 starts at 145 pages (9.1 MiB): 19 MiB.
+    passes_its_examples(&dir, &dir.join("rule-gift-wrap.wasm"), 19);
 }
 
 #[test]
@@ -154,7 +159,8 @@ fn a_new_python_rule_builds_and_passes_its_examples() {
         &["-q", "-p", "no:cacheprovider"],
     );
     run(&dir, Some(&tools), "sh", &["build.sh"]);
-    passes_its_examples(&dir, &dir.join("rule-gift-wrap.wasm"));
+    // componentize-py 0.25 starts at 197 pages (12.3 MiB): 25 MiB.
+    passes_its_examples(&dir, &dir.join("rule-gift-wrap.wasm"), 25);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

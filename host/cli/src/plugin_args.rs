@@ -16,6 +16,8 @@ pub(crate) enum PluginCommand {
         /// The order, as JSON (see examples/orders/).
         #[arg(long)]
         order: PathBuf,
+        #[command(flatten)]
+        profile: ProfileArgs,
     },
     /// Runs every NAME.json order in a directory and compares the outcome with
     /// NAME.expected.json; prints a pass/fail table and exits 1 on any failure.
@@ -199,4 +201,36 @@ impl RuleLimitArgs {
             deadline_ms: self.deadline_ms.unwrap_or(0),
         })
     }
+}
+
+/// `plugin run --profile`: a guest profile of one rule's evaluation.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ProfileArgs {
+    /// Write a profile of the rule's `evaluate` (its stack sampled while it runs) to
+    /// FILE, in the Firefox profiler's format: open it at https://profiler.firefox.com
+    /// or https://www.speedscope.app.
+    #[arg(long, value_name = "FILE")]
+    pub profile: Option<PathBuf>,
+    /// The rule to profile (needed when the chain has more than one).
+    #[arg(long, value_name = "NAME", requires = "profile")]
+    pub profile_rule: Option<String>,
+    /// Microseconds between two samples (1 to 10000).
+    #[arg(
+        long,
+        value_name = "US",
+        default_value_t = 10,
+        requires = "profile",
+        value_parser = clap::value_parser!(u64).range(1..=10_000)
+    )]
+    pub profile_interval_us: u64,
+    /// Evaluate the order this many times (each in a fresh instance) into the one
+    /// profile: a call of a fast rule can be shorter than one interval.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        requires = "profile",
+        value_parser = clap::value_parser!(u32).range(1..=100_000)
+    )]
+    pub profile_runs: u32,
 }

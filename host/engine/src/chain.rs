@@ -13,6 +13,7 @@ use super::instance::{Failure, FailureKind, Instance, RuleFailure};
 use super::limits::{Limits, MAX_ADJUSTMENTS, MAX_REASONS, RuleLimits};
 use super::native::{self, NativeRule};
 use super::plugin::{Isolation, Plugin};
+use super::profile::{Profile, Sampling};
 use super::wasi::OrderSeed;
 use crate::order::{AdjustmentKind, Order, Totals};
 
@@ -172,7 +173,11 @@ pub struct RuleChain {
     any_native: bool,
 }
 
-struct Step {
+/// What runs one Wasm step of a chain on an order, given the context so far.
+pub(crate) type StepRunner<'a> =
+    dyn FnMut(&Step, &wit::Order, &wit::ChainContext) -> Result<(wit::Outcome, u64), Failure> + 'a;
+
+pub(crate) struct Step {
     spec: RuleSpec,
     /// The engine's limits with the rule's own in place.
     limits: Limits,
@@ -235,6 +240,11 @@ impl RuleChain {
 
     /// Runs every rule on `order` until one rejects, asks for a retry or fails.
     pub fn evaluate(&self, order: &Order) -> Evaluation {
+        self.evaluate_with(order, &mut |step, order, context| step.run(order, context))
+    }
+
+    /// [`RuleChain::evaluate`], with `run` calling each Wasm step.
+    pub(crate) fn evaluate_with(&self, order: &Order, run: &mut StepRunner<'_>) -> Evaluation {
         let wit_order = to_wit_order(order);
         let native_order = self.any_native.then(|| native::to_native_order(&wit_order));
         let mut evaluation = Evaluation {
@@ -262,7 +272,7 @@ impl RuleChain {
             let started = Instant::now();
             let result = match (&step.native, &native_order) {
                 (Some(rule), Some(order)) => Ok((rule.evaluate(order, &context), 0)),
-                _ => step.run(&wit_order, &context),
+                _ => run(step, &wit_order, &context),
             };
             let duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             let (outcome, fuel_used) = match result {
@@ -333,7 +343,68 @@ impl RuleChain {
 }
 
 impl Step {
-    fn run(
+    /// The rule's name.
+    pub(crate) fn name(&self) -> &str {
+        self.spec.plugin.name()
+    }
+
+    /// Runs the step `runs` times, each in a fresh instance, while a guest profiler
+    /// samples its `evaluate`; answers the last run's result and the profile.
+    pub(crate) fn run_profiled(
+        &self,
+        order: &wit::Order,
+        context: &wit::ChainContext,
+        interval: std::time::Duration,
+        runs: u32,
+    ) -> (
+        Result<(wit::Outcome, u64), Failure>,
+        anyhow::Result<Profile>,
+    ) {
+        let plugin = &self.spec.plugin;
+        let profiler = match wasmtime::GuestProfiler::new_component(
+            plugin.engine().wasmtime(),
+            plugin.name(),
+            interval,
+            plugin.component().clone(),
+            [],
+        ) {
+            Ok(profiler) => profiler,
+            Err(e) => {
+                let failure = Failure::new(FailureKind::Instantiate, format!("no profiler: {e}"));
+                return (Err(failure), Err(e.into()));
+            }
+        };
+        let sampling = Arc::new(Mutex::new(Sampling::new(profiler)));
+        let mut result = Err(Failure::new(FailureKind::Instantiate, "not run"));
+        for _ in 0..runs {
+            let mut instance = match configured(&self.spec, &self.limits, &self.seed) {
+                Ok(instance) => instance,
+                Err(failure) => {
+                    let why = anyhow::anyhow!("the rule failed before its evaluate was called");
+                    return (Err(failure), Err(why));
+                }
+            };
+            let limits = &self.limits;
+            let run =
+                instance.evaluate_profiled(limits, order, context, &self.seed, &sampling, interval);
+            drop(instance);
+            let failed = run.is_err();
+            result = run;
+            if failed {
+                break;
+            }
+        }
+        let profile = match Arc::try_unwrap(sampling) {
+            Ok(sampling) => sampling
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .finish(plugin.name()),
+            Err(_) => Err(anyhow::anyhow!("the profile is still in use")),
+        };
+        (result, profile)
+    }
+
+    pub(crate) fn run(
         &self,
         order: &wit::Order,
         context: &wit::ChainContext,

@@ -3,7 +3,7 @@
 //! in a call into a [`FailureKind`].
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use wasmtime::{ResourceLimiter, Store, Trap};
@@ -12,6 +12,7 @@ use super::bindings::RulePre;
 use super::bindings::{self, order::rules::log, order::rules::types as wit};
 use super::limits::Limits;
 use super::limits::{MAX_LOG_LINE_BYTES, MAX_LOG_LINES_PER_CALL};
+use super::profile::{Sampling, Ticker, locked};
 use super::wasi::{OrderSeed, Wasi};
 
 /// What kind of infrastructure failure stopped a rule. Business outcomes (reject,
@@ -246,6 +247,34 @@ impl Instance {
             .rule
             .call_evaluate(&mut self.store, order, context)
             .map_err(|e| classify(&self.store, e, FailureKind::Trap))?;
+        let left = self.store.get_fuel().unwrap_or(0);
+        Ok((outcome, budget.saturating_sub(left)))
+    }
+
+    /// Calls `evaluate` while `sampling` samples the rule's stack every `interval`; the
+    /// rule's fuel, memory and deadline hold as in [`Instance::evaluate`]. The instance
+    /// is spent: drop it afterwards.
+    pub(crate) fn evaluate_profiled(
+        &mut self,
+        limits: &Limits,
+        order: &wit::Order,
+        context: &wit::ChainContext,
+        seed: &OrderSeed,
+        sampling: &Arc<Mutex<Sampling>>,
+        interval: std::time::Duration,
+    ) -> Result<(wit::Outcome, u64), Failure> {
+        locked(sampling).restart(limits.deadline);
+        let shared = Arc::clone(sampling);
+        self.store
+            .epoch_deadline_callback(move |store| locked(&shared).tick(&store));
+        let budget = self.arm(limits)?;
+        // Every tick samples (the callback enforces the deadline).
+        self.store.set_epoch_deadline(1);
+        self.store.data().wasi.seed_for(seed, &order.id);
+        let ticker = Ticker::start(self.store.engine().clone(), interval);
+        let outcome = self.rule.call_evaluate(&mut self.store, order, context);
+        drop(ticker);
+        let outcome = outcome.map_err(|e| classify(&self.store, e, FailureKind::Trap))?;
         let left = self.store.get_fuel().unwrap_or(0);
         Ok((outcome, budget.saturating_sub(left)))
     }

@@ -23,6 +23,7 @@ pub mod limits;
 mod native;
 pub mod order;
 mod plugin;
+pub mod profile;
 pub mod ruleset;
 pub mod runner;
 mod wasi;

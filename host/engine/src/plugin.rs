@@ -105,6 +105,9 @@ pub struct Plugin {
     bytes: Arc<[u8]>,
     bundle: Option<Arc<Bundle>>,
     from_cache: bool,
+    /// The engine's limits, the memory cap raised for a component that starts big
+    /// ([`default_limits`]).
+    limits: Limits,
 }
 
 impl fmt::Debug for Plugin {
@@ -132,7 +135,12 @@ impl Engine {
             .instantiate_pre(&component)
             .map_err(|e| LoadError::WrongWorld(without_wasi_hint(format!("{e:#}"))))?;
         let pre = RulePre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let initial_pages = component
+            .resources_required()
+            .and_then(|r| r.max_initial_memory_size)
+            .unwrap_or(0);
         let mut plugin = Plugin {
+            limits: default_limits(self.limits(), initial_pages),
             engine: self.clone(),
             pre,
             name: Arc::from("(loading)"),
@@ -158,6 +166,22 @@ impl Engine {
             description: info.description,
         };
         Ok(Arc::new(plugin))
+    }
+}
+
+/// The limits of a plugin whose largest linear memory starts at `initial_pages` (64 KiB
+/// each): the engine's, except that the memory cap is at least twice the initial memory
+/// (rounded up to MiB, at most [`crate::limits::MAX_RULE_MEMORY_MIB`]). A Rust rule
+/// starts near 1 MiB and keeps the engine's cap; an interpreter guest starts with its
+/// interpreter's heap (JavaScript from componentize-js about 9 MiB, Python from
+/// componentize-py about 12 MiB) and gets as much again to grow into.
+pub(crate) fn default_limits(engine: &Limits, initial_pages: u64) -> Limits {
+    let twice = initial_pages.saturating_mul(2 * 64 * 1024);
+    let twice_mib = usize::try_from(twice.div_ceil(1 << 20)).unwrap_or(usize::MAX);
+    let ceiling = crate::limits::MAX_RULE_MEMORY_MIB as usize;
+    Limits {
+        memory_bytes: engine.memory_bytes.max(twice_mib.min(ceiling) << 20),
+        ..engine.clone()
     }
 }
 
@@ -201,9 +225,16 @@ impl Plugin {
         &self.engine
     }
 
-    /// The limits every call into this plugin is held to.
-    pub(crate) fn limits(&self) -> &Limits {
-        self.engine.limits()
+    /// The compiled component.
+    pub(crate) fn component(&self) -> &wasmtime::component::Component {
+        self.pre.instance_pre().component()
+    }
+
+    /// The limits every call into this plugin is held to unless its rule has its own
+    /// ([`crate::RuleLimits`]): the engine's, with the memory cap raised for a
+    /// component that starts big ([`default_limits`]).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// A new instance in a fresh store held to `limits`, its randomness seeded by `seed`.
@@ -273,6 +304,19 @@ fn check_info(name: &str, version: &str) -> Result<(), LoadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_component_that_starts_big_gets_twice_its_initial_memory() {
+        let engine = Limits::default();
+        // A Rust rule: 17 pages, about 1 MiB.
+        assert_eq!(default_limits(&engine, 17), engine);
+        // componentize-js: 145 pages (9.1 MiB) -> 19 MiB; componentize-py: 197 -> 25 MiB.
+        assert_eq!(default_limits(&engine, 145).memory_bytes, 19 << 20);
+        assert_eq!(default_limits(&engine, 197).memory_bytes, 25 << 20);
+        assert_eq!(default_limits(&engine, 197).fuel, engine.fuel);
+        // Never above the ceiling of a rule's own cap.
+        assert_eq!(default_limits(&engine, 65_536).memory_bytes, 1024 << 20);
+    }
 
     #[test]
     fn a_wasi_import_is_explained_only_without_wasi() {
