@@ -287,3 +287,57 @@ fn run_writes_a_guest_profile_of_the_rule() {
     assert_eq!(code, 2);
     assert!(err.contains("the chain has no rule `rule-nope`"), "{err}");
 }
+
+/// A ruleset's `[rule.limits]` hold that rule to its own limits: a fuel budget of 1
+/// fails it, and a limit out of range is refused naming it.
+#[test]
+fn ruleset_limits_apply_to_their_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let order = repo_root().join("examples/orders/accepted-at-fraud-limit.json");
+    let write = |limits: &str| {
+        let file = dir.path().join("limited.toml");
+        let tax = built_plugin("rule_tax");
+        std::fs::write(
+            &file,
+            format!(
+                "[[rule]]\nplugin = {:?}\n[rule.limits]\n{limits}\n",
+                path(&tax)
+            ),
+        )
+        .unwrap();
+        file
+    };
+    let file = write("fuel = 1");
+    let (code, out, err) = cli(&[
+        "plugin",
+        "run",
+        "--ruleset",
+        path(&file),
+        "--order",
+        path(&order),
+    ]);
+    assert_eq!(code, EXIT_USAGE, "{out}");
+    assert!(err.contains("rule-tax") && err.contains("fuel"), "{err}");
+    let file = write("fuel = 50000000\nmemory-mib = 64\ndeadline-ms = 500");
+    let (code, out, err) = cli(&[
+        "plugin",
+        "run",
+        "--ruleset",
+        path(&file),
+        "--order",
+        path(&order),
+    ]);
+    assert_eq!(code, EXIT_OK, "{err}");
+    assert!(out.contains("\"status\": \"accepted\""), "{out}");
+    let file = write("deadline-ms = 60000");
+    let (code, _, err) = cli(&[
+        "plugin",
+        "run",
+        "--ruleset",
+        path(&file),
+        "--order",
+        path(&order),
+    ]);
+    assert_eq!(code, EXIT_USAGE);
+    assert!(err.contains("deadline-ms 60000 is out of range"), "{err}");
+}
