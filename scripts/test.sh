@@ -205,6 +205,10 @@ step "rule templates (Rust, JavaScript, Python): unit tests, component build, pl
   --examples examples/rule-template-js/examples
 # The end-to-end test that deploys a JavaScript rule takes this one.
 export TEST_JS_RULE="$ROOT/examples/rule-template-js/rule-small-order-fee.wasm"
+# The JavaScript hostile fixture, with the template's componentize-js.
+export TEST_JS_HOSTILE="$ROOT/plugins/fixtures/js-hostile/fixture-js-hostile.wasm"
+(cd examples/rule-template-js && npx componentize-js ../../plugins/fixtures/js-hostile/rule.js \
+  --wit wit --world-name rule --disable http fetch-event -o "$TEST_JS_HOSTILE" >/dev/null)
 (cd examples/rule-template-python && export PATH="$TEST_PYTHON_RULE_TOOLS:$PATH" && \
   pytest -q -p no:cacheprovider && sh build.sh)
 "$CARGO_TARGET_DIR/debug/order-pipeline" plugin test \

@@ -17,6 +17,7 @@ use crate::support::{
     unique, wait_result,
 };
 use order_pipeline::app::{self, Role};
+use order_rules_engine::{FailureKind, Isolation, RuleChain, RuleLimits, RuleSpec, Status};
 
 /// The value of `var`, or `None` (skipped) when it is not set; under CI, a failure.
 fn required(var: &str) -> Option<String> {
@@ -271,4 +272,65 @@ async fn a_javascript_rule_deployed_with_its_own_limits_decides_orders() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     running.stop().await.unwrap();
+}
+
+/// A JavaScript rule's outcomes and failures are classified exactly like a Rust rule's:
+/// a thrown exception is a trap, an endless loop runs out of fuel, a hoard of memory
+/// hits the cap, a negative amount is malformed output, and a rejection or a retry
+/// request is a business outcome. The engine keeps evaluating afterwards.
+#[test]
+#[ignore = "needs the JavaScript fixture built by scripts/test.sh"]
+fn a_javascript_rules_failures_are_classified_like_a_rust_rules() {
+    let Some(path) = required("TEST_JS_HOSTILE") else {
+        return;
+    };
+    let engine = crate::support::engine();
+    let plugin = engine.load(&std::fs::read(&path).unwrap()).unwrap();
+    let order = crate::support::go_order();
+    let decide = |mode: &str, isolation: Isolation| {
+        RuleChain::new(vec![RuleSpec {
+            plugin: plugin.clone(),
+            config: vec![("mode".into(), mode.into())],
+            isolation,
+            limits: RuleLimits::default(),
+        }])
+        .unwrap()
+        .evaluate(&order)
+    };
+    for isolation in [Isolation::Fresh, Isolation::Reuse] {
+        for (mode, kind) in [
+            ("throw", FailureKind::Trap),
+            ("loop", FailureKind::FuelExhausted),
+            ("hog", FailureKind::MemoryLimit),
+            ("negative", FailureKind::MalformedOutput),
+        ] {
+            let evaluation = decide(mode, isolation);
+            assert_eq!(evaluation.status, Status::Failed, "{mode}: {evaluation:?}");
+            let error = evaluation.error.unwrap();
+            assert_eq!(
+                (error.rule.as_str(), error.kind),
+                ("fixture-js-hostile", kind),
+                "{mode}: {}",
+                error.message
+            );
+        }
+        let rejected = decide("reject", isolation);
+        assert_eq!(rejected.status, Status::Rejected);
+        assert_eq!(rejected.reasons[0].code, "js-says-no");
+        let retry = decide("retry", isolation);
+        assert_eq!(retry.status, Status::Retryable);
+        assert_eq!(retry.retry.unwrap().code, "js-later");
+        let accepted = decide("accept", isolation);
+        assert_eq!(accepted.status, Status::Accepted, "{accepted:?}");
+        assert_eq!(accepted.adjustments[0].amount, 1);
+    }
+    // A refused config names the key, as for any rule.
+    let refused = RuleChain::new(vec![RuleSpec {
+        plugin,
+        config: vec![("mood".into(), "x".into())],
+        isolation: Isolation::Fresh,
+        limits: RuleLimits::default(),
+    }]);
+    let err = refused.err().unwrap().to_string();
+    assert!(err.contains("unknown config key `mood`"), "{err}");
 }
