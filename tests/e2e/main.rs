@@ -26,6 +26,7 @@ mod processes;
 mod readiness;
 mod redis_cluster;
 mod replay;
+mod reuse;
 mod rollout;
 mod status;
 mod support;

@@ -176,6 +176,16 @@ pub(crate) struct LimitArgs {
     /// Memory cap per plugin instance, in MiB.
     #[arg(long, env = "PLUGIN_MEMORY_MIB", default_value_t = limits::DEFAULT_MEMORY_BYTES >> 20)]
     pub memory_mib: usize,
+    /// A reused instance (isolation "reuse") is recycled after this many orders.
+    #[arg(long, env = "PLUGIN_REUSE_MAX_USES", default_value_t = limits::DEFAULT_REUSE_MAX_USES,
+        value_parser = clap::value_parser!(u64).range(1..))]
+    pub reuse_max_uses: u64,
+    /// A reused instance is recycled once its memory has grown past this percentage of
+    /// its cap.
+    #[arg(long, env = "PLUGIN_REUSE_HIGH_WATER_PERCENT",
+        default_value_t = limits::DEFAULT_REUSE_HIGH_WATER_PERCENT,
+        value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub reuse_high_water_percent: u8,
     /// Benchmark baseline, not for production: run the built-in rules compiled into the
     /// binary instead of as isolated Wasm components, to measure what Wasm costs.
     #[arg(long, env = "NATIVE_RULES_BASELINE")]
@@ -189,6 +199,8 @@ impl LimitArgs {
             fuel: self.fuel,
             deadline: Duration::from_millis(self.deadline_ms),
             memory_bytes: self.memory_mib.saturating_mul(1 << 20),
+            reuse_max_uses: self.reuse_max_uses,
+            reuse_high_water_percent: self.reuse_high_water_percent,
             ..Limits::default()
         }
     }
@@ -285,6 +297,14 @@ mod tests {
         assert_eq!(config.order_service_addr.to_string(), "0.0.0.0:6000");
         assert_eq!(config.limits.deadline, Duration::from_millis(250));
         assert_eq!(config.kafka_debug.as_deref(), Some("cgrp"));
+        assert_eq!(config.limits.reuse_max_uses, 1000);
+        assert_eq!(config.limits.reuse_high_water_percent, 75);
+        let config = parse(&["--reuse-max-uses", "7", "--reuse-high-water-percent", "50"]).unwrap();
+        assert_eq!(config.limits.reuse_max_uses, 7);
+        assert_eq!(config.limits.reuse_high_water_percent, 50);
+        assert!(Only::try_parse_from(["order-pipeline", "--reuse-max-uses", "0"]).is_err());
+        let high = ["order-pipeline", "--reuse-high-water-percent", "101"];
+        assert!(Only::try_parse_from(high).is_err());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! totals that later rules see. The [`Evaluation`] records, per rule, the name, version,
 //! digest, outcome, fuel used and time taken.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -14,6 +14,7 @@ use super::limits::{Limits, MAX_ADJUSTMENTS, MAX_REASONS, RuleLimits};
 use super::native::{self, NativeRule};
 use super::plugin::{Isolation, Plugin};
 use super::profile::{Profile, Sampling};
+use super::reuse::{Pool, Ran};
 use super::wasi::OrderSeed;
 use crate::order::{AdjustmentKind, Order, Totals};
 
@@ -143,6 +144,10 @@ pub struct RuleTrace {
     pub fuel_used: u64,
     /// Wall time of the rule, instantiation included, in microseconds.
     pub duration_us: u64,
+    /// The rule failed in a reused instance and decided again in a fresh one: this
+    /// trace is the fresh attempt's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retried_fresh: bool,
 }
 
 /// The result of running a chain on an order.
@@ -174,8 +179,7 @@ pub struct RuleChain {
 }
 
 /// What runs one Wasm step of a chain on an order, given the context so far.
-pub(crate) type StepRunner<'a> =
-    dyn FnMut(&Step, &wit::Order, &wit::ChainContext) -> Result<(wit::Outcome, u64), Failure> + 'a;
+pub(crate) type StepRunner<'a> = dyn FnMut(&Step, &wit::Order, &wit::ChainContext) -> Ran + 'a;
 
 pub(crate) struct Step {
     spec: RuleSpec,
@@ -183,7 +187,8 @@ pub(crate) struct Step {
     limits: Limits,
     /// What its WASI randomness is seeded from.
     seed: OrderSeed,
-    idle: Mutex<Vec<Instance>>,
+    /// Its idle instances, when they are reused.
+    pool: Option<Pool>,
     /// The rule compiled natively, in the benchmark baseline only.
     native: Option<NativeRule>,
 }
@@ -207,9 +212,9 @@ impl RuleChain {
                     })?;
             let seed = OrderSeed::of_rule(spec.plugin.digest(), &spec.config);
             let instance = configured(&spec, &limits, &seed).map_err(|f| f.named(name))?;
-            let idle = match spec.isolation {
-                Isolation::Reuse => vec![instance],
-                Isolation::Fresh => Vec::new(),
+            let pool = match spec.isolation {
+                Isolation::Reuse => Some(Pool::new(Some(instance))),
+                Isolation::Fresh => None,
             };
             let native = match spec.plugin.engine().native_twins() {
                 Some(twins) => twins
@@ -225,7 +230,7 @@ impl RuleChain {
                 spec,
                 limits,
                 seed,
-                idle: Mutex::new(idle),
+                pool,
                 native,
             });
         }
@@ -270,8 +275,11 @@ impl RuleChain {
             )
             .entered();
             let started = Instant::now();
-            let result = match (&step.native, &native_order) {
-                (Some(rule), Some(order)) => Ok((rule.evaluate(order, &context), 0)),
+            let Ran {
+                result,
+                retried_fresh,
+            } = match (&step.native, &native_order) {
+                (Some(rule), Some(order)) => Ok((rule.evaluate(order, &context), 0)).into(),
                 _ => run(step, &wit_order, &context),
             };
             let duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -296,6 +304,7 @@ impl RuleChain {
                 outcome: label,
                 fuel_used,
                 duration_us,
+                retried_fresh,
             });
             let name = plugin.name();
             match outcome {
@@ -404,42 +413,24 @@ impl Step {
         (result, profile)
     }
 
-    pub(crate) fn run(
-        &self,
-        order: &wit::Order,
-        context: &wit::ChainContext,
-    ) -> Result<(wit::Outcome, u64), Failure> {
+    pub(crate) fn run(&self, order: &wit::Order, context: &wit::ChainContext) -> Ran {
         let limits = &self.limits;
-        match self.spec.isolation {
-            Isolation::Fresh => configured(&self.spec, limits, &self.seed)?
-                .evaluate(limits, order, context, &self.seed),
-            Isolation::Reuse => {
-                let pooled = lock(&self.idle).pop();
-                let mut instance = match pooled {
-                    Some(instance) => instance,
-                    None => configured(&self.spec, limits, &self.seed)?,
-                };
-                let result = instance.evaluate(limits, order, context, &self.seed);
-                if result.is_ok() {
-                    let mut idle = lock(&self.idle);
-                    if idle.len() < REUSE_POOL_SIZE {
-                        idle.push(instance);
-                    }
-                }
-                // After a failure the instance is dropped: its state is not trusted.
-                result
+        match (&self.spec.isolation, &self.pool) {
+            (Isolation::Reuse, Some(pool)) => {
+                pool.run(&self.spec, limits, &self.seed, order, context)
             }
+            _ => configured(&self.spec, limits, &self.seed)
+                .and_then(|mut instance| instance.evaluate(limits, order, context, &self.seed))
+                .into(),
         }
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn configured(spec: &RuleSpec, limits: &Limits, seed: &OrderSeed) -> Result<Instance, Failure> {
+pub(crate) fn configured(
+    spec: &RuleSpec,
+    limits: &Limits,
+    seed: &OrderSeed,
+) -> Result<Instance, Failure> {
     let mut instance = spec.plugin.instantiate(limits, seed)?;
     instance.configure(limits, &spec.config)?;
     Ok(instance)

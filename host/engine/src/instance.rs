@@ -150,6 +150,9 @@ impl wit::Host for HostState {}
 struct MemoryCap {
     max_bytes: usize,
     hit: bool,
+    /// The largest size a linear memory of the instance has grown to (its initial size
+    /// included): what a reused instance is recycled by.
+    peak: usize,
 }
 
 impl ResourceLimiter for MemoryCap {
@@ -163,6 +166,7 @@ impl ResourceLimiter for MemoryCap {
             self.hit = true;
             return Ok(false);
         }
+        self.peak = self.peak.max(desired);
         Ok(true)
     }
 
@@ -180,6 +184,8 @@ impl ResourceLimiter for MemoryCap {
 pub(crate) struct Instance {
     store: Store<HostState>,
     rule: bindings::Rule,
+    /// How many times `evaluate` was called.
+    uses: u64,
 }
 
 impl Instance {
@@ -197,6 +203,7 @@ impl Instance {
             limiter: MemoryCap {
                 max_bytes: limits.memory_bytes,
                 hit: false,
+                peak: 0,
             },
             log_lines: 0,
             panic: None,
@@ -209,7 +216,11 @@ impl Instance {
         let rule = pre
             .instantiate(&mut store)
             .map_err(|e| classify(&store, e, FailureKind::Instantiate))?;
-        Ok(Self { store, rule })
+        Ok(Self {
+            store,
+            rule,
+            uses: 0,
+        })
     }
 
     /// Calls `describe`.
@@ -242,6 +253,7 @@ impl Instance {
         seed: &OrderSeed,
     ) -> Result<(wit::Outcome, u64), Failure> {
         let budget = self.arm(limits)?;
+        self.uses += 1;
         self.store.data().wasi.seed_for(seed, &order.id);
         let outcome = self
             .rule
@@ -277,6 +289,16 @@ impl Instance {
         let outcome = outcome.map_err(|e| classify(&self.store, e, FailureKind::Trap))?;
         let left = self.store.get_fuel().unwrap_or(0);
         Ok((outcome, budget.saturating_sub(left)))
+    }
+
+    /// How many times `evaluate` was called.
+    pub(crate) fn uses(&self) -> u64 {
+        self.uses
+    }
+
+    /// The largest size its linear memory has grown to, in bytes.
+    pub(crate) fn memory_peak(&self) -> usize {
+        self.store.data().limiter.peak
     }
 
     /// Gives the next call a fresh fuel budget and deadline; returns the budget.

@@ -24,6 +24,7 @@ mod native;
 pub mod order;
 mod plugin;
 pub mod profile;
+mod reuse;
 pub mod ruleset;
 pub mod runner;
 mod wasi;

@@ -16,6 +16,10 @@ pub const DEFAULT_MEMORY_BYTES: usize = 16 << 20;
 pub const DEFAULT_MAX_INSTANCES: u32 = 256;
 /// Default largest outcome a rule may return, counted in bytes of text.
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 64 << 10;
+/// Default number of evaluations after which a reused instance is recycled.
+pub const DEFAULT_REUSE_MAX_USES: u64 = 1000;
+/// Default share of its memory cap past which a reused instance is recycled (percent).
+pub const DEFAULT_REUSE_HIGH_WATER_PERCENT: u8 = 75;
 /// Most log lines one call may emit; the rest are dropped with one warning.
 pub const MAX_LOG_LINES_PER_CALL: u32 = 32;
 /// Longest log line kept; longer ones are cut.
@@ -48,6 +52,12 @@ pub struct Limits {
     pub max_instances: u32,
     /// Largest outcome, in bytes of text.
     pub max_output_bytes: usize,
+    /// A reused instance is recycled (dropped, a fresh one configured when needed) after
+    /// this many evaluations.
+    pub reuse_max_uses: u64,
+    /// A reused instance is recycled once its linear memory has grown past this share
+    /// of its cap (percent, 1 to 100).
+    pub reuse_high_water_percent: u8,
 }
 
 impl Default for Limits {
@@ -58,6 +68,8 @@ impl Default for Limits {
             memory_bytes: DEFAULT_MEMORY_BYTES,
             max_instances: DEFAULT_MAX_INSTANCES,
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            reuse_max_uses: DEFAULT_REUSE_MAX_USES,
+            reuse_high_water_percent: DEFAULT_REUSE_HIGH_WATER_PERCENT,
         }
     }
 }
@@ -185,7 +197,21 @@ impl Limits {
         if self.max_instances == 0 {
             return Err("max instances must be at least 1".into());
         }
+        if self.reuse_max_uses == 0 {
+            return Err("reuse max uses must be at least 1".into());
+        }
+        if !(1..=100).contains(&self.reuse_high_water_percent) {
+            return Err(format!(
+                "reuse high-water mark {}% is out of range: give 1 to 100",
+                self.reuse_high_water_percent
+            ));
+        }
         Ok(())
+    }
+
+    /// The memory size past which a reused instance is recycled.
+    pub fn reuse_high_water_bytes(&self) -> usize {
+        self.memory_bytes / 100 * usize::from(self.reuse_high_water_percent)
     }
 
     /// The deadline in epoch ticks, rounded up.

@@ -162,7 +162,7 @@ impl crate::RuleChain {
             }
             let (result, recorded) = step.run_profiled(order, context, interval, runs.max(1));
             profile = Some(recorded);
-            result
+            result.into()
         });
         let profile = profile.unwrap_or_else(|| {
             Err(anyhow::anyhow!(

@@ -33,6 +33,9 @@ pub const RULE_EVALUATIONS: &str = "order_pipeline_rule_evaluations_total";
 /// Counter `{rule, version, kind}`: rule failures, by kind (`trap`, `fuel-exhausted`,
 /// `deadline-exceeded`, `memory-limit`, `malformed-output`, `instantiate`, `configure`).
 pub const RULE_FAILURES: &str = "order_pipeline_rule_failures_total";
+/// Counter `{rule, version}`: orders that failed in a reused instance and were decided
+/// again in a fresh one (only that attempt's outcome counts).
+pub const RULE_FRESH_RETRIES: &str = "order_pipeline_rule_fresh_retries_total";
 /// Histogram `{rule, version}`: seconds per rule evaluation, instantiation included.
 pub const RULE_SECONDS: &str = "order_pipeline_rule_duration_seconds";
 /// Histogram `{rule, version}`: fuel (about one unit per Wasm instruction) per evaluation.
@@ -206,6 +209,10 @@ pub fn record_evaluation(evaluation: &Evaluation) {
         let handles = rule_handles(&rule.name, &rule.version);
         handles.outcomes[outcome_index(rule.outcome)].increment(1);
         handles.seconds.record(rule.duration_us as f64 / 1e6);
+        if rule.retried_fresh {
+            metrics::counter!(RULE_FRESH_RETRIES, "rule" => rule.name.clone(), "version" => rule.version.clone())
+                .increment(1);
+        }
         if rule.outcome == RuleOutcome::Failed {
             let kind = evaluation
                 .error

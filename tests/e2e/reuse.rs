@@ -1,0 +1,121 @@
+//! What each instance policy guarantees, shown with hostile fixtures (issue 14): a rule
+//! that leaks memory on every call, one that fails on the Nth call of its instance, and
+//! one that carries data from one order to the next. The table in docs/RELIABILITY.md
+//! ("Instance policies") states the same.
+
+use order_rules_engine::{Evaluation, Isolation, Limits, Order, RuleChain, Status};
+
+use crate::support::{chain_with, engine_with};
+
+/// Decides `count` orders (ids `o-0`, `o-1`, ...) one after the other with `stem` alone.
+fn decide(
+    limits: Limits,
+    stem: &str,
+    config: &[(&str, &str)],
+    isolation: Isolation,
+    count: usize,
+) -> Vec<Evaluation> {
+    let engine = engine_with(limits);
+    let chain: RuleChain = chain_with(&engine, &[(stem, config)], isolation).unwrap();
+    (0..count)
+        .map(|i| chain.evaluate(&Order::single_item(&format!("o-{i}"), "book", 42, "EUR")))
+        .collect()
+}
+
+/// How many evaluations were decided again in a fresh instance.
+fn retried(evaluations: &[Evaluation]) -> usize {
+    evaluations
+        .iter()
+        .filter(|e| e.rules.iter().any(|r| r.retried_fresh))
+        .count()
+}
+
+fn all_accepted(evaluations: &[Evaluation]) -> bool {
+    evaluations.iter().all(|e| e.status == Status::Accepted)
+}
+
+/// Leaking 512 KiB per call against a 16 MiB cap: a reused instance would fail about
+/// its 30th order. Recycled at the high-water mark (75%), it never gets there; with the
+/// mark at 100% the order that hits the cap is decided again in a fresh instance.
+#[test]
+fn a_leaking_rule_never_fails_an_order() {
+    let leak = |limits: Limits, isolation| decide(limits, "fixture_leak", &[], isolation, 100);
+
+    let fresh = leak(Limits::default(), Isolation::Fresh);
+    assert!(all_accepted(&fresh));
+    assert_eq!(retried(&fresh), 0);
+
+    let reused = leak(Limits::default(), Isolation::Reuse);
+    assert!(
+        all_accepted(&reused),
+        "{:?}",
+        reused.iter().find(|e| e.status != Status::Accepted)
+    );
+    assert_eq!(retried(&reused), 0, "recycled before the cap");
+
+    let no_high_water = Limits {
+        reuse_high_water_percent: 100,
+        ..Limits::default()
+    };
+    let reused = leak(no_high_water, Isolation::Reuse);
+    assert!(all_accepted(&reused));
+    assert!(
+        retried(&reused) >= 2,
+        "the cap was hit and retried: {}",
+        retried(&reused)
+    );
+}
+
+/// Failing on the 3rd call of its instance: fresh instances never get there; a reused
+/// one does, and that order is decided again in a fresh instance; recycled after 2
+/// uses, it never gets there either.
+#[test]
+fn a_rule_failing_on_its_nth_call_fails_no_order() {
+    let nth = |limits: Limits, isolation| {
+        decide(limits, "fixture_nth_call", &[("n", "3")], isolation, 20)
+    };
+    let fresh = nth(Limits::default(), Isolation::Fresh);
+    assert!(all_accepted(&fresh));
+    assert_eq!(retried(&fresh), 0);
+
+    let reused = nth(Limits::default(), Isolation::Reuse);
+    assert!(
+        all_accepted(&reused),
+        "{:?}",
+        reused.iter().find(|e| e.status != Status::Accepted)
+    );
+    // The 3rd order of each instance: the first instance's 3rd, then the fresh one that
+    // decided it has had 1 call, so every 3rd order after that.
+    assert!(retried(&reused) >= 2, "{}", retried(&reused));
+    assert!(reused[2].rules[0].retried_fresh);
+
+    let short_lived = Limits {
+        reuse_max_uses: 2,
+        ..Limits::default()
+    };
+    let reused = nth(short_lived, Isolation::Reuse);
+    assert!(all_accepted(&reused));
+    assert_eq!(retried(&reused), 0);
+}
+
+/// Carrying the previous order's id: a reused instance shows it in the next order's
+/// result; fresh instances, or recycling after every use, never do.
+#[test]
+fn only_fresh_instances_keep_one_orders_data_from_the_next() {
+    let label = |e: &Evaluation| e.adjustments[0].label.clone();
+    let carry = |limits: Limits, isolation| decide(limits, "fixture_carry", &[], isolation, 3);
+
+    let fresh = carry(Limits::default(), Isolation::Fresh);
+    assert!(fresh.iter().all(|e| label(e) == "previous order: none"));
+
+    let reused = carry(Limits::default(), Isolation::Reuse);
+    assert_eq!(label(&reused[1]), "previous order: o-0");
+    assert_eq!(label(&reused[2]), "previous order: o-1");
+
+    let single_use = Limits {
+        reuse_max_uses: 1,
+        ..Limits::default()
+    };
+    let reused = carry(single_use, Isolation::Reuse);
+    assert!(reused.iter().all(|e| label(e) == "previous order: none"));
+}
