@@ -341,3 +341,39 @@ fn ruleset_limits_apply_to_their_rule() {
     assert_eq!(code, EXIT_USAGE);
     assert!(err.contains("deadline-ms 60000 is out of range"), "{err}");
 }
+
+/// `plugin bench --breakdown`: the median of each part of a fresh instance, per rule.
+#[test]
+fn bench_breaks_a_fresh_instance_down() {
+    let examples = repo_root().join("examples/orders");
+    let (code, out, err) = cli(&[
+        "plugin",
+        "bench",
+        "--examples",
+        path(&examples),
+        "--count",
+        "50",
+        "--breakdown",
+        "--json",
+    ]);
+    assert_eq!(code, EXIT_OK, "{err}");
+    let costs: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let rules: Vec<&str> = costs.iter().map(|c| c["rule"].as_str().unwrap()).collect();
+    assert_eq!(
+        rules,
+        ["rule-validate", "rule-fraud", "rule-discount", "rule-tax"]
+    );
+    for cost in &costs {
+        let part = |name: &str| cost[name].as_f64().unwrap();
+        let parts = [
+            "store_us",
+            "instantiate_us",
+            "configure_us",
+            "evaluate_us",
+            "drop_us",
+        ];
+        assert!(parts.iter().all(|p| part(p) > 0.0), "{cost}");
+        let sum: f64 = parts.iter().map(|p| part(p)).sum();
+        assert!((sum - part("total_us")).abs() < 0.01, "{cost}");
+    }
+}

@@ -42,6 +42,11 @@ pub(crate) enum PluginCommand {
         /// Print the figures as JSON.
         #[arg(long)]
         json: bool,
+        /// Instead, time the parts of a fresh instance of each rule (store and WASI
+        /// context, instantiate, configure, evaluate, drop) on the first order, COUNT
+        /// times, and print their medians.
+        #[arg(long)]
+        breakdown: bool,
     },
     /// Deploys a plugin to the running pipeline (through the AdminService): it is checked
     /// (world, config, examples, smoke order) and goes live on every worker.

@@ -351,7 +351,29 @@ impl RuleChain {
     }
 }
 
+impl RuleChain {
+    /// The steps, for the engine's own tools (profile, breakdown).
+    pub(crate) fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+}
+
 impl Step {
+    /// The rule, its plugin and config.
+    pub(crate) fn spec(&self) -> &RuleSpec {
+        &self.spec
+    }
+
+    /// The engine's limits with the rule's own in place.
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// What its randomness is seeded from.
+    pub(crate) fn seed(&self) -> &OrderSeed {
+        &self.seed
+    }
+
     /// The rule's name.
     pub(crate) fn name(&self) -> &str {
         self.spec.plugin.name()
@@ -530,7 +552,7 @@ fn apply(
     Ok(())
 }
 
-fn to_wit_order(order: &Order) -> wit::Order {
+pub(crate) fn to_wit_order(order: &Order) -> wit::Order {
     wit::Order {
         id: order.id.clone(),
         customer_id: order.customer_id.clone(),
@@ -554,7 +576,7 @@ fn to_wit_order(order: &Order) -> wit::Order {
     }
 }
 
-fn to_wit_totals(t: &Totals) -> wit::Totals {
+pub(crate) fn to_wit_totals(t: &Totals) -> wit::Totals {
     wit::Totals {
         subtotal: t.subtotal,
         discounts: t.discounts,

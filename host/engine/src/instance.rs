@@ -198,6 +198,18 @@ impl Instance {
         rule: Arc<str>,
         seed: &OrderSeed,
     ) -> Result<Self, Failure> {
+        let store = Self::store(engine, limits, rule, seed)?;
+        Self::instantiate_in(store, pre)
+    }
+
+    /// A fresh store held to `limits`, with its host state (WASI context, limiter),
+    /// armed for the instantiation.
+    pub(crate) fn store(
+        engine: &wasmtime::Engine,
+        limits: &Limits,
+        rule: Arc<str>,
+        seed: &OrderSeed,
+    ) -> Result<Store<HostState>, Failure> {
         let state = HostState {
             rule,
             limiter: MemoryCap {
@@ -213,6 +225,14 @@ impl Instance {
         store.limiter(|state| &mut state.limiter);
         store.epoch_deadline_trap();
         arm(&mut store, limits.fuel, limits.deadline_ticks())?;
+        Ok(store)
+    }
+
+    /// Instantiates `pre` in `store` (from [`Instance::store`]).
+    pub(crate) fn instantiate_in(
+        mut store: Store<HostState>,
+        pre: &RulePre<HostState>,
+    ) -> Result<Self, Failure> {
         let rule = pre
             .instantiate(&mut store)
             .map_err(|e| classify(&store, e, FailureKind::Instantiate))?;

@@ -15,6 +15,7 @@
 //! Errors: callers branch on [`LoadError`], [`ChainError`] and [`RuleFailure`]; plumbing
 //! uses `anyhow` (wasmtime's errors convert into it).
 
+mod breakdown;
 pub mod bundle;
 mod cache;
 mod chain;
@@ -36,6 +37,7 @@ use anyhow::Context as _;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Enabled, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+pub use breakdown::FreshCost;
 pub use chain::{
     AppliedAdjustment, ChainError, Evaluation, RuleChain, RuleOutcome, RuleReason, RuleRetry,
     RuleSpec, RuleTrace, Status,

@@ -237,6 +237,24 @@ impl Plugin {
         &self.limits
     }
 
+    /// A fresh store for this plugin, and then an instance in it: the two halves of
+    /// [`Plugin::instantiate`], timed apart by [`crate::RuleChain::fresh_costs`].
+    pub(crate) fn instantiate_timed(
+        &self,
+        limits: &Limits,
+        seed: &OrderSeed,
+    ) -> (
+        std::time::Duration,
+        std::time::Duration,
+        Result<Instance, Failure>,
+    ) {
+        let started = std::time::Instant::now();
+        let store = Instance::store(self.engine.wasmtime(), limits, self.name.clone(), seed);
+        let stored = started.elapsed();
+        let instance = store.and_then(|store| Instance::instantiate_in(store, &self.pre));
+        (stored, started.elapsed() - stored, instance)
+    }
+
     /// A new instance in a fresh store held to `limits`, its randomness seeded by `seed`.
     pub(crate) fn instantiate(
         &self,

@@ -54,6 +54,7 @@ pub(crate) fn run(command: PluginCommand, out: &mut dyn Write) -> Result<i32, Fa
             examples,
             count,
             json,
+            breakdown,
         } => {
             let chain = build_chain(&chain, Some(&examples))?;
             let orders: Vec<Order> = runner::load_examples(&examples)
@@ -63,6 +64,32 @@ pub(crate) fn run(command: PluginCommand, out: &mut dyn Write) -> Result<i32, Fa
                 .collect();
             if orders.is_empty() {
                 return Err(format!("no valid orders in {}", examples.display()).into());
+            }
+            if breakdown {
+                let costs = chain.fresh_costs(&orders[0], count)?;
+                if json {
+                    writeln!(out, "{}", serde_json::to_string_pretty(&costs)?)?;
+                    return Ok(EXIT_OK);
+                }
+                writeln!(
+                    out,
+                    "fresh instance, median µs over {count} rounds:\n{:<24} {:>7} {:>12} {:>10} {:>9} {:>6} {:>7}",
+                    "rule", "store", "instantiate", "configure", "evaluate", "drop", "total"
+                )?;
+                for c in &costs {
+                    writeln!(
+                        out,
+                        "{:<24} {:>7.2} {:>12.2} {:>10.2} {:>9.2} {:>6.2} {:>7.2}",
+                        c.rule,
+                        c.store_us,
+                        c.instantiate_us,
+                        c.configure_us,
+                        c.evaluate_us,
+                        c.drop_us,
+                        c.total_us
+                    )?;
+                }
+                return Ok(EXIT_OK);
             }
             let report = runner::bench(&chain, &orders, count, count.min(1000));
             let text = if json {
