@@ -108,13 +108,47 @@ pub(crate) struct HostState {
     log_lines: u32,
     /// The message of a guest panic, as reported by rule-common's panic hook.
     panic: Option<String>,
-    wasi: Wasi,
+    /// The WASI context, made on the first WASI call: most rules make none (the
+    /// built-in ones import no WASI), and making one costs every fresh instance.
+    wasi: Option<Wasi>,
+    /// What the WASI randomness is seeded from, and the order of the current call.
+    seed: OrderSeed,
+    order_id: Option<String>,
+}
+
+impl HostState {
+    /// The WASI context, made now if it was not yet.
+    #[cfg_attr(not(feature = "wasi"), allow(dead_code))]
+    fn wasi(&mut self) -> &mut Wasi {
+        let (seed, order_id) = (&self.seed, &self.order_id);
+        self.wasi.get_or_insert_with(|| {
+            let wasi = Wasi::new(seed);
+            if let Some(id) = order_id {
+                wasi.seed_for(seed, id);
+            }
+            wasi
+        })
+    }
+
+    /// Seeds the randomness of the next call for order `id`.
+    fn seed_for(&mut self, seed: &OrderSeed, id: &str) {
+        self.seed = *seed;
+        self.order_id = Some(id.to_string());
+        if let Some(wasi) = &self.wasi {
+            wasi.seed_for(seed, id);
+        }
+    }
+
+    /// What the plugin wrote to stderr, if it made a WASI context.
+    fn stderr(&self) -> String {
+        self.wasi.as_ref().map(Wasi::stderr).unwrap_or_default()
+    }
 }
 
 #[cfg(feature = "wasi")]
 impl wasmtime_wasi::WasiView for HostState {
     fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
-        self.wasi.view()
+        self.wasi().view()
     }
 }
 
@@ -219,7 +253,9 @@ impl Instance {
             },
             log_lines: 0,
             panic: None,
-            wasi: Wasi::new(seed),
+            wasi: None,
+            seed: *seed,
+            order_id: None,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -274,7 +310,7 @@ impl Instance {
     ) -> Result<(wit::Outcome, u64), Failure> {
         let budget = self.arm(limits)?;
         self.uses += 1;
-        self.store.data().wasi.seed_for(seed, &order.id);
+        self.store.data_mut().seed_for(seed, &order.id);
         let outcome = self
             .rule
             .call_evaluate(&mut self.store, order, context)
@@ -302,7 +338,7 @@ impl Instance {
         let budget = self.arm(limits)?;
         // Every tick samples (the callback enforces the deadline).
         self.store.set_epoch_deadline(1);
-        self.store.data().wasi.seed_for(seed, &order.id);
+        self.store.data_mut().seed_for(seed, &order.id);
         let ticker = Ticker::start(self.store.engine().clone(), interval);
         let outcome = self.rule.call_evaluate(&mut self.store, order, context);
         drop(ticker);
@@ -356,7 +392,7 @@ fn classify(store: &Store<HostState>, error: wasmtime::Error, other: FailureKind
             format!("tried to grow its memory beyond {max_mib} MiB"),
         ),
         Some(trap) => {
-            let stderr = state.wasi.stderr();
+            let stderr = state.stderr();
             let message = if let Some(panic) = &state.panic {
                 format!("wasm trap: {trap}; plugin panicked: {panic}")
             } else if stderr.is_empty() {
