@@ -335,16 +335,14 @@ impl Instance {
         let shared = Arc::clone(sampling);
         self.store
             .epoch_deadline_callback(move |store| locked(&shared).tick(&store));
-        let budget = self.arm(limits)?;
-        // Every tick samples (the callback enforces the deadline).
-        self.store.set_epoch_deadline(1);
-        self.store.data_mut().seed_for(seed, &order.id);
-        let ticker = Ticker::start(self.store.engine().clone(), interval);
-        let outcome = self.rule.call_evaluate(&mut self.store, order, context);
-        drop(ticker);
-        let outcome = outcome.map_err(|e| classify(&self.store, e, FailureKind::Trap))?;
-        let left = self.store.get_fuel().unwrap_or(0);
-        Ok((outcome, budget.saturating_sub(left)))
+        // A deadline of one tick: every tick samples, and the callback enforces the
+        // rule's own deadline.
+        let every_tick = Limits {
+            deadline: super::limits::EPOCH_TICK,
+            ..limits.clone()
+        };
+        let _ticker = Ticker::start(self.store.engine().clone(), interval);
+        self.evaluate(&every_tick, order, context, seed)
     }
 
     /// How many times `evaluate` was called.

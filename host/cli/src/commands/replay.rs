@@ -331,14 +331,7 @@ pub(crate) fn plugin_replay(args: PluginReplayArgs, out: &mut dyn Write) -> Resu
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             isolation: rule.isolation.parse().unwrap_or(Isolation::Fresh),
-            limits: rule
-                .limits
-                .map(|l| RuleLimits {
-                    memory_mib: (l.memory_mib > 0).then_some(l.memory_mib),
-                    fuel: (l.fuel > 0).then_some(l.fuel),
-                    deadline_ms: (l.deadline_ms > 0).then_some(l.deadline_ms),
-                })
-                .unwrap_or_default(),
+            limits: rule.limits.map(RuleLimits::from).unwrap_or_default(),
         });
     }
     let decided = RuleChain::new(specs.clone())?;

@@ -117,14 +117,21 @@ pub(super) fn deploy_of(request: admin::DeployRequest) -> Result<Deploy, Status>
     })
 }
 
+/// A rule's limits as the API gives them: 0 is the default.
+impl From<admin::RuleLimits> for RuleLimits {
+    fn from(limits: admin::RuleLimits) -> Self {
+        let given = |v: u64| (v > 0).then_some(v);
+        Self {
+            memory_mib: (limits.memory_mib > 0).then_some(limits.memory_mib),
+            fuel: given(limits.fuel),
+            deadline_ms: given(limits.deadline_ms),
+        }
+    }
+}
+
 /// A rule's limits from the API (0: the default); an error names the field to fix.
 pub(super) fn rule_limits_of(limits: admin::RuleLimits) -> Result<RuleLimits, Status> {
-    let given = |v: u64| (v > 0).then_some(v);
-    let limits = RuleLimits {
-        memory_mib: (limits.memory_mib > 0).then_some(limits.memory_mib),
-        fuel: given(limits.fuel),
-        deadline_ms: given(limits.deadline_ms),
-    };
+    let limits = RuleLimits::from(limits);
     limits
         .validate()
         .map_err(|e| Status::invalid_argument(format!("limits.{}", e.0.replacen('-', "_", 1))))?;
