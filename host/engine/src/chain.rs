@@ -18,9 +18,6 @@ use super::reuse::{Pool, Ran};
 use super::wasi::OrderSeed;
 use crate::order::{AdjustmentKind, Order, Totals};
 
-/// Idle instances kept per rule with [`Isolation::Reuse`].
-pub const REUSE_POOL_SIZE: usize = 16;
-
 /// A plugin with its configuration, as one step of a chain.
 #[derive(Debug, Clone)]
 pub struct RuleSpec {
@@ -439,7 +436,8 @@ impl Step {
         let limits = &self.limits;
         match (&self.spec.isolation, &self.pool) {
             (Isolation::Reuse, Some(pool)) => {
-                pool.run(&self.spec, limits, &self.seed, order, context)
+                let fresh = || configured(&self.spec, limits, &self.seed);
+                pool.run(fresh, limits, &self.seed, order, context)
             }
             _ => configured(&self.spec, limits, &self.seed)
                 .and_then(|mut instance| instance.evaluate(limits, order, context, &self.seed))

@@ -12,10 +12,12 @@
 use std::sync::{Mutex, MutexGuard};
 
 use super::bindings::order::rules::types as wit;
-use super::chain::{REUSE_POOL_SIZE, RuleSpec, configured};
 use super::instance::{Failure, Instance};
 use super::limits::Limits;
 use super::wasi::OrderSeed;
+
+/// Idle instances kept per rule with [`crate::Isolation::Reuse`].
+pub const REUSE_POOL_SIZE: usize = 16;
 
 /// What running a step did: its result, and whether a fresh instance decided again
 /// after a failure in a reused one.
@@ -52,10 +54,11 @@ impl Pool {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Evaluates the order in an idle instance (or a new one); see the module's doc.
+    /// Evaluates the order in an idle instance, or in a new one from `fresh` (a new,
+    /// configured instance of the rule); see the module's doc.
     pub(crate) fn run(
         &self,
-        spec: &RuleSpec,
+        fresh: impl Fn() -> Result<Instance, Failure>,
         limits: &Limits,
         seed: &OrderSeed,
         order: &wit::Order,
@@ -67,7 +70,7 @@ impl Pool {
                 let served = instance.uses() > 0;
                 (instance, served)
             }
-            None => match configured(spec, limits, seed) {
+            None => match fresh() {
                 Ok(instance) => (instance, false),
                 Err(failure) => return Err(failure).into(),
             },
@@ -82,7 +85,7 @@ impl Pool {
         if !served_before {
             return result.into();
         }
-        let again = configured(spec, limits, seed).and_then(|mut fresh| {
+        let again = fresh().and_then(|mut fresh| {
             let result = fresh.evaluate(limits, order, context, seed);
             if result.is_ok() {
                 self.put_back(fresh, limits);
