@@ -3,7 +3,7 @@
 //! totals that later rules see. The [`Evaluation`] records, per rule, the name, version,
 //! digest, outcome, fuel used and time taken.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -13,7 +13,6 @@ use super::instance::{Failure, FailureKind, Instance, RuleFailure};
 use super::limits::{Limits, MAX_ADJUSTMENTS, MAX_REASONS, RuleLimits};
 use super::native::{self, NativeRule};
 use super::plugin::{Isolation, Plugin};
-use super::profile::{Profile, Sampling};
 use super::reuse::{Pool, Ran};
 use super::wasi::OrderSeed;
 use crate::order::{AdjustmentKind, Order, Totals};
@@ -376,60 +375,9 @@ impl Step {
         self.spec.plugin.name()
     }
 
-    /// Runs the step `runs` times, each in a fresh instance, while a guest profiler
-    /// samples its `evaluate`; answers the last run's result and the profile.
-    pub(crate) fn run_profiled(
-        &self,
-        order: &wit::Order,
-        context: &wit::ChainContext,
-        interval: std::time::Duration,
-        runs: u32,
-    ) -> (
-        Result<(wit::Outcome, u64), Failure>,
-        anyhow::Result<Profile>,
-    ) {
-        let plugin = &self.spec.plugin;
-        let profiler = match wasmtime::GuestProfiler::new_component(
-            plugin.engine().wasmtime(),
-            plugin.name(),
-            interval,
-            plugin.component().clone(),
-            [],
-        ) {
-            Ok(profiler) => profiler,
-            Err(e) => {
-                let failure = Failure::new(FailureKind::Instantiate, format!("no profiler: {e}"));
-                return (Err(failure), Err(e.into()));
-            }
-        };
-        let sampling = Arc::new(Mutex::new(Sampling::new(profiler)));
-        let mut result = Err(Failure::new(FailureKind::Instantiate, "not run"));
-        for _ in 0..runs {
-            let mut instance = match configured(&self.spec, &self.limits, &self.seed) {
-                Ok(instance) => instance,
-                Err(failure) => {
-                    let why = anyhow::anyhow!("the rule failed before its evaluate was called");
-                    return (Err(failure), Err(why));
-                }
-            };
-            let limits = &self.limits;
-            let run =
-                instance.evaluate_profiled(limits, order, context, &self.seed, &sampling, interval);
-            drop(instance);
-            let failed = run.is_err();
-            result = run;
-            if failed {
-                break;
-            }
-        }
-        let profile = match Arc::try_unwrap(sampling) {
-            Ok(sampling) => sampling
-                .into_inner()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .finish(plugin.name()),
-            Err(_) => Err(anyhow::anyhow!("the profile is still in use")),
-        };
-        (result, profile)
+    /// A new instance of the rule, configured.
+    pub(crate) fn fresh_instance(&self) -> Result<Instance, Failure> {
+        configured(&self.spec, &self.limits, &self.seed)
     }
 
     pub(crate) fn run(&self, order: &wit::Order, context: &wit::ChainContext) -> Ran {

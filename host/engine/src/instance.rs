@@ -12,7 +12,7 @@ use super::bindings::RulePre;
 use super::bindings::{self, order::rules::log, order::rules::types as wit};
 use super::limits::Limits;
 use super::limits::{MAX_LOG_LINE_BYTES, MAX_LOG_LINES_PER_CALL};
-use super::profile::{Sampling, Ticker, locked};
+use super::sampling::{Sampling, Ticker, locked};
 use super::wasi::{OrderSeed, Wasi};
 
 /// What kind of infrastructure failure stopped a rule. Business outcomes (reject,

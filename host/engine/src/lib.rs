@@ -28,6 +28,7 @@ pub mod profile;
 mod reuse;
 pub mod ruleset;
 pub mod runner;
+mod sampling;
 mod wasi;
 
 use std::sync::Arc;

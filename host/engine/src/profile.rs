@@ -1,136 +1,19 @@
 //! Guest profiles of one evaluation (`plugin run --profile`): wasmtime's
-//! [`GuestProfiler`] samples the rule's stack while its `evaluate` runs. Samples are
+//! [`wasmtime::GuestProfiler`] samples the rule's stack while its `evaluate` runs. Samples are
 //! taken at epoch ticks: for the profiled call a thread of its own advances the engine's
 //! epoch every `interval` (default [`DEFAULT_INTERVAL`]), far more often than the
 //! deadline ticker, and the store's epoch callback samples instead of trapping, and
 //! enforces the rule's deadline itself. The output is the Firefox profiler's processed
 //! format (JSON), which <https://profiler.firefox.com> and speedscope open.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use wasmtime::{GuestProfiler, Trap, UpdateDeadline};
-
-/// How often the stack is sampled by default: a rule call takes microseconds to
-/// milliseconds, so the profiler's usual millisecond would see nothing.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_micros(10);
-
-/// A profile being recorded in a store (its `HostState`).
-pub(crate) struct Sampling {
-    profiler: GuestProfiler,
-    /// When the profiled call started, for its deadline.
-    started: Instant,
-    deadline: Duration,
-    /// When the last sample was taken: the next one's weight.
-    last: Instant,
-    /// Samples taken.
-    samples: u64,
-}
-
-/// A finished profile.
-#[derive(Debug, Clone)]
-pub struct Profile {
-    /// The rule profiled.
-    pub rule: String,
-    /// How many stack samples it holds.
-    pub samples: u64,
-    /// The profile, in the Firefox profiler's processed format (JSON).
-    pub json: Vec<u8>,
-}
-
-impl Sampling {
-    pub(crate) fn new(profiler: GuestProfiler) -> Self {
-        let now = Instant::now();
-        Self {
-            profiler,
-            started: now,
-            deadline: Duration::MAX,
-            last: now,
-            samples: 0,
-        }
-    }
-
-    /// Starts the deadline of the next profiled call.
-    pub(crate) fn restart(&mut self, deadline: Duration) {
-        let now = Instant::now();
-        self.started = now;
-        self.last = now;
-        self.deadline = deadline;
-    }
-
-    /// Takes a sample; a trap once the rule's deadline is past.
-    pub(crate) fn tick(
-        &mut self,
-        store: impl wasmtime::AsContext,
-    ) -> wasmtime::Result<UpdateDeadline> {
-        let now = Instant::now();
-        self.profiler.sample(store, now - self.last);
-        self.last = now;
-        self.samples += 1;
-        if self.started.elapsed() > self.deadline {
-            return Err(Trap::Interrupt.into());
-        }
-        Ok(UpdateDeadline::Continue(1))
-    }
-
-    /// The profile.
-    pub(crate) fn finish(self, rule: &str) -> anyhow::Result<Profile> {
-        let mut json = Vec::new();
-        self.profiler
-            .finish(&mut json)
-            .map_err(anyhow::Error::from)?;
-        Ok(Profile {
-            rule: rule.to_string(),
-            samples: self.samples,
-            json,
-        })
-    }
-}
-
-/// The sampling behind `mutex`, even if a panic poisoned it.
-pub(crate) fn locked(mutex: &Mutex<Sampling>) -> MutexGuard<'_, Sampling> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Advances `engine`'s epoch every `interval` until dropped (a busy loop: sleeping
-/// cannot wake every few microseconds).
-pub(crate) struct Ticker {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Ticker {
-    pub(crate) fn start(engine: wasmtime::Engine, interval: Duration) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            let mut next = Instant::now() + interval;
-            while !flag.load(Ordering::Relaxed) {
-                if Instant::now() >= next {
-                    engine.increment_epoch();
-                    next += interval;
-                }
-                std::hint::spin_loop();
-            }
-        });
-        Self {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Ticker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
+use crate::bindings::order::rules::types as wit;
+use crate::chain::Step;
+use crate::instance::{Failure, FailureKind};
+use crate::sampling::Sampling;
+pub use crate::sampling::{DEFAULT_INTERVAL, Profile};
 
 impl crate::RuleChain {
     /// Evaluates `order` as [`crate::RuleChain::evaluate`] does, sampling the stack of
@@ -160,7 +43,7 @@ impl crate::RuleChain {
             if step.name() != rule {
                 return step.run(order, context);
             }
-            let (result, recorded) = step.run_profiled(order, context, interval, runs.max(1));
+            let (result, recorded) = run_profiled(step, order, context, interval, runs.max(1));
             profile = Some(recorded);
             result.into()
         });
@@ -171,4 +54,60 @@ impl crate::RuleChain {
         });
         (evaluation, profile)
     }
+}
+
+/// Runs the step `runs` times, each in a fresh instance, while a guest profiler
+/// samples its `evaluate`; answers the last run's result and the profile.
+pub(crate) fn run_profiled(
+    step: &Step,
+    order: &wit::Order,
+    context: &wit::ChainContext,
+    interval: std::time::Duration,
+    runs: u32,
+) -> (
+    Result<(wit::Outcome, u64), Failure>,
+    anyhow::Result<Profile>,
+) {
+    let plugin = &step.spec().plugin;
+    let profiler = match wasmtime::GuestProfiler::new_component(
+        plugin.engine().wasmtime(),
+        plugin.name(),
+        interval,
+        plugin.component().clone(),
+        [],
+    ) {
+        Ok(profiler) => profiler,
+        Err(e) => {
+            let failure = Failure::new(FailureKind::Instantiate, format!("no profiler: {e}"));
+            return (Err(failure), Err(e.into()));
+        }
+    };
+    let sampling = Arc::new(Mutex::new(Sampling::new(profiler)));
+    let mut result = Err(Failure::new(FailureKind::Instantiate, "not run"));
+    for _ in 0..runs {
+        let mut instance = match step.fresh_instance() {
+            Ok(instance) => instance,
+            Err(failure) => {
+                let why = anyhow::anyhow!("the rule failed before its evaluate was called");
+                return (Err(failure), Err(why));
+            }
+        };
+        let limits = step.limits();
+        let run =
+            instance.evaluate_profiled(limits, order, context, step.seed(), &sampling, interval);
+        drop(instance);
+        let failed = run.is_err();
+        result = run;
+        if failed {
+            break;
+        }
+    }
+    let profile = match Arc::try_unwrap(sampling) {
+        Ok(sampling) => sampling
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .finish(plugin.name()),
+        Err(_) => Err(anyhow::anyhow!("the profile is still in use")),
+    };
+    (result, profile)
 }
