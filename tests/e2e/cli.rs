@@ -296,50 +296,31 @@ fn run_writes_a_guest_profile_of_the_rule() {
 fn ruleset_limits_apply_to_their_rule() {
     let dir = tempfile::tempdir().unwrap();
     let order = repo_root().join("examples/orders/accepted-at-fraud-limit.json");
-    let write = |limits: &str| {
+    // `plugin run` of rule-tax alone, with `limits` under its [rule.limits].
+    let run_with = |limits: &str| {
         let file = dir.path().join("limited.toml");
         let tax = built_plugin("rule_tax");
-        std::fs::write(
-            &file,
-            format!(
-                "[[rule]]\nplugin = {:?}\n[rule.limits]\n{limits}\n",
-                path(&tax)
-            ),
-        )
-        .unwrap();
-        file
+        let ruleset = format!(
+            "[[rule]]\nplugin = {:?}\n[rule.limits]\n{limits}\n",
+            path(&tax)
+        );
+        std::fs::write(&file, ruleset).unwrap();
+        cli(&[
+            "plugin",
+            "run",
+            "--ruleset",
+            path(&file),
+            "--order",
+            path(&order),
+        ])
     };
-    let file = write("fuel = 1");
-    let (code, out, err) = cli(&[
-        "plugin",
-        "run",
-        "--ruleset",
-        path(&file),
-        "--order",
-        path(&order),
-    ]);
+    let (code, out, err) = run_with("fuel = 1");
     assert_eq!(code, EXIT_USAGE, "{out}");
     assert!(err.contains("rule-tax") && err.contains("fuel"), "{err}");
-    let file = write("fuel = 50000000\nmemory-mib = 64\ndeadline-ms = 500");
-    let (code, out, err) = cli(&[
-        "plugin",
-        "run",
-        "--ruleset",
-        path(&file),
-        "--order",
-        path(&order),
-    ]);
+    let (code, out, err) = run_with("fuel = 50000000\nmemory-mib = 64\ndeadline-ms = 500");
     assert_eq!(code, EXIT_OK, "{err}");
     assert!(out.contains("\"status\": \"accepted\""), "{out}");
-    let file = write("deadline-ms = 60000");
-    let (code, _, err) = cli(&[
-        "plugin",
-        "run",
-        "--ruleset",
-        path(&file),
-        "--order",
-        path(&order),
-    ]);
+    let (code, _, err) = run_with("deadline-ms = 60000");
     assert_eq!(code, EXIT_USAGE);
     assert!(err.contains("deadline-ms 60000 is out of range"), "{err}");
 }
