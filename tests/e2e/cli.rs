@@ -262,30 +262,28 @@ fn run_writes_a_guest_profile_of_the_rule() {
         "no guest function in {names:?}"
     );
 
+    // The default ruleset, profiled with `extra` arguments.
     let default_order = repo_root().join("examples/orders/accepted-at-fraud-limit.json");
-    let (code, _, err) = cli(&[
-        "plugin",
-        "run",
-        "--order",
-        path(&default_order),
-        "--profile",
-        path(&dir.path().join("x.json")),
-    ]);
+    let x = dir.path().join("x.json");
+    let profile_default = |extra: &[&str]| {
+        let mut args = vec![
+            "plugin",
+            "run",
+            "--order",
+            path(&default_order),
+            "--profile",
+            path(&x),
+        ];
+        args.extend_from_slice(extra);
+        cli(&args)
+    };
+    let (code, _, err) = profile_default(&[]);
     assert_eq!(code, 2);
     assert!(
         err.contains("--profile-rule (rule-validate, rule-fraud, rule-discount, rule-tax)"),
         "{err}"
     );
-    let (code, _, err) = cli(&[
-        "plugin",
-        "run",
-        "--order",
-        path(&default_order),
-        "--profile",
-        path(&dir.path().join("x.json")),
-        "--profile-rule",
-        "rule-nope",
-    ]);
+    let (code, _, err) = profile_default(&["--profile-rule", "rule-nope"]);
     assert_eq!(code, 2);
     assert!(err.contains("the chain has no rule `rule-nope`"), "{err}");
 }

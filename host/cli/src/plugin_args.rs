@@ -223,7 +223,7 @@ pub(crate) struct ProfileArgs {
     #[arg(
         long,
         value_name = "US",
-        default_value_t = 10,
+        default_value_t = order_rules_engine::profile::DEFAULT_INTERVAL.as_micros() as u64,
         requires = "profile",
         value_parser = clap::value_parser!(u64).range(1..=10_000)
     )]
