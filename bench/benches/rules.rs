@@ -78,6 +78,17 @@ fn benches(c: &mut Criterion) {
             b.iter(|| black_box(default.evaluate(black_box(&o))))
         });
     }
+    // What reuse's checks against fresh instances cost (one in 100, and each instance's
+    // second evaluation).
+    let unchecked = Engine::new(Limits {
+        reuse_check_every: 0,
+        ..Limits::default()
+    })
+    .unwrap();
+    let default = chain(&unchecked, &DEFAULT_CHAIN, Isolation::Reuse);
+    c.bench_function("default chain reuse unchecked", |b| {
+        b.iter(|| black_box(default.evaluate(black_box(&o))))
+    });
     let native = native_chain();
     c.bench_function("default chain native", |b| {
         b.iter(|| black_box(native.evaluate(black_box(&o))))

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use order_pipeline::app::{self, Role};
 use order_pipeline::metrics as m;
+use order_rules_engine::{Isolation, Limits, Order};
 use prometheus_parse::{Scrape, Value};
 
 use crate::support::{
-    cache_client, embedded_config, go_request, kafka_config, order_client, services, unique,
-    wait_result,
+    cache_client, chain_with, embedded_config, engine_with, go_request, kafka_config, order_client,
+    services, unique, wait_result,
 };
 
 /// `GET /metrics` at `addr`, parsed.
@@ -135,6 +136,20 @@ async fn embedded_pipeline_metrics_are_scraped_and_parse() {
     }
     assert!(value(&after, m::RULESET_VERSION, &[]) >= 1.0);
     assert!(value(&after, m::RULESET_SWITCHES, &[]) >= 1.0);
+    // A rule caught carrying state between orders (its instance's 2nd order, checked
+    // against a fresh instance) is counted.
+    let engine = engine_with(Limits::default());
+    let carry = chain_with(&engine, &[("fixture_carry", &[])], Isolation::Reuse).unwrap();
+    for id in ["leak-1", "leak-2", "leak-3"] {
+        m::record_evaluation(&carry.evaluate(&Order::single_item(id, "book", 42, "EUR")));
+    }
+    let leaks = scrape(addr);
+    let carried = [("rule", "fixture-carry"), ("version", "0.1.0")];
+    assert!(grew(&leaks, m::RULE_STATE_LEAKS, &carried, 1.0));
+    assert!(
+        !grew(&leaks, m::RULE_STATE_LEAKS, &carried, 2.0),
+        "fresh after"
+    );
     // Histograms are real Prometheus histograms with our buckets.
     let buckets = after
         .samples

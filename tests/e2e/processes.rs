@@ -32,6 +32,8 @@ fn config_for(prefix: &str, redis: String, kafka: String) -> (u128, Config) {
         kafka_partitions: 2,
         order_service_addr: LOOPBACK_ANY_PORT,
         cache_service_addr: LOOPBACK_ANY_PORT,
+        // Not Config's `data/component-cache`, relative to the tests' directory.
+        component_cache: Some(crate::support::component_cache()),
         ..Config::default()
     };
     (stamp, config)

@@ -98,24 +98,59 @@ fn a_rule_failing_on_its_nth_call_fails_no_order() {
     assert_eq!(retried(&reused), 0);
 }
 
-/// Carrying the previous order's id: a reused instance shows it in the next order's
-/// result; fresh instances, or recycling after every use, never do.
+/// Carrying the previous order's id: a reused instance without checks shows it in the
+/// next order's result; fresh instances, or recycling after every use, never do. With
+/// the checks (the default), the instance's second order is also decided fresh: the two
+/// outcomes differ, that order takes the fresh one, and the rule runs fresh from then on.
 #[test]
 fn only_fresh_instances_keep_one_orders_data_from_the_next() {
     let label = |e: &Evaluation| e.adjustments[0].label.clone();
-    let carry = |limits: Limits, isolation| decide(limits, "fixture_carry", &[], isolation, 3);
+    let none = |e: &Evaluation| label(e) == "previous order: none";
+    let carry = |limits: Limits, isolation, from_call: &str| {
+        decide(
+            limits,
+            "fixture_carry",
+            &[("from-call", from_call)],
+            isolation,
+            6,
+        )
+    };
+    let unchecked = Limits {
+        reuse_check_every: 0,
+        ..Limits::default()
+    };
 
-    let fresh = carry(Limits::default(), Isolation::Fresh);
-    assert!(fresh.iter().all(|e| label(e) == "previous order: none"));
+    let fresh = carry(Limits::default(), Isolation::Fresh, "2");
+    assert!(fresh.iter().all(none));
 
-    let reused = carry(Limits::default(), Isolation::Reuse);
+    let reused = carry(unchecked.clone(), Isolation::Reuse, "2");
     assert_eq!(label(&reused[1]), "previous order: o-0");
     assert_eq!(label(&reused[2]), "previous order: o-1");
 
     let single_use = Limits {
         reuse_max_uses: 1,
+        ..unchecked
+    };
+    let reused = carry(single_use, Isolation::Reuse, "2");
+    assert!(reused.iter().all(none));
+
+    // Checked (the default): caught at the instance's second order, which it shows in
+    // the rule's trace; fresh from then on.
+    let checked = carry(Limits::default(), Isolation::Reuse, "2");
+    assert!(checked.iter().all(none), "{checked:?}");
+    let leaks: Vec<bool> = checked.iter().map(|e| e.rules[0].state_leak).collect();
+    assert_eq!(leaks, [false, true, false, false, false, false]);
+
+    // State that shows from the 4th call on escapes the second-order check. Checking one
+    // evaluation in 2 of served instances (the 2nd, 3rd and 5th orders here) lets the 4th
+    // order show its predecessor and catches the rule at the 5th; fresh after that.
+    let every_2nd = Limits {
+        reuse_check_every: 2,
         ..Limits::default()
     };
-    let reused = carry(single_use, Isolation::Reuse);
-    assert!(reused.iter().all(|e| label(e) == "previous order: none"));
+    let sampled = carry(every_2nd, Isolation::Reuse, "4");
+    assert_eq!(label(&sampled[3]), "previous order: o-2");
+    let leaks: Vec<bool> = sampled.iter().map(|e| e.rules[0].state_leak).collect();
+    assert_eq!(leaks, [false, false, false, false, true, false]);
+    assert!(none(&sampled[4]) && none(&sampled[5]));
 }

@@ -186,6 +186,11 @@ pub(crate) struct LimitArgs {
         default_value_t = limits::DEFAULT_REUSE_HIGH_WATER_PERCENT,
         value_parser = clap::value_parser!(u8).range(1..=100))]
     pub reuse_high_water_percent: u8,
+    /// A reused rule's evaluation is also decided in a fresh instance, to catch a rule
+    /// that carries state between orders: each instance's second one, and one in this
+    /// many after that (0: no checks).
+    #[arg(long, env = "PLUGIN_REUSE_CHECK_EVERY", default_value_t = limits::DEFAULT_REUSE_CHECK_EVERY)]
+    pub reuse_check_every: u64,
     /// Benchmark baseline, not for production: run the built-in rules compiled into the
     /// binary instead of as isolated Wasm components, to measure what Wasm costs.
     #[arg(long, env = "NATIVE_RULES_BASELINE")]
@@ -201,6 +206,7 @@ impl LimitArgs {
             memory_bytes: self.memory_mib.saturating_mul(1 << 20),
             reuse_max_uses: self.reuse_max_uses,
             reuse_high_water_percent: self.reuse_high_water_percent,
+            reuse_check_every: self.reuse_check_every,
             ..Limits::default()
         }
     }
@@ -299,9 +305,19 @@ mod tests {
         assert_eq!(config.kafka_debug.as_deref(), Some("cgrp"));
         assert_eq!(config.limits.reuse_max_uses, 1000);
         assert_eq!(config.limits.reuse_high_water_percent, 75);
-        let config = parse(&["--reuse-max-uses", "7", "--reuse-high-water-percent", "50"]).unwrap();
+        assert_eq!(config.limits.reuse_check_every, 100);
+        let config = parse(&[
+            "--reuse-max-uses",
+            "7",
+            "--reuse-high-water-percent",
+            "50",
+            "--reuse-check-every",
+            "0",
+        ])
+        .unwrap();
         assert_eq!(config.limits.reuse_max_uses, 7);
         assert_eq!(config.limits.reuse_high_water_percent, 50);
+        assert_eq!(config.limits.reuse_check_every, 0);
         assert!(Only::try_parse_from(["order-pipeline", "--reuse-max-uses", "0"]).is_err());
         let high = ["order-pipeline", "--reuse-high-water-percent", "101"];
         assert!(Only::try_parse_from(high).is_err());

@@ -246,7 +246,7 @@ struct ChainArgs {
     #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value, requires = "plugin")]
     config: Vec<(String, String)>,
     /// Instance isolation of the plugin given with --plugin.
-    #[arg(long, value_enum, default_value = "fresh", requires = "plugin")]
+    #[arg(long, value_enum, default_value = "reuse", requires = "plugin")]
     isolation: IsolationArg,
     #[command(flatten)]
     limits: LimitArgs,

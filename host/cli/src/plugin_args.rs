@@ -66,7 +66,7 @@ pub(crate) enum PluginCommand {
         #[arg(long)]
         replace: Option<String>,
         /// Instance isolation.
-        #[arg(long, value_enum, default_value = "fresh")]
+        #[arg(long, value_enum, default_value = "reuse")]
         isolation: IsolationArg,
         /// Instead of activating the new ruleset, run it as a canary deciding this
         /// percentage of the orders (a stable hash of the order id); end it with

@@ -144,6 +144,11 @@ pub struct RuleTrace {
     /// trace is the fresh attempt's.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retried_fresh: bool,
+    /// A check decided the order in a fresh instance too, and the reused instance's
+    /// outcome differed: the rule carries state between orders. This trace is the fresh
+    /// attempt's, and the rule runs in fresh instances from now on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub state_leak: bool,
 }
 
 /// The result of running a chain on an order.
@@ -274,11 +279,22 @@ impl RuleChain {
             let Ran {
                 result,
                 retried_fresh,
+                state_leak,
             } = match (&step.native, &native_order) {
                 (Some(rule), Some(order)) => Ok((rule.evaluate(order, &context), 0)).into(),
                 _ => run(step, &wit_order, &context),
             };
             let duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            if state_leak {
+                tracing::error!(
+                    rule = plugin.name(),
+                    version = %plugin.info().version,
+                    order_id = %order.id,
+                    "the rule's outcome in a reused instance differed from a fresh instance's: \
+                     it carries state between orders; this order takes the fresh outcome, and \
+                     the rule runs in fresh instances until it is deployed again"
+                );
+            }
             let (outcome, fuel_used) = match result {
                 Ok((outcome, fuel)) => (check_outcome(outcome, plugin), fuel),
                 Err(failure) => (Err(failure), 0),
@@ -301,6 +317,7 @@ impl RuleChain {
                 fuel_used,
                 duration_us,
                 retried_fresh,
+                state_leak,
             });
             let name = plugin.name();
             match outcome {

@@ -56,6 +56,8 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../../wit",
         world: "rule",
+        // Reuse's checks compare an outcome with a fresh instance's.
+        additional_derives: [PartialEq],
     });
 }
 

@@ -20,6 +20,9 @@ pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 64 << 10;
 pub const DEFAULT_REUSE_MAX_USES: u64 = 1000;
 /// Default share of its memory cap past which a reused instance is recycled (percent).
 pub const DEFAULT_REUSE_HIGH_WATER_PERCENT: u8 = 75;
+/// Default share of a reused rule's evaluations checked against a fresh instance: one
+/// in this many (besides every instance's second evaluation).
+pub const DEFAULT_REUSE_CHECK_EVERY: u64 = 100;
 /// Most log lines one call may emit; the rest are dropped with one warning.
 pub const MAX_LOG_LINES_PER_CALL: u32 = 32;
 /// Longest log line kept; longer ones are cut.
@@ -58,6 +61,10 @@ pub struct Limits {
     /// A reused instance is recycled once its linear memory has grown past this share
     /// of its cap (percent, 1 to 100).
     pub reuse_high_water_percent: u8,
+    /// A reused rule's evaluation is also decided in a fresh instance, to catch state
+    /// carried between orders: every instance's second evaluation, and one in this many
+    /// after that. 0 turns the checks off.
+    pub reuse_check_every: u64,
 }
 
 impl Default for Limits {
@@ -70,6 +77,7 @@ impl Default for Limits {
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             reuse_max_uses: DEFAULT_REUSE_MAX_USES,
             reuse_high_water_percent: DEFAULT_REUSE_HIGH_WATER_PERCENT,
+            reuse_check_every: DEFAULT_REUSE_CHECK_EVERY,
         }
     }
 }

@@ -1,14 +1,24 @@
-//! Reused instances (`isolation = "reuse"`) that one order's leftovers cannot turn
-//! against another: an instance goes back to the pool only after a successful call, and
-//! is recycled (dropped; a fresh one is configured when needed) after
-//! [`Limits::reuse_max_uses`] evaluations or once its memory has grown past
-//! [`Limits::reuse_high_water_bytes`]. An order that fails in an instance that had
-//! served earlier orders is decided again, once, in a fresh instance: only that attempt
-//! counts (its result is the order's, and the quarantine sees only it).
+//! Reused instances (`isolation = "reuse"`, the default) that one order's leftovers
+//! cannot turn against another:
 //!
-//! What this does not give: a rule that keeps data from one order on purpose still sees
-//! it in the next order of the same instance. Only fresh instances isolate that.
+//! - an instance goes back to the pool only after a successful call, and is recycled
+//!   (dropped; a fresh one is configured when needed) after [`Limits::reuse_max_uses`]
+//!   evaluations or once its memory has grown past [`Limits::reuse_high_water_bytes`];
+//! - an order that fails in an instance that had served earlier orders is decided
+//!   again, once, in a fresh instance: only that attempt counts (its result is the
+//!   order's, and the quarantine sees only it);
+//! - **checks**: the second order of every instance (the first one that could see
+//!   another order's leftovers), and one evaluation in [`Limits::reuse_check_every`]
+//!   after that, is also decided in a fresh instance. When the two outcomes differ, the
+//!   rule's outcome depends on what an earlier order left behind: the fresh outcome is
+//!   the order's, and the rule runs in fresh instances from then on (until it is built
+//!   again, by a deploy or a restart).
+//!
+//! What this does not give: a rule that keeps data from one order on purpose can still
+//! show it in an order that is not checked, until a check catches it. Only fresh
+//! instances rule that out.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::bindings::order::rules::types as wit;
@@ -19,11 +29,13 @@ use super::wasi::OrderSeed;
 /// Idle instances kept per rule with [`crate::Isolation::Reuse`].
 pub const REUSE_POOL_SIZE: usize = 16;
 
-/// What running a step did: its result, and whether a fresh instance decided again
-/// after a failure in a reused one.
+/// What running a step did: its result, whether a fresh instance decided again after a
+/// failure in a reused one, and whether a check found that the reused instance's outcome
+/// depended on an earlier order.
 pub(crate) struct Ran {
     pub result: Result<(wit::Outcome, u64), Failure>,
     pub retried_fresh: bool,
+    pub state_leak: bool,
 }
 
 impl From<Result<(wit::Outcome, u64), Failure>> for Ran {
@@ -31,6 +43,7 @@ impl From<Result<(wit::Outcome, u64), Failure>> for Ran {
         Self {
             result,
             retried_fresh: false,
+            state_leak: false,
         }
     }
 }
@@ -38,6 +51,10 @@ impl From<Result<(wit::Outcome, u64), Failure>> for Ran {
 /// The idle instances of one reused rule.
 pub(crate) struct Pool {
     idle: Mutex<Vec<Instance>>,
+    /// Evaluations in instances that had served before, for the 1-in-N checks.
+    served: AtomicU64,
+    /// A check found state carried between orders: every order runs fresh.
+    leaked: AtomicBool,
 }
 
 impl Pool {
@@ -45,6 +62,8 @@ impl Pool {
     pub(crate) fn new(first: Option<Instance>) -> Self {
         Self {
             idle: Mutex::new(first.into_iter().collect()),
+            served: AtomicU64::new(0),
+            leaked: AtomicBool::new(false),
         }
     }
 
@@ -52,6 +71,11 @@ impl Pool {
         self.idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether a check found the rule carrying state between orders.
+    pub(crate) fn leaked(&self) -> bool {
+        self.leaked.load(Ordering::Relaxed)
     }
 
     /// Evaluates the order in an idle instance, or in a new one from `fresh` (a new,
@@ -64,6 +88,10 @@ impl Pool {
         order: &wit::Order,
         context: &wit::ChainContext,
     ) -> Ran {
+        let in_fresh = || fresh().and_then(|mut i| i.evaluate(limits, order, context, seed));
+        if self.leaked() {
+            return in_fresh().into();
+        }
         let pooled = self.idle().pop();
         let (mut instance, served_before) = match pooled {
             Some(instance) => {
@@ -75,10 +103,29 @@ impl Pool {
                 Err(failure) => return Err(failure).into(),
             },
         };
+        let check = served_before && self.due_for_check(&instance, limits);
         let result = instance.evaluate(limits, order, context, seed);
-        if result.is_ok() {
-            self.put_back(instance, limits);
-            return result.into();
+        match &result {
+            Ok((outcome, _)) if check => {
+                let checked = in_fresh();
+                if matches!(&checked, Ok((fresh_outcome, _)) if fresh_outcome == outcome) {
+                    self.put_back(instance, limits);
+                    return result.into();
+                }
+                // The outcome depended on what earlier orders left in the instance.
+                self.leaked.store(true, Ordering::Relaxed);
+                self.idle().clear();
+                return Ran {
+                    result: checked,
+                    retried_fresh: false,
+                    state_leak: true,
+                };
+            }
+            Ok(_) => {
+                self.put_back(instance, limits);
+                return result.into();
+            }
+            Err(_) => {}
         }
         // After a failure the instance is dropped: its state is not trusted.
         drop(instance);
@@ -95,7 +142,16 @@ impl Pool {
         Ran {
             result: again,
             retried_fresh: true,
+            state_leak: false,
         }
+    }
+
+    /// Whether this evaluation in `instance` (which served before) is checked against a
+    /// fresh instance: its second one, and one in [`Limits::reuse_check_every`].
+    fn due_for_check(&self, instance: &Instance, limits: &Limits) -> bool {
+        let every = limits.reuse_check_every;
+        let served = self.served.fetch_add(1, Ordering::Relaxed) + 1;
+        every > 0 && (instance.uses() == 1 || served.is_multiple_of(every))
     }
 
     /// Keeps `instance` for the next order unless it is due for recycling.

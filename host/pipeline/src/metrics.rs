@@ -36,6 +36,9 @@ pub const RULE_FAILURES: &str = "order_pipeline_rule_failures_total";
 /// Counter `{rule, version}`: orders that failed in a reused instance and were decided
 /// again in a fresh one (only that attempt's outcome counts).
 pub const RULE_FRESH_RETRIES: &str = "order_pipeline_rule_fresh_retries_total";
+/// Counter `{rule, version}`: checks that found a reused instance's outcome different
+/// from a fresh instance's (the rule carries state between orders; it runs fresh after).
+pub const RULE_STATE_LEAKS: &str = "order_pipeline_rule_state_leaks_total";
 /// Histogram `{rule, version}`: seconds per rule evaluation, instantiation included.
 pub const RULE_SECONDS: &str = "order_pipeline_rule_duration_seconds";
 /// Histogram `{rule, version}`: fuel (about one unit per Wasm instruction) per evaluation.
@@ -211,6 +214,10 @@ pub fn record_evaluation(evaluation: &Evaluation) {
         handles.seconds.record(rule.duration_us as f64 / 1e6);
         if rule.retried_fresh {
             metrics::counter!(RULE_FRESH_RETRIES, "rule" => rule.name.clone(), "version" => rule.version.clone())
+                .increment(1);
+        }
+        if rule.state_leak {
+            metrics::counter!(RULE_STATE_LEAKS, "rule" => rule.name.clone(), "version" => rule.version.clone())
                 .increment(1);
         }
         if rule.outcome == RuleOutcome::Failed {
