@@ -154,3 +154,26 @@ fn only_fresh_instances_keep_one_orders_data_from_the_next() {
     assert_eq!(leaks, [false, false, false, false, true, false]);
     assert!(none(&sampled[4]) && none(&sampled[5]));
 }
+
+/// Idle reused instances never take the slots that new ones need: an engine keeps at
+/// most half its instance slots idle, across every pool. With 2 slots, three chains of
+/// a reused rule are built and decide orders; without that budget, the third chain's
+/// first instance would find no slot.
+#[test]
+fn idle_reused_instances_leave_slots_for_new_ones() {
+    let engine = engine_with(Limits {
+        max_instances: 2,
+        ..Limits::default()
+    });
+    let quiet: &[(&str, &str)] = &[("from-call", "1000")];
+    let chains: Vec<RuleChain> = (0..3)
+        .map(|_| chain_with(&engine, &[("fixture_carry", quiet)], Isolation::Reuse).unwrap())
+        .collect();
+    for round in 0..3 {
+        for chain in &chains {
+            let order = Order::single_item(&format!("slots-{round}"), "book", 42, "EUR");
+            let evaluation = chain.evaluate(&order);
+            assert_eq!(evaluation.status, Status::Accepted, "{evaluation:?}");
+        }
+    }
+}

@@ -214,7 +214,7 @@ impl RuleChain {
             let seed = OrderSeed::of_rule(spec.plugin.digest(), &spec.config);
             let instance = configured(&spec, &limits, &seed).map_err(|f| f.named(name))?;
             let pool = match spec.isolation {
-                Isolation::Reuse => Some(Pool::new(Some(instance))),
+                Isolation::Reuse => Some(Pool::new(spec.plugin.engine().clone(), Some(instance))),
                 Isolation::Fresh => None,
             };
             let native = match spec.plugin.engine().native_twins() {

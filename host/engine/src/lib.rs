@@ -32,6 +32,7 @@ mod sampling;
 mod wasi;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 
 use anyhow::Context as _;
@@ -75,6 +76,8 @@ struct EngineInner {
     native: Option<Arc<dyn NativeTwins>>,
     /// Where compiled components are cached ([`Engine::cache_compiled_in`]).
     cache_dir: std::sync::OnceLock<std::path::PathBuf>,
+    /// Idle reused instances held by every pool of this engine ([`Engine::reserve_idle`]).
+    idle: AtomicU32,
 }
 
 impl Engine {
@@ -136,6 +139,7 @@ impl Engine {
                 limits,
                 native,
                 cache_dir: std::sync::OnceLock::new(),
+                idle: AtomicU32::new(0),
             }),
         })
     }
@@ -159,6 +163,25 @@ impl Engine {
     /// The native twins this engine runs instead of components, if any.
     pub(crate) fn native_twins(&self) -> Option<&dyn NativeTwins> {
         self.inner.native.as_deref()
+    }
+
+    /// Takes one of the slots that idle reused instances may hold, across every rule
+    /// and chain of this engine: half of [`Limits::max_instances`], so that pooled
+    /// instances never take the slots that new ones need. False when none is left.
+    pub(crate) fn reserve_idle(&self) -> bool {
+        let budget = self.inner.limits.max_instances / 2;
+        self.inner
+            .idle
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < budget).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `count` slots taken by [`Engine::reserve_idle`].
+    pub(crate) fn release_idle(&self, count: usize) {
+        let count = u32::try_from(count).unwrap_or(u32::MAX);
+        self.inner.idle.fetch_sub(count, Ordering::Relaxed);
     }
 
     pub(crate) fn wasmtime(&self) -> &wasmtime::Engine {

@@ -12,7 +12,10 @@
 //!   after that, is also decided in a fresh instance. When the two outcomes differ, the
 //!   rule's outcome depends on what an earlier order left behind: the fresh outcome is
 //!   the order's, and the rule runs in fresh instances from then on (until it is built
-//!   again, by a deploy or a restart).
+//!   again, by a deploy or a restart);
+//! - idle instances are kept up to [`REUSE_POOL_SIZE`] per rule and, across the
+//!   engine, to half its instance slots, so that they never take the slots new
+//!   instances need.
 //!
 //! What this does not give: a rule that keeps data from one order on purpose can still
 //! show it in an order that is not checked, until a check catches it. Only fresh
@@ -21,6 +24,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use super::Engine;
 use super::bindings::order::rules::types as wit;
 use super::instance::{Failure, Instance};
 use super::limits::Limits;
@@ -50,6 +54,8 @@ impl From<Result<(wit::Outcome, u64), Failure>> for Ran {
 
 /// The idle instances of one reused rule.
 pub(crate) struct Pool {
+    /// Whose idle-instance budget the pool draws on.
+    engine: Engine,
     idle: Mutex<Vec<Instance>>,
     /// Evaluations in instances that had served before, for the 1-in-N checks.
     served: AtomicU64,
@@ -58,19 +64,49 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    /// A pool holding `first` (the instance the chain configured when it was built).
-    pub(crate) fn new(first: Option<Instance>) -> Self {
-        Self {
-            idle: Mutex::new(first.into_iter().collect()),
+    /// A pool of `engine`'s instances holding `first` (the instance the chain configured
+    /// when it was built) if the engine's idle budget allows.
+    pub(crate) fn new(engine: Engine, first: Option<Instance>) -> Self {
+        let pool = Self {
+            engine,
+            idle: Mutex::new(Vec::new()),
             served: AtomicU64::new(0),
             leaked: AtomicBool::new(false),
+        };
+        if let Some(first) = first {
+            pool.keep(first);
         }
+        pool
     }
 
     fn idle(&self) -> MutexGuard<'_, Vec<Instance>> {
         self.idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// An idle instance, if there is one.
+    fn take(&self) -> Option<Instance> {
+        let taken = self.idle().pop();
+        if taken.is_some() {
+            self.engine.release_idle(1);
+        }
+        taken
+    }
+
+    /// Keeps `instance` idle if the pool and the engine's budget have room; drops it
+    /// otherwise.
+    fn keep(&self, instance: Instance) {
+        let mut idle = self.idle();
+        if idle.len() < REUSE_POOL_SIZE && self.engine.reserve_idle() {
+            idle.push(instance);
+        }
+    }
+
+    /// Drops every idle instance.
+    fn clear(&self) {
+        let dropped = std::mem::take(&mut *self.idle());
+        self.engine.release_idle(dropped.len());
     }
 
     /// Whether a check found the rule carrying state between orders.
@@ -92,7 +128,7 @@ impl Pool {
         if self.leaked() {
             return in_fresh().into();
         }
-        let pooled = self.idle().pop();
+        let pooled = self.take();
         let (mut instance, served_before) = match pooled {
             Some(instance) => {
                 let served = instance.uses() > 0;
@@ -114,7 +150,7 @@ impl Pool {
                 }
                 // The outcome depended on what earlier orders left in the instance.
                 self.leaked.store(true, Ordering::Relaxed);
-                self.idle().clear();
+                self.clear();
                 return Ran {
                     result: checked,
                     retried_fresh: false,
@@ -158,12 +194,14 @@ impl Pool {
     fn put_back(&self, instance: Instance, limits: &Limits) {
         let worn = instance.uses() >= limits.reuse_max_uses;
         let grown = instance.memory_peak() > limits.reuse_high_water_bytes();
-        if worn || grown {
-            return;
+        if !(worn || grown) {
+            self.keep(instance);
         }
-        let mut idle = self.idle();
-        if idle.len() < REUSE_POOL_SIZE {
-            idle.push(instance);
-        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.clear();
     }
 }
