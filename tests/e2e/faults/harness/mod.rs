@@ -338,6 +338,13 @@ impl RoleEnv {
             ("KAFKA_SESSION_TIMEOUT_MS", "6000".into()),
             ("ADMIN_ADDR", "127.0.0.1:0".into()),
             ("RUST_LOG", "info".into()),
+            // Not the default `data/component-cache`, relative to the tests' directory.
+            (
+                "COMPONENT_CACHE_DIR",
+                crate::support::component_cache()
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
         ];
         Self {
             dir: dir.to_path_buf(),
