@@ -94,11 +94,11 @@ impl Pool {
         taken
     }
 
-    /// Keeps `instance` idle if the pool and the engine's budget have room; drops it
-    /// otherwise.
+    /// Keeps `instance` idle if the pool and the engine's budget have room (and no
+    /// check found the rule carrying state); drops it otherwise.
     fn keep(&self, instance: Instance) {
         let mut idle = self.idle();
-        if idle.len() < REUSE_POOL_SIZE && self.engine.reserve_idle() {
+        if !self.leaked() && idle.len() < REUSE_POOL_SIZE && self.engine.reserve_idle() {
             idle.push(instance);
         }
     }
@@ -110,7 +110,7 @@ impl Pool {
     }
 
     /// Whether a check found the rule carrying state between orders.
-    pub(crate) fn leaked(&self) -> bool {
+    fn leaked(&self) -> bool {
         self.leaked.load(Ordering::Relaxed)
     }
 
