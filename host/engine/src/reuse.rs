@@ -26,7 +26,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::Engine;
 use super::bindings::order::rules::types as wit;
-use super::instance::{Failure, Instance};
+use super::instance::{Failure, FailureKind, Instance};
 use super::limits::Limits;
 use super::wasi::OrderSeed;
 
@@ -144,7 +144,12 @@ impl Pool {
         match &result {
             Ok((outcome, _)) if check => {
                 let checked = in_fresh();
-                if matches!(&checked, Ok((fresh_outcome, _)) if fresh_outcome == outcome) {
+                let reused_stands = match &checked {
+                    Ok((fresh_outcome, _)) => fresh_outcome == outcome,
+                    // No slot for the check's instance: nothing is known of the rule.
+                    Err(failure) => failure.kind == FailureKind::Instantiate,
+                };
+                if reused_stands {
                     self.put_back(instance, limits);
                     return result.into();
                 }
