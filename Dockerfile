@@ -5,14 +5,15 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
 # rust-toolchain.toml pins the toolchain and adds the wasm targets (wasm32-unknown-unknown
-# for the built-in plugins, wasm32-wasip2 for plugins built by hand).
+# for the built-in plugins, wasm32-wasip2 for plugins built by hand). librdkafka links the
+# system's OpenSSL (libssl-dev and pkg-config are in this image).
 RUN rustup show active-toolchain \
  && cargo build --release --locked -p order-pipeline-cli \
  && cp target/release/order-pipeline /order-pipeline
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates zlib1g \
+ && apt-get install -y --no-install-recommends ca-certificates zlib1g libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /data --create-home pipeline
 COPY --from=build /order-pipeline /usr/local/bin/order-pipeline

@@ -10,6 +10,13 @@
 #                                             # 1@127.0.0.1:C1,2@127.0.0.1:C2,...; every node
 #                                             # of a cluster gets the same CLUSTER_ID
 #   scripts/kafka.sh cluster-id               # prints a new cluster id
+#   scripts/kafka.sh secure DIR PORT CTRL_PORT PROTOCOL TLS_DIR [USER PASSWORD]
+#                                             # one node whose only listener for clients (and
+#                                             # for itself) is PROTOCOL, SSL or SASL_SSL:
+#                                             # TLS_DIR holds ca.pem, broker.pem and broker.key
+#                                             # (PEM; the key unencrypted PKCS#8); SASL_SSL
+#                                             # takes SCRAM-SHA-512 and creates USER with
+#                                             # PASSWORD when it formats DIR
 #
 # A cluster of N nodes replicates topics and the group offsets N times (at most 3) and
 # takes acks=all writes with min.insync.replicas = that factor - 1: it keeps accepting
@@ -54,6 +61,19 @@ EOF
     touch "$LIBS/.complete"
   fi
   echo "$LIBS"
+}
+
+log4j() { # dir: the broker logs to DIR/broker.log
+  cat > "$1/log4j2.properties" <<EOF
+status = error
+appender.file.type = File
+appender.file.name = FILE
+appender.file.fileName = $1/broker.log
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = info
+rootLogger.appenderRef.file.ref = FILE
+EOF
 }
 
 java_cmd() { # dir
@@ -109,19 +129,66 @@ share.coordinator.state.topic.min.isr=$min_isr
 group.initial.rebalance.delay.ms=0
 log.cleaner.dedupe.buffer.size=16777216
 EOF
-  cat > "$dir/log4j2.properties" <<EOF
-status = error
-appender.file.type = File
-appender.file.name = FILE
-appender.file.fileName = $dir/broker.log
-appender.file.layout.type = PatternLayout
-appender.file.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = info
-rootLogger.appenderRef.file.ref = FILE
-EOF
+  log4j "$dir"
   java_cmd "$dir"
   "${JAVA[@]}" kafka.tools.StorageTool format -t "$cluster" -c "$dir/server.properties" \
     --ignore-formatted >/dev/null
+  exec "${JAVA[@]}" kafka.Kafka "$dir/server.properties"
+}
+
+secure() {
+  local dir="$1" port="$2" ctrl="$3" protocol="$4" tls="$5" user="${6:-}" password="${7:-}"
+  case "$protocol" in SSL|SASL_SSL) ;; *) echo "PROTOCOL must be SSL or SASL_SSL" >&2; exit 2 ;; esac
+  local cluster=""
+  [ -f "$dir/cluster.id" ] && cluster="$(cat "$dir/cluster.id")"
+  [ -n "$cluster" ] || cluster="$(cluster_id)"
+  mkdir -p "$dir/data"
+  echo "$cluster" > "$dir/cluster.id"
+  # Kafka's PEM key store: the private key and the certificate chain in one file.
+  (umask 077; cat "$tls/broker.key" "$tls/broker.pem" > "$dir/keystore.pem")
+  (umask 077; cat > "$dir/server.properties") <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$ctrl
+listeners=CLIENT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$ctrl
+advertised.listeners=CLIENT://127.0.0.1:$port
+inter.broker.listener.name=CLIENT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,CLIENT:$protocol
+ssl.keystore.type=PEM
+ssl.keystore.location=$dir/keystore.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$tls/ca.pem
+log.dirs=$dir/data
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+default.replication.factor=1
+min.insync.replicas=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+log.cleaner.dedupe.buffer.size=16777216
+EOF
+  local scram=()
+  if [ "$protocol" = SASL_SSL ]; then
+    [ -n "$user" ] && [ -n "$password" ] || { echo "SASL_SSL needs USER and PASSWORD" >&2; exit 2; }
+    # The broker talks to itself over the same listener, as user `broker`.
+    local broker_password
+    broker_password="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+    cat >> "$dir/server.properties" <<EOF
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.client.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="broker" password="$broker_password";
+EOF
+    scram=(--add-scram "SCRAM-SHA-512=[name=broker,password=$broker_password]"
+           --add-scram "SCRAM-SHA-512=[name=$user,password=$password]")
+  fi
+  log4j "$dir"
+  java_cmd "$dir"
+  "${JAVA[@]}" kafka.tools.StorageTool format -t "$cluster" -c "$dir/server.properties" \
+    --ignore-formatted "${scram[@]}" >/dev/null
   exec "${JAVA[@]}" kafka.Kafka "$dir/server.properties"
 }
 
@@ -130,5 +197,6 @@ case "${1:-}" in
   run) shift; [ $# -eq 3 ] || { echo "usage: $0 run DIR PORT CTRL_PORT" >&2; exit 2; }; run "$@" ;;
   node) shift; [ $# -eq 5 ] || { echo "usage: $0 node DIR ID PORT VOTERS CLUSTER_ID" >&2; exit 2; }; node "$@" ;;
   cluster-id) cluster_id ;;
-  *) echo "usage: $0 libs | run DIR PORT CTRL_PORT | node DIR ID PORT VOTERS CLUSTER_ID | cluster-id" >&2; exit 2 ;;
+  secure) shift; [ $# -eq 5 ] || [ $# -eq 7 ] || { echo "usage: $0 secure DIR PORT CTRL_PORT SSL|SASL_SSL TLS_DIR [USER PASSWORD]" >&2; exit 2; }; secure "$@" ;;
+  *) echo "usage: $0 libs | run DIR PORT CTRL_PORT | node DIR ID PORT VOTERS CLUSTER_ID | cluster-id | secure DIR PORT CTRL_PORT PROTOCOL TLS_DIR [USER PASSWORD]" >&2; exit 2 ;;
 esac

@@ -46,6 +46,12 @@ if [ ! -x "$CARGO_COMPONENT" ]; then
 fi
 "$CARGO_COMPONENT" component --version
 
+step "OpenSSL headers (librdkafka's TLS and SASL link the system's OpenSSL)"
+if ! pkg-config --exists openssl 2>/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev pkg-config >/dev/null
+fi
+pkg-config --modversion openssl
+
 step "redis-server"
 if ! command -v redis-server >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null

@@ -358,3 +358,60 @@ fn bench_breaks_a_fresh_instance_down() {
         assert!((sum - part("total_us")).abs() < 0.01, "{cost}");
     }
 }
+
+#[test]
+fn a_dotenv_file_is_read_from_the_working_directory_only() {
+    // The binary itself: `.env` is read by its `main`. A bad value it takes from `.env`
+    // stops `run` at once, naming the variable; the environment gives another bad value
+    // that names itself when `.env` is not read.
+    let parent = tempfile::tempdir().unwrap();
+    std::fs::write(
+        parent.path().join(".env"),
+        "ORDER_SERVICE_ADDR=from-the-dotenv-file\n",
+    )
+    .unwrap();
+    let child = parent.path().join("child");
+    std::fs::create_dir(&child).unwrap();
+    let run_in = |dir: &Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_order-pipeline"))
+            .arg("run")
+            .current_dir(dir)
+            .env_remove("ORDER_SERVICE_ADDR")
+            .env("DEFAULT_CURRENCY", "not-a-currency")
+            .env("DATA_DIR", dir.join("data"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let here = run_in(parent.path());
+    assert!(
+        here.contains("ORDER_SERVICE_ADDR `from-the-dotenv-file`"),
+        "./.env is read: {here}"
+    );
+    let below = run_in(&child);
+    assert!(
+        !below.contains("from-the-dotenv-file") && below.contains("DEFAULT_CURRENCY"),
+        "a parent's .env is not read: {below}"
+    );
+}
+
+#[test]
+fn help_never_shows_a_secret_from_the_environment() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_order-pipeline"))
+        .args(["run", "--help"])
+        .env("REDIS_ADDR", "redis://worker:redis-s3cret@redis:6379")
+        .env("ADMIN_TOKEN", "admin-s3cret")
+        .env("KAFKA_PROPERTIES", "sasl.password=kafka-s3cret")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("REDIS_ADDR") && help.contains("ADMIN_TOKEN"),
+        "{help}"
+    );
+    for secret in ["redis-s3cret", "admin-s3cret", "kafka-s3cret"] {
+        assert!(!help.contains(secret), "{secret} in --help");
+    }
+}

@@ -216,7 +216,7 @@ fn compiled_components_are_cached_by_digest_and_engine() {
     order.shipping_country = "DE".into();
     let with_cache = || {
         let engine = engine();
-        engine.cache_compiled_in(dir.path().to_path_buf());
+        engine.cache_compiled_in(dir.path().to_path_buf()).unwrap();
         engine
     };
     let decide = |plugin: std::sync::Arc<order_rules_engine::Plugin>| {
@@ -241,8 +241,12 @@ fn compiled_components_are_cached_by_digest_and_engine() {
     let files: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
         .collect();
     assert_eq!(files.len(), 1, "{files:?}");
+    // Its sha256 beside it, checked before every load.
+    let digest = format!("{}.sha256", files[0].display());
+    assert_eq!(std::fs::read_to_string(&digest).unwrap().len(), 64);
     let file = &files[0];
     let name = file.file_name().unwrap().to_string_lossy().into_owned();
     assert!(
@@ -256,9 +260,86 @@ fn compiled_components_are_cached_by_digest_and_engine() {
     assert_eq!(cached.digest(), compiled.digest());
     assert_eq!(decide(cached), decide(compiled));
 
-    // A file that does not load is compiled again and replaced.
+    // A file that does not match its sha256 is compiled again and replaced.
     std::fs::write(file, b"not a compiled component").unwrap();
     let again = with_cache().load(&bytes).unwrap();
     assert!(!again.from_cache());
     assert!(with_cache().load(&bytes).unwrap().from_cache());
+
+    // A directory others can write is refused at once, saying what to fix.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = engine()
+        .cache_compiled_in(dir.path().to_path_buf())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("chmod 700"), "{err}");
+}
+
+/// A rule's fuel may grow with the order's lines (`fuel-per-line-percent`, bounded by
+/// `fuel-max-scale`): a budget that a 1-line order fits and a 40-line order does not
+/// becomes enough for both, and never more than its bound.
+#[test]
+fn fuel_scales_with_the_order_lines_within_its_bound() {
+    let engine = engine();
+    let tax = crate::support::load(&engine, "rule_tax").unwrap();
+    let order = |lines: usize| {
+        let mut order = Order::single_item(&format!("lines-{lines}"), "book", 1000, "EUR");
+        order.shipping_country = "DE".into();
+        order.lines = (0..lines)
+            .map(|i| order_rules_engine::OrderLine {
+                sku: format!("sku-{i}"),
+                quantity: 1,
+                unit_price: 1000,
+            })
+            .collect();
+        order
+    };
+    let run = |limits: order_rules_engine::RuleLimits, lines: usize| {
+        let chain = RuleChain::new(vec![order_rules_engine::RuleSpec {
+            plugin: Arc::clone(&tax),
+            config: vec![("rates".into(), "DE:1900".into())],
+            isolation: Isolation::Fresh,
+            limits,
+        }])
+        .unwrap();
+        chain.evaluate(&order(lines))
+    };
+    let used = |lines: usize| run(Default::default(), lines).rules[0].fuel_used;
+    let (one, forty) = (used(1), used(40));
+    assert!(
+        forty > 2 * one,
+        "the rule's work grows with the lines: {one} vs {forty}"
+    );
+
+    // Between the two: enough for one line, not for forty.
+    let base = one + (forty - one) / 4;
+    let flat = order_rules_engine::RuleLimits {
+        fuel: Some(base),
+        ..Default::default()
+    };
+    assert_eq!(run(flat, 1).status, Status::Accepted);
+    let starved = run(flat, 40);
+    assert_eq!(starved.error.unwrap().kind, FailureKind::FuelExhausted);
+
+    // Each line adds enough: forty lines fit, one still does.
+    let percent = u32::try_from((forty * 2 / base) * 100 / 40 + 1).unwrap();
+    let scaled = order_rules_engine::RuleLimits {
+        fuel: Some(base),
+        fuel_per_line_percent: Some(percent),
+        fuel_max_scale: Some(1000),
+        ..Default::default()
+    };
+    assert_eq!(run(scaled, 1).status, Status::Accepted);
+    assert_eq!(run(scaled, 40).status, Status::Accepted, "{percent}%");
+
+    // The bound holds: a scale of 1 is the flat budget.
+    let capped = order_rules_engine::RuleLimits {
+        fuel_max_scale: Some(1),
+        ..scaled
+    };
+    assert_eq!(
+        run(capped, 40).error.unwrap().kind,
+        FailureKind::FuelExhausted
+    );
 }

@@ -28,6 +28,8 @@ mod redis_cluster;
 mod replay;
 mod reuse;
 mod rollout;
+mod server_limits;
+mod stalls;
 mod status;
 mod support;
 mod tls;

@@ -296,3 +296,121 @@ fn redis_certificates_need_a_rediss_url() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("REDIS_CERT and REDIS_KEY"), "{err}");
 }
+
+/// An Apache Kafka broker whose only listener is `protocol` (SSL or SASL_SSL with
+/// SCRAM-SHA-512), started with `scripts/kafka.sh secure`; killed on drop.
+struct SecureKafka {
+    addr: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl SecureKafka {
+    fn start(protocol: &str, tls: &Path, scram: Option<(&str, &str)>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (port, controller) = (port(), port());
+        let script = std::env::var_os("TEST_KAFKA_SCRIPT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| crate::support::repo_root().join("scripts/kafka.sh"));
+        let mut command = std::process::Command::new(&script);
+        command
+            .arg("secure")
+            .arg(dir.path())
+            .args([
+                port.to_string(),
+                controller.to_string(),
+                protocol.to_string(),
+            ])
+            .arg(tls);
+        if let Some((user, password)) = scram {
+            command.args([user, password]);
+        }
+        let child = command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the {protocol} broker did not listen within 90 s; see {}",
+                dir.path().join("broker.log").display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Self {
+            addr,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for SecureKafka {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker script: scripts/test.sh runs it"]
+async fn the_pipeline_runs_over_kafka_ssl_and_sasl_ssl_with_scram() {
+    let Some(services) = services() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pki(d, "ca", &[("broker", &["localhost", "127.0.0.1"])]);
+    pki(d, "other-ca", &[("stranger", &["stranger"])]);
+    let ca = path(d, "ca.pem");
+    let properties = |text: &str| order_pipeline::config::parse_kafka_properties(text).unwrap();
+
+    // SSL: the only listener takes TLS. A client that trusts another CA, or speaks
+    // plaintext, is refused at start; one that trusts the broker's CA runs the pipeline.
+    let ssl = SecureKafka::start("SSL", d, None);
+    let mut config = kafka_config(&services);
+    config.kafka_brokers = Some(ssl.addr.clone());
+    config.produce_timeout_ms = 3000;
+    config.kafka_properties = properties(&format!(
+        "security.protocol=SSL;ssl.ca.location={}",
+        path(d, "other-ca.pem")
+    ));
+    let refused = app::start(Role::All, &config).await.err();
+    assert!(refused.is_some(), "a broker of an untrusted CA was taken");
+    config.kafka_properties = properties(&format!("security.protocol=SSL;ssl.ca.location={ca}"));
+    let running = app::start(Role::All, &config).await.unwrap();
+    crate::support::decide_one(&running, "kafka-ssl").await;
+    running.stop().await.unwrap();
+    drop(ssl);
+
+    // SASL_SSL with SCRAM-SHA-512: a wrong password is refused; the right one runs it.
+    let sasl = SecureKafka::start("SASL_SSL", d, Some(("pipeline", "pipeline-s3cret")));
+    let mut config = kafka_config(&services);
+    config.kafka_brokers = Some(sasl.addr.clone());
+    config.produce_timeout_ms = 3000;
+    let scram = |password: &str| {
+        properties(&format!(
+            "security.protocol=SASL_SSL;ssl.ca.location={ca};sasl.mechanisms=SCRAM-SHA-512;\
+             sasl.username=pipeline;sasl.password={password}"
+        ))
+    };
+    config.kafka_properties = scram("wrong");
+    let refused = app::start(Role::All, &config).await.err();
+    let refused = format!("{:#}", refused.expect("a wrong SCRAM password was taken"));
+    assert!(
+        !refused.contains("wrong"),
+        "the password is shown: {refused}"
+    );
+    config.kafka_properties = scram("pipeline-s3cret");
+    let running = app::start(Role::All, &config).await.unwrap();
+    crate::support::decide_one(&running, "kafka-sasl").await;
+    running.stop().await.unwrap();
+}

@@ -11,8 +11,9 @@ use order_pipeline::config::{self, Config, ConfigError, HistoryLimits, parse_lis
 use order_rules_engine::{Limits, limits};
 
 /// The roles' configuration as flags and environment variables; [`ConfigArgs::into_config`]
-/// checks it into the library's typed [`Config`].
-#[derive(Debug, Clone, Args)]
+/// checks it into the library's typed [`Config`]. Its `Debug` shows nothing (it holds
+/// the admin token, the Redis password and librdkafka secrets).
+#[derive(Clone, Args)]
 pub(crate) struct ConfigArgs {
     /// Kafka bootstrap servers (`host:port,...`). Unset: the embedded log in DATA_DIR.
     #[arg(long, env = "KAFKA_BROKERS")]
@@ -61,7 +62,7 @@ pub(crate) struct ConfigArgs {
     pub kafka_max_poll_interval_ms: u64,
     /// Redis address (`host:port`, `redis://...`, or `rediss://...` for TLS). Unset: the
     /// embedded store in DATA_DIR.
-    #[arg(long, env = "REDIS_ADDR")]
+    #[arg(long, env = "REDIS_ADDR", hide_env_values = true)]
     pub redis_addr: Option<String>,
     /// Whether REDIS_ADDR is a Redis Cluster (`true`/`false`); unset: a cluster when it
     /// names several nodes (comma-separated) or its node runs in cluster mode.
@@ -159,9 +160,40 @@ pub(crate) struct ConfigArgs {
     /// (a duration such as 10m or 1h, or 0).
     #[arg(long, env = "PLUGIN_GRACE", default_value = "10m")]
     pub plugin_grace: String,
+    /// Most calls open at once on one connection to a gRPC server (HTTP/2 streams).
+    #[arg(long, env = "GRPC_MAX_STREAMS", default_value_t = config::DEFAULT_MAX_STREAMS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub grpc_max_streams: u32,
+    /// Most requests served at once per connection to a gRPC server; more wait.
+    #[arg(long, env = "GRPC_CONCURRENCY_PER_CONNECTION",
+          default_value_t = config::DEFAULT_CONCURRENCY_PER_CONNECTION)]
+    pub grpc_concurrency_per_connection: usize,
+    /// Longest call of the OrderService and the CacheService (a duration such as 60s);
+    /// longer ones end with CANCELLED "Timeout expired". Keep it above the 30 s a client
+    /// may ask to wait.
+    #[arg(long, env = "GRPC_REQUEST_TIMEOUT", default_value = "60s")]
+    pub grpc_request_timeout: String,
+    /// Longest call of the AdminService (deploys compile plugins, replays decide orders).
+    #[arg(long, env = "ADMIN_REQUEST_TIMEOUT", default_value = "10m")]
+    pub admin_request_timeout: String,
     /// Limits of every plugin call.
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+impl std::fmt::Debug for ConfigArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigArgs").finish_non_exhaustive()
+    }
+}
+
+/// A duration of variable `name` (e.g. `60s`, `10m`).
+fn parse_duration(name: &str, value: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(value.trim()).map_err(|e| {
+        ConfigError(format!(
+            "{name} `{value}` is not a duration ({e}); give e.g. 60s or 10m"
+        ))
+    })
 }
 
 /// Limits every plugin call is held to.
@@ -263,6 +295,18 @@ impl ConfigArgs {
             },
             native_baseline: self.limits.native_baseline,
             limits: self.limits.limits(),
+            servers: config::ServerLimits {
+                max_streams: self.grpc_max_streams,
+                concurrency_per_connection: self.grpc_concurrency_per_connection,
+                request_timeout: parse_duration(
+                    "GRPC_REQUEST_TIMEOUT",
+                    &self.grpc_request_timeout,
+                )?,
+                admin_request_timeout: parse_duration(
+                    "ADMIN_REQUEST_TIMEOUT",
+                    &self.admin_request_timeout,
+                )?,
+            },
         };
         config.validate()?;
         Ok(config)
@@ -335,6 +379,29 @@ mod tests {
             Some(PathBuf::from("/var/cache/op"))
         );
         assert_eq!(cache(&["--component-cache-dir", "off"]), None);
+    }
+
+    #[test]
+    fn server_limits_have_defaults_and_are_checked() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.servers, config::ServerLimits::default());
+        let config = parse(&[
+            "--grpc-max-streams",
+            "8",
+            "--grpc-concurrency-per-connection",
+            "4",
+            "--grpc-request-timeout",
+            "45s",
+        ])
+        .unwrap();
+        assert_eq!(config.servers.max_streams, 8);
+        assert_eq!(config.servers.concurrency_per_connection, 4);
+        assert_eq!(config.servers.request_timeout, Duration::from_secs(45));
+        let err = parse(&["--grpc-request-timeout", "500ms"]).unwrap_err();
+        assert!(err.0.contains("GRPC_REQUEST_TIMEOUT"), "{err}");
+        let err = parse(&["--grpc-concurrency-per-connection", "0"]).unwrap_err();
+        assert!(err.0.contains("GRPC_CONCURRENCY_PER_CONNECTION"), "{err}");
+        assert!(Only::try_parse_from(["order-pipeline", "--grpc-max-streams", "0"]).is_err());
     }
 
     #[test]

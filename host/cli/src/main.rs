@@ -1,4 +1,4 @@
-//! The `order-pipeline` binary: reads `.env` and hands the command line to
+//! The `order-pipeline` binary: reads `./.env` and hands the command line to
 //! [`order_pipeline_cli`], which sets up logging (`LOG_FORMAT`, `RUST_LOG`).
 
 use std::io;
@@ -10,11 +10,13 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    // A .env file, if present, sets variables that are not already set.
-    if let Err(e) = dotenvy::dotenv()
+    // A .env file in the working directory, if present, sets variables that are not
+    // already set. Only there: a .env in a parent directory (another project's, or one
+    // planted above a shared working directory) is never read.
+    if let Err(e) = dotenvy::from_path(".env")
         && !e.not_found()
     {
-        eprintln!("warning: ignoring an unreadable .env file: {e}");
+        eprintln!("warning: ignoring ./.env, which cannot be read: {e}");
     }
     let code = order_pipeline_cli::main(std::env::args_os(), &mut io::stdout(), &mut io::stderr());
     ExitCode::from(u8::try_from(code).unwrap_or(1))

@@ -146,8 +146,12 @@ impl Engine {
 
     /// From now on, compiled components are kept in `dir` (and loaded from it) by their
     /// sha256 and this engine's settings. Once per engine; later calls change nothing.
-    pub fn cache_compiled_in(&self, dir: std::path::PathBuf) {
+    /// `dir` is created 0700 if missing; one that a link, another user's, or writable by
+    /// group or others is refused (it would hold native code this process runs).
+    pub fn cache_compiled_in(&self, dir: std::path::PathBuf) -> anyhow::Result<()> {
+        cache::prepare_dir(&dir)?;
         let _ = self.inner.cache_dir.set(dir);
+        Ok(())
     }
 
     /// Where compiled components are cached, if anywhere.

@@ -379,6 +379,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         let stop = shutdown.clone();
         let readiness = Arc::clone(&readiness);
         let tls = tls.clone();
+        let limits = (config.servers, config.servers.request_timeout);
         tasks.spawn(async move {
             grpc::serve(
                 listener,
@@ -386,6 +387,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
                 routes,
                 &readiness,
                 tls,
+                limits,
                 stop.cancelled_owned(),
             )
             .await
@@ -404,6 +406,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         let stop = shutdown.clone();
         let readiness = Arc::clone(&readiness);
         let tls = tls.clone();
+        let limits = (config.servers, config.servers.request_timeout);
         tasks.spawn(async move {
             grpc::serve(
                 listener,
@@ -411,6 +414,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
                 routes,
                 &readiness,
                 tls,
+                limits,
                 stop.cancelled_owned(),
             )
             .await
@@ -452,6 +456,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         let stop = shutdown.clone();
         let readiness = Arc::clone(&readiness);
         let tls = tls.clone();
+        let limits = (config.servers, config.servers.admin_request_timeout);
         tasks.spawn(async move {
             grpc::serve(
                 listener,
@@ -459,6 +464,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
                 routes,
                 &readiness,
                 tls,
+                limits,
                 stop.cancelled_owned(),
             )
             .await
@@ -517,7 +523,9 @@ async fn load_chain(config: &Config) -> anyhow::Result<(Engine, RuleChain)> {
         }
         let engine = order_builtin_rules::engine(limits, native)?;
         if let Some(dir) = cache {
-            engine.cache_compiled_in(dir);
+            engine
+                .cache_compiled_in(dir)
+                .context("COMPONENT_CACHE_DIR (set it to a directory of this user's, or `off`)")?;
         }
         let chain = match &path {
             Some(path) => order_builtin_rules::load_file(&engine, path)?,

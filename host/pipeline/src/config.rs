@@ -17,8 +17,9 @@ pub use crate::domain::ruleset::HistoryLimits;
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
-/// Everything the roles need.
-#[derive(Debug, Clone)]
+/// Everything the roles need. Its `Debug` shows no secret: the admin token, the
+/// password in `REDIS_ADDR` and secret librdkafka properties are `***`.
+#[derive(Clone)]
 pub struct Config {
     /// Kafka bootstrap servers (`host:port,...`). `None`: the embedded log in `data_dir`.
     pub kafka_brokers: Option<String>,
@@ -99,6 +100,137 @@ pub struct Config {
     /// Benchmark baseline, never for production: the built-in rules run compiled into
     /// the binary instead of as isolated Wasm components.
     pub native_baseline: bool,
+    /// Limits of every gRPC server of the process.
+    pub servers: ServerLimits,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: Vec<(&str, &str)> = self
+            .kafka_properties
+            .iter()
+            .map(|(key, value)| {
+                let shown = if is_secret_kafka_property(key) {
+                    "***"
+                } else {
+                    value.as_str()
+                };
+                (key.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("Config")
+            .field("kafka_brokers", &self.kafka_brokers)
+            .field("kafka_debug", &self.kafka_debug)
+            .field("kafka_properties", &properties)
+            .field("kafka_topic", &self.kafka_topic)
+            .field("dlq_topic", &self.dlq_topic)
+            .field("worker_group", &self.worker_group)
+            .field("worker_instance_id", &self.worker_instance_id)
+            .field("kafka_partitions", &self.kafka_partitions)
+            .field("kafka_replication", &self.kafka_replication)
+            .field("kafka_session_timeout_ms", &self.kafka_session_timeout_ms)
+            .field(
+                "kafka_max_poll_interval_ms",
+                &self.kafka_max_poll_interval_ms,
+            )
+            .field(
+                "redis_addr",
+                &self.redis_addr.as_deref().map(redacted_redis_addr),
+            )
+            .field("redis_tls", &self.redis_tls)
+            .field("redis_cluster", &self.redis_cluster)
+            .field("key_prefix", &self.key_prefix)
+            .field("order_service_addr", &self.order_service_addr)
+            .field("cache_service_addr", &self.cache_service_addr)
+            .field("admin_addr", &self.admin_addr)
+            .field("metrics_addr", &self.metrics_addr)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
+            .field("tls", &self.tls)
+            .field("data_dir", &self.data_dir)
+            .field("component_cache", &self.component_cache)
+            .field("ruleset", &self.ruleset)
+            .field("default_currency", &self.default_currency)
+            .field("max_retries", &self.max_retries)
+            .field("retry_backoff_ms", &self.retry_backoff_ms)
+            .field("quarantine_failures", &self.quarantine_failures)
+            .field("quarantine_window", &self.quarantine_window)
+            .field("produce_timeout_ms", &self.produce_timeout_ms)
+            .field("result_ttl", &self.result_ttl)
+            .field("history", &self.history)
+            .field("limits", &self.limits)
+            .field("native_baseline", &self.native_baseline)
+            .field("servers", &self.servers)
+            .finish()
+    }
+}
+
+/// Limits of each gRPC server (OrderService, CacheService, AdminService), so that one
+/// client cannot hold a server's work without bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Most HTTP/2 streams (calls) open at once on one connection
+    /// (`GRPC_MAX_STREAMS`, default [`DEFAULT_MAX_STREAMS`]).
+    pub max_streams: u32,
+    /// Most requests served at once per connection; more wait their turn
+    /// (`GRPC_CONCURRENCY_PER_CONNECTION`, default [`DEFAULT_CONCURRENCY_PER_CONNECTION`]).
+    pub concurrency_per_connection: usize,
+    /// Longest time a call of the OrderService or the CacheService may take before the
+    /// server ends it with CANCELLED "Timeout expired" (`GRPC_REQUEST_TIMEOUT`, default
+    /// [`DEFAULT_REQUEST_TIMEOUT`]; keep it above the 30 s a client may ask to wait).
+    pub request_timeout: Duration,
+    /// The same for the AdminService, whose deploys compile plugins and whose replays
+    /// decide many orders (`ADMIN_REQUEST_TIMEOUT`, default
+    /// [`DEFAULT_ADMIN_REQUEST_TIMEOUT`]).
+    pub admin_request_timeout: Duration,
+}
+
+/// Default of [`ServerLimits::max_streams`]: 256 calls open per connection.
+pub const DEFAULT_MAX_STREAMS: u32 = 256;
+/// Default of [`ServerLimits::concurrency_per_connection`]: 256 requests per connection,
+/// four times the 64 concurrent clients of the benchmarks.
+pub const DEFAULT_CONCURRENCY_PER_CONNECTION: usize = 256;
+/// Default of [`ServerLimits::request_timeout`]: 60 s, twice the longest wait
+/// (`wait_ms`) a CacheService call may ask for.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default of [`ServerLimits::admin_request_timeout`]: 10 minutes.
+pub const DEFAULT_ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_streams: DEFAULT_MAX_STREAMS,
+            concurrency_per_connection: DEFAULT_CONCURRENCY_PER_CONNECTION,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            admin_request_timeout: DEFAULT_ADMIN_REQUEST_TIMEOUT,
+        }
+    }
+}
+
+impl ServerLimits {
+    /// Checks every value; the message names the variable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_streams == 0 {
+            return Err(ConfigError("GRPC_MAX_STREAMS must be at least 1".into()));
+        }
+        if self.concurrency_per_connection == 0 {
+            return Err(ConfigError(
+                "GRPC_CONCURRENCY_PER_CONNECTION must be at least 1".into(),
+            ));
+        }
+        if self.request_timeout < Duration::from_secs(1) {
+            return Err(ConfigError(
+                "GRPC_REQUEST_TIMEOUT must be at least one second (keep it above the 30 s a \
+                 CacheService call may wait)"
+                    .into(),
+            ));
+        }
+        if self.admin_request_timeout < Duration::from_secs(1) {
+            return Err(ConfigError(
+                "ADMIN_REQUEST_TIMEOUT must be at least one second".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The PEM files of the gRPC servers' TLS (`TLS_CERT`, `TLS_KEY`, `TLS_CLIENT_CA`).
@@ -247,6 +379,7 @@ impl Default for Config {
             },
             limits: Limits::default(),
             native_baseline: false,
+            servers: ServerLimits::default(),
         }
     }
 }
@@ -326,6 +459,7 @@ impl Config {
                 "REDIS_CA, REDIS_CERT and REDIS_KEY are for TLS to Redis: REDIS_ADDR must then be a rediss:// URL".into(),
             );
         }
+        self.servers.validate()?;
         self.limits
             .validate()
             .map_err(|e| ConfigError(e.to_string()))
@@ -346,6 +480,51 @@ const OWN_KAFKA_PROPERTIES: [&str; 10] = [
     "session.timeout.ms",
     "max.poll.interval.ms",
 ];
+
+/// `addr` as it may be shown in logs and errors: the password of every node's URL
+/// (`redis://user:secret@host`, or `redis://:secret@host`) is replaced by `***`.
+pub fn redacted_redis_addr(addr: &str) -> String {
+    addr.split(',')
+        .map(|node| {
+            let Some((scheme, rest)) = node.split_once("://") else {
+                return node.to_string();
+            };
+            // The userinfo ends at the last `@` before the path.
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let Some(at) = rest[..authority_end].rfind('@') else {
+                return node.to_string();
+            };
+            let user = match rest[..at].split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => "***".to_string(),
+            };
+            format!("{scheme}://{user}{}", &rest[at..])
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// librdkafka properties that load native code or run a program: never taken from
+/// `KAFKA_PROPERTIES`, whatever their value. OpenSSL engines and providers are shared
+/// libraries; `plugin.library.paths` loads librdkafka plugins; the Kerberos kinit
+/// command is run through a shell.
+const CODE_LOADING_KAFKA_PROPERTIES: [&str; 5] = [
+    "plugin.library.paths",
+    "ssl.engine.location",
+    "ssl.engine.id",
+    "ssl.providers",
+    "sasl.kerberos.kinit.cmd",
+];
+
+/// Whether a librdkafka property holds a secret (a password, a key, a client secret):
+/// never shown in logs or `Debug`.
+pub fn is_secret_kafka_property(key: &str) -> bool {
+    key.contains("password")
+        || key.contains("secret")
+        || key == "ssl.key.pem"
+        || key == "sasl.oauthbearer.config"
+        || key == "sasl.jaas.config"
+}
 
 /// Parses `KAFKA_PROPERTIES`: librdkafka properties as `key=value` separated by `;` or
 /// new lines (e.g. `security.protocol=SASL_SSL;sasl.mechanisms=PLAIN`).
@@ -372,6 +551,12 @@ pub fn parse_kafka_properties(value: &str) -> Result<Vec<(String, String)>, Conf
                 "KAFKA_PROPERTIES: `{key}` is set by order-pipeline itself (its guarantees, or \
                  KAFKA_BROKERS, WORKER_GROUP, WORKER_INSTANCE_ID, PRODUCE_TIMEOUT_MS, \
                  KAFKA_SESSION_TIMEOUT_MS, KAFKA_MAX_POLL_INTERVAL_MS); leave it out"
+            )));
+        }
+        if CODE_LOADING_KAFKA_PROPERTIES.contains(&key) {
+            return Err(ConfigError(format!(
+                "KAFKA_PROPERTIES: `{key}` loads native code or runs a program, which \
+                 order-pipeline never allows; leave it out"
             )));
         }
         properties.push((key.to_string(), value.trim().to_string()));
@@ -445,6 +630,52 @@ mod ttl_tests {
         assert!(err.0.contains("`client.id` is not key=value"), "{err}");
         let err = parse_kafka_properties("acks=1").unwrap_err();
         assert!(err.0.contains("`acks` is set by order-pipeline"), "{err}");
+        for key in CODE_LOADING_KAFKA_PROPERTIES {
+            let err = parse_kafka_properties(&format!("security.protocol=SSL;{key}=/tmp/x.so"))
+                .unwrap_err();
+            assert!(
+                err.0.contains(&format!("`{key}` loads native code")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(redacted_redis_addr("127.0.0.1:6379"), "127.0.0.1:6379");
+        assert_eq!(
+            redacted_redis_addr("redis://worker:s3cr3t@redis:6379/0"),
+            "redis://worker:***@redis:6379/0"
+        );
+        assert_eq!(
+            redacted_redis_addr("rediss://:p@ss@h:1"),
+            "rediss://:***@h:1"
+        );
+        assert_eq!(
+            redacted_redis_addr("redis://a:x@n1:1,redis://a:x@n2:2"),
+            "redis://a:***@n1:1,redis://a:***@n2:2"
+        );
+        assert_eq!(redacted_redis_addr("redis://token@h:1"), "redis://***@h:1");
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let config = Config {
+            admin_token: Some("admin-s3cret".into()),
+            redis_addr: Some("redis://worker:redis-s3cret@redis:6379".into()),
+            kafka_properties: parse_kafka_properties(
+                "security.protocol=SASL_SSL;sasl.username=u;sasl.password=kafka-s3cret;\
+                 ssl.key.password=key-s3cret",
+            )
+            .unwrap(),
+            ..Config::default()
+        };
+        let shown = format!("{config:?} {config:#?}");
+        for secret in ["admin-s3cret", "redis-s3cret", "kafka-s3cret", "key-s3cret"] {
+            assert!(!shown.contains(secret), "{secret} shown: {shown}");
+        }
+        assert!(shown.contains("redis://worker:***@redis:6379"), "{shown}");
+        assert!(shown.contains("SASL_SSL"), "{shown}");
     }
 
     #[test]

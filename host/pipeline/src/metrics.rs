@@ -65,6 +65,13 @@ pub const CANARY_ROLLBACKS: &str = "order_pipeline_canary_rollbacks_total";
 /// (used by no kept version, and unused for `PLUGIN_GRACE`). Redis expires results
 /// itself (its `INFO stats` counts them as `expired_keys`).
 pub const RETENTION_REMOVED: &str = "order_pipeline_retention_removed_total";
+/// Counter `{code}`: results the store refused for good (e.g. `WRONGTYPE`, `CROSSSLOT`,
+/// `NOPERM`); each such order is stored `failed` where the store takes that, and
+/// dead-lettered.
+pub const RESULTS_REFUSED: &str = "order_pipeline_results_refused_total";
+/// Counter `{what}`: messages the dead-letter topic refused for good: `payload` (sent
+/// again without it), `message` (refused even so: skipped, logged at error).
+pub const DEAD_LETTERS_REFUSED: &str = "order_pipeline_dead_letters_refused_total";
 /// Gauge `{check}`: 1 while the check passes, 0 while it fails (`kafka`, `redis`,
 /// `ruleset`); the process answers health checks with NOT_SERVING while any is 0.
 pub const READY: &str = "order_pipeline_ready";

@@ -15,6 +15,14 @@ use crate::domain::{OrderResult, PutOutcome};
 /// Longest wait a client may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
 
+/// The code of a store error that no retry can get past (Redis's `CROSSSLOT`,
+/// `WRONGTYPE`, `NOPERM`, a script error), or `None` for one that may pass (a connection,
+/// a failover, a full disk): the worker retries the latter with backoff, and ends the
+/// order `failed` and dead-letters it on the former, so that its partition moves on.
+pub fn refusal(e: &anyhow::Error) -> Option<String> {
+    crate::backends::redis::permanent_error(e)
+}
+
 /// A result store.
 #[derive(Clone)]
 pub enum Store {
@@ -29,6 +37,16 @@ impl Store {
     pub async fn put(&self, result: &OrderResult) -> anyhow::Result<PutOutcome> {
         match self {
             Self::Redis(store) => store.put(result).await,
+            Self::Embedded(db) => db.put_result(result).await,
+        }
+    }
+
+    /// Writes the `failed` result of an order whose result the store refused for good
+    /// ([`refusal`]) unless a final result exists; Redis writes it over a value of another
+    /// type under the result's key.
+    pub async fn put_recovery(&self, result: &OrderResult) -> anyhow::Result<PutOutcome> {
+        match self {
+            Self::Redis(store) => store.put_recovery(result).await,
             Self::Embedded(db) => db.put_result(result).await,
         }
     }

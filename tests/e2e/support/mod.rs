@@ -404,7 +404,8 @@ pub async fn check_batch_results(running: &order_pipeline::app::Running, prefix:
     let results = cache
         .get_order_results(ResultsRequest {
             ids: ids.clone(),
-            wait_ms: 30_000,
+            // 50 ids × 20 s: the most waiting one call may ask for (ids × wait_ms).
+            wait_ms: 20_000,
         })
         .await
         .unwrap()
@@ -457,8 +458,23 @@ pub async fn check_batch_results(running: &order_pipeline::app::Running, prefix:
     let too_many = vec!["x".to_string(); 1001];
     let bad = [
         (too_many, 0, "ids: 1001 ids"),
-        (vec!["a".into(), String::new()], 0, "ids[1]: is empty"),
+        (vec!["a".into(), String::new()], 0, "ids[1]: is required"),
+        (
+            vec!["a".into(), "x".repeat(129)],
+            0,
+            "ids[1]: is 129 bytes, at most 128",
+        ),
+        (
+            vec!["a\u{7}b".into()],
+            0,
+            "ids[0]: must not contain control characters",
+        ),
         (vec!["a".into()], 60_000, "wait_ms: 60000 is more than"),
+        (
+            vec!["x".into(); 51],
+            20_000,
+            "wait_ms: 51 ids × 20000 ms is more than 1000000",
+        ),
     ];
     for (ids, wait_ms, message) in bad {
         let status = cache

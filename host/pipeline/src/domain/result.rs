@@ -141,6 +141,37 @@ impl OrderResult {
         }
     }
 
+    /// The `failed` result that stands for this one when the store refused it for good
+    /// (`code`, e.g. `CROSSSLOT`): what the rules decided is dropped, the error says why
+    /// and where the order went. Small on purpose (no order, no adjustments), so that
+    /// what made the store refuse the first is unlikely to refuse this one.
+    pub fn refused_by_store(&self, code: &str, error: &str) -> Self {
+        /// Longest store error kept in the result.
+        const MAX_ERROR: usize = 300;
+        let mut error = error.to_string();
+        if error.len() > MAX_ERROR {
+            let mut end = MAX_ERROR;
+            while !error.is_char_boundary(end) {
+                end -= 1;
+            }
+            error.truncate(end);
+            error.push('…');
+        }
+        Self {
+            status: ResultStatus::Failed,
+            adjustments: Vec::new(),
+            reasons: Vec::new(),
+            error: format!(
+                "the result store refused this order's {} result for good ({code}: {error}); \
+                 the order was dead-lettered",
+                self.status.as_str()
+            ),
+            order: None,
+            replaced: None,
+            ..self.clone()
+        }
+    }
+
     /// The Go API's price: the order total, clamped to int32.
     pub fn go_price(&self) -> i32 {
         i32::try_from(

@@ -128,6 +128,13 @@ pub fn validate(request: &proto::OrderRequest, encoded_len: usize) -> Result<(),
     Ok(())
 }
 
+/// Checks an order id as every call that names one takes it (`CreateOrder`,
+/// `GetOrderResult`, `GetOrderResults`): present, at most [`MAX_ID_BYTES`] bytes, no
+/// control characters.
+pub fn check_id(field: &str, id: &str) -> Result<(), FieldError> {
+    check_text(field, id, true)
+}
+
 fn check_text(field: &str, value: &str, required: bool) -> Result<(), FieldError> {
     if value.is_empty() {
         return if required {

@@ -14,6 +14,14 @@ use crate::telemetry::Trace;
 
 /// Most ids one `GetOrderResults` call may ask for.
 pub const MAX_IDS_PER_CALL: usize = 1000;
+/// Most waiting one `GetOrderResults` call may ask for, as ids × `wait_ms`: each waited-for
+/// id holds a waiter and re-reads the store until it is found or the wait ends. 1,000,000
+/// lets 1000 ids wait 1 s, 100 ids 10 s, or 33 ids the full 30 s.
+pub const MAX_ID_WAIT_MS_PER_CALL: u64 = 1_000_000;
+
+fn check_id(field: &str, id: &str) -> Result<(), Status> {
+    crate::domain::wire::check_id(field, id).map_err(|e| Status::invalid_argument(e.to_string()))
+}
 
 fn check_wait(wait_ms: u32) -> Result<Option<Duration>, Status> {
     let max_ms = MAX_WAIT.as_millis();
@@ -43,9 +51,7 @@ impl CacheApi {
         &self,
         request: proto::ResultRequest,
     ) -> Result<proto::ResultResponse, Status> {
-        if request.id.is_empty() {
-            return Err(Status::invalid_argument("id: is required"));
-        }
+        check_id("id", &request.id)?;
         let found = match check_wait(request.wait_ms)? {
             None => self.store.get(&request.id).await,
             Some(wait) => self.store.wait(&request.id, wait).await,
@@ -117,10 +123,19 @@ impl CacheApi {
                 request.ids.len()
             )));
         }
-        if let Some(i) = request.ids.iter().position(String::is_empty) {
-            return Err(Status::invalid_argument(format!("ids[{i}]: is empty")));
+        for (i, id) in request.ids.iter().enumerate() {
+            check_id(&format!("ids[{i}]"), id)?;
         }
         let wait = check_wait(request.wait_ms)?;
+        let work = request.ids.len() as u64 * u64::from(request.wait_ms);
+        if work > MAX_ID_WAIT_MS_PER_CALL {
+            return Err(Status::invalid_argument(format!(
+                "wait_ms: {} ids × {} ms is more than {MAX_ID_WAIT_MS_PER_CALL} id·ms per call; \
+                 wait for fewer ids at once, or less long",
+                request.ids.len(),
+                request.wait_ms
+            )));
+        }
         let found = self
             .store
             .get_many(&request.ids, wait)

@@ -19,7 +19,7 @@ use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
-use crate::config::TlsFiles;
+use crate::config::{ServerLimits, TlsFiles};
 use crate::proto;
 use crate::readiness::Readiness;
 
@@ -54,13 +54,15 @@ pub fn tls_config(files: &TlsFiles) -> anyhow::Result<ServerTlsConfig> {
 }
 
 /// Serves `routes` (one service, named `service_name`) plus health and reflection on
-/// `listener` until `shutdown`.
+/// `listener` until `shutdown`, each connection held to `limits` (streams open at once,
+/// requests served at once) and each call to `timeout`.
 pub async fn serve(
     listener: TcpListener,
     service_name: &'static str,
     routes: Routes,
     readiness: &Arc<Readiness>,
     tls: Option<ServerTlsConfig>,
+    (limits, timeout): (ServerLimits, std::time::Duration),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let health = health::HealthApi::server(service_name, readiness);
@@ -90,7 +92,10 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
-    let mut server = tonic::transport::Server::builder();
+    let mut server = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(limits.max_streams))
+        .concurrency_limit_per_connection(limits.concurrency_per_connection)
+        .timeout(timeout);
     if let Some(tls) = tls {
         server = server.tls_config(tls).context("TLS of the gRPC server")?;
     }

@@ -27,22 +27,40 @@ const MAX_IO_BACKOFF: Duration = Duration::from_secs(5);
 /// How often the messages held back for a full partition queue are offered again.
 const STALLED_RETRY: Duration = Duration::from_millis(20);
 
-/// Retries `attempt` with backoff until it succeeds or `shutdown` is cancelled; returns
-/// whether it succeeded.
-async fn persist<F, Fut, T, E>(what: &str, shutdown: &CancellationToken, mut attempt: F) -> bool
+/// How an attempt to store something ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Persisted {
+    /// Stored.
+    Done,
+    /// Refused for good: the error's code and its text. Retrying cannot help.
+    Refused(String, String),
+    /// Shutdown came first.
+    Stopped,
+}
+
+/// Retries `attempt` with backoff until it succeeds, `refusal` finds its error permanent,
+/// or `shutdown` is cancelled.
+async fn persist<F, Fut, T>(
+    what: &str,
+    shutdown: &CancellationToken,
+    refusal: fn(&anyhow::Error) -> Option<String>,
+    mut attempt: F,
+) -> Persisted
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-    E: std::fmt::Display,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
     let mut pause = Duration::from_millis(100);
     loop {
         match attempt().await {
-            Ok(_) => return true,
+            Ok(_) => return Persisted::Done,
             Err(e) => {
-                tracing::warn!(error = %e, ?pause, "{what} failed; retrying");
+                if let Some(code) = refusal(&e) {
+                    return Persisted::Refused(code, format!("{e:#}"));
+                }
+                tracing::warn!(error = %format!("{e:#}"), ?pause, "{what} failed; retrying");
                 tokio::select! {
-                    () = shutdown.cancelled() => return false,
+                    () = shutdown.cancelled() => return Persisted::Stopped,
                     () = tokio::time::sleep(pause) => {}
                 }
                 pause = (pause * 2).min(MAX_IO_BACKOFF);
@@ -238,9 +256,18 @@ async fn lane_loop(
         }
         let started = std::time::Instant::now();
         let write_started = std::time::SystemTime::now();
-        if !write_results(&store, &results, &shutdown).await {
+        let Some(refused) = write_results(&store, &mut results, &shutdown).await else {
             tracing::info!("stopping before the batch was stored; it will be redelivered");
             return;
+        };
+        // Orders whose result the store refused for good: dead-lettered with the reason
+        // (their `failed` result is stored, when the store took that), so that the
+        // partition moves on and the order can be replayed once the cause is fixed.
+        for (index, headers) in refused {
+            if !dead_letter(sources[index].0, headers, &dead_letters, &shutdown).await {
+                tracing::info!("stopping before the batch was stored; it will be redelivered");
+                return;
+            }
         }
         crate::metrics::record_stored(results.iter().map(|r| r.status), started.elapsed());
         if crate::telemetry::enabled() {
@@ -270,7 +297,11 @@ async fn lane_loop(
     }
 }
 
-/// Publishes `entry` to the dead-letter topic with `headers` plus its source.
+/// Publishes `entry` to the dead-letter topic with `headers` plus its source. If the
+/// topic refuses it for good (too large, with its headers, for the topic or the client),
+/// it is published without its payload, saying so; if even that is refused, the error
+/// is logged and counted and the partition moves on: the order is never retried forever.
+/// Returns false only on shutdown.
 async fn dead_letter(
     entry: &LogEntry,
     mut headers: Vec<(String, String)>,
@@ -278,45 +309,141 @@ async fn dead_letter(
     shutdown: &CancellationToken,
 ) -> bool {
     headers.extend(entry.source_headers());
-    let ok = persist("dead-lettering", shutdown, || {
-        dead_letters.send(entry, &headers)
+    let refusal = crate::backends::kafka::permanent_error;
+    let sent = persist("dead-lettering", shutdown, refusal, || {
+        dead_letters.send(entry, entry.payload(), &headers)
     })
     .await;
-    if ok {
-        tracing::warn!(key = %entry.key(), dlq = %dead_letters.topic(), "dead-lettered");
+    let sent = match sent {
+        Persisted::Refused(code, error) => {
+            tracing::error!(key = %entry.key(), dlq = %dead_letters.topic(), %code, %error,
+                "the dead-letter topic refused the message; dead-lettering it without its payload");
+            metrics::counter!(crate::metrics::DEAD_LETTERS_REFUSED, "what" => "payload")
+                .increment(1);
+            headers.push((
+                "payload-omitted".to_string(),
+                format!(
+                    "{} bytes; the topic refused them ({code})",
+                    entry.payload().len()
+                ),
+            ));
+            persist("dead-lettering", shutdown, refusal, || {
+                dead_letters.send(entry, &[], &headers)
+            })
+            .await
+        }
+        other => other,
+    };
+    match sent {
+        Persisted::Done => {
+            tracing::warn!(key = %entry.key(), dlq = %dead_letters.topic(), "dead-lettered");
+            true
+        }
+        Persisted::Refused(code, error) => {
+            tracing::error!(key = %entry.key(), dlq = %dead_letters.topic(), %code, %error,
+                partition = entry.partition(), offset = entry.offset(),
+                "the dead-letter topic refused the message even without its payload; it is skipped");
+            metrics::counter!(crate::metrics::DEAD_LETTERS_REFUSED, "what" => "message")
+                .increment(1);
+            true
+        }
+        Persisted::Stopped => false,
     }
-    ok
 }
 
 /// Writes a batch's results concurrently (Redis pipelines them on one connection), in
-/// waves so that two results of one id are written in message order.
+/// waves so that two results of one id are written in message order. A result the
+/// store refuses for good ([`crate::store::refusal`]) is replaced by a `failed` one
+/// saying why; the indexes of those orders come back with the headers to dead-letter
+/// them with. `None` on shutdown.
 async fn write_results(
     store: &Store,
-    results: &[Box<OrderResult>],
+    results: &mut [Box<OrderResult>],
     shutdown: &CancellationToken,
-) -> bool {
+) -> Option<Vec<(usize, Vec<(String, String)>)>> {
     let mut seen: HashMap<&str, usize> = HashMap::new();
-    let mut waves: Vec<Vec<&OrderResult>> = Vec::new();
-    for result in results {
+    let mut waves: Vec<Vec<(usize, &OrderResult)>> = Vec::new();
+    for (index, result) in results.iter().enumerate() {
         let wave = seen.entry(result.id.as_str()).or_insert(0);
         if waves.len() <= *wave {
             waves.push(Vec::new());
         }
-        waves[*wave].push(result);
+        waves[*wave].push((index, result));
         *wave += 1;
     }
+    let mut refused = Vec::new();
+    let mut replacements = Vec::new();
     for wave in waves {
-        let writes = wave
-            .iter()
-            .map(|result| persist("writing a result", shutdown, move || store.put(result)));
-        if !join_all(writes).await.into_iter().all(|ok| ok) {
-            return false;
+        let writes = wave.iter().map(|&(index, result)| async move {
+            let written = persist("writing a result", shutdown, crate::store::refusal, || {
+                store.put(result)
+            })
+            .await;
+            (index, result, written)
+        });
+        for (index, result, written) in join_all(writes).await {
+            match written {
+                Persisted::Done => {}
+                Persisted::Stopped => return None,
+                Persisted::Refused(code, error) => {
+                    let (stored, replacement) =
+                        store_refused(store, result, &code, &error, shutdown).await?;
+                    refused.push((
+                        index,
+                        vec![
+                            (
+                                "reason".to_string(),
+                                format!("the result store refused the result ({code})"),
+                            ),
+                            ("store-error".to_string(), error),
+                            ("stored-as".to_string(), stored.to_string()),
+                        ],
+                    ));
+                    replacements.push((index, replacement));
+                }
+            }
         }
+    }
+    for (index, replacement) in replacements {
+        *results[index] = replacement;
     }
     // Waiting readers re-read on this; if it is lost they re-read within 100 ms anyway.
     let ids: Vec<&str> = results.iter().map(|r| r.id.as_str()).collect();
     if let Err(e) = store.announce(&ids).await {
         tracing::debug!(error = %format!("{e:#}"), "results written but not announced");
     }
-    true
+    Some(refused)
+}
+
+/// Stores the `failed` result that stands for `result`, which the store refused for good
+/// with `code`: returns what the store now holds for the order (`failed`, or `nothing`
+/// when it refused that too) and the result. `None` on shutdown.
+async fn store_refused(
+    store: &Store,
+    result: &OrderResult,
+    code: &str,
+    error: &str,
+    shutdown: &CancellationToken,
+) -> Option<(&'static str, OrderResult)> {
+    tracing::error!(order_id = %result.id, %code, %error,
+        "the result store refused the result for good; storing it as failed and dead-lettering the order");
+    metrics::counter!(crate::metrics::RESULTS_REFUSED, "code" => code.to_string()).increment(1);
+    let failed = result.refused_by_store(code, error);
+    let stored = match persist(
+        "writing a failed result",
+        shutdown,
+        crate::store::refusal,
+        || store.put_recovery(&failed),
+    )
+    .await
+    {
+        Persisted::Done => "failed",
+        Persisted::Stopped => return None,
+        Persisted::Refused(code, error) => {
+            tracing::error!(order_id = %result.id, %code, %error,
+                "the result store refused the failed result too; the order is only in the dead-letter topic");
+            "nothing"
+        }
+    };
+    Some((stored, failed))
 }

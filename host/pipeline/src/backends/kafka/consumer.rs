@@ -165,13 +165,19 @@ impl DeadLetters {
         &self.topic
     }
 
-    /// Publishes `entry` with `headers` (its source added) and waits for the broker.
-    pub async fn send(&self, entry: &LogEntry, headers: &[(String, String)]) -> anyhow::Result<()> {
+    /// Publishes `entry`'s key with `payload` (its own, or none when the topic refused
+    /// it) and `headers` (its source added), and waits for the broker.
+    pub async fn send(
+        &self,
+        entry: &LogEntry,
+        payload: &[u8],
+        headers: &[(String, String)],
+    ) -> anyhow::Result<()> {
         super::send(
             &self.producer,
             &self.topic,
             &entry.key(),
-            entry.payload(),
+            payload,
             Some(headers),
             self.timeout,
         )

@@ -33,7 +33,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 /// What every Kafka client of the process gets besides the brokers.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct ClientOptions {
     /// librdkafka debug contexts (`KAFKA_DEBUG`, e.g. `cgrp,topic,fetch`), logged through
     /// `tracing` at target `librdkafka`.
@@ -42,6 +42,24 @@ pub struct ClientOptions {
     /// client id... The pipeline's own settings (acks, idempotence, the group, offsets)
     /// are not among them: `config` refuses those keys.
     pub properties: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for ClientOptions {
+    /// Secret properties (passwords, keys) show as `***`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: Vec<(&str, &str)> = self
+            .properties
+            .iter()
+            .map(|(key, value)| {
+                let secret = crate::config::is_secret_kafka_property(key);
+                (key.as_str(), if secret { "***" } else { value.as_str() })
+            })
+            .collect();
+        f.debug_struct("ClientOptions")
+            .field("debug", &self.debug)
+            .field("properties", &properties)
+            .finish()
+    }
 }
 
 /// Settings every client shares.
@@ -162,7 +180,26 @@ pub(crate) async fn send(
         .send(record, timeout)
         .await
         .map(|_| ())
-        .map_err(|(e, _)| anyhow::anyhow!("the broker did not acknowledge the order: {e}"))
+        .map_err(|(e, _)| anyhow::Error::new(e).context("the broker did not acknowledge the order"))
+}
+
+/// The error code of a produce that no retry can get past: the record is too large for
+/// the client or the topic, or the broker refuses the record itself (a policy, a
+/// malformed record). `None` for everything else (the broker away, a timeout, a
+/// leader election), which passes with time.
+pub fn permanent_error(e: &anyhow::Error) -> Option<String> {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
+    let error = e.chain().find_map(|c| c.downcast_ref::<KafkaError>())?;
+    let code = error.rdkafka_error_code()?;
+    matches!(
+        code,
+        Code::MessageSizeTooLarge
+            | Code::InvalidMessageSize
+            | Code::InvalidMessage
+            | Code::InvalidRecord
+            | Code::PolicyViolation
+    )
+    .then(|| format!("{code:?}"))
 }
 
 /// Whether the cluster answers a metadata request for `topic` within `timeout` and

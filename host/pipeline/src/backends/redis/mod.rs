@@ -27,7 +27,10 @@ pub use store::{FALLBACK_POLL, RedisStore};
 /// On a Redis Cluster every script's keys share one slot: a result's full key is
 /// `{order:<id>}:result` (its hash tag is the Go key, so both land where `order:<id>`
 /// does), and a worker group's registry keys carry the group as their hash tag
-/// (`pipeline:{<group>}:...`). A single Redis keeps the names it always had.
+/// (`pipeline:{<group>}:...`). An id that holds a `}` the Go key does not use as a tag
+/// (`a}`, `}{`, `{}x}`) cannot be quoted in a tag: its full key starts with a short tag of
+/// the Go key's slot instead (`{5061}order:a}:result`, see [`slot_tag`]). A single Redis
+/// keeps the names it always had.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Keys {
     prefix: String,
@@ -44,6 +47,36 @@ pub fn hash_tag(key: &str) -> &str {
         return &key[open + 1..open + 1 + len];
     }
     key
+}
+
+/// Number of hash slots of a Redis Cluster.
+const SLOTS: u16 = 16384;
+
+/// The hash slot of `key` on a Redis Cluster: CRC16 (XMODEM) of its [`hash_tag`], modulo
+/// 16384, as Redis computes it (`CLUSTER KEYSLOT`).
+pub fn hash_slot(key: &str) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(hash_tag(key).as_bytes()) % SLOTS
+}
+
+/// A short tag (decimal digits) whose keys hash to `slot`: the smallest number whose
+/// text does. Built once, for every slot (about 160,000 CRCs, a few milliseconds).
+pub fn slot_tag(slot: u16) -> String {
+    static TAGS: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        let mut tags = vec![u32::MAX; usize::from(SLOTS)];
+        let mut missing = tags.len();
+        let mut n = 0u32;
+        while missing > 0 {
+            let slot = usize::from(hash_slot(&n.to_string()));
+            if tags[slot] == u32::MAX {
+                tags[slot] = n;
+                missing -= 1;
+            }
+            n += 1;
+        }
+        tags
+    });
+    tags[usize::from(slot % SLOTS)].to_string()
 }
 
 impl Keys {
@@ -71,11 +104,15 @@ impl Keys {
             return format!("{}order-result:{id}", self.prefix);
         }
         let go = self.go(id);
-        if hash_tag(&go) == go {
-            format!("{{{go}}}:result")
-        } else {
+        if hash_tag(&go) != go {
             // The id has a hash tag of its own: keep it first.
             format!("{go}:result")
+        } else if !go.contains('}') {
+            format!("{{{go}}}:result")
+        } else {
+            // Redis hashes the whole Go key, and a tag ends at its first `}`: no tag can
+            // hold it. A tag of the Go key's slot puts the full key beside it.
+            format!("{{{}}}{go}:result", slot_tag(hash_slot(&go)))
         }
     }
 
@@ -102,6 +139,50 @@ impl Keys {
     }
 }
 
+/// The error code of a Redis error that no retry can get past (`CROSSSLOT`, `WRONGTYPE`,
+/// `NOPERM`, a script error), or `None` for one that passes (the connection, `LOADING`,
+/// `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`, `READONLY`, `OOM`, `BUSY`, `MISCONF`,
+/// authentication; `MOVED`/`ASK` are followed by the client). Unknown server codes are
+/// taken as permanent: a write Redis refuses with a reason nobody here knows is retried
+/// in vain, and ending the one order beats stalling its partition.
+pub fn permanent_error(e: &anyhow::Error) -> Option<String> {
+    use redis::{ErrorKind, ServerErrorKind};
+    let error = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<redis::RedisError>())?;
+    match error.kind() {
+        ErrorKind::Server(kind) => match kind {
+            ServerErrorKind::CrossSlot | ServerErrorKind::NoPerm | ServerErrorKind::ExecAbort => {
+                error.code().map(str::to_string)
+            }
+            // `ERR max number of clients reached` passes; script errors and the like
+            // do not.
+            ServerErrorKind::ResponseError => (!error
+                .detail()
+                .is_some_and(|d| d.contains("max number of clients")))
+            .then(|| "ERR".to_string()),
+            _ => None,
+        },
+        ErrorKind::Extension => {
+            let code = error.code().unwrap_or("ERR");
+            const PASSING: [&str; 9] = [
+                "OOM",
+                "BUSY",
+                "MISCONF",
+                "NOREPLICAS",
+                "NOAUTH",
+                "WRONGPASS",
+                "LOADING",
+                "NOTREADY",
+                "UNKILLABLE",
+            ];
+            (!PASSING.contains(&code)).then(|| code.to_string())
+        }
+        ErrorKind::UnexpectedReturnType | ErrorKind::Client => Some(error.category().to_string()),
+        _ => None,
+    }
+}
+
 /// The pub/sub client (of the first node: classic pub/sub reaches every node of a
 /// cluster) and the command connection to Redis at `addr`: one node (`host:port` as the
 /// Go system took it, a `redis://` URL, or `rediss://` for TLS with `tls`'s certificates)
@@ -113,6 +194,9 @@ pub async fn connect(
     cluster: Option<bool>,
 ) -> anyhow::Result<(redis::Client, Conn)> {
     let urls = conn::node_urls(addr);
+    // Logs and errors name the address without its password.
+    let shown = crate::config::redacted_redis_addr(addr);
+    let addr = shown.as_str();
     let Some(first) = urls.first() else {
         anyhow::bail!("REDIS_ADDR is empty");
     };
@@ -286,5 +370,40 @@ mod tests {
         // Empty braces are no tag.
         assert_eq!(hash_tag("order:{}a"), "order:{}a");
         assert_eq!(keys.registry("g"), "shop:pipeline:{g}:");
+    }
+
+    #[test]
+    fn hash_slots_are_redis_own() {
+        // Values of `CLUSTER KEYSLOT` (the Redis Cluster specification's examples).
+        assert_eq!(hash_slot("foo"), 12182);
+        assert_eq!(hash_slot("{user1000}.following"), hash_slot("user1000"));
+        assert_eq!(hash_slot("123456789"), 12739); // CRC16/XMODEM check value 0x31C3
+        for slot in [0, 1, 5061, 16383] {
+            assert_eq!(hash_slot(&slot_tag(slot)), slot);
+        }
+    }
+
+    #[test]
+    fn every_id_keeps_both_result_keys_in_one_slot() {
+        for prefix in ["", "shop:"] {
+            let keys = Keys::new(prefix, true);
+            for id in [
+                "a}", "}", "{}x}", "x{", "{a}b", "}{", "{", "{}", "}}{{", "a{b}c}", "o-1", "{}{x}",
+                "x}{y}",
+            ] {
+                let (go, full) = (keys.go(id), keys.full(id));
+                assert_eq!(
+                    hash_slot(&full),
+                    hash_slot(&go),
+                    "`{full}` and `{go}` (id `{id}`) must share a slot"
+                );
+                assert_ne!(full, go);
+            }
+        }
+        // The tag is only added where no other form works: the names stay as they were.
+        let keys = Keys::new("", true);
+        assert_eq!(keys.full("x{"), "{order:x{}:result");
+        assert_eq!(keys.full("{a}b"), "order:{a}b:result");
+        assert!(keys.full("a}").ends_with("}order:a}:result"));
     }
 }

@@ -13,15 +13,22 @@ use crate::config::RedisTls;
 use crate::domain::{OrderResult, PutOutcome};
 use crate::waiters::Waiters;
 
-/// Writes both keys, to expire after ARGV[3] ms (0: never), unless ARGV[4] is `keep`
-/// and a final (not `failed`) result exists (a replay's `--overwrite` passes `replace`).
-/// Returns 1 if written.
+/// Writes both keys, to expire after ARGV[3] ms (0: never), unless ARGV[4] is `keep` or
+/// `recover` and a final (not `failed`) result exists (a replay's `--overwrite` passes
+/// `replace`). Under `keep` a full key of another type than a string is an error
+/// (WRONGTYPE), refused for good; `recover` (the `failed` result of an order whose result
+/// was refused) writes over it: a value of another type under a result's key is not a
+/// result. Returns 1 if written.
 const PUT_SCRIPT: &str = r#"
-if ARGV[4] == 'keep' then
-  local existing = redis.call('GET', KEYS[2])
-  if existing then
+if ARGV[4] ~= 'replace' then
+  local existing = redis.pcall('GET', KEYS[2])
+  if type(existing) == 'table' and existing.err then
+    if ARGV[4] ~= 'recover' then
+      return existing
+    end
+  elseif existing then
     local ok, decoded = pcall(cjson.decode, existing)
-    if ok and decoded['status'] ~= 'failed' then
+    if ok and type(decoded) == 'table' and decoded['status'] ~= 'failed' then
       return 0
     end
   end
@@ -88,6 +95,13 @@ impl RedisStore {
     /// Writes `result` (both keys, atomically) unless a final result exists.
     pub async fn put(&self, result: &OrderResult) -> anyhow::Result<PutOutcome> {
         self.write(result, "keep").await
+    }
+
+    /// Writes the `failed` result of an order whose result Redis refused for good (see
+    /// [`crate::store::refusal`]), unless a final result exists; a value of another type
+    /// under its key is written over.
+    pub async fn put_recovery(&self, result: &OrderResult) -> anyhow::Result<PutOutcome> {
+        self.write(result, "recover").await
     }
 
     /// Writes `result` (both keys, atomically) whatever result exists: a replay's
