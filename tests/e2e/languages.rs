@@ -226,6 +226,10 @@ async fn a_javascript_rule_deployed_with_its_own_limits_decides_orders() {
             "50000000",
             "--memory-mib",
             "64",
+            "--fuel-per-line-percent",
+            "5",
+            "--fuel-max-scale",
+            "20",
         ],
     )
     .await;
@@ -234,7 +238,9 @@ async fn a_javascript_rule_deployed_with_its_own_limits_decides_orders() {
     assert_eq!(code, 0, "{err}");
     assert!(
         listed.contains("rule-small-order-fee")
-            && listed.contains("limits: memory-mib=64 fuel=50000000"),
+            && listed.contains(
+                "limits: memory-mib=64 fuel=50000000 fuel-per-line-percent=5 fuel-max-scale=20"
+            ),
         "{listed}"
     );
 

@@ -194,16 +194,30 @@ pub(crate) struct RuleLimitArgs {
     /// PLUGIN_DEADLINE_MS).
     #[arg(long, value_name = "MS")]
     pub deadline_ms: Option<u64>,
+    /// Fuel that grows with the order: each line adds this percentage of the rule's fuel
+    /// to an evaluation's budget, 1 to 10000 (e.g. 5: a 20-line order gets twice the fuel).
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub fuel_per_line_percent: Option<u32>,
+    /// The most an evaluation's fuel grows to, as a multiple of the rule's fuel, 1 to 1000
+    /// (default 10 with --fuel-per-line-percent).
+    #[arg(long, value_name = "TIMES", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub fuel_max_scale: Option<u32>,
 }
 
 impl RuleLimitArgs {
     /// As the AdminService takes them (none given: unset).
     pub(crate) fn request(self) -> Option<admin::RuleLimits> {
-        let given = self.memory_mib.is_some() || self.fuel.is_some() || self.deadline_ms.is_some();
+        let given = self.memory_mib.is_some()
+            || self.fuel.is_some()
+            || self.deadline_ms.is_some()
+            || self.fuel_per_line_percent.is_some()
+            || self.fuel_max_scale.is_some();
         given.then(|| admin::RuleLimits {
             memory_mib: self.memory_mib.unwrap_or(0),
             fuel: self.fuel.unwrap_or(0),
             deadline_ms: self.deadline_ms.unwrap_or(0),
+            fuel_per_line_percent: self.fuel_per_line_percent.unwrap_or(0),
+            fuel_max_scale: self.fuel_max_scale.unwrap_or(0),
         })
     }
 }

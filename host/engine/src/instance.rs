@@ -308,7 +308,8 @@ impl Instance {
         context: &wit::ChainContext,
         seed: &OrderSeed,
     ) -> Result<(wit::Outcome, u64), Failure> {
-        let budget = self.arm(limits)?;
+        // The budget may grow with the order's lines (`Limits::fuel_for`).
+        let budget = self.arm_with(limits, limits.fuel_for(order.lines.len()))?;
         self.uses += 1;
         self.store.data_mut().seed_for(seed, &order.id);
         let outcome = self
@@ -357,9 +358,14 @@ impl Instance {
 
     /// Gives the next call a fresh fuel budget and deadline; returns the budget.
     fn arm(&mut self, limits: &Limits) -> Result<u64, Failure> {
+        self.arm_with(limits, limits.fuel)
+    }
+
+    /// Like [`Instance::arm`], with `fuel` instead of the limits' own.
+    fn arm_with(&mut self, limits: &Limits, fuel: u64) -> Result<u64, Failure> {
         self.store.data_mut().log_lines = 0;
-        arm(&mut self.store, limits.fuel, limits.deadline_ticks())?;
-        Ok(limits.fuel)
+        arm(&mut self.store, fuel, limits.deadline_ticks())?;
+        Ok(fuel)
     }
 }
 

@@ -65,6 +65,11 @@ pub struct Limits {
     /// carried between orders: every instance's second evaluation, and one in this many
     /// after that. 0 turns the checks off.
     pub reuse_check_every: u64,
+    /// How much each line of the order adds to `evaluate`'s fuel, in percent of `fuel`
+    /// (0: the budget does not grow with the order). See [`Limits::fuel_for`].
+    pub fuel_per_line_percent: u32,
+    /// The most `evaluate`'s fuel may grow to, as a multiple of `fuel` (at least 1).
+    pub fuel_max_scale: u32,
 }
 
 impl Default for Limits {
@@ -78,6 +83,8 @@ impl Default for Limits {
             reuse_max_uses: DEFAULT_REUSE_MAX_USES,
             reuse_high_water_percent: DEFAULT_REUSE_HIGH_WATER_PERCENT,
             reuse_check_every: DEFAULT_REUSE_CHECK_EVERY,
+            fuel_per_line_percent: 0,
+            fuel_max_scale: 1,
         }
     }
 }
@@ -85,6 +92,12 @@ impl Default for Limits {
 /// Largest memory cap one rule may be given ([`RuleLimits::memory_mib`]): the pooling
 /// allocator lets no linear memory grow past it.
 pub const MAX_RULE_MEMORY_MIB: u32 = 1024;
+/// Largest [`RuleLimits::fuel_per_line_percent`]: each line may add at most 100 times the
+/// base fuel.
+pub const MAX_FUEL_PER_LINE_PERCENT: u32 = 10_000;
+/// Largest [`RuleLimits::fuel_max_scale`]: an order's budget is at most 1000 times the
+/// base fuel.
+pub const MAX_FUEL_SCALE: u32 = 1000;
 /// Longest deadline one rule may be given ([`RuleLimits::deadline_ms`]).
 pub const MAX_RULE_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -104,7 +117,20 @@ pub struct RuleLimits {
     /// [`MAX_RULE_DEADLINE`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
+    /// Fuel that scales with the order, as Shopify's scaled limits: each line adds this
+    /// percentage of the base fuel to `evaluate`'s budget (0 to
+    /// [`MAX_FUEL_PER_LINE_PERCENT`]), up to `fuel-max-scale` times the base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel_per_line_percent: Option<u32>,
+    /// The most `evaluate`'s fuel may grow to with the order's lines, as a multiple of
+    /// the base fuel (1 to [`MAX_FUEL_SCALE`]; default 10 when `fuel-per-line-percent`
+    /// is given, else 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel_max_scale: Option<u32>,
 }
+
+/// [`RuleLimits::fuel_max_scale`] when only `fuel-per-line-percent` is given.
+pub const DEFAULT_FUEL_MAX_SCALE: u32 = 10;
 
 impl RuleLimits {
     /// Whether no limit is given.
@@ -123,6 +149,20 @@ impl RuleLimits {
         }
         if self.fuel == Some(0) {
             return Err(LimitsError("fuel must be at least 1".into()));
+        }
+        if let Some(percent) = self.fuel_per_line_percent
+            && percent > MAX_FUEL_PER_LINE_PERCENT
+        {
+            return Err(LimitsError(format!(
+                "fuel-per-line-percent {percent} is out of range: give 0 to {MAX_FUEL_PER_LINE_PERCENT}"
+            )));
+        }
+        if let Some(scale) = self.fuel_max_scale
+            && !(1..=MAX_FUEL_SCALE).contains(&scale)
+        {
+            return Err(LimitsError(format!(
+                "fuel-max-scale {scale} is out of range: give 1 to {MAX_FUEL_SCALE}"
+            )));
         }
         if let Some(ms) = self.deadline_ms {
             let deadline = Duration::from_millis(ms);
@@ -148,6 +188,14 @@ impl RuleLimits {
             deadline: self
                 .deadline_ms
                 .map_or(base.deadline, Duration::from_millis),
+            fuel_per_line_percent: self
+                .fuel_per_line_percent
+                .unwrap_or(base.fuel_per_line_percent),
+            fuel_max_scale: match (self.fuel_max_scale, self.fuel_per_line_percent) {
+                (Some(scale), _) => scale,
+                (None, Some(_)) => DEFAULT_FUEL_MAX_SCALE.max(base.fuel_max_scale),
+                (None, None) => base.fuel_max_scale,
+            },
             ..base.clone()
         })
     }
@@ -166,6 +214,12 @@ impl std::fmt::Display for RuleLimits {
         }
         if let Some(v) = self.deadline_ms {
             parts.push(format!("deadline-ms={v}"));
+        }
+        if let Some(v) = self.fuel_per_line_percent {
+            parts.push(format!("fuel-per-line-percent={v}"));
+        }
+        if let Some(v) = self.fuel_max_scale {
+            parts.push(format!("fuel-max-scale={v}"));
         }
         if parts.is_empty() {
             f.write_str("defaults")
@@ -208,6 +262,9 @@ impl Limits {
         if self.reuse_max_uses == 0 {
             return Err("reuse max uses must be at least 1".into());
         }
+        if self.fuel_max_scale == 0 {
+            return Err("fuel max scale must be at least 1".into());
+        }
         if !(1..=100).contains(&self.reuse_high_water_percent) {
             return Err(format!(
                 "reuse high-water mark {}% is out of range: give 1 to 100",
@@ -215,6 +272,22 @@ impl Limits {
             ));
         }
         Ok(())
+    }
+
+    /// The fuel of one `evaluate` of an order of `lines` lines:
+    /// `fuel × clamp(1 + lines × fuel_per_line_percent / 100, 1, fuel_max_scale)`, so
+    /// that a rule whose work grows with the order's lines gets a budget that grows
+    /// with it, within a bound. Other calls (`configure`, `describe`) get `fuel`.
+    pub fn fuel_for(&self, lines: usize) -> u64 {
+        if self.fuel_per_line_percent == 0 {
+            return self.fuel;
+        }
+        let base = u128::from(self.fuel);
+        let per_line = u128::from(self.fuel_per_line_percent);
+        let grown =
+            base.saturating_mul((lines as u128).saturating_mul(per_line).saturating_add(100)) / 100;
+        let cap = base * u128::from(self.fuel_max_scale.max(1));
+        u64::try_from(grown.clamp(base, cap)).unwrap_or(u64::MAX)
     }
 
     /// The memory size past which a reused instance is recycled.
@@ -244,6 +317,54 @@ mod tests {
     }
 
     #[test]
+    fn fuel_scales_with_the_lines_within_its_bound() {
+        let flat = Limits {
+            fuel: 1000,
+            ..Limits::default()
+        };
+        assert_eq!(flat.fuel_for(0), 1000);
+        assert_eq!(flat.fuel_for(500), 1000);
+        let scaled = RuleLimits {
+            fuel: Some(1000),
+            fuel_per_line_percent: Some(50),
+            fuel_max_scale: Some(4),
+            ..RuleLimits::default()
+        }
+        .apply(&Limits::default())
+        .unwrap();
+        // base × clamp(1 + lines × 0.5, 1, 4)
+        assert_eq!(scaled.fuel_for(0), 1000);
+        assert_eq!(scaled.fuel_for(1), 1500);
+        assert_eq!(scaled.fuel_for(4), 3000);
+        assert_eq!(scaled.fuel_for(6), 4000);
+        assert_eq!(scaled.fuel_for(1_000_000), 4000);
+        // Only a rate given: the scale is capped at 10.
+        let rate_only = RuleLimits {
+            fuel: Some(1000),
+            fuel_per_line_percent: Some(100),
+            ..RuleLimits::default()
+        };
+        assert_eq!(
+            rate_only.apply(&Limits::default()).unwrap().fuel_for(50),
+            10_000
+        );
+        assert_eq!(rate_only.to_string(), "fuel=1000 fuel-per-line-percent=100");
+        let huge = Limits {
+            fuel: u64::MAX,
+            fuel_per_line_percent: 10_000,
+            fuel_max_scale: 1000,
+            ..Limits::default()
+        };
+        assert_eq!(huge.fuel_for(usize::MAX), u64::MAX);
+        let parsed: RuleLimits =
+            toml::from_str("fuel-per-line-percent = 5\nfuel-max-scale = 20").unwrap();
+        assert_eq!(
+            (parsed.fuel_per_line_percent, parsed.fuel_max_scale),
+            (Some(5), Some(20))
+        );
+    }
+
+    #[test]
     fn invalid_limits_name_the_problem() {
         let bad = Limits {
             memory_bytes: 1024,
@@ -264,6 +385,7 @@ mod tests {
             memory_mib: Some(64),
             fuel: None,
             deadline_ms: Some(500),
+            ..RuleLimits::default()
         };
         let limits = rule.apply(&base).unwrap();
         assert_eq!(limits.memory_bytes, 64 << 20);
@@ -306,6 +428,25 @@ mod tests {
                     ..RuleLimits::default()
                 },
                 "deadline-ms",
+            ),
+        ] {
+            let err = bad.apply(&base).unwrap_err().0;
+            assert!(err.starts_with(word), "{err}");
+        }
+        for (bad, word) in [
+            (
+                RuleLimits {
+                    fuel_per_line_percent: Some(10_001),
+                    ..RuleLimits::default()
+                },
+                "fuel-per-line-percent",
+            ),
+            (
+                RuleLimits {
+                    fuel_max_scale: Some(0),
+                    ..RuleLimits::default()
+                },
+                "fuel-max-scale",
             ),
         ] {
             let err = bad.apply(&base).unwrap_err().0;

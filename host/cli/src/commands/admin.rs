@@ -87,6 +87,8 @@ where
                         ("memory-mib", l.memory_mib as u64),
                         ("fuel", l.fuel),
                         ("deadline-ms", l.deadline_ms),
+                        ("fuel-per-line-percent", u64::from(l.fuel_per_line_percent)),
+                        ("fuel-max-scale", u64::from(l.fuel_max_scale)),
                     ]
                     .into_iter()
                     .filter(|(_, v)| *v > 0)

@@ -121,10 +121,13 @@ pub(super) fn deploy_of(request: admin::DeployRequest) -> Result<Deploy, Status>
 impl From<admin::RuleLimits> for RuleLimits {
     fn from(limits: admin::RuleLimits) -> Self {
         let given = |v: u64| (v > 0).then_some(v);
+        let given32 = |v: u32| (v > 0).then_some(v);
         Self {
-            memory_mib: (limits.memory_mib > 0).then_some(limits.memory_mib),
+            memory_mib: given32(limits.memory_mib),
             fuel: given(limits.fuel),
             deadline_ms: given(limits.deadline_ms),
+            fuel_per_line_percent: given32(limits.fuel_per_line_percent),
+            fuel_max_scale: given32(limits.fuel_max_scale),
         }
     }
 }
@@ -132,9 +135,11 @@ impl From<admin::RuleLimits> for RuleLimits {
 /// A rule's limits from the API (0: the default); an error names the field to fix.
 pub(super) fn rule_limits_of(limits: admin::RuleLimits) -> Result<RuleLimits, Status> {
     let limits = RuleLimits::from(limits);
-    limits
-        .validate()
-        .map_err(|e| Status::invalid_argument(format!("limits.{}", e.0.replacen('-', "_", 1))))?;
+    limits.validate().map_err(|e| {
+        // "fuel-per-line-percent 10001 is ..." names the field `fuel_per_line_percent`.
+        let (field, rest) = e.0.split_once(' ').unwrap_or((e.0.as_str(), ""));
+        Status::invalid_argument(format!("limits.{} {rest}", field.replace('-', "_")))
+    })?;
     Ok(limits)
 }
 
@@ -144,6 +149,8 @@ pub(crate) fn rule_limits_info(limits: &RuleLimits) -> admin::RuleLimits {
         memory_mib: limits.memory_mib.unwrap_or(0),
         fuel: limits.fuel.unwrap_or(0),
         deadline_ms: limits.deadline_ms.unwrap_or(0),
+        fuel_per_line_percent: limits.fuel_per_line_percent.unwrap_or(0),
+        fuel_max_scale: limits.fuel_max_scale.unwrap_or(0),
     }
 }
 
