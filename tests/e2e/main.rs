@@ -34,4 +34,5 @@ mod status;
 mod support;
 mod tls;
 mod traces;
+mod trust;
 mod versions;

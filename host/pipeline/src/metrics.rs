@@ -72,6 +72,10 @@ pub const RESULTS_REFUSED: &str = "order_pipeline_results_refused_total";
 /// Counter `{what}`: messages the dead-letter topic refused for good: `payload` (sent
 /// again without it), `message` (refused even so: skipped, logged at error).
 pub const DEAD_LETTERS_REFUSED: &str = "order_pipeline_dead_letters_refused_total";
+/// Counter `{reason}`: plugin blobs refused as they were loaded from the registry
+/// (`digest-mismatch`: the blob's sha256 is not the digest its version names); the
+/// worker keeps its last verified version.
+pub const PLUGIN_BLOBS_REFUSED: &str = "order_pipeline_plugin_blobs_refused_total";
 /// Gauge `{check}`: 1 while the check passes, 0 while it fails (`kafka`, `redis`,
 /// `ruleset`); the process answers health checks with NOT_SERVING while any is 0.
 pub const READY: &str = "order_pipeline_ready";

@@ -326,6 +326,14 @@ impl AdminService for AdminApi {
             .await
             .map_err(|e| Status::unavailable(format!("registry: {e:#}")))?
             .ok_or_else(|| Status::not_found(format!("digest: no plugin {digest}")))?;
+        // The registry's bytes are handed out only when they are the ones the digest names.
+        if order_rules_engine::digest(&wasm) != digest {
+            metrics::counter!(crate::metrics::PLUGIN_BLOBS_REFUSED, "reason" => "digest-mismatch")
+                .increment(1);
+            return Err(Status::data_loss(format!(
+                "digest: the registry's blob for {digest} does not match it (substituted or corrupted)"
+            )));
+        }
         Ok(Response::new(admin::PluginResponse { wasm }))
     }
 

@@ -248,6 +248,7 @@ impl LiveRuleset {
                             rule.name, rule.digest
                         )
                     })?;
+                    verify_blob(rule, &bytes)?;
                     let engine = self.engine.clone();
                     let plugin = tokio::task::spawn_blocking(move || engine.load(&bytes))
                         .await
@@ -330,4 +331,29 @@ pub fn rule_ref(spec: &RuleSpec) -> RuleRef {
         isolation: spec.isolation,
         limits: spec.limits,
     }
+}
+
+/// Checks that a plugin blob read from the registry is the one `rule` names: its sha256
+/// must be the digest the ruleset version records, before the blob is compiled or its
+/// compiled form taken from the cache. A blob changed in the registry (substituted or
+/// corrupted) refuses the whole version: the caller keeps the last verified one.
+fn verify_blob(rule: &RuleRef, bytes: &[u8]) -> anyhow::Result<()> {
+    let actual = order_rules_engine::digest(bytes);
+    if actual == rule.digest {
+        return Ok(());
+    }
+    metrics::counter!(crate::metrics::PLUGIN_BLOBS_REFUSED, "reason" => "digest-mismatch")
+        .increment(1);
+    tracing::error!(
+        rule = %rule.name,
+        expected = %rule.digest,
+        actual = %actual,
+        "a plugin blob in the registry does not match its digest; refusing the version"
+    );
+    anyhow::bail!(
+        "plugin {} ({}): the registry's blob has sha256 {actual}, not the digest the \
+         version names: refused (substituted or corrupted)",
+        rule.name,
+        rule.digest
+    )
 }
