@@ -22,6 +22,7 @@ mod kafka_worker;
 mod languages;
 mod metrics;
 mod pipeline;
+mod principals;
 mod processes;
 mod readiness;
 mod redis_cluster;

@@ -14,7 +14,7 @@ use crate::support::{cli, embedded_config, free_addr, kafka_config, services};
 
 /// A CA, and a certificate it signed for each of `names`, as PEM files in `dir`:
 /// `NAME.pem` and `NAME.key` (the CA is `ca`).
-fn pki(dir: &Path, ca_name: &str, names: &[(&str, &[&str])]) {
+pub(crate) fn pki(dir: &Path, ca_name: &str, names: &[(&str, &[&str])]) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -41,12 +41,12 @@ fn pki(dir: &Path, ca_name: &str, names: &[(&str, &[&str])]) {
     }
 }
 
-fn path(dir: &Path, file: &str) -> String {
+pub(crate) fn path(dir: &Path, file: &str) -> String {
     dir.join(file).to_string_lossy().into_owned()
 }
 
 /// `order-pipeline ARGS...` off the test's runtime: (exit code, stdout + stderr).
-async fn run(args: Vec<String>) -> (i32, String) {
+pub(crate) async fn run(args: Vec<String>) -> (i32, String) {
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (code, out, err) = cli(&args);
@@ -56,7 +56,7 @@ async fn run(args: Vec<String>) -> (i32, String) {
     .unwrap()
 }
 
-fn args(parts: &[&str]) -> Vec<String> {
+pub(crate) fn args(parts: &[&str]) -> Vec<String> {
     parts.iter().map(ToString::to_string).collect()
 }
 

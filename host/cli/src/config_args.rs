@@ -105,6 +105,23 @@ pub(crate) struct ConfigArgs {
     /// Bearer token the AdminService requires; required unless ADMIN_ADDR is loopback.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Named principals of the AdminService: `name:role:sha256` entries separated by
+    /// commas, role reader, operator or deployer (optionally `+data`: may read order data
+    /// and overwrite results), the sha256 of the principal's token in hex
+    /// (`printf %s TOKEN | sha256sum`).
+    #[arg(long, env = "ADMIN_TOKENS", hide_env_values = true)]
+    pub admin_tokens: Option<String>,
+    /// A file of ADMIN_TOKENS entries, one per line (`#` comments).
+    #[arg(long, env = "ADMIN_TOKENS_FILE", value_name = "FILE")]
+    pub admin_tokens_file: Option<PathBuf>,
+    /// Principals known by their mTLS client certificate's subject CN: `cn:role`
+    /// entries separated by commas (needs TLS_CLIENT_CA).
+    #[arg(long, env = "ADMIN_CERT_PRINCIPALS")]
+    pub admin_cert_principals: Option<String>,
+    /// Let admin tokens cross the network in clear: an ADMIN_ADDR that is not loopback
+    /// without TLS_CERT. Refused at start unless this is set.
+    #[arg(long, env = "ADMIN_ALLOW_PLAINTEXT")]
+    pub admin_allow_plaintext: bool,
     /// PEM certificate (chain) of every gRPC server of the process: serve TLS. With
     /// TLS_KEY.
     #[arg(long, env = "TLS_CERT", value_name = "CERT.pem")]
@@ -185,6 +202,25 @@ impl std::fmt::Debug for ConfigArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConfigArgs").finish_non_exhaustive()
     }
+}
+
+/// `ADMIN_TOKENS` and the lines of `ADMIN_TOKENS_FILE`, together.
+fn admin_tokens(
+    tokens: Option<String>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<String>, ConfigError> {
+    let mut text = tokens.unwrap_or_default();
+    if let Some(file) = file.filter(|f| !f.as_os_str().is_empty()) {
+        let lines = std::fs::read_to_string(file).map_err(|e| {
+            ConfigError(format!(
+                "ADMIN_TOKENS_FILE {}: cannot read it: {e}",
+                file.display()
+            ))
+        })?;
+        text.push('\n');
+        text.push_str(&lines);
+    }
+    Ok((!text.trim().is_empty()).then_some(text))
 }
 
 /// A duration of variable `name` (e.g. `60s`, `10m`).
@@ -274,6 +310,9 @@ impl ConfigArgs {
             redis_cluster: self.redis_cluster,
             key_prefix: self.key_prefix,
             admin_token: self.admin_token,
+            admin_tokens: admin_tokens(self.admin_tokens, self.admin_tokens_file.as_deref())?,
+            admin_cert_principals: self.admin_cert_principals.filter(|p| !p.trim().is_empty()),
+            admin_allow_plaintext: self.admin_allow_plaintext,
             tls: config::TlsFiles::from_vars(self.tls_cert, self.tls_key, self.tls_client_ca)?,
             component_cache: match self.component_cache_dir.as_deref().map(str::trim) {
                 Some("off") => None,

@@ -22,7 +22,8 @@ use crate::backends::embedded::EmbeddedDb;
 use crate::backends::kafka;
 use crate::backends::redis::Redis;
 use crate::config::Config;
-use crate::grpc::admin_service::{AdminApi, TokenCheck};
+use crate::grpc::admin_service::AdminApi;
+use crate::grpc::principals::{self, AdminAuth, Principals};
 use crate::grpc::{self, cache_service::CacheApi, order_service::OrderApi};
 use crate::order_log::{Consumer, Publisher};
 use crate::processor::{Processor, RetryPolicy};
@@ -149,6 +150,8 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
     config.validate()?;
     // The files first: a bad one fails before anything is opened.
     let tls = config.tls.as_ref().map(grpc::tls_config).transpose()?;
+    // So are the admin principals (a role that runs a worker serves the AdminService).
+    let mut principals = role.works().then(|| admin_principals(config)).transpose()?;
     if let Some(files) = &config.tls {
         tracing::info!(
             cert = %files.cert.display(),
@@ -425,15 +428,10 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
     let mut admin_addr = None;
     if let Some(live) = &live_ruleset {
         let addr = config.admin_addr;
-        let token = config.admin_token.clone().filter(|t| !t.is_empty());
-        if token.is_none() {
-            if !addr.ip().is_loopback() {
-                anyhow::bail!(
-                    "ADMIN_ADDR {addr} is not a loopback address: set ADMIN_TOKEN, or listen on 127.0.0.1"
-                );
-            }
-            tracing::warn!(%addr, "admin API without ADMIN_TOKEN: anyone on this host can deploy rules");
-        }
+        let principals = match principals.take() {
+            Some(principals) => principals,
+            None => admin_principals(config)?,
+        };
         let listener = bind("ADMIN_ADDR", addr).await?;
         admin_addr = Some(listener.local_addr()?);
         let mut api = AdminApi::new(Arc::clone(live), store.clone());
@@ -450,7 +448,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
             AdminServiceServer::new(api)
                 .max_decoding_message_size(grpc::admin_service::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(grpc::admin_service::MAX_MESSAGE_BYTES),
-            TokenCheck::new(token),
+            AdminAuth::new(principals),
         );
         let routes = Routes::new(service);
         let stop = shutdown.clone();
@@ -544,4 +542,45 @@ async fn load_chain(config: &Config) -> anyhow::Result<(Engine, RuleChain)> {
     })
     .await
     .context("loading the ruleset panicked")?
+}
+
+/// The AdminService's principals from the configuration, checked against where it
+/// listens: without any, only a loopback address is allowed; with tokens, an address
+/// that is not loopback needs TLS (or `ADMIN_ALLOW_PLAINTEXT`); certificate principals
+/// need mTLS (`TLS_CLIENT_CA`).
+fn admin_principals(config: &Config) -> anyhow::Result<Principals> {
+    let addr = config.admin_addr;
+    let tokens = match &config.admin_tokens {
+        Some(text) => principals::parse_tokens("ADMIN_TOKENS", text)?,
+        None => Vec::new(),
+    };
+    let subjects = match &config.admin_cert_principals {
+        Some(text) => principals::parse_subjects("ADMIN_CERT_PRINCIPALS", text)?,
+        None => Vec::new(),
+    };
+    let principals = Principals::new(tokens, config.admin_token.as_deref(), subjects);
+    let mtls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    if principals.by_certificate() && !mtls {
+        anyhow::bail!(
+            "ADMIN_CERT_PRINCIPALS needs client certificates: set TLS_CERT, TLS_KEY and TLS_CLIENT_CA"
+        );
+    }
+    if principals.is_empty() {
+        if !addr.ip().is_loopback() {
+            anyhow::bail!(
+                "ADMIN_ADDR {addr} is not a loopback address: set ADMIN_TOKEN or ADMIN_TOKENS, or listen on 127.0.0.1"
+            );
+        }
+        tracing::warn!(%addr, "admin API without ADMIN_TOKEN: anyone on this host can deploy rules");
+    } else if !addr.ip().is_loopback() && config.tls.is_none() {
+        if !config.admin_allow_plaintext {
+            anyhow::bail!(
+                "ADMIN_ADDR {addr} is not a loopback address and the servers have no TLS: admin \
+                 tokens would cross the network in clear. Set TLS_CERT and TLS_KEY, listen on \
+                 127.0.0.1, or set ADMIN_ALLOW_PLAINTEXT=true"
+            );
+        }
+        tracing::warn!(%addr, "admin tokens cross the network in clear (ADMIN_ALLOW_PLAINTEXT)");
+    }
+    Ok(principals)
 }

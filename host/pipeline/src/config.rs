@@ -69,7 +69,17 @@ pub struct Config {
     /// Listen address of the Prometheus endpoint (`GET /metrics`); `None`: no metrics.
     pub metrics_addr: Option<SocketAddr>,
     /// Bearer token the AdminService requires; required unless `admin_addr` is loopback.
+    /// Its principal is `admin`, a deployer with the data grant.
     pub admin_token: Option<String>,
+    /// Named principals of the AdminService (`ADMIN_TOKENS`, and the lines of
+    /// `ADMIN_TOKENS_FILE`): `name:role[+data]:sha256-of-the-token` entries.
+    pub admin_tokens: Option<String>,
+    /// Principals known by their mTLS client certificate's subject CN
+    /// (`ADMIN_CERT_PRINCIPALS`): `cn:role[+data]` entries. Needs `TLS_CLIENT_CA`.
+    pub admin_cert_principals: Option<String>,
+    /// Whether tokens may cross the network in clear: an admin address that is not
+    /// loopback, without TLS (`ADMIN_ALLOW_PLAINTEXT`; off by default, start refuses).
+    pub admin_allow_plaintext: bool,
     /// TLS of every gRPC server of the process; `None`: plaintext.
     pub tls: Option<TlsFiles>,
     /// Directory of the embedded log and store.
@@ -145,6 +155,12 @@ impl std::fmt::Debug for Config {
             .field("admin_addr", &self.admin_addr)
             .field("metrics_addr", &self.metrics_addr)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
+            .field(
+                "admin_tokens",
+                &self.admin_tokens.as_ref().map(|_| "(hashes)"),
+            )
+            .field("admin_cert_principals", &self.admin_cert_principals)
+            .field("admin_allow_plaintext", &self.admin_allow_plaintext)
             .field("tls", &self.tls)
             .field("data_dir", &self.data_dir)
             .field("component_cache", &self.component_cache)
@@ -362,6 +378,9 @@ impl Default for Config {
             admin_addr: addr(DEFAULT_ADMIN_ADDR),
             metrics_addr: None,
             admin_token: None,
+            admin_tokens: None,
+            admin_cert_principals: None,
+            admin_allow_plaintext: false,
             tls: None,
             data_dir: PathBuf::from("data"),
             component_cache: Some(PathBuf::from("data").join("component-cache")),

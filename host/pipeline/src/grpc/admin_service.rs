@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use super::admin_convert::{
     active_info, basis_points, deploy_of, info, replay_status, rollout_info, selection, worker_info,
 };
+use super::principals::{Need, Role, require};
 use crate::proto::admin::{self, admin_service_server::AdminService};
 use crate::replay::{Replayer, Request as ReplayRun};
 use crate::rules::gate::{Candidate, DEFAULT_CANARY_MARGIN, Gate};
@@ -61,6 +62,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<admin::DeployRequest>,
     ) -> Result<Response<admin::RulesetInfo>, Status> {
+        require(&request, "Deploy", Need::role(Role::Deployer))?;
         let request = request.into_inner();
         let canary = basis_points("canary_percent", request.canary_percent)?;
         let margin = match basis_points("canary_margin_percent", request.canary_margin_percent)? {
@@ -84,15 +86,17 @@ impl AdminService for AdminApi {
 
     async fn active(
         &self,
-        _request: Request<admin::ActiveRequest>,
+        request: Request<admin::ActiveRequest>,
     ) -> Result<Response<admin::RulesetInfo>, Status> {
+        require(&request, "Active", Need::role(Role::Reader))?;
         Ok(active_info(self.gate.active().await?))
     }
 
     async fn history(
         &self,
-        _request: Request<admin::HistoryRequest>,
+        request: Request<admin::HistoryRequest>,
     ) -> Result<Response<admin::HistoryResponse>, Status> {
+        require(&request, "History", Need::role(Role::Reader))?;
         let (versions, active) = self.gate.history().await?;
         let versions = versions
             .iter()
@@ -106,6 +110,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<admin::ActivateRequest>,
     ) -> Result<Response<admin::RulesetInfo>, Status> {
+        require(&request, "Activate", Need::role(Role::Deployer))?;
         let version = request.into_inner().version;
         Ok(active_info(self.gate.activate(version).await?))
     }
@@ -113,8 +118,9 @@ impl AdminService for AdminApi {
     #[tracing::instrument(name = "admin.rollback", skip_all)]
     async fn rollback(
         &self,
-        _request: Request<admin::RollbackRequest>,
+        request: Request<admin::RollbackRequest>,
     ) -> Result<Response<admin::RulesetInfo>, Status> {
+        require(&request, "Rollback", Need::role(Role::Operator))?;
         Ok(active_info(self.gate.rollback().await?))
     }
 
@@ -123,6 +129,13 @@ impl AdminService for AdminApi {
         &self,
         request: Request<admin::ShadowStartRequest>,
     ) -> Result<Response<admin::RolloutInfo>, Status> {
+        // A candidate made of new plugins stores code: a deployer's call.
+        let need = if request.get_ref().plugins.is_empty() {
+            Need::role(Role::Operator)
+        } else {
+            Need::role(Role::Deployer)
+        };
+        require(&request, "ShadowStart", need)?;
         let request = request.into_inner();
         let candidate = match (request.version, request.plugins.is_empty()) {
             (0, true) => {
@@ -149,8 +162,9 @@ impl AdminService for AdminApi {
 
     async fn shadow_diff(
         &self,
-        _request: Request<admin::ShadowDiffRequest>,
+        request: Request<admin::ShadowDiffRequest>,
     ) -> Result<Response<admin::ShadowDiffResponse>, Status> {
+        require(&request, "ShadowDiff", Need::role(Role::Reader))?;
         let rollout = self.gate.rollout().await?;
         let on = rollout.shadow.is_some();
         let Some(run) = rollout.shadow.or(rollout.last_shadow) else {
@@ -182,31 +196,35 @@ impl AdminService for AdminApi {
     #[tracing::instrument(name = "admin.shadow_promote", skip_all)]
     async fn shadow_promote(
         &self,
-        _request: Request<admin::ShadowPromoteRequest>,
+        request: Request<admin::ShadowPromoteRequest>,
     ) -> Result<Response<admin::RulesetInfo>, Status> {
+        require(&request, "ShadowPromote", Need::role(Role::Deployer))?;
         Ok(active_info(self.gate.shadow_promote().await?))
     }
 
     #[tracing::instrument(name = "admin.shadow_stop", skip_all)]
     async fn shadow_stop(
         &self,
-        _request: Request<admin::ShadowStopRequest>,
+        request: Request<admin::ShadowStopRequest>,
     ) -> Result<Response<admin::RolloutInfo>, Status> {
+        require(&request, "ShadowStop", Need::role(Role::Operator))?;
         Ok(rollout_info(self.gate.shadow_stop().await?))
     }
 
     #[tracing::instrument(name = "admin.promote", skip_all)]
     async fn promote(
         &self,
-        _request: Request<admin::PromoteRequest>,
+        request: Request<admin::PromoteRequest>,
     ) -> Result<Response<admin::RulesetInfo>, Status> {
+        require(&request, "Promote", Need::role(Role::Deployer))?;
         Ok(active_info(self.gate.promote().await?))
     }
 
     async fn rollout(
         &self,
-        _request: Request<admin::RolloutRequest>,
+        request: Request<admin::RolloutRequest>,
     ) -> Result<Response<admin::RolloutInfo>, Status> {
+        require(&request, "Rollout", Need::role(Role::Reader))?;
         Ok(rollout_info(self.gate.rollout().await?))
     }
 
@@ -215,6 +233,13 @@ impl AdminService for AdminApi {
         &self,
         request: Request<admin::ReplayRequest>,
     ) -> Result<Response<admin::ReplayResponse>, Status> {
+        // To scratch: an operator's; overwriting results needs the data grant too.
+        let need = if request.get_ref().overwrite {
+            Need::data(Role::Operator)
+        } else {
+            Need::role(Role::Operator)
+        };
+        require(&request, "Replay", need)?;
         let request = request.into_inner();
         let selection = selection(&request)?;
         if request.overwrite && request.reason.trim().is_empty() {
@@ -255,6 +280,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<admin::DeadLettersRequest>,
     ) -> Result<Response<admin::DeadLettersResponse>, Status> {
+        require(&request, "DeadLetters", Need::data(Role::Reader))?;
         let limit = match request.into_inner().limit {
             0 => 1000,
             n => n as usize,
@@ -290,6 +316,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<admin::DecisionRequest>,
     ) -> Result<Response<admin::DecisionResponse>, Status> {
+        require(&request, "Decision", Need::data(Role::Reader))?;
         let id = request.into_inner().id;
         let store = self
             .store
@@ -318,6 +345,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<admin::PluginRequest>,
     ) -> Result<Response<admin::PluginResponse>, Status> {
+        require(&request, "Plugin", Need::role(Role::Reader))?;
         let digest = request.into_inner().digest;
         let wasm = self
             .live
@@ -339,8 +367,9 @@ impl AdminService for AdminApi {
 
     async fn workers(
         &self,
-        _request: Request<admin::WorkersRequest>,
+        request: Request<admin::WorkersRequest>,
     ) -> Result<Response<admin::WorkersResponse>, Status> {
+        require(&request, "Workers", Need::role(Role::Reader))?;
         let registry = self.live.registry();
         let unavailable = |e: anyhow::Error| Status::unavailable(format!("registry: {e:#}"));
         let active = registry.active_version().await.map_err(unavailable)?;
@@ -352,45 +381,5 @@ impl AdminService for AdminApi {
                 .map(|status| worker_info(status, active))
                 .collect(),
         }))
-    }
-}
-
-/// Checks `authorization: Bearer <token>` in constant time; with no token configured
-/// (allowed on loopback only) every call passes.
-#[derive(Clone)]
-pub struct TokenCheck {
-    token: Option<Arc<str>>,
-}
-
-impl TokenCheck {
-    /// A check for `token`.
-    pub fn new(token: Option<String>) -> Self {
-        Self {
-            token: token.map(Arc::from),
-        }
-    }
-}
-
-impl tonic::service::Interceptor for TokenCheck {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(token) = &self.token else {
-            return Ok(request);
-        };
-        let given = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Status::unauthenticated("authorization: a bearer token (ADMIN_TOKEN) is required")
-            })?;
-        let (a, b) = (given.as_bytes(), token.as_bytes());
-        let same =
-            a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
-        if same {
-            Ok(request)
-        } else {
-            Err(Status::unauthenticated("authorization: wrong bearer token"))
-        }
     }
 }

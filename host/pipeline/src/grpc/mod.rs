@@ -8,6 +8,7 @@ pub mod admin_service;
 pub mod cache_service;
 pub mod health;
 pub mod order_service;
+pub mod principals;
 mod status;
 
 use std::future::Future;
