@@ -346,6 +346,29 @@ async fn a_failing_rule_is_quarantined_and_its_orders_retried() {
     );
     assert!(history[0].active);
     assert!(history[0].rules.iter().all(|r| r.name != "fixture-trap-on"));
+    // The audit trail has the deploy (by the local caller) and the quarantine (by the
+    // worker), once each.
+    let trail = running
+        .live
+        .as_ref()
+        .unwrap()
+        .registry()
+        .audit(0, 10_000)
+        .await
+        .unwrap();
+    let actions: Vec<(&str, &str)> = trail
+        .iter()
+        .map(|e| (e.principal.as_str(), e.action.as_str()))
+        .filter(|(_, a)| *a == "Deploy" || *a == "quarantine")
+        .collect();
+    assert_eq!(actions.len(), 2, "{actions:?}");
+    assert_eq!(actions[0], ("local", "Deploy"));
+    assert!(
+        actions[1].0.starts_with("worker:") && actions[1].1 == "quarantine",
+        "{actions:?}"
+    );
+    let quarantine = trail.iter().find(|e| e.action == "quarantine").unwrap();
+    assert_eq!(quarantine.args["rule"], "fixture-trap-on");
     assert!(
         done >= 16,
         "orders failed by the rule before it was taken out are at most a few: {done} done of 20"

@@ -70,6 +70,16 @@ async fn a_substituted_blob_is_refused(config: Config) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(live.current().version, good.version);
+    // The refusal is in the audit trail, once.
+    let refusals: Vec<_> = registry
+        .audit(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "ruleset-refused")
+        .collect();
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert!(refusals[0].outcome.contains("substituted or corrupted"));
     let admin_url = format!("http://{}", running.admin_addr.unwrap());
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

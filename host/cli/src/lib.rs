@@ -112,6 +112,9 @@ enum Command {
     /// The dead letters: list, inspect, replay.
     #[command(subcommand)]
     Dlq(commands::replay::DlqCommand),
+    /// The audit trail of the AdminService: every admin call and automatic action (who,
+    /// what, how it ended), oldest first; exits 1 when its hash chain is broken.
+    Audit(commands::audit::AuditArgs),
 }
 
 #[derive(Debug, Args)]
@@ -361,6 +364,7 @@ fn execute(cli: Cli, out: &mut dyn Write) -> Result<i32, Failure> {
         Command::Plugin(command) => command,
         Command::Replay(args) => return commands::replay::replay(args, out),
         Command::Dlq(command) => return commands::replay::dlq(command, out),
+        Command::Audit(args) => return commands::audit::audit(args, out),
     };
     commands::plugin::run(command, out)
 }

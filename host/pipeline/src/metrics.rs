@@ -76,6 +76,8 @@ pub const DEAD_LETTERS_REFUSED: &str = "order_pipeline_dead_letters_refused_tota
 /// (`digest-mismatch`: the blob's sha256 is not the digest its version names); the
 /// worker keeps its last verified version.
 pub const PLUGIN_BLOBS_REFUSED: &str = "order_pipeline_plugin_blobs_refused_total";
+/// Counter: audit events that could not be written (each logged at error).
+pub const AUDIT_FAILURES: &str = "order_pipeline_audit_failures_total";
 /// Gauge `{check}`: 1 while the check passes, 0 while it fails (`kafka`, `redis`,
 /// `ruleset`); the process answers health checks with NOT_SERVING while any is 0.
 pub const READY: &str = "order_pipeline_ready";

@@ -218,6 +218,19 @@ impl Processor {
             Ok(Some(new)) => {
                 tracing::error!(rule, digest, failed, new_version = new, "rule quarantined");
                 metrics::counter!(crate::metrics::QUARANTINES, "rule" => rule.clone()).increment(1);
+                self.audit(
+                    "quarantine",
+                    [
+                        ("rule", rule.clone()),
+                        ("digest", digest.clone()),
+                        ("failed", failed.to_string()),
+                        ("window", window.to_string()),
+                        ("from_version", version.to_string()),
+                        ("to_version", new.to_string()),
+                    ],
+                    "ok".into(),
+                )
+                .await;
                 Ok(())
             }
             // Another worker took it out first, or an operator changed the ruleset.
@@ -375,8 +388,36 @@ impl Processor {
     async fn end_canary(&self, version: u64, reason: String) {
         tracing::error!(version, %reason, "canary rolled back");
         metrics::counter!(crate::metrics::CANARY_ROLLBACKS).increment(1);
-        if let Err(e) = self.gate.end_canary(version, &reason).await {
-            tracing::error!(error = %e, "cannot end the canary");
+        let outcome = match self.gate.end_canary(version, &reason).await {
+            // Another worker ended it first: its event is in the trail.
+            Ok(false) => return,
+            Ok(true) => "ok".to_string(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot end the canary");
+                format!("error: {e}")
+            }
+        };
+        let args = [("version", version.to_string()), ("reason", reason)];
+        self.audit("canary-rollback", args, outcome).await;
+    }
+
+    /// Appends an automatic action of this worker to the audit trail (logged at error if
+    /// it cannot be written).
+    async fn audit<const N: usize>(
+        &self,
+        action: &str,
+        args: [(&str, String); N],
+        outcome: String,
+    ) {
+        let entry = crate::domain::audit::AuditEntry {
+            principal: format!("worker:{}", self.name),
+            action: action.to_string(),
+            args: args.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            outcome,
+        };
+        if let Err(e) = self.live.registry().append_audit(entry).await {
+            metrics::counter!(crate::metrics::AUDIT_FAILURES).increment(1);
+            tracing::error!(action, error = %format!("{e:#}"), "cannot write the audit event of an automatic action");
         }
     }
 

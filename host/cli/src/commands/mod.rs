@@ -3,6 +3,7 @@
 //! ruleset.
 
 pub(crate) mod admin;
+pub(crate) mod audit;
 pub(crate) mod client;
 pub(crate) mod new;
 pub(crate) mod plugin;

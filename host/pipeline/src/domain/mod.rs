@@ -3,6 +3,7 @@
 //! of both ([`wire`]: protobuf <-> domain, with the validation of every field), and a
 //! ruleset version as the registry stores it ([`ruleset`]).
 
+pub mod audit;
 pub mod diff;
 pub mod heartbeat;
 mod result;

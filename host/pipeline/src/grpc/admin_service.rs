@@ -9,7 +9,8 @@ use tonic::{Request, Response, Status};
 use super::admin_convert::{
     active_info, basis_points, deploy_of, info, replay_status, rollout_info, selection, worker_info,
 };
-use super::principals::{Need, Role, require};
+use super::principals::{Need, Principal, Role, require};
+use crate::domain::audit::AuditEntry;
 use crate::proto::admin::{self, admin_service_server::AdminService};
 use crate::replay::{Replayer, Request as ReplayRun};
 use crate::rules::gate::{Candidate, DEFAULT_CANARY_MARGIN, Gate};
@@ -48,6 +49,38 @@ impl AdminApi {
         self
     }
 
+    /// Runs `body` when `who` may make `call`, and appends one audit event either way:
+    /// the principal, the call, `args` and how it ended. An audit that cannot be written
+    /// is logged at error; the call's own answer stands.
+    async fn audited<T>(
+        &self,
+        by: String,
+        who: Result<Principal, Status>,
+        call: &'static str,
+        args: Vec<(&'static str, String)>,
+        body: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let answer = match who {
+            Ok(_) => body.await,
+            Err(denied) => Err(denied),
+        };
+        let outcome = match &answer {
+            Ok(_) => "ok".to_string(),
+            Err(status) => format!("{:?}: {}", status.code(), status.message()),
+        };
+        let entry = AuditEntry {
+            principal: by,
+            action: call.to_string(),
+            args: args.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            outcome,
+        };
+        if let Err(e) = self.live.registry().append_audit(entry).await {
+            metrics::counter!(crate::metrics::AUDIT_FAILURES).increment(1);
+            tracing::error!(call, error = %format!("{e:#}"), "cannot write the audit event of an admin call");
+        }
+        answer
+    }
+
     fn replayer(&self) -> Result<&Replayer, Status> {
         self.replayer
             .as_deref()
@@ -62,47 +95,66 @@ impl AdminService for AdminApi {
         &self,
         request: Request<admin::DeployRequest>,
     ) -> Result<Response<admin::RulesetInfo>, Status> {
-        require(&request, "Deploy", Need::role(Role::Deployer))?;
-        let request = request.into_inner();
-        let canary = basis_points("canary_percent", request.canary_percent)?;
-        let margin = match basis_points("canary_margin_percent", request.canary_margin_percent)? {
-            0 => DEFAULT_CANARY_MARGIN,
-            margin => margin,
-        };
-        let deploy = deploy_of(request)?;
-        if canary == 0 {
-            return Ok(active_info(self.gate.deploy(deploy).await?));
-        }
-        let rollout = self
-            .gate
-            .canary_start(Candidate::Plugins(vec![deploy]), canary, margin)
-            .await?;
-        let version = rollout.canary.map_or(0, |c| c.version);
-        Ok(Response::new(info(
-            &self.gate.version(version).await?,
-            false,
-        )))
+        let who = require(&request, "Deploy", Need::role(Role::Deployer));
+        let by = principal_name(&request);
+        let args = vec![(
+            "digest",
+            order_rules_engine::digest(&request.get_ref().wasm),
+        )];
+        self.audited(by, who, "Deploy", args, async move {
+            let request = request.into_inner();
+            let canary = basis_points("canary_percent", request.canary_percent)?;
+            let margin = match basis_points("canary_margin_percent", request.canary_margin_percent)?
+            {
+                0 => DEFAULT_CANARY_MARGIN,
+                margin => margin,
+            };
+            let deploy = deploy_of(request)?;
+            if canary == 0 {
+                return Ok(active_info(self.gate.deploy(deploy).await?));
+            }
+            let rollout = self
+                .gate
+                .canary_start(Candidate::Plugins(vec![deploy]), canary, margin)
+                .await?;
+            let version = rollout.canary.map_or(0, |c| c.version);
+            Ok(Response::new(info(
+                &self.gate.version(version).await?,
+                false,
+            )))
+        })
+        .await
     }
 
     async fn active(
         &self,
         request: Request<admin::ActiveRequest>,
     ) -> Result<Response<admin::RulesetInfo>, Status> {
-        require(&request, "Active", Need::role(Role::Reader))?;
-        Ok(active_info(self.gate.active().await?))
+        let who = require(&request, "Active", Need::role(Role::Reader));
+        let by = principal_name(&request);
+        let args = Vec::new();
+        self.audited(by, who, "Active", args, async move {
+            Ok(active_info(self.gate.active().await?))
+        })
+        .await
     }
 
     async fn history(
         &self,
         request: Request<admin::HistoryRequest>,
     ) -> Result<Response<admin::HistoryResponse>, Status> {
-        require(&request, "History", Need::role(Role::Reader))?;
-        let (versions, active) = self.gate.history().await?;
-        let versions = versions
-            .iter()
-            .map(|r| info(r, Some(r.version) == active))
-            .collect();
-        Ok(Response::new(admin::HistoryResponse { versions }))
+        let who = require(&request, "History", Need::role(Role::Reader));
+        let by = principal_name(&request);
+        let args = Vec::new();
+        self.audited(by, who, "History", args, async move {
+            let (versions, active) = self.gate.history().await?;
+            let versions = versions
+                .iter()
+                .map(|r| info(r, Some(r.version) == active))
+                .collect();
+            Ok(Response::new(admin::HistoryResponse { versions }))
+        })
+        .await
     }
 
     #[tracing::instrument(name = "admin.activate", skip_all, fields(version = request.get_ref().version))]
@@ -110,9 +162,14 @@ impl AdminService for AdminApi {
         &self,
         request: Request<admin::ActivateRequest>,
     ) -> Result<Response<admin::RulesetInfo>, Status> {
-        require(&request, "Activate", Need::role(Role::Deployer))?;
-        let version = request.into_inner().version;
-        Ok(active_info(self.gate.activate(version).await?))
+        let who = require(&request, "Activate", Need::role(Role::Deployer));
+        let by = principal_name(&request);
+        let args = vec![("version", request.get_ref().version.to_string())];
+        self.audited(by, who, "Activate", args, async move {
+            let version = request.into_inner().version;
+            Ok(active_info(self.gate.activate(version).await?))
+        })
+        .await
     }
 
     #[tracing::instrument(name = "admin.rollback", skip_all)]
@@ -120,8 +177,13 @@ impl AdminService for AdminApi {
         &self,
         request: Request<admin::RollbackRequest>,
     ) -> Result<Response<admin::RulesetInfo>, Status> {
-        require(&request, "Rollback", Need::role(Role::Operator))?;
-        Ok(active_info(self.gate.rollback().await?))
+        let who = require(&request, "Rollback", Need::role(Role::Operator));
+        let by = principal_name(&request);
+        let args = Vec::new();
+        self.audited(by, who, "Rollback", args, async move {
+            Ok(active_info(self.gate.rollback().await?))
+        })
+        .await
     }
 
     #[tracing::instrument(name = "admin.shadow_start", skip_all)]
@@ -135,7 +197,22 @@ impl AdminService for AdminApi {
         } else {
             Need::role(Role::Deployer)
         };
-        require(&request, "ShadowStart", need)?;
+        let who = require(&request, "ShadowStart", need);
+        let by = principal_name(&request);
+        let args = vec![
+            ("version", request.get_ref().version.to_string()),
+            (
+                "plugins",
+                request
+                    .get_ref()
+                    .plugins
+                    .iter()
+                    .map(|p| order_rules_engine::digest(&p.wasm))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+        ];
+        self.audited(by, who, "ShadowStart", args, async move {
         let request = request.into_inner();
         let candidate = match (request.version, request.plugins.is_empty()) {
             (0, true) => {
@@ -158,39 +235,46 @@ impl AdminService for AdminApi {
             }
         };
         Ok(rollout_info(self.gate.shadow_start(candidate).await?))
+        })
+        .await
     }
 
     async fn shadow_diff(
         &self,
         request: Request<admin::ShadowDiffRequest>,
     ) -> Result<Response<admin::ShadowDiffResponse>, Status> {
-        require(&request, "ShadowDiff", Need::role(Role::Reader))?;
-        let rollout = self.gate.rollout().await?;
-        let on = rollout.shadow.is_some();
-        let Some(run) = rollout.shadow.or(rollout.last_shadow) else {
-            return Err(Status::failed_precondition(
-                "no shadow run yet: start one with `plugin shadow start`",
-            ));
-        };
-        let store = self
-            .store
-            .as_ref()
-            .ok_or_else(|| Status::unavailable("this process has no result store"))?;
-        let report = store
-            .shadow_report(&run.id)
-            .await
-            .map_err(|e| Status::unavailable(format!("store: {e:#}")))?;
-        Ok(Response::new(admin::ShadowDiffResponse {
-            run: run.id,
-            candidate_version: run.version,
-            on,
-            orders: report.orders,
-            differing: report.differing,
-            by_kind: report.by_kind.into_iter().collect(),
-            money: report.money.into_iter().collect(),
-            samples_json: serde_json::to_string(&report.samples)
-                .map_err(|e| Status::internal(e.to_string()))?,
-        }))
+        let who = require(&request, "ShadowDiff", Need::role(Role::Reader));
+        let by = principal_name(&request);
+        let args = Vec::new();
+        self.audited(by, who, "ShadowDiff", args, async move {
+            let rollout = self.gate.rollout().await?;
+            let on = rollout.shadow.is_some();
+            let Some(run) = rollout.shadow.or(rollout.last_shadow) else {
+                return Err(Status::failed_precondition(
+                    "no shadow run yet: start one with `plugin shadow start`",
+                ));
+            };
+            let store = self
+                .store
+                .as_ref()
+                .ok_or_else(|| Status::unavailable("this process has no result store"))?;
+            let report = store
+                .shadow_report(&run.id)
+                .await
+                .map_err(|e| Status::unavailable(format!("store: {e:#}")))?;
+            Ok(Response::new(admin::ShadowDiffResponse {
+                run: run.id,
+                candidate_version: run.version,
+                on,
+                orders: report.orders,
+                differing: report.differing,
+                by_kind: report.by_kind.into_iter().collect(),
+                money: report.money.into_iter().collect(),
+                samples_json: serde_json::to_string(&report.samples)
+                    .map_err(|e| Status::internal(e.to_string()))?,
+            }))
+        })
+        .await
     }
 
     #[tracing::instrument(name = "admin.shadow_promote", skip_all)]
@@ -198,8 +282,13 @@ impl AdminService for AdminApi {
         &self,
         request: Request<admin::ShadowPromoteRequest>,
     ) -> Result<Response<admin::RulesetInfo>, Status> {
-        require(&request, "ShadowPromote", Need::role(Role::Deployer))?;
-        Ok(active_info(self.gate.shadow_promote().await?))
+        let who = require(&request, "ShadowPromote", Need::role(Role::Deployer));
+        let by = principal_name(&request);
+        let args = Vec::new();
+        self.audited(by, who, "ShadowPromote", args, async move {
+            Ok(active_info(self.gate.shadow_promote().await?))
+        })
+        .await
     }
 
     #[tracing::instrument(name = "admin.shadow_stop", skip_all)]
@@ -207,8 +296,13 @@ impl AdminService for AdminApi {
         &self,
         request: Request<admin::ShadowStopRequest>,
     ) -> Result<Response<admin::RolloutInfo>, Status> {
-        require(&request, "ShadowStop", Need::role(Role::Operator))?;
-        Ok(rollout_info(self.gate.shadow_stop().await?))
+        let who = require(&request, "ShadowStop", Need::role(Role::Operator));
+        let by = principal_name(&request);
+        let args = Vec::new();
+        self.audited(by, who, "ShadowStop", args, async move {
+            Ok(rollout_info(self.gate.shadow_stop().await?))
+        })
+        .await
     }
 
     #[tracing::instrument(name = "admin.promote", skip_all)]
@@ -216,16 +310,26 @@ impl AdminService for AdminApi {
         &self,
         request: Request<admin::PromoteRequest>,
     ) -> Result<Response<admin::RulesetInfo>, Status> {
-        require(&request, "Promote", Need::role(Role::Deployer))?;
-        Ok(active_info(self.gate.promote().await?))
+        let who = require(&request, "Promote", Need::role(Role::Deployer));
+        let by = principal_name(&request);
+        let args = Vec::new();
+        self.audited(by, who, "Promote", args, async move {
+            Ok(active_info(self.gate.promote().await?))
+        })
+        .await
     }
 
     async fn rollout(
         &self,
         request: Request<admin::RolloutRequest>,
     ) -> Result<Response<admin::RolloutInfo>, Status> {
-        require(&request, "Rollout", Need::role(Role::Reader))?;
-        Ok(rollout_info(self.gate.rollout().await?))
+        let who = require(&request, "Rollout", Need::role(Role::Reader));
+        let by = principal_name(&request);
+        let args = Vec::new();
+        self.audited(by, who, "Rollout", args, async move {
+            Ok(rollout_info(self.gate.rollout().await?))
+        })
+        .await
     }
 
     #[tracing::instrument(name = "admin.replay", skip_all)]
@@ -239,84 +343,102 @@ impl AdminService for AdminApi {
         } else {
             Need::role(Role::Operator)
         };
-        require(&request, "Replay", need)?;
-        let request = request.into_inner();
-        let selection = selection(&request)?;
-        if request.overwrite && request.reason.trim().is_empty() {
-            return Err(Status::invalid_argument(
-                "reason: say why the results are replaced (it is recorded in each)",
-            ));
-        }
-        let outcome = self
-            .replayer()?
-            .replay(ReplayRun {
-                selection,
-                version: (request.version != 0).then_some(request.version),
-                overwrite: request.overwrite.then_some(request.reason),
-                limit: match request.limit {
-                    0 => crate::replay::DEFAULT_LIMIT,
-                    n => n as usize,
-                },
-            })
-            .await
-            .map_err(replay_status)?;
-        Ok(Response::new(admin::ReplayResponse {
-            run: outcome.run,
-            version: outcome.version,
-            decided: outcome.decided,
-            differing: outcome.report.differing,
-            by_kind: outcome.report.by_kind.into_iter().collect(),
-            money: outcome.report.money.into_iter().collect(),
-            samples_json: serde_json::to_string(&outcome.report.samples)
-                .map_err(|e| Status::internal(e.to_string()))?,
-            without_result: outcome.without_result,
-            overwritten: outcome.overwritten,
-            skipped: outcome.skipped,
-            seconds: outcome.seconds,
-        }))
+        let who = require(&request, "Replay", need);
+        let by = principal_name(&request);
+        let args = vec![
+            ("version", request.get_ref().version.to_string()),
+            ("overwrite", request.get_ref().overwrite.to_string()),
+            ("reason", request.get_ref().reason.clone()),
+            ("ids", request.get_ref().ids.len().to_string()),
+        ];
+        self.audited(by, who, "Replay", args, async move {
+            let request = request.into_inner();
+            let selection = selection(&request)?;
+            if request.overwrite && request.reason.trim().is_empty() {
+                return Err(Status::invalid_argument(
+                    "reason: say why the results are replaced (it is recorded in each)",
+                ));
+            }
+            let outcome = self
+                .replayer()?
+                .replay(ReplayRun {
+                    selection,
+                    version: (request.version != 0).then_some(request.version),
+                    overwrite: request.overwrite.then_some(request.reason),
+                    limit: match request.limit {
+                        0 => crate::replay::DEFAULT_LIMIT,
+                        n => n as usize,
+                    },
+                })
+                .await
+                .map_err(replay_status)?;
+            Ok(Response::new(admin::ReplayResponse {
+                run: outcome.run,
+                version: outcome.version,
+                decided: outcome.decided,
+                differing: outcome.report.differing,
+                by_kind: outcome.report.by_kind.into_iter().collect(),
+                money: outcome.report.money.into_iter().collect(),
+                samples_json: serde_json::to_string(&outcome.report.samples)
+                    .map_err(|e| Status::internal(e.to_string()))?,
+                without_result: outcome.without_result,
+                overwritten: outcome.overwritten,
+                skipped: outcome.skipped,
+                seconds: outcome.seconds,
+            }))
+        })
+        .await
     }
 
     async fn dead_letters(
         &self,
         request: Request<admin::DeadLettersRequest>,
     ) -> Result<Response<admin::DeadLettersResponse>, Status> {
-        require(&request, "DeadLetters", Need::data(Role::Reader))?;
-        let limit = match request.into_inner().limit {
-            0 => 1000,
-            n => n as usize,
-        };
-        let letters = self
-            .replayer()?
-            .dead_letters(limit)
-            .await
-            .map_err(replay_status)?;
-        let letters = letters
-            .into_iter()
-            .map(|l| {
-                let (order_json, error) = match l.order {
-                    Ok(order) => (
-                        serde_json::to_string(&order).unwrap_or_default(),
-                        String::new(),
-                    ),
-                    Err(why) => (String::new(), why),
-                };
-                admin::DeadLetter {
-                    position: l.position,
-                    headers: l.headers.into_iter().collect(),
-                    order_json,
-                    error,
-                    result_status: l.result_status.unwrap_or_default(),
-                }
-            })
-            .collect();
-        Ok(Response::new(admin::DeadLettersResponse { letters }))
+        let who = require(&request, "DeadLetters", Need::data(Role::Reader));
+        let by = principal_name(&request);
+        let args = vec![("limit", request.get_ref().limit.to_string())];
+        self.audited(by, who, "DeadLetters", args, async move {
+            let limit = match request.into_inner().limit {
+                0 => 1000,
+                n => n as usize,
+            };
+            let letters = self
+                .replayer()?
+                .dead_letters(limit)
+                .await
+                .map_err(replay_status)?;
+            let letters = letters
+                .into_iter()
+                .map(|l| {
+                    let (order_json, error) = match l.order {
+                        Ok(order) => (
+                            serde_json::to_string(&order).unwrap_or_default(),
+                            String::new(),
+                        ),
+                        Err(why) => (String::new(), why),
+                    };
+                    admin::DeadLetter {
+                        position: l.position,
+                        headers: l.headers.into_iter().collect(),
+                        order_json,
+                        error,
+                        result_status: l.result_status.unwrap_or_default(),
+                    }
+                })
+                .collect();
+            Ok(Response::new(admin::DeadLettersResponse { letters }))
+        })
+        .await
     }
 
     async fn decision(
         &self,
         request: Request<admin::DecisionRequest>,
     ) -> Result<Response<admin::DecisionResponse>, Status> {
-        require(&request, "Decision", Need::data(Role::Reader))?;
+        let who = require(&request, "Decision", Need::data(Role::Reader));
+        let by = principal_name(&request);
+        let args = vec![("id", request.get_ref().id.clone())];
+        self.audited(by, who, "Decision", args, async move {
         let id = request.into_inner().id;
         let store = self
             .store
@@ -339,13 +461,18 @@ impl AdminService for AdminApi {
                 .map_err(|e| Status::internal(e.to_string()))?,
             version: Some(info(&version, active)),
         }))
+        })
+        .await
     }
 
     async fn plugin(
         &self,
         request: Request<admin::PluginRequest>,
     ) -> Result<Response<admin::PluginResponse>, Status> {
-        require(&request, "Plugin", Need::role(Role::Reader))?;
+        let who = require(&request, "Plugin", Need::role(Role::Reader));
+        let by = principal_name(&request);
+        let args = vec![("digest", request.get_ref().digest.clone())];
+        self.audited(by, who, "Plugin", args, async move {
         let digest = request.into_inner().digest;
         let wasm = self
             .live
@@ -363,23 +490,78 @@ impl AdminService for AdminApi {
             )));
         }
         Ok(Response::new(admin::PluginResponse { wasm }))
+        })
+        .await
+    }
+
+    async fn audit(
+        &self,
+        request: Request<admin::AuditRequest>,
+    ) -> Result<Response<admin::AuditResponse>, Status> {
+        let who = require(&request, "Audit", Need::role(Role::Reader));
+        let by = principal_name(&request);
+        let args = vec![("since", request.get_ref().since.to_string())];
+        self.audited(by, who, "Audit", args, async move {
+            let request = request.into_inner();
+            let limit = match request.limit {
+                0 => 1000,
+                n => n.min(10_000) as usize,
+            };
+            let registry = self.live.registry();
+            let unavailable = |e: anyhow::Error| Status::unavailable(format!("registry: {e:#}"));
+            let events = registry
+                .audit(request.since, limit)
+                .await
+                .map_err(unavailable)?;
+            // The hash the first returned event must follow.
+            let prev = match request.since {
+                0 => crate::domain::audit::GENESIS.to_string(),
+                since => registry
+                    .audit(since - 1, 1)
+                    .await
+                    .map_err(unavailable)?
+                    .first()
+                    .map(|e| e.hash.clone())
+                    .unwrap_or_default(),
+            };
+            let events_json = events
+                .iter()
+                .map(serde_json::to_string)
+                .collect::<Result<_, _>>()
+                .map_err(|e| Status::internal(e.to_string()))?;
+            Ok(Response::new(admin::AuditResponse { events_json, prev }))
+        })
+        .await
     }
 
     async fn workers(
         &self,
         request: Request<admin::WorkersRequest>,
     ) -> Result<Response<admin::WorkersResponse>, Status> {
-        require(&request, "Workers", Need::role(Role::Reader))?;
-        let registry = self.live.registry();
-        let unavailable = |e: anyhow::Error| Status::unavailable(format!("registry: {e:#}"));
-        let active = registry.active_version().await.map_err(unavailable)?;
-        let workers = registry.heartbeats().await.map_err(unavailable)?;
-        Ok(Response::new(admin::WorkersResponse {
-            active_version: active.unwrap_or(0),
-            workers: workers
-                .into_iter()
-                .map(|status| worker_info(status, active))
-                .collect(),
-        }))
+        let who = require(&request, "Workers", Need::role(Role::Reader));
+        let by = principal_name(&request);
+        let args = Vec::new();
+        self.audited(by, who, "Workers", args, async move {
+            let registry = self.live.registry();
+            let unavailable = |e: anyhow::Error| Status::unavailable(format!("registry: {e:#}"));
+            let active = registry.active_version().await.map_err(unavailable)?;
+            let workers = registry.heartbeats().await.map_err(unavailable)?;
+            Ok(Response::new(admin::WorkersResponse {
+                active_version: active.unwrap_or(0),
+                workers: workers
+                    .into_iter()
+                    .map(|status| worker_info(status, active))
+                    .collect(),
+            }))
+        })
+        .await
     }
+}
+
+/// The name of the principal that sent `request` (`unknown` before authentication).
+fn principal_name<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<Principal>()
+        .map_or_else(|| "unknown".to_string(), |p| p.name.clone())
 }

@@ -308,6 +308,21 @@ impl LiveRuleset {
                     );
                     if self.last_error().as_ref() != Some(&why) {
                         tracing::warn!(error = %format!("{e:#}"), "cannot switch to the active ruleset; keeping the current one");
+                        // Once per new reason (a refused blob among them), in the trail.
+                        let entry = crate::domain::audit::AuditEntry {
+                            principal: "worker".into(),
+                            action: "ruleset-refused".into(),
+                            args: [(
+                                "kept_version".to_string(),
+                                self.current().version.to_string(),
+                            )]
+                            .into(),
+                            outcome: format!("{e:#}"),
+                        };
+                        if let Err(e) = self.registry.append_audit(entry).await {
+                            metrics::counter!(crate::metrics::AUDIT_FAILURES).increment(1);
+                            tracing::error!(error = %format!("{e:#}"), "cannot write the audit event of a refused ruleset");
+                        }
                     }
                     Some(why)
                 }

@@ -144,6 +144,29 @@ impl Registry {
         Ok(workers)
     }
 
+    /// Appends `entry` to the audit trail (hash-chained; never trimmed); returns the event.
+    pub async fn append_audit(
+        &self,
+        entry: crate::domain::audit::AuditEntry,
+    ) -> anyhow::Result<crate::domain::audit::AuditEvent> {
+        match self {
+            Self::Redis(r) => r.append_audit(entry).await,
+            Self::Embedded(db) => db.append_audit(entry).await,
+        }
+    }
+
+    /// The audit events after number `since` (0: from the first), at most `limit`.
+    pub async fn audit(
+        &self,
+        since: u64,
+        limit: usize,
+    ) -> anyhow::Result<Vec<crate::domain::audit::AuditEvent>> {
+        match self {
+            Self::Redis(r) => r.audit(since, limit).await,
+            Self::Embedded(db) => db.audit(since, limit).await,
+        }
+    }
+
     /// A plugin's bytes by digest.
     pub async fn plugin(&self, digest: &str) -> anyhow::Result<Option<Vec<u8>>> {
         match self {

@@ -20,6 +20,7 @@ use crate::domain::{OrderResult, PutOutcome};
 use crate::waiters::Waiters;
 use results::put;
 
+mod audit;
 mod registry;
 mod results;
 mod retention;
@@ -43,6 +44,8 @@ const PLUGIN_TIMES: TableDefinition<&str, i64> = TableDefinition::new("plugin_ti
 const SHADOW_RESULTS: TableDefinition<(&str, &str), &str> = TableDefinition::new("shadow_results");
 /// Shadow runs' tallies (JSON) by run.
 const SHADOW_REPORTS: TableDefinition<&str, &str> = TableDefinition::new("shadow_reports");
+/// The audit trail: events (JSON) by number, from 1; never pruned.
+const AUDIT: TableDefinition<u64, &str> = TableDefinition::new("audit");
 /// The rollout in progress (one entry, [`ROLLOUT`], JSON).
 const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
 /// SETTINGS key: the rollout in progress.
@@ -124,6 +127,7 @@ impl EmbeddedDb {
             txn.open_table(SETTINGS)?;
             txn.open_table(SHADOW_RESULTS)?;
             txn.open_table(SHADOW_REPORTS)?;
+            txn.open_table(AUDIT)?;
             let meta = txn.open_table(META)?;
             meta.get(NEXT_SEQ)?.map_or(0, |v| v.value())
         };

@@ -2,6 +2,7 @@
 //! the ruleset registry ([`RedisRegistry`]) and their one pub/sub [`Listener`], over one
 //! connection ([`Redis`]).
 
+mod audit;
 mod conn;
 mod pubsub;
 mod registry;

@@ -97,7 +97,7 @@ return {versions, blobs}
 /// each collects only its own plugins.
 #[derive(Clone)]
 pub struct RedisRegistry {
-    connection: Conn,
+    pub(super) connection: Conn,
     activate: redis::Script,
     create: redis::Script,
     put_plugin: redis::Script,
@@ -105,7 +105,7 @@ pub struct RedisRegistry {
     collect: redis::Script,
     keys: Keys,
     /// The start of this group's keys (`<KEY_PREFIX>pipeline:<group>:`).
-    namespace: String,
+    pub(super) namespace: String,
     changes: watch::Sender<u64>,
 }
 
