@@ -345,6 +345,25 @@ async fn a_failing_canary_rolls_back_by_itself(running: &Running) {
         .unwrap()
         .into_inner();
     assert_eq!(active.version, live.version, "the live version stays");
+    // The automatic rollback is in the audit trail once, by the worker.
+    let rollbacks: Vec<_> = running
+        .live
+        .as_ref()
+        .unwrap()
+        .registry()
+        .audit(0, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| {
+            e.action == "canary-rollback" && e.args["version"] == candidate.version.to_string()
+        })
+        .collect();
+    assert_eq!(rollbacks.len(), 1, "{rollbacks:?}");
+    assert!(
+        rollbacks[0].principal.starts_with("worker:"),
+        "{rollbacks:?}"
+    );
     let id = format!("{run}-after");
     orders.create_order(boom_order(&id)).await.unwrap();
     let result = wait_result(&mut cache, &id, 30).await.unwrap();
