@@ -4,49 +4,15 @@
 use std::time::Duration;
 
 use crate::support::{
-    cache_client, go_request, kafka_config, order_client, services, unique, wait_result,
+    cache_client, go_request, header, kafka_config, order_client, read_topic, services, unique,
+    wait_result,
 };
 use order_pipeline::app::{self, Role};
 use order_pipeline::backends::redis::RedisStore;
 use order_pipeline::proto::{CreateOrdersRequest, OrderLine, OrderRequest, ResultRequest};
 use rdkafka::ClientConfig;
 use rdkafka::Message as _;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers as _, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-
-/// Reads `count` records of `topic` from the beginning, waiting up to 30 s.
-async fn read_topic(brokers: &str, topic: &str, count: usize) -> Vec<OwnedMessage> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", unique("reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while out.len() < count {
-        match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(Ok(message)) => out.push(message.detach()),
-            Ok(Err(e)) => panic!("reading {topic}: {e}"),
-            Err(_) => panic!(
-                "only {} of {count} records on {topic} within 30 s",
-                out.len()
-            ),
-        }
-    }
-    out
-}
-
-fn header(message: &OwnedMessage, name: &str) -> Option<String> {
-    let headers = message.headers()?;
-    headers
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Redis and the broker: scripts/test.sh runs it"]

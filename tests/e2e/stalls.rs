@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use crate::support::{
-    cache_client, go_request, kafka_config, order_client, redis_cluster, services, unique,
-    wait_result,
+    cache_client, go_request, kafka_config, order_client, read_topic_until, redis_cluster,
+    services, unique, wait_result,
 };
 use order_pipeline::app::{self, Role};
 use order_pipeline::backends::redis::{Keys, RedisStore};
@@ -16,8 +16,7 @@ use rdkafka::ClientConfig;
 use rdkafka::Message as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers as _, OwnedMessage};
+use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 /// The ids of the issue: each holds a `}` or `{` that is no hash tag of the Go key, or one
@@ -83,34 +82,15 @@ async fn brace_ids_never_stall_a_partition_on_a_single_redis() {
     brace_ids_then_plain_orders(services.redis).await;
 }
 
-/// Reads the first record of `topic` whose key is `key`, waiting up to 30 s.
+/// The first record of `topic` whose key is `key`, waiting up to 30 s.
 async fn read_key(brokers: &str, topic: &str, key: &str) -> OwnedMessage {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", unique("reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(Ok(message)) if message.key() == Some(key.as_bytes()) => return message.detach(),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("reading {topic}: {e}"),
-            Err(_) => panic!("no record with key {key} on {topic} within 30 s"),
-        }
-    }
+    let has = |m: &OwnedMessage| m.key() == Some(key.as_bytes());
+    let read = read_topic_until(brokers, topic, |read| read.iter().any(has)).await;
+    read.into_iter().find(has).unwrap()
 }
 
 fn header(message: &OwnedMessage, name: &str) -> String {
-    let headers = message.headers().expect("headers");
-    headers
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
-        .unwrap_or_else(|| panic!("no header {name}"))
+    crate::support::header(message, name).unwrap_or_else(|| panic!("no header {name}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use order_pipeline::app::{self, Role};
 use order_pipeline::config::{RedisTls, TlsFiles};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
-use crate::support::{cli, embedded_config, free_addr, kafka_config, services};
+use crate::support::{OwnKafka, cli, embedded_config, free_addr, kafka_config, services};
 
 /// A CA, and a certificate it signed for each of `names`, as PEM files in `dir`:
 /// `NAME.pem` and `NAME.key` (the CA is `ca`).
@@ -298,68 +298,23 @@ fn redis_certificates_need_a_rediss_url() {
 }
 
 /// An Apache Kafka broker whose only listener is `protocol` (SSL or SASL_SSL with
-/// SCRAM-SHA-512), started with `scripts/kafka.sh secure`; killed on drop.
-struct SecureKafka {
-    addr: String,
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl SecureKafka {
-    fn start(protocol: &str, tls: &Path, scram: Option<(&str, &str)>) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        };
-        let (port, controller) = (port(), port());
-        let script = std::env::var_os("TEST_KAFKA_SCRIPT")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| crate::support::repo_root().join("scripts/kafka.sh"));
-        let mut command = std::process::Command::new(&script);
-        command
-            .arg("secure")
-            .arg(dir.path())
-            .args([
-                port.to_string(),
-                controller.to_string(),
-                protocol.to_string(),
-            ])
-            .arg(tls);
+/// SCRAM-SHA-512, creating the user `scram`), with `tls`'s certificates:
+/// `scripts/kafka.sh secure`. Killed on drop.
+fn secure_kafka(protocol: &str, tls: &Path, scram: Option<(&str, &str)>) -> OwnKafka {
+    OwnKafka::start_with(|dir, port, controller| {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "secure".into(),
+            dir.as_os_str().to_owned(),
+            port.to_string().into(),
+            controller.to_string().into(),
+            protocol.into(),
+            tls.as_os_str().to_owned(),
+        ];
         if let Some((user, password)) = scram {
-            command.args([user, password]);
+            args.extend([user.into(), password.into()]);
         }
-        let child = command
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let addr = format!("127.0.0.1:{port}");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the {protocol} broker did not listen within 90 s; see {}",
-                dir.path().join("broker.log").display()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        Self {
-            addr,
-            child,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for SecureKafka {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+        args
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,7 +330,7 @@ async fn the_pipeline_runs_over_kafka_ssl_and_sasl_ssl_with_scram() {
 
     // SSL: the only listener takes TLS. A client that trusts another CA, or speaks
     // plaintext, is refused at start; one that trusts the broker's CA runs the pipeline.
-    let ssl = SecureKafka::start("SSL", d, None);
+    let ssl = secure_kafka("SSL", d, None);
     let mut config = kafka_config(&services);
     config.kafka_brokers = Some(ssl.addr.clone());
     config.produce_timeout_ms = 3000;
@@ -392,7 +347,7 @@ async fn the_pipeline_runs_over_kafka_ssl_and_sasl_ssl_with_scram() {
     drop(ssl);
 
     // SASL_SSL with SCRAM-SHA-512: a wrong password is refused; the right one runs it.
-    let sasl = SecureKafka::start("SASL_SSL", d, Some(("pipeline", "pipeline-s3cret")));
+    let sasl = secure_kafka("SASL_SSL", d, Some(("pipeline", "pipeline-s3cret")));
     let mut config = kafka_config(&services);
     config.kafka_brokers = Some(sasl.addr.clone());
     config.produce_timeout_ms = 3000;

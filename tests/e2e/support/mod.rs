@@ -294,6 +294,19 @@ impl OwnKafka {
     /// waits until it accepts connections (at most 90 s). Panics (a test helper) when it
     /// cannot.
     pub fn start() -> Self {
+        Self::start_with(|dir, port, controller| {
+            vec![
+                "run".into(),
+                dir.as_os_str().to_owned(),
+                port.to_string().into(),
+                controller.to_string().into(),
+            ]
+        })
+    }
+
+    /// Like [`OwnKafka::start`], with the arguments of `scripts/kafka.sh` that `args`
+    /// makes of the data dir, the port and the controller port (e.g. `secure ...`).
+    pub fn start_with(args: impl FnOnce(&Path, u16, u16) -> Vec<std::ffi::OsString>) -> Self {
         let dir = match tempfile::tempdir() {
             Ok(dir) => dir,
             Err(e) => panic!("temp dir: {e}"),
@@ -308,9 +321,7 @@ impl OwnKafka {
             .map(PathBuf::from)
             .unwrap_or_else(|| repo_root().join("scripts/kafka.sh"));
         let child = std::process::Command::new(&script)
-            .arg("run")
-            .arg(dir.path())
-            .args([port.to_string(), controller.to_string()])
+            .args(args(dir.path(), port, controller))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn();
@@ -530,4 +541,52 @@ pub fn start_role(role: &str, env: &[(&str, &str)], addr: Option<&str>) -> RoleP
         }
     }
     child
+}
+
+/// Reads `topic` from the beginning until `enough` says the records read so far are
+/// enough, waiting up to 30 s; panics (a failed test) after that.
+pub async fn read_topic_until(
+    brokers: &str,
+    topic: &str,
+    enough: impl Fn(&[rdkafka::message::OwnedMessage]) -> bool,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::consumer::{Consumer as _, StreamConsumer};
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !enough(&out) {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(message)) => out.push(message.detach()),
+            Ok(Err(e)) => panic!("reading {topic}: {e}"),
+            Err(_) => panic!("{} records on {topic} within 30 s, not enough", out.len()),
+        }
+    }
+    out
+}
+
+/// Reads `count` records of `topic` from the beginning, waiting up to 30 s.
+pub async fn read_topic(
+    brokers: &str,
+    topic: &str,
+    count: usize,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    read_topic_until(brokers, topic, |read| read.len() >= count).await
+}
+
+/// Header `name` of `message`, as text.
+pub fn header(message: &rdkafka::message::OwnedMessage, name: &str) -> Option<String> {
+    use rdkafka::Message as _;
+    use rdkafka::message::Headers as _;
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
 }
