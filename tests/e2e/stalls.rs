@@ -23,6 +23,32 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 /// that is.
 const BRACE_IDS: [&str; 6] = ["a}", "}", "{}x}", "x{", "{a}b", "}{"];
 
+/// Submits `count` plain orders in one call and waits for each to end `done`.
+async fn plain_orders_end_done(
+    order_addr: std::net::SocketAddr,
+    cache: &mut order_pipeline::proto::cache_service_client::CacheServiceClient<
+        tonic::transport::Channel,
+    >,
+    prefix: &str,
+    count: usize,
+) {
+    let ids: Vec<String> = (0..count)
+        .map(|i| unique(&format!("{prefix}-{i}")))
+        .collect();
+    let requests = ids.iter().map(|id| go_request(id, "pen", 3)).collect();
+    let answer = order_client(order_addr)
+        .await
+        .create_orders(CreateOrdersRequest { orders: requests })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.responses.iter().all(|r| r.status == "accepted"));
+    for id in &ids {
+        let result = wait_result(cache, id, 60).await;
+        assert_eq!(result.unwrap().status, "done", "{id}");
+    }
+}
+
 /// Brace ids, then 200 plain orders, on one partition: every one ends final, and the Go
 /// key of each brace id is readable with a plain GET.
 async fn brace_ids_then_plain_orders(redis_addr: String) {
@@ -39,18 +65,7 @@ async fn brace_ids_then_plain_orders(redis_addr: String) {
         let answer = orders.create_order(go_request(id, "brace", 5)).await;
         assert_eq!(answer.unwrap().into_inner().status, "accepted", "{id}");
     }
-    let plain: Vec<String> = (0..200).map(|i| unique(&format!("plain-{i}"))).collect();
-    let requests = plain.iter().map(|id| go_request(id, "pen", 3)).collect();
-    let answer = orders
-        .create_orders(CreateOrdersRequest { orders: requests })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(answer.responses.iter().all(|r| r.status == "accepted"));
-    for id in &plain {
-        let result = wait_result(&mut cache, id, 60).await;
-        assert_eq!(result.unwrap().status, "done", "{id}");
-    }
+    plain_orders_end_done(running.order_addr.unwrap(), &mut cache, "plain", 200).await;
     // One partition, in order: the brace ids were decided before the plain orders.
     let go = RedisStore::connect(&redis_addr).await.unwrap();
     let keys = Keys::new(&config.key_prefix, false);
@@ -118,18 +133,7 @@ async fn a_result_redis_refuses_for_good_ends_failed_and_the_partition_goes_on()
     let mut cache = cache_client(running.cache_addr.unwrap()).await;
     let answer = orders.create_order(go_request(&poison, "book", 9)).await;
     assert_eq!(answer.unwrap().into_inner().status, "accepted");
-    let next: Vec<String> = (0..100).map(|i| unique(&format!("next-{i}"))).collect();
-    let requests = next.iter().map(|id| go_request(id, "pen", 3)).collect();
-    let answer = orders
-        .create_orders(CreateOrdersRequest { orders: requests })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(answer.responses.iter().all(|r| r.status == "accepted"));
-    for id in &next {
-        let result = wait_result(&mut cache, id, 60).await;
-        assert_eq!(result.unwrap().status, "done", "{id}");
-    }
+    plain_orders_end_done(running.order_addr.unwrap(), &mut cache, "next", 100).await;
     let failed = wait_result(&mut cache, &poison, 5).await.unwrap();
     assert_eq!(failed.status, "failed");
     assert!(
