@@ -155,10 +155,12 @@ fn read_checked(dir: &Path, path: &Path) -> anyhow::Result<Option<Vec<u8>>> {
 /// Writes `bytes` to `path` atomically: a new file (0600; never an existing file or a
 /// link) renamed over it.
 fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    // A name no other writer (process or thread) uses at the same time.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut name = path.as_os_str().to_owned();
-    name.push(format!(".partial-{}", std::process::id()));
+    name.push(format!(".partial-{}-{n}", std::process::id()));
     let partial = PathBuf::from(name);
-    let _ = std::fs::remove_file(&partial);
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -166,11 +168,15 @@ fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(&partial)
         .with_context(|| format!("cannot create {}", partial.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&partial, path)?;
-    Ok(())
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&partial, path));
+    if written.is_err() {
+        // Nothing half-written is left behind.
+        let _ = std::fs::remove_file(&partial);
+    }
+    Ok(written?)
 }
 
 /// Writes the compiled component to `path` and its sha256 beside it, each atomically.
