@@ -31,6 +31,7 @@ mod replay;
 mod reuse;
 mod rollout;
 mod server_limits;
+mod signing;
 mod stalls;
 mod status;
 mod support;

@@ -41,6 +41,7 @@ async fn a_substituted_blob_is_refused(config: Config) {
         config: Vec::new(),
         isolation: Isolation::Fresh,
         limits: Default::default(),
+        signature: None,
     });
     let substituted = registry
         .activate(

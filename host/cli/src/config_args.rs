@@ -144,6 +144,12 @@ pub(crate) struct ConfigArgs {
     /// Ruleset file (TOML); unset: the default ruleset built into the binary.
     #[arg(long, env = "RULESET")]
     pub ruleset: Option<PathBuf>,
+    /// Trust file of signed plugins (TOML: the keys that may sign rules, revoked keys and
+    /// digests; docs/SECURITY.md). When set, a deploy of a rule that is not signed by a
+    /// key it allows is refused, and workers refuse to load one. Read again when it
+    /// changes. Unset: plugins need no signature.
+    #[arg(long, env = "PLUGIN_TRUST_FILE", value_name = "FILE")]
+    pub plugin_trust_file: Option<PathBuf>,
     /// Currency of orders that give none (the Go API's orders).
     #[arg(long, env = "DEFAULT_CURRENCY", default_value = "USD")]
     pub default_currency: String,
@@ -321,6 +327,7 @@ impl ConfigArgs {
             },
             data_dir: self.data_dir,
             ruleset: self.ruleset,
+            plugin_trust_file: self.plugin_trust_file,
             default_currency: self.default_currency,
             max_retries: self.max_retries,
             retry_backoff_ms: self.retry_backoff_ms,

@@ -89,8 +89,54 @@ pub(crate) enum PluginCommand {
         examples: Option<PathBuf>,
         #[command(flatten)]
         limits: RuleLimitArgs,
+        /// Its signature file (`plugin sign`); default: PLUGIN.sig when it exists. Needed
+        /// when the workers have a trust file (PLUGIN_TRUST_FILE).
+        #[arg(long, value_name = "FILE")]
+        signature: Option<PathBuf>,
         #[command(flatten)]
         admin: AdminArgs,
+    },
+    /// Makes an Ed25519 signing key: ID.key (private, 0600; keep it off the servers) and
+    /// ID.pub, and prints the trust file entry that lets workers accept its signatures.
+    Keygen {
+        /// The key's id: signatures name it, the trust file lists it (e.g. team-2026).
+        id: String,
+        /// Where to write the two files.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Signs a plugin for deploy: writes PLUGIN.sig, a signature over its digest, its
+    /// rule name, and the config, limits and isolation it will be deployed with (give
+    /// the same --config, --examples, --isolation and limit flags as to `plugin deploy`),
+    /// valid for a window.
+    Sign {
+        /// The plugin component (.wasm).
+        plugin: PathBuf,
+        /// The private key (`plugin keygen`'s ID.key).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The key's id in the trust file (default: the key file's name without .key).
+        #[arg(long)]
+        key_id: Option<String>,
+        /// Its config, as KEY=VALUE (repeatable), as it will be deployed.
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        config: Vec<(String, String)>,
+        /// The examples directory whose config.toml gives config (--config overrides it),
+        /// as for `plugin deploy --examples`.
+        #[arg(long)]
+        examples: Option<PathBuf>,
+        /// Instance isolation, as it will be deployed.
+        #[arg(long, value_enum, default_value = "reuse")]
+        isolation: IsolationArg,
+        #[command(flatten)]
+        limits: RuleLimitArgs,
+        /// How long the signature is valid from now (e.g. 90d, 12h); workers refuse the
+        /// rule after that, at deploy and at every load.
+        #[arg(long, default_value = "365d", value_parser = humantime::parse_duration)]
+        valid_for: std::time::Duration,
+        /// Where to write the signature (default: PLUGIN.sig).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
     /// Shadow runs: a candidate ruleset decides every order too, off the client's path.
     Shadow {

@@ -41,6 +41,11 @@ pub struct RuleEntry {
     /// The rule's own limits (`[rule.limits]`: `memory-mib`, `fuel`, `deadline-ms`).
     #[serde(default)]
     pub limits: RuleLimits,
+    /// Its signature file (`order-pipeline plugin sign`), relative to the ruleset's
+    /// directory. Not read here: the pipeline stores it with the rule, and needs it when
+    /// its workers have a trust file.
+    #[serde(default)]
+    pub signature: Option<String>,
 }
 
 /// Why a ruleset could not be loaded; each names the file, rule or key to fix.

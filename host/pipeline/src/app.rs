@@ -31,9 +31,10 @@ use crate::proto::admin::admin_service_server::AdminServiceServer;
 use crate::proto::cache_service_server::CacheServiceServer;
 use crate::proto::order_service_server::OrderServiceServer;
 use crate::readiness::{self, Readiness};
-use crate::rules::live::LiveRuleset;
+use crate::rules::live::{LiveRuleset, Seed};
 use crate::rules::quarantine::QuarantinePolicy;
 use crate::rules::registry::Registry;
+use crate::rules::trust::{SignatureFile, TrustStore};
 use crate::store::Store;
 use crate::worker;
 
@@ -295,13 +296,22 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
     }
 
     if role.works() {
-        let (engine, seed) = load_chain(config).await?;
+        let trust = config
+            .plugin_trust_file
+            .as_deref()
+            .map(TrustStore::open)
+            .transpose()?;
+        let (engine, chain) = load_chain(config).await?;
+        let seed = Seed {
+            signatures: seed_signatures(config)?,
+            chain,
+        };
         let registry = match (&embedded, redis_registry) {
             (Some(db), _) => Registry::Embedded(Arc::clone(db)),
             (None, Some(registry)) => Registry::Redis(Box::new(registry)),
             (None, None) => anyhow::bail!("the worker has no registry (a bug in start-up)"),
         };
-        let live = LiveRuleset::start(engine, registry, seed, config.history).await?;
+        let live = LiveRuleset::start(engine, registry, seed, config.history, trust).await?;
         let stop = shutdown.clone();
         tasks.spawn(Arc::clone(&live).follow(Arc::clone(&readiness), stop));
         live_ruleset = Some(Arc::clone(&live));
@@ -542,6 +552,35 @@ async fn load_chain(config: &Config) -> anyhow::Result<(Engine, RuleChain)> {
     })
     .await
     .context("loading the ruleset panicked")?
+}
+
+/// The signatures of the configured ruleset's rules (each `[[rule]]`'s `signature`
+/// file, relative to the ruleset's directory), in order.
+fn seed_signatures(
+    config: &Config,
+) -> anyhow::Result<Vec<Option<crate::domain::ruleset::PluginSignature>>> {
+    let Some(path) = &config.ruleset else {
+        return Ok(Vec::new());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read RULESET {}", path.display()))?;
+    let file = order_rules_engine::ruleset::parse(&text, &path.display().to_string())?;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    file.rules
+        .iter()
+        .map(|rule| {
+            rule.signature
+                .as_ref()
+                .map(|sig| {
+                    SignatureFile::read(&dir.join(sig))
+                        .map(|f| f.signature)
+                        .with_context(|| {
+                            format!("RULESET {}: rule {}", path.display(), rule.plugin)
+                        })
+                })
+                .transpose()
+        })
+        .collect()
 }
 
 /// The AdminService's principals from the configuration, checked against where it

@@ -89,6 +89,8 @@ pub struct Config {
     pub component_cache: Option<PathBuf>,
     /// Ruleset file (TOML); `None`: the default ruleset built into the binary.
     pub ruleset: Option<PathBuf>,
+    /// Trust file of signed plugins (`PLUGIN_TRUST_FILE`); `None`: no signature needed.
+    pub plugin_trust_file: Option<PathBuf>,
     /// Currency of orders that give none (the Go API's orders).
     pub default_currency: String,
     /// Retries of an order whose rule answered `retryable`.
@@ -165,6 +167,7 @@ impl std::fmt::Debug for Config {
             .field("data_dir", &self.data_dir)
             .field("component_cache", &self.component_cache)
             .field("ruleset", &self.ruleset)
+            .field("plugin_trust_file", &self.plugin_trust_file)
             .field("default_currency", &self.default_currency)
             .field("max_retries", &self.max_retries)
             .field("retry_backoff_ms", &self.retry_backoff_ms)
@@ -385,6 +388,7 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             component_cache: Some(PathBuf::from("data").join("component-cache")),
             ruleset: None,
+            plugin_trust_file: None,
             default_currency: "USD".into(),
             max_retries: 3,
             retry_backoff_ms: 200,

@@ -72,8 +72,10 @@ pub const RESULTS_REFUSED: &str = "order_pipeline_results_refused_total";
 /// Counter `{what}`: messages the dead-letter topic refused for good: `payload` (sent
 /// again without it), `message` (refused even so: skipped, logged at error).
 pub const DEAD_LETTERS_REFUSED: &str = "order_pipeline_dead_letters_refused_total";
-/// Counter `{reason}`: plugin blobs refused as they were loaded from the registry
-/// (`digest-mismatch`: the blob's sha256 is not the digest its version names); the
+/// Counter `{reason}`: plugins refused as they were deployed or loaded from the registry
+/// (`digest-mismatch`: the blob's sha256 is not the digest its version names; with
+/// `PLUGIN_TRUST_FILE`, `unsigned`, `unknown-key`, `revoked-key`, `revoked-digest`,
+/// `key-not-allowed`, `not-yet-valid`, `expired`, `bad-signature`, `trust-file`); a
 /// worker keeps its last verified version.
 pub const PLUGIN_BLOBS_REFUSED: &str = "order_pipeline_plugin_blobs_refused_total";
 /// Counter: audit events that could not be written (each logged at error).

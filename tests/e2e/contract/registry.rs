@@ -127,6 +127,7 @@ fn uses(reason: &str, digests: &[&str]) -> RulesetBody {
             config: Vec::new(),
             isolation: Default::default(),
             limits: Default::default(),
+            signature: None,
         })
         .collect();
     RulesetBody {

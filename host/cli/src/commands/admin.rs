@@ -98,9 +98,23 @@ where
                 .filter(|l| !l.is_empty())
                 .map(|l| format!(" limits:{l}"))
                 .unwrap_or_default();
+            // Who signed it, and until when: " signed:team-2026 until 2027-12-01T10:00:00Z".
+            let signed = rule
+                .signature
+                .as_ref()
+                .map(|s| {
+                    let until = std::time::UNIX_EPOCH
+                        + std::time::Duration::from_secs(s.not_after_unix.max(0) as u64);
+                    format!(
+                        " signed:{} until {}",
+                        s.key_id,
+                        humantime::format_rfc3339_seconds(until)
+                    )
+                })
+                .unwrap_or_default();
             writeln!(
                 out,
-                "  {}. {} {} {} {} {}{limits}",
+                "  {}. {} {} {} {} {}{limits}{signed}",
                 i + 1,
                 rule.name,
                 rule.version,

@@ -66,10 +66,21 @@ pub(crate) fn shadow(command: ShadowCommand, out: &mut dyn Write) -> Result<i32,
                 plugins: Vec::new(),
             };
             for plugin in plugins {
+                let wasm = std::fs::read(&plugin)
+                    .map_err(|e| format!("cannot read {}: {e}", plugin.display()))?;
+                // PLUGIN.sig, when it exists (needed with a trust file).
+                let signature = super::plugin::deploy_signature(
+                    &plugin,
+                    None,
+                    &wasm,
+                    &config,
+                    order_rules_engine::Isolation::Reuse,
+                    order_rules_engine::RuleLimits::default(),
+                )?;
                 request.plugins.push(DeployRequest {
-                    wasm: std::fs::read(&plugin)
-                        .map_err(|e| format!("cannot read {}: {e}", plugin.display()))?,
+                    wasm,
                     config: config.iter().cloned().collect(),
+                    signature,
                     ..DeployRequest::default()
                 });
             }

@@ -22,6 +22,23 @@ pub struct RuleRef {
     /// Its own limits (missing in versions stored before rules had them: none).
     #[serde(default, skip_serializing_if = "RuleLimits::is_default")]
     pub limits: RuleLimits,
+    /// Its signature (`plugin sign`), over the digest, name, config, limits and isolation
+    /// above (`rules::trust`); none when it was deployed unsigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<PluginSignature>,
+}
+
+/// A detached Ed25519 signature of a rule, as deployed and stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginSignature {
+    /// Which of the trust file's keys made it (the key itself is never taken from here).
+    pub key_id: String,
+    /// Valid from (Unix seconds).
+    pub not_before_unix: i64,
+    /// Valid until, exclusive (Unix seconds).
+    pub not_after_unix: i64,
+    /// The signature, base64 (64 bytes).
+    pub signature: String,
 }
 
 /// What a ruleset version holds (its number is its key).

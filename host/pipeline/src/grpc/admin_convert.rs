@@ -4,7 +4,7 @@
 
 use tonic::{Response, Status};
 
-use crate::domain::ruleset::{Rollout, RulesetRecord};
+use crate::domain::ruleset::{PluginSignature, Rollout, RulesetRecord};
 use crate::proto::admin::{self, deploy_request::Position};
 use crate::replay::{ReplayError, Selection};
 use crate::rules::gate::{Deploy, GateExample, Placement};
@@ -94,7 +94,22 @@ pub(super) fn basis_points(name: &str, percent: f64) -> Result<u32, Status> {
 pub(super) fn deploy_of(request: admin::DeployRequest) -> Result<Deploy, Status> {
     let isolation = deploy_isolation(&request)?;
     let limits = rule_limits_of(request.limits.unwrap_or_default())?;
+    let signature = match request.signature {
+        None => None,
+        Some(s) => {
+            let signature = PluginSignature {
+                key_id: s.key_id,
+                not_before_unix: s.not_before_unix,
+                not_after_unix: s.not_after_unix,
+                signature: s.signature,
+            };
+            crate::rules::trust::check_signature_fields(&signature)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            Some(signature)
+        }
+    };
     Ok(Deploy {
+        signature,
         limits,
         wasm: request.wasm,
         config: request.config.into_iter().collect(),
@@ -201,6 +216,12 @@ pub(super) fn info(record: &RulesetRecord, active: bool) -> admin::RulesetInfo {
                 isolation: r.isolation.to_string(),
                 isolation_mode: isolation_mode(r.isolation).into(),
                 limits: (!r.limits.is_default()).then(|| rule_limits_info(&r.limits)),
+                signature: r.signature.as_ref().map(|s| admin::PluginSignature {
+                    key_id: s.key_id.clone(),
+                    not_before_unix: s.not_before_unix,
+                    not_after_unix: s.not_after_unix,
+                    signature: s.signature.clone(),
+                }),
             })
             .collect(),
         reason: record.body.reason.clone(),

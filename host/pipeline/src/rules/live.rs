@@ -14,9 +14,10 @@ use tokio_util::sync::CancellationToken;
 use super::registry::Registry;
 pub use super::rollout::ActiveChain;
 use super::rollout::{Deciders, RolloutChains};
+use super::trust::TrustStore;
 use crate::domain::now_unix_ms;
 use crate::domain::ruleset::{
-    ActivateError, Expect, HistoryLimits, RuleRef, RulesetBody, RulesetRecord,
+    ActivateError, Expect, HistoryLimits, PluginSignature, RuleRef, RulesetBody, RulesetRecord,
 };
 use crate::readiness::Readiness;
 use order_rules_engine::{Engine, Plugin, RuleChain, RuleSpec};
@@ -34,21 +35,55 @@ pub struct LiveRuleset {
     last_error: Mutex<Option<String>>,
     history: HistoryLimits,
     rollout: ArcSwap<RolloutChains>,
+    trust: Option<Arc<TrustStore>>,
+}
+
+/// The ruleset a worker is configured with, stored as version 1 when the registry has
+/// none: the chain, and each rule's signature (the ruleset file's `signature`).
+pub struct Seed {
+    /// The configured chain.
+    pub chain: RuleChain,
+    /// Each rule's signature, in the chain's order (`None`: unsigned).
+    pub signatures: Vec<Option<PluginSignature>>,
+}
+
+impl Seed {
+    /// A chain whose rules are unsigned.
+    pub fn unsigned(chain: RuleChain) -> Self {
+        Self {
+            chain,
+            signatures: Vec::new(),
+        }
+    }
+
+    /// The rules as the registry stores them.
+    fn rules(&self) -> Vec<RuleRef> {
+        self.chain
+            .specs()
+            .enumerate()
+            .map(|(i, spec)| RuleRef {
+                signature: self.signatures.get(i).cloned().flatten(),
+                ..rule_ref(spec)
+            })
+            .collect()
+    }
 }
 
 impl LiveRuleset {
     /// Starts from the registry's active version; with none, stores `seed` (the
     /// configured ruleset) as version 1. Changes keep the registry's history within
-    /// `history`.
+    /// `history`. With `trust`, every rule of every version is checked before it loads.
     pub async fn start(
         engine: Engine,
         registry: Registry,
-        seed: RuleChain,
+        seed: Seed,
         history: HistoryLimits,
+        trust: Option<Arc<TrustStore>>,
     ) -> anyhow::Result<Arc<Self>> {
+        let seeded = seed.rules();
+        let seed = seed.chain;
         let active = match registry.active().await? {
             Some(active) => {
-                let seeded: Vec<RuleRef> = seed.specs().map(rule_ref).collect();
                 if seeded != active.body.rules {
                     tracing::info!(
                         version = active.version,
@@ -59,7 +94,18 @@ impl LiveRuleset {
                 active
             }
             None => {
-                let rules = seed.specs().map(rule_ref).collect();
+                // Never store a ruleset the workers would refuse.
+                if let Some(trust) = &trust {
+                    for rule in &seeded {
+                        trust.check(rule).map_err(|e| {
+                            anyhow::anyhow!(
+                                "the configured ruleset cannot be the first version: {e} (give \
+                                 each [[rule]] of RULESET a `signature` file)"
+                            )
+                        })?;
+                    }
+                }
+                let rules = seeded;
                 for spec in seed.specs() {
                     registry
                         .put_plugin(spec.plugin.digest(), spec.plugin.bytes())
@@ -99,9 +145,15 @@ impl LiveRuleset {
             last_error: Mutex::new(None),
             history,
             rollout: ArcSwap::from_pointee(RolloutChains::default()),
+            trust,
         });
         live.switch_to(&active).await?;
         Ok(live)
+    }
+
+    /// The trust file every rule is checked against, when one is configured.
+    pub fn trust(&self) -> Option<&TrustStore> {
+        self.trust.as_deref()
     }
 
     /// The chain to evaluate the next order with.
@@ -229,10 +281,18 @@ impl LiveRuleset {
         Ok(true)
     }
 
-    /// Builds a chain of stored plugins, compiling each digest once per process.
+    /// Builds a chain of stored plugins, compiling each digest once per process. With a
+    /// trust file, each rule's signature is checked first, every time (a plugin compiled
+    /// already included): one untrusted rule refuses the whole chain.
     pub async fn build(&self, rules: &[RuleRef]) -> anyhow::Result<RuleChain> {
         let mut specs = Vec::with_capacity(rules.len());
         for rule in rules {
+            if let Some(trust) = &self.trust
+                && let Err(e) = trust.check(rule)
+            {
+                tracing::error!(rule = %rule.name, digest = %rule.digest, reason = e.reason(), error = %e, "an untrusted rule is refused");
+                return Err(e.into());
+            }
             let cached = self
                 .plugins
                 .lock()
@@ -327,12 +387,45 @@ impl LiveRuleset {
                     Some(why)
                 }
             };
+            let problem = match problem {
+                Some(problem) => Some(problem),
+                None => self.untrusted_current().await,
+            };
             *self
                 .last_error
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = problem.clone();
             readiness.set("ruleset", problem);
         }
+    }
+}
+
+impl LiveRuleset {
+    /// Why the version this worker runs is no longer trusted (a key or digest revoked, a
+    /// signature expired since it loaded), if it is not. The worker keeps deciding with
+    /// it (it has nothing trusted to switch to, and stopping would stall every order)
+    /// and reports it as not ready until a trusted version is active; a worker that
+    /// starts refuses it.
+    async fn untrusted_current(&self) -> Option<String> {
+        let trust = self.trust.as_ref()?;
+        let version = self.current().version;
+        let record = self.registry.get(version).await.ok()??;
+        let why = match trust.current() {
+            Err(e) => e,
+            Ok(trust) => {
+                let now = now_unix_ms() / 1000;
+                record
+                    .body
+                    .rules
+                    .iter()
+                    .find_map(|r| trust.check(r, now).err())?
+                    .to_string()
+            }
+        };
+        Some(format!(
+            "the running ruleset version {version} is no longer trusted; activate a trusted \
+             version: {why}"
+        ))
     }
 }
 
@@ -345,6 +438,7 @@ pub fn rule_ref(spec: &RuleSpec) -> RuleRef {
         config: spec.config.clone(),
         isolation: spec.isolation,
         limits: spec.limits,
+        signature: None,
     }
 }
 

@@ -1,7 +1,8 @@
 //! The deploy gate: every change to the live ruleset goes through here, whatever asked
 //! for it (the AdminService, the quarantine). A deploy goes live only after the component
-//! loads and implements the world, takes its config and passes the examples sent with it
-//! on its own; then, for a deploy, an activate and a rollback alike, the whole new chain
+//! loads, is signed by a key the trust file allows (when `PLUGIN_TRUST_FILE` is set; every
+//! rule of a chain is checked again as it builds), implements the world, takes its config
+//! and passes the examples sent with it on its own; then, for a deploy, an activate and a rollback alike, the whole new chain
 //! builds, every plugin in it passes the examples bundled in it (`plugin bundle`) and a
 //! smoke order does not fail. One compare-and-set then activates the new version in the
 //! registry, which every worker follows. The quarantine's take-out skips the examples:
@@ -28,7 +29,7 @@ pub use rollout::Candidate;
 pub const DEFAULT_CANARY_MARGIN: u32 = 500;
 use crate::domain::now_unix_ms;
 use crate::domain::ruleset::{
-    ActivateError, Collected, Expect, RuleRef, RulesetBody, RulesetRecord,
+    ActivateError, Collected, Expect, PluginSignature, RuleRef, RulesetBody, RulesetRecord,
 };
 
 /// Why a change to the live ruleset did not happen. The gRPC layer maps each kind to one
@@ -81,6 +82,8 @@ pub struct Deploy {
     pub placement: Placement,
     /// Examples it must pass on its own.
     pub examples: Vec<GateExample>,
+    /// Its signature (`plugin sign`); needed when a trust file is configured.
+    pub signature: Option<PluginSignature>,
 }
 
 /// Changes to the live ruleset, gated.
@@ -149,6 +152,16 @@ impl Gate {
                 isolation: deploy.isolation,
                 limits: deploy.limits,
             };
+            let rule = RuleRef {
+                signature: deploy.signature,
+                ..rule_ref(&spec)
+            };
+            // Gate 0: with a trust file, signed by a key that may sign it.
+            if let Some(trust) = self.live.trust() {
+                trust
+                    .check(&rule)
+                    .map_err(|e| GateError::Refused(format!("{what} refused: {e}")))?;
+            }
 
             // Gate 1: the plugin alone takes its config and passes its examples.
             let alone = spec.clone();
@@ -157,7 +170,7 @@ impl Gate {
                 .await
                 .map_err(|e| GateError::Internal(e.to_string()))?
                 .map_err(|message| GateError::Refused(format!("{what} refused: {message}")))?;
-            place(&mut rules, rule_ref(&spec), &deploy.placement)?;
+            place(&mut rules, rule, &deploy.placement)?;
             self.live
                 .registry()
                 .put_plugin(plugin.digest(), plugin.bytes())

@@ -75,6 +75,7 @@ mod tests {
             config: Vec::new(),
             isolation: Isolation::Fresh,
             limits: Default::default(),
+            signature: None,
         }
     }
 
