@@ -144,6 +144,13 @@ pub(crate) struct ConfigArgs {
     /// Ruleset file (TOML); unset: the default ruleset built into the binary.
     #[arg(long, env = "RULESET")]
     pub ruleset: Option<PathBuf>,
+    /// Whether a worker process also serves the AdminService (on ADMIN_ADDR) and runs
+    /// the rules supervisor (quarantine, canary ends, their audit events). false: the
+    /// worker serves only its health there, reports what it sees to the `admin` role
+    /// through Redis and never writes the registry, so its Redis user needs no write
+    /// access to it (docs/SECURITY.md: Redis users).
+    #[arg(long, env = "WORKER_ADMIN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub worker_admin: bool,
     /// Trust file of signed plugins (TOML: the keys that may sign rules, revoked keys and
     /// digests; docs/SECURITY.md). When set, a deploy of a rule that is not signed by a
     /// key it allows is refused, and workers refuse to load one. Read again when it
@@ -328,6 +335,7 @@ impl ConfigArgs {
             data_dir: self.data_dir,
             ruleset: self.ruleset,
             plugin_trust_file: self.plugin_trust_file,
+            worker_admin: self.worker_admin,
             default_currency: self.default_currency,
             max_retries: self.max_retries,
             retry_backoff_ms: self.retry_backoff_ms,

@@ -93,6 +93,10 @@ enum Command {
     Worker(ConfigArgs),
     /// Runs the CacheService (gRPC, CACHE_SERVICE_ADDR) reading results from Redis.
     CacheService(ConfigArgs),
+    /// Runs the AdminService (ADMIN_ADDR) and the rules supervisor without a worker: the
+    /// one process that writes the registry, for workers started with
+    /// WORKER_ADMIN=false (needs REDIS_ADDR).
+    Admin(ConfigArgs),
     /// Submits one order to the OrderService and prints the answer.
     Submit(SubmitArgs),
     /// Prints the result of an order from the CacheService.
@@ -357,6 +361,7 @@ fn execute(cli: Cli, out: &mut dyn Write) -> Result<i32, Failure> {
         Command::OrderService(config) => return serve(Role::OrderService, config),
         Command::Worker(config) => return serve(Role::Worker, config),
         Command::CacheService(config) => return serve(Role::CacheService, config),
+        Command::Admin(config) => return serve(Role::Admin, config),
         Command::Submit(args) => return runtime()?.block_on(submit(args, out)),
         Command::Get(args) => return runtime()?.block_on(get(args, out)),
         Command::Bench(args) => return runtime()?.block_on(load(args, out)),

@@ -34,6 +34,7 @@ use crate::readiness::{self, Readiness};
 use crate::rules::live::{LiveRuleset, Seed};
 use crate::rules::quarantine::QuarantinePolicy;
 use crate::rules::registry::Registry;
+use crate::rules::supervisor::{Reporter, Supervisor};
 use crate::rules::trust::{SignatureFile, TrustStore};
 use crate::store::Store;
 use crate::worker;
@@ -52,6 +53,9 @@ pub enum Role {
     Worker,
     /// The CacheService only.
     CacheService,
+    /// The AdminService and the rules supervisor, without a worker: the process that
+    /// writes the registry for workers run with `WORKER_ADMIN=false`.
+    Admin,
 }
 
 impl Role {
@@ -62,6 +66,7 @@ impl Role {
             Self::OrderService => "order-service",
             Self::Worker => "worker",
             Self::CacheService => "cache-service",
+            Self::Admin => "admin",
         }
     }
 
@@ -73,6 +78,20 @@ impl Role {
     }
     fn serves_results(self) -> bool {
         matches!(self, Self::All | Self::CacheService)
+    }
+    /// Whether it serves the AdminService and runs the rules supervisor (a worker does
+    /// unless `WORKER_ADMIN=false`).
+    fn administers(self, config: &Config) -> bool {
+        match self {
+            Self::All | Self::Admin => true,
+            Self::Worker => config.worker_admin,
+            Self::OrderService | Self::CacheService => false,
+        }
+    }
+    /// Whether it follows the registry's ruleset (a worker, or the admin role whose gate
+    /// builds chains).
+    fn follows_rules(self) -> bool {
+        self.works() || self == Self::Admin
     }
 }
 
@@ -151,8 +170,9 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
     config.validate()?;
     // The files first: a bad one fails before anything is opened.
     let tls = config.tls.as_ref().map(grpc::tls_config).transpose()?;
-    // So are the admin principals (a role that runs a worker serves the AdminService).
-    let mut principals = role.works().then(|| admin_principals(config)).transpose()?;
+    // So are the admin principals (of a role that serves the AdminService).
+    let administers = role.administers(config);
+    let mut principals = administers.then(|| admin_principals(config)).transpose()?;
     if let Some(files) = &config.tls {
         tracing::info!(
             cert = %files.cert.display(),
@@ -176,7 +196,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         (Role::OrderService | Role::Worker, None, _) => anyhow::bail!(
             "this role needs KAFKA_BROKERS; the embedded log only works with `order-pipeline run`"
         ),
-        (Role::Worker | Role::CacheService, _, None) => anyhow::bail!(
+        (Role::Worker | Role::CacheService | Role::Admin, _, None) => anyhow::bail!(
             "this role needs REDIS_ADDR; the embedded store only works with `order-pipeline run`"
         ),
         _ => {}
@@ -219,7 +239,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
     };
     // One Redis connection for the store and the registry, one pub/sub listener.
     let redis = match (&embedded, redis_addr) {
-        (None, Some(addr)) if role.works() || role.serves_results() => Some(
+        (None, Some(addr)) if role.follows_rules() || role.serves_results() => Some(
             Redis::connect(
                 addr,
                 &config.key_prefix,
@@ -235,7 +255,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
     }
     let redis_registry = redis
         .as_ref()
-        .filter(|_| role.works())
+        .filter(|_| role.follows_rules())
         .map(|r| r.registry(&config.worker_group));
     let store = match (&embedded, &redis) {
         (Some(db), _) => Some(Store::Embedded(Arc::clone(db))),
@@ -295,7 +315,8 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         ));
     }
 
-    if role.works() {
+    let mut reporter = None;
+    if role.follows_rules() {
         let trust = config
             .plugin_trust_file
             .as_deref()
@@ -305,6 +326,8 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         let seed = Seed {
             signatures: seed_signatures(config)?,
             chain,
+            // A worker that does not administer never writes the registry.
+            store: administers,
         };
         let registry = match (&embedded, redis_registry) {
             (Some(db), _) => Registry::Embedded(Arc::clone(db)),
@@ -315,6 +338,17 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         let stop = shutdown.clone();
         tasks.spawn(Arc::clone(&live).follow(Arc::clone(&readiness), stop));
         live_ruleset = Some(Arc::clone(&live));
+        // The one writer of the registry's automatic changes: here, or in the admin role.
+        let to = if administers {
+            Supervisor::new(Arc::clone(&live)).spawn(&mut tasks, &shutdown)
+        } else {
+            Reporter::Remote(live.registry().clone())
+        };
+        live.report_to(to.clone(), &worker_name(config));
+        reporter = Some(to);
+    }
+    if let (true, Some(live), Some(reporter)) = (role.works(), &live_ruleset, reporter) {
+        let live = Arc::clone(live);
         let processor = Processor::new(
             Arc::clone(&live),
             RetryPolicy {
@@ -327,6 +361,7 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
             },
             &config.default_currency,
             &worker_name(config),
+            reporter,
         );
         let processor = Arc::new(match &store {
             Some(store) => crate::shadow::attach(
@@ -436,7 +471,29 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
     }
 
     let mut admin_addr = None;
-    if let Some(live) = &live_ruleset {
+    if let (false, Some(_)) = (administers, &live_ruleset) {
+        // A worker that does not administer: only its health, for its healthcheck.
+        let listener = bind("ADMIN_ADDR", config.admin_addr).await?;
+        admin_addr = Some(listener.local_addr()?);
+        let stop = shutdown.clone();
+        let readiness = Arc::clone(&readiness);
+        let tls = tls.clone();
+        let limits = (config.servers, config.servers.request_timeout);
+        tasks.spawn(async move {
+            grpc::serve(
+                listener,
+                "",
+                Routes::default(),
+                &readiness,
+                tls,
+                limits,
+                stop.cancelled_owned(),
+            )
+            .await
+        });
+        tracing::info!(addr = %admin_addr.map(|a| a.to_string()).unwrap_or_default(), "worker health listening (WORKER_ADMIN=false: no AdminService)");
+    }
+    if let (true, Some(live)) = (administers, &live_ruleset) {
         let addr = config.admin_addr;
         let principals = match principals.take() {
             Some(principals) => principals,

@@ -91,6 +91,9 @@ pub struct Config {
     pub ruleset: Option<PathBuf>,
     /// Trust file of signed plugins (`PLUGIN_TRUST_FILE`); `None`: no signature needed.
     pub plugin_trust_file: Option<PathBuf>,
+    /// Whether a worker process serves the AdminService and runs the rules supervisor
+    /// (`WORKER_ADMIN`, default true); false: only the `admin` role writes the registry.
+    pub worker_admin: bool,
     /// Currency of orders that give none (the Go API's orders).
     pub default_currency: String,
     /// Retries of an order whose rule answered `retryable`.
@@ -168,6 +171,7 @@ impl std::fmt::Debug for Config {
             .field("component_cache", &self.component_cache)
             .field("ruleset", &self.ruleset)
             .field("plugin_trust_file", &self.plugin_trust_file)
+            .field("worker_admin", &self.worker_admin)
             .field("default_currency", &self.default_currency)
             .field("max_retries", &self.max_retries)
             .field("retry_backoff_ms", &self.retry_backoff_ms)
@@ -389,6 +393,7 @@ impl Default for Config {
             component_cache: Some(PathBuf::from("data").join("component-cache")),
             ruleset: None,
             plugin_trust_file: None,
+            worker_admin: true,
             default_currency: "USD".into(),
             max_retries: 3,
             retry_backoff_ms: 200,

@@ -1,5 +1,6 @@
 //! The processor: decode -> evaluate -> retry -> result, for a batch of messages from
-//! any order log; no I/O of its own (the backends' worker loops consume, write and
+//! any order log; no I/O of its own (what the quarantine and a canary's watch observe
+//! goes to the rules supervisor, `rules::supervisor`, which alone changes the registry) (the backends' worker loops consume, write and
 //! commit: [`backends::kafka`](crate::backends::kafka), [`backends::embedded`](crate::backends::embedded)).
 //!
 //! Every message ends in exactly one of: a result (`done`, `rejected`, `failed`) written
@@ -18,11 +19,11 @@ use prost::Message as _;
 use crate::domain::wire::order_from_request;
 use crate::domain::{Order, OrderResult, ResultStatus};
 use crate::proto;
-use crate::rules::gate::Gate;
 use crate::rules::live::LiveRuleset;
 use crate::rules::quarantine::{Breach, FailureWindows, QuarantinePolicy};
 use crate::rules::rollout::{CanaryWatch, Deciders};
 use crate::rules::status::WorkerStats;
+use crate::rules::supervisor::{Observation, Report, Reporter};
 
 /// Batches at least this big are split over the evaluation threads.
 const PARALLEL_MIN: usize = 32;
@@ -152,8 +153,8 @@ pub struct Processor {
     retry: RetryPolicy,
     /// Latest outcomes of every rule, for the quarantine.
     windows: FailureWindows,
-    /// Changes to the live ruleset (the quarantine's take-out).
-    gate: Gate,
+    /// Where the quarantine's and the canary's observations go (the rules supervisor).
+    reporter: Reporter,
     default_currency: String,
     /// Who this worker is, recorded in every result.
     name: String,
@@ -173,9 +174,10 @@ impl Processor {
         quarantine: QuarantinePolicy,
         default_currency: &str,
         name: &str,
+        reporter: Reporter,
     ) -> Self {
         Self {
-            gate: Gate::new(Arc::clone(&live)),
+            reporter,
             live,
             retry,
             windows: FailureWindows::new(quarantine),
@@ -198,53 +200,26 @@ impl Processor {
         Arc::clone(&self.stats)
     }
 
-    /// Takes a rule that broke the quarantine policy out: the gate restores the version
-    /// before `version` (if `version` is still active), the reason goes into the ruleset
-    /// history, and this worker switches at once.
+    /// Reports a rule that broke the quarantine policy to the rules supervisor, which
+    /// restores the version before `version` (if it is still active), and waits for
+    /// this worker to switch: the batch's failed orders are then retried under it.
     async fn take_out(&self, version: u64, breach: &Breach) {
-        let Breach {
-            rule,
-            digest,
-            failed,
-        } = breach;
-        let window = self.windows.policy().window;
-        let reason = |target: u64| {
-            format!(
-                "quarantine: rule {rule} ({}) failed {failed} of its last {window} orders; restored version {target}",
-                &digest[..digest.len().min(12)],
-            )
+        let observation = Observation::Breach {
+            version,
+            rule: breach.rule.clone(),
+            digest: breach.digest.clone(),
+            failed: breach.failed,
+            window: self.windows.policy().window,
         };
-        let outcome = match self.gate.take_out(version, digest, reason).await {
-            Ok(Some(new)) => {
-                tracing::error!(rule, digest, failed, new_version = new, "rule quarantined");
-                metrics::counter!(crate::metrics::QUARANTINES, "rule" => rule.clone()).increment(1);
-                self.audit(
-                    "quarantine",
-                    [
-                        ("rule", rule.clone()),
-                        ("digest", digest.clone()),
-                        ("failed", failed.to_string()),
-                        ("window", window.to_string()),
-                        ("from_version", version.to_string()),
-                        ("to_version", new.to_string()),
-                    ],
-                    "ok".into(),
-                )
-                .await;
-                Ok(())
-            }
-            // Another worker took it out first, or an operator changed the ruleset.
-            Ok(None) => self
-                .live
-                .refresh()
-                .await
-                .map(|_| ())
-                .map_err(|e| format!("{e:#}")),
-            Err(e) => Err(e.to_string()),
+        self.report(observation, Some(version)).await;
+    }
+
+    async fn report(&self, observation: Observation, leaving: Option<u64>) {
+        let report = Report {
+            worker: self.name.clone(),
+            observation,
         };
-        if let Err(error) = outcome {
-            tracing::error!(rule, digest, failed, %error, "rule breaks the quarantine policy but cannot be taken out");
-        }
+        self.reporter.report(report, &self.live, leaving).await;
     }
 
     /// Processes a batch: every order is evaluated once on one blocking thread, then
@@ -300,7 +275,9 @@ impl Processor {
             let evaluated: Vec<(u64, &Evaluation)> =
                 versions.iter().copied().zip(&evaluations).collect();
             if let Some(reason) = self.canary.observe(canary, &evaluated) {
-                self.end_canary(canary.version, reason).await;
+                let version = canary.version;
+                self.report(Observation::CanaryWorse { version, reason }, None)
+                    .await;
             }
         }
         let mut evaluated = orders
@@ -381,44 +358,6 @@ impl Processor {
             offer_shadow(shadow, &self.live, &out);
         }
         out
-    }
-
-    /// Ends a canary whose candidate did worse than the live version: every order goes
-    /// back to the live version, and the reason stays in the rollout.
-    async fn end_canary(&self, version: u64, reason: String) {
-        tracing::error!(version, %reason, "canary rolled back");
-        metrics::counter!(crate::metrics::CANARY_ROLLBACKS).increment(1);
-        let outcome = match self.gate.end_canary(version, &reason).await {
-            // Another worker ended it first: its event is in the trail.
-            Ok(false) => return,
-            Ok(true) => "ok".to_string(),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot end the canary");
-                format!("error: {e}")
-            }
-        };
-        let args = [("version", version.to_string()), ("reason", reason)];
-        self.audit("canary-rollback", args, outcome).await;
-    }
-
-    /// Appends an automatic action of this worker to the audit trail (logged at error if
-    /// it cannot be written).
-    async fn audit<const N: usize>(
-        &self,
-        action: &str,
-        args: [(&str, String); N],
-        outcome: String,
-    ) {
-        let entry = crate::domain::audit::AuditEntry {
-            principal: format!("worker:{}", self.name),
-            action: action.to_string(),
-            args: args.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-            outcome,
-        };
-        if let Err(e) = self.live.registry().append_audit(entry).await {
-            metrics::counter!(crate::metrics::AUDIT_FAILURES).increment(1);
-            tracing::error!(action, error = %format!("{e:#}"), "cannot write the audit event of an automatic action");
-        }
     }
 
     fn decode(&self, payload: &[u8]) -> Result<Order, String> {

@@ -78,7 +78,14 @@ pub async fn serve(
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
-            |b, name| b.with_service_name(*name),
+            // An empty name: a server of the health service alone.
+            |b, name| {
+                if name.is_empty() {
+                    b
+                } else {
+                    b.with_service_name(*name)
+                }
+            },
         )
     };
     let reflection_v1 = builder()

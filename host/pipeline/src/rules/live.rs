@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::registry::Registry;
 pub use super::rollout::ActiveChain;
 use super::rollout::{Deciders, RolloutChains};
+use super::supervisor::{Observation, Report, Reporter};
 use super::trust::TrustStore;
 use crate::domain::now_unix_ms;
 use crate::domain::ruleset::{
@@ -36,6 +37,8 @@ pub struct LiveRuleset {
     history: HistoryLimits,
     rollout: ArcSwap<RolloutChains>,
     trust: Option<Arc<TrustStore>>,
+    /// Where a refusal to switch is reported (the rules supervisor), and as whom.
+    reporter: std::sync::OnceLock<(Reporter, String)>,
 }
 
 /// The ruleset a worker is configured with, stored as version 1 when the registry has
@@ -45,6 +48,9 @@ pub struct Seed {
     pub chain: RuleChain,
     /// Each rule's signature, in the chain's order (`None`: unsigned).
     pub signatures: Vec<Option<PluginSignature>>,
+    /// Whether this process may store it (it writes the registry); false: a worker
+    /// that may not waits for the admin role to store the first version.
+    pub store: bool,
 }
 
 impl Seed {
@@ -53,6 +59,7 @@ impl Seed {
         Self {
             chain,
             signatures: Vec::new(),
+            store: true,
         }
     }
 
@@ -81,8 +88,13 @@ impl LiveRuleset {
         trust: Option<Arc<TrustStore>>,
     ) -> anyhow::Result<Arc<Self>> {
         let seeded = seed.rules();
+        let may_store = seed.store;
         let seed = seed.chain;
-        let active = match registry.active().await? {
+        let mut active = registry.active().await?;
+        if active.is_none() && !may_store {
+            active = Some(wait_for_first_version(&registry).await?);
+        }
+        let active = match active {
             Some(active) => {
                 if seeded != active.body.rules {
                     tracing::info!(
@@ -146,9 +158,16 @@ impl LiveRuleset {
             history,
             rollout: ArcSwap::from_pointee(RolloutChains::default()),
             trust,
+            reporter: std::sync::OnceLock::new(),
         });
         live.switch_to(&active).await?;
         Ok(live)
+    }
+
+    /// Reports this worker's refusals to switch to `reporter`, as `worker` (once; later
+    /// calls are ignored).
+    pub fn report_to(&self, reporter: Reporter, worker: &str) {
+        let _ = self.reporter.set((reporter, worker.to_string()));
     }
 
     /// The trust file every rule is checked against, when one is configured.
@@ -368,20 +387,17 @@ impl LiveRuleset {
                     );
                     if self.last_error().as_ref() != Some(&why) {
                         tracing::warn!(error = %format!("{e:#}"), "cannot switch to the active ruleset; keeping the current one");
-                        // Once per new reason (a refused blob among them), in the trail.
-                        let entry = crate::domain::audit::AuditEntry {
-                            principal: "worker".into(),
-                            action: "ruleset-refused".into(),
-                            args: [(
-                                "kept_version".to_string(),
-                                self.current().version.to_string(),
-                            )]
-                            .into(),
-                            outcome: format!("{e:#}"),
-                        };
-                        if let Err(e) = self.registry.append_audit(entry).await {
-                            metrics::counter!(crate::metrics::AUDIT_FAILURES).increment(1);
-                            tracing::error!(error = %format!("{e:#}"), "cannot write the audit event of a refused ruleset");
+                        // Once per new reason (a refused blob among them), in the trail
+                        // (written by the rules supervisor).
+                        if let Some((reporter, worker)) = self.reporter.get() {
+                            let report = Report {
+                                worker: worker.clone(),
+                                observation: Observation::Refused {
+                                    kept_version: self.current().version,
+                                    reason: format!("{e:#}"),
+                                },
+                            };
+                            reporter.report(report, &self, None).await;
                         }
                     }
                     Some(why)
@@ -426,6 +442,28 @@ impl LiveRuleset {
             "the running ruleset version {version} is no longer trusted; activate a trusted \
              version: {why}"
         ))
+    }
+}
+
+/// How long a worker that may not write the registry waits for its first version.
+const FIRST_VERSION_WAIT: Duration = Duration::from_secs(120);
+
+/// Waits for the admin role to store the first ruleset version.
+async fn wait_for_first_version(registry: &Registry) -> anyhow::Result<RulesetRecord> {
+    tracing::info!("the registry has no ruleset yet; waiting for the admin role to store one");
+    let deadline = tokio::time::Instant::now() + FIRST_VERSION_WAIT;
+    loop {
+        if let Some(active) = registry.active().await? {
+            return Ok(active);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "the registry has no ruleset after {}s, and this worker may not store one \
+                 (WORKER_ADMIN=false): start the admin role (`order-pipeline admin`) first",
+                FIRST_VERSION_WAIT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

@@ -11,4 +11,5 @@ pub mod quarantine;
 pub mod registry;
 pub mod rollout;
 pub mod status;
+pub mod supervisor;
 pub mod trust;

@@ -155,6 +155,47 @@ impl Registry {
         }
     }
 
+    /// Appends a worker's report for the rules supervisor of another process (only the
+    /// Redis registry has one: the embedded database runs every role in one process).
+    pub async fn push_report(&self, json: &str) -> anyhow::Result<()> {
+        match self {
+            Self::Redis(r) => r.push_report(json).await,
+            Self::Embedded(_) => anyhow::bail!(
+                "the embedded registry takes no reports: its supervisor is in this process"
+            ),
+        }
+    }
+
+    /// Creates the supervisors' group of the reports stream if it is missing (Redis).
+    pub async fn reports_group(&self) -> anyhow::Result<()> {
+        match self {
+            Self::Redis(r) => r.reports_group().await,
+            Self::Embedded(_) => Ok(()),
+        }
+    }
+
+    /// The reports (id, JSON) no supervisor has taken yet, for `consumer` (Redis; none
+    /// in the embedded database).
+    pub async fn read_reports(&self, consumer: &str) -> anyhow::Result<Vec<(String, String)>> {
+        match self {
+            Self::Redis(r) => r.read_reports(consumer).await,
+            Self::Embedded(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Marks a report handled.
+    pub async fn ack_report(&self, id: &str) -> anyhow::Result<()> {
+        match self {
+            Self::Redis(r) => r.ack_report(id).await,
+            Self::Embedded(_) => Ok(()),
+        }
+    }
+
+    /// Whether other processes' workers may report through this registry (Redis).
+    pub fn takes_reports(&self) -> bool {
+        matches!(self, Self::Redis(_))
+    }
+
     /// The audit events after number `since` (0: from the first), at most `limit`.
     pub async fn audit(
         &self,

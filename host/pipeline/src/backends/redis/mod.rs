@@ -6,6 +6,7 @@ mod audit;
 mod conn;
 mod pubsub;
 mod registry;
+mod reports;
 mod shadow;
 mod store;
 
