@@ -18,7 +18,8 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: compose-check FILE...")
 		os.Exit(2)
 	}
-	opts, err := cli.NewProjectOptions(os.Args[1:], cli.WithName("order-pipeline"))
+	// The caller's environment, as Docker Compose reads it (with .env's variables).
+	opts, err := cli.NewProjectOptions(os.Args[1:], cli.WithName("order-pipeline"), cli.WithOsEnv)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "compose-check:", err)
 		os.Exit(1)

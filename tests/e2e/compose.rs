@@ -12,12 +12,26 @@ use serde_json::Value;
 
 use crate::support::repo_root;
 
+/// The Redis users' passwords compose.yaml requires (from .env), for the checks.
+pub(crate) const PASSWORDS: [(&str, &str); 4] = [
+    ("REDIS_WORKER_PASSWORD", "worker0pass"),
+    ("REDIS_ADMIN_PASSWORD", "admin0pass"),
+    ("REDIS_CACHE_PASSWORD", "cache0pass"),
+    ("REDIS_AUDITOR_PASSWORD", "auditor0pass"),
+];
+
 /// The normalized project, as compose-go prints it (`go run ./scripts/compose-check`).
 fn load_compose() -> Value {
+    load_compose_with(&PASSWORDS)
+}
+
+/// The same, with these variables set as `.env` would set them.
+pub(crate) fn load_compose_with(vars: &[(&str, &str)]) -> Value {
     let root = repo_root();
     let output = Command::new("go")
         .current_dir(root.join("scripts/compose-check"))
         .args(["run", ".", "../../compose.yaml"])
+        .envs(vars.iter().copied())
         .output()
         .expect("run go (scripts/test.sh installs it)");
     assert!(
@@ -61,7 +75,7 @@ fn env_vars(command: &str) -> BTreeSet<String> {
         .collect()
 }
 
-fn strings(value: &Value) -> Vec<&str> {
+pub(crate) fn strings(value: &Value) -> Vec<&str> {
     value
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
@@ -78,12 +92,26 @@ fn compose_yaml_loads_and_matches_the_binary() {
         names,
         BTreeSet::from([
             "kafka",
+            "orderadmin",
             "ordercache",
             "orderprocessor",
             "orderreceiver",
             "redis"
         ]),
-        "the Go system's service names"
+        "the Go system's service names, and orderadmin"
+    );
+    // Without the Redis passwords, compose refuses to start (no default password).
+    let output = Command::new("go")
+        .current_dir(repo_root().join("scripts/compose-check"))
+        .args(["run", ".", "../../compose.yaml"])
+        .env_remove("REDIS_WORKER_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("set REDIS_WORKER_PASSWORD in .env"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
     );
 
     let subcommands = subcommands();
@@ -98,6 +126,7 @@ fn compose_yaml_loads_and_matches_the_binary() {
             true,
         ),
         ("orderprocessor", "worker", "ADMIN_ADDR", 50053, false),
+        ("orderadmin", "admin", "ADMIN_ADDR", 50053, false),
         (
             "ordercache",
             "cache-service",
@@ -149,8 +178,38 @@ fn compose_yaml_loads_and_matches_the_binary() {
         );
     }
 
+    // Redis is reached on the compose network only, and each role with its own user
+    // (the users themselves are checked against a real Redis: redis_users.rs).
+    assert!(
+        services["redis"]["ports"]
+            .as_array()
+            .is_none_or(Vec::is_empty),
+        "Redis is not published on the host"
+    );
+    for (service, user) in [
+        ("orderprocessor", "worker"),
+        ("orderadmin", "admin"),
+        ("ordercache", "cache"),
+    ] {
+        let addr = services[service]["environment"]["REDIS_ADDR"]
+            .as_str()
+            .unwrap();
+        assert!(
+            addr.starts_with(&format!("redis://{user}:")),
+            "{service} uses the Redis user {user}"
+        );
+    }
+    assert_eq!(
+        services["orderprocessor"]["environment"]["WORKER_ADMIN"], "false",
+        "workers leave the registry to orderadmin"
+    );
+
     // Redis runs with the durability the README promises and the fault tests use.
     let redis = strings(&services["redis"]["command"]);
+    assert!(
+        redis.windows(3).any(|w| w == ["--user", "default", "off"]),
+        "no default user: {redis:?}"
+    );
     for pair in [["--appendonly", "yes"], ["--appendfsync", "always"]] {
         assert!(
             redis.windows(2).any(|w| w == pair.as_slice()),

@@ -27,6 +27,7 @@ mod principals;
 mod processes;
 mod readiness;
 mod redis_cluster;
+mod redis_users;
 mod replay;
 mod reuse;
 mod rollout;

@@ -9,7 +9,7 @@
 //! Each test starts brokers and a Redis of its own (scripts/kafka.sh, redis-server with
 //! `appendfsync always`, the setting the README documents), so they run one at a time.
 
-mod harness;
+pub(crate) mod harness;
 mod soak;
 
 use std::time::Duration;
