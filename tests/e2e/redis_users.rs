@@ -189,6 +189,49 @@ async fn each_role_runs_with_its_own_redis_user() {
     assert_eq!(quarantines.len(), 1, "{trail:?}");
     assert_eq!(quarantines[0].principal, "worker:acl-worker");
 
+    // A canary that does worse on the worker is ended by the admin role, from its report.
+    let candidate = admin_api
+        .deploy(DeployRequest {
+            wasm: std::fs::read(built_plugin("fixture_trap_on")).unwrap(),
+            position: Some(Position::After("rule-validate".into())),
+            canary_percent: 50.0,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<String> = (0..80).map(|i| unique(&format!("canary-{i}"))).collect();
+    for id in &ids {
+        let order = go_request(id, "boom", 10);
+        orders.create_order(order).await.unwrap();
+    }
+    for id in &ids {
+        let result = wait_result(&mut cache, id, 60).await.unwrap();
+        assert!(["done", "failed"].contains(&result.status.as_str()), "{id}");
+    }
+    let rollout = admin_api
+        .rollout(admin::RolloutRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rollout.canary_version, 0, "{rollout:?}");
+    assert!(!rollout.last_canary_end.is_empty(), "{rollout:?}");
+    let trail = admin_role
+        .live
+        .as_ref()
+        .unwrap()
+        .registry()
+        .audit(0, 10_000)
+        .await
+        .unwrap();
+    let ends: Vec<_> = trail
+        .iter()
+        .filter(|e| e.action == "canary-rollback")
+        .collect();
+    assert_eq!(ends.len(), 1, "{trail:?}");
+    assert_eq!(ends[0].principal, "worker:acl-worker");
+    assert_eq!(ends[0].args["version"], candidate.version.to_string());
+
     // What each user may do, asked of Redis itself.
     let ns = format!("pipeline:{group}:");
     let set = |key: &str| redis::cmd("SET").arg(key).arg("1").clone();

@@ -23,7 +23,7 @@ use crate::rules::live::LiveRuleset;
 use crate::rules::quarantine::{Breach, FailureWindows, QuarantinePolicy};
 use crate::rules::rollout::{CanaryWatch, Deciders};
 use crate::rules::status::WorkerStats;
-use crate::rules::supervisor::{Observation, Report, Reporter};
+use crate::rules::supervisor::{Observation, Report, Reporter, Until};
 
 /// Batches at least this big are split over the evaluation threads.
 const PARALLEL_MIN: usize = 32;
@@ -211,15 +211,15 @@ impl Processor {
             failed: breach.failed,
             window: self.windows.policy().window,
         };
-        self.report(observation, Some(version)).await;
+        self.report(observation, Until::Left(version)).await;
     }
 
-    async fn report(&self, observation: Observation, leaving: Option<u64>) {
+    async fn report(&self, observation: Observation, until: Until) {
         let report = Report {
             worker: self.name.clone(),
             observation,
         };
-        self.reporter.report(report, &self.live, leaving).await;
+        self.reporter.report(report, &self.live, until).await;
     }
 
     /// Processes a batch: every order is evaluated once on one blocking thread, then
@@ -276,7 +276,8 @@ impl Processor {
                 versions.iter().copied().zip(&evaluations).collect();
             if let Some(reason) = self.canary.observe(canary, &evaluated) {
                 let version = canary.version;
-                self.report(Observation::CanaryWorse { version, reason }, None)
+                let until = Until::CanaryEnded(version);
+                self.report(Observation::CanaryWorse { version, reason }, until)
                     .await;
             }
         }

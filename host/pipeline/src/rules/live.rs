@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::registry::Registry;
 pub use super::rollout::ActiveChain;
 use super::rollout::{Deciders, RolloutChains};
-use super::supervisor::{Observation, Report, Reporter};
+use super::supervisor::{Observation, Report, Reporter, Until};
 use super::trust::TrustStore;
 use crate::domain::now_unix_ms;
 use crate::domain::ruleset::{
@@ -397,7 +397,7 @@ impl LiveRuleset {
                                     reason: format!("{e:#}"),
                                 },
                             };
-                            reporter.report(report, &self, None).await;
+                            reporter.report(report, &self, Until::Sent).await;
                         }
                     }
                     Some(why)

@@ -87,11 +87,34 @@ pub enum Reporter {
     Remote(Registry),
 }
 
+/// What a worker that reported through Redis waits for, a few seconds at most, so that
+/// the orders its observation was about are retried under what replaces it.
+#[derive(Debug, Clone, Copy)]
+pub enum Until {
+    /// This worker no longer runs this version (a quarantine's take-out).
+    Left(u64),
+    /// This worker no longer runs this canary.
+    CanaryEnded(u64),
+    /// Nothing to wait for.
+    Sent,
+}
+
+impl Until {
+    fn reached(self, live: &LiveRuleset) -> bool {
+        match self {
+            Self::Left(version) => live.current().version != version,
+            Self::CanaryEnded(version) => {
+                live.deciders().canary.map(|(c, _)| c.version) != Some(version)
+            }
+            Self::Sent => true,
+        }
+    }
+}
+
 impl Reporter {
     /// Reports `report` and waits until it is handled: in-process, until the supervisor
-    /// is done; through Redis, until `live` leaves `leaving` (if given), for a few
-    /// seconds at most.
-    pub async fn report(&self, report: Report, live: &LiveRuleset, leaving: Option<u64>) {
+    /// is done; through Redis, until `until` is reached, for a few seconds at most.
+    pub async fn report(&self, report: Report, live: &LiveRuleset, until: Until) {
         match self {
             Self::Local(sender) => {
                 let (done, handled) = oneshot::channel();
@@ -108,9 +131,8 @@ impl Reporter {
                     tracing::error!(error = %format!("{e:#}"), "cannot report to the rules supervisor");
                     return;
                 }
-                let Some(version) = leaving else { return };
                 let deadline = tokio::time::Instant::now() + REMOTE_WAIT;
-                while live.current().version == version && tokio::time::Instant::now() < deadline {
+                while !until.reached(live) && tokio::time::Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
