@@ -21,9 +21,9 @@ use crate::domain::{Order, OrderResult, ResultStatus};
 use crate::proto;
 use crate::rules::live::LiveRuleset;
 use crate::rules::quarantine::{Breach, FailureWindows, QuarantinePolicy};
+use crate::rules::report::{Observation, Report, Reporter};
 use crate::rules::rollout::{CanaryWatch, Deciders};
 use crate::rules::status::WorkerStats;
-use crate::rules::supervisor::{Observation, Report, Reporter, Until};
 
 /// Batches at least this big are split over the evaluation threads.
 const PARALLEL_MIN: usize = 32;
@@ -211,15 +211,17 @@ impl Processor {
             failed: breach.failed,
             window: self.windows.policy().window,
         };
-        self.report(observation, Until::Left(version)).await;
+        let live = &self.live;
+        self.report(observation, || live.current().version != version)
+            .await;
     }
 
-    async fn report(&self, observation: Observation, until: Until) {
+    async fn report(&self, observation: Observation, handled: impl Fn() -> bool) {
         let report = Report {
             worker: self.name.clone(),
             observation,
         };
-        self.reporter.report(report, &self.live, until).await;
+        self.reporter.report(report, handled).await;
     }
 
     /// Processes a batch: every order is evaluated once on one blocking thread, then
@@ -276,8 +278,9 @@ impl Processor {
                 versions.iter().copied().zip(&evaluations).collect();
             if let Some(reason) = self.canary.observe(canary, &evaluated) {
                 let version = canary.version;
-                let until = Until::CanaryEnded(version);
-                self.report(Observation::CanaryWorse { version, reason }, until)
+                let live = &self.live;
+                let ended = || live.deciders().canary.map(|(c, _)| c.version) != Some(version);
+                self.report(Observation::CanaryWorse { version, reason }, ended)
                     .await;
             }
         }

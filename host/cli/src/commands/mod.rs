@@ -10,3 +10,4 @@ pub(crate) mod plugin;
 pub(crate) mod replay;
 pub(crate) mod rollout;
 pub(crate) mod serve;
+pub(crate) mod signing;

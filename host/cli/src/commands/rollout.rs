@@ -69,7 +69,7 @@ pub(crate) fn shadow(command: ShadowCommand, out: &mut dyn Write) -> Result<i32,
                 let wasm = std::fs::read(&plugin)
                     .map_err(|e| format!("cannot read {}: {e}", plugin.display()))?;
                 // PLUGIN.sig, when it exists (needed with a trust file).
-                let signature = super::plugin::deploy_signature(
+                let signature = super::signing::deploy_signature(
                     &plugin,
                     None,
                     &wasm,

@@ -12,9 +12,9 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use super::registry::Registry;
+use super::report::{Observation, Report, Reporter};
 pub use super::rollout::ActiveChain;
 use super::rollout::{Deciders, RolloutChains};
-use super::supervisor::{Observation, Report, Reporter, Until};
 use super::trust::TrustStore;
 use crate::domain::now_unix_ms;
 use crate::domain::ruleset::{
@@ -397,7 +397,7 @@ impl LiveRuleset {
                                     reason: format!("{e:#}"),
                                 },
                             };
-                            reporter.report(report, &self, Until::Sent).await;
+                            reporter.report(report, || true).await;
                         }
                     }
                     Some(why)

@@ -9,6 +9,7 @@ pub mod gate;
 pub mod live;
 pub mod quarantine;
 pub mod registry;
+pub mod report;
 pub mod rollout;
 pub mod status;
 pub mod supervisor;
