@@ -1,11 +1,12 @@
 //! Named principals of the AdminService (issue 22, item 3): each role is allowed exactly
 //! its calls, tokens are configured as hashes, a principal may be known by its mTLS
 //! certificate's subject, and tokens never cross the network in clear unless allowed.
+//! The roles are checked on embedded and on Kafka + Redis.
 
 use std::path::PathBuf;
 
 use order_pipeline::app::{self, Role};
-use order_pipeline::config::TlsFiles;
+use order_pipeline::config::{Config, TlsFiles};
 use order_pipeline::proto::admin::admin_service_client::AdminServiceClient;
 use order_pipeline::proto::admin::{
     ActivateRequest, ActiveRequest, DecisionRequest, ReplayRequest, RollbackRequest,
@@ -13,7 +14,7 @@ use order_pipeline::proto::admin::{
 use sha2::{Digest as _, Sha256};
 use tonic::Code;
 
-use crate::support::{embedded_config, unique};
+use crate::support::{embedded_config, kafka_config, services, unique};
 use crate::tls::{args, path, pki, run};
 
 fn hash(token: &str) -> String {
@@ -25,10 +26,7 @@ fn let_through<T>(answer: &Result<T, tonic::Status>) -> bool {
     !matches!(answer, Err(s) if matches!(s.code(), Code::PermissionDenied | Code::Unauthenticated))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_role_is_allowed_exactly_its_calls() {
-    let data = tempfile::tempdir().unwrap();
-    let mut config = embedded_config(data.path());
+async fn each_role_is_allowed_exactly_its_calls(mut config: Config) {
     let principals = [
         ("rita", "reader", "rita-token"),
         ("oscar", "operator", "oscar-token"),
@@ -111,6 +109,19 @@ async fn each_role_is_allowed_exactly_its_calls() {
         assert_eq!(refused.code(), Code::Unauthenticated, "{token:?}");
     }
     running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_is_allowed_exactly_its_calls_embedded() {
+    let data = tempfile::tempdir().unwrap();
+    each_role_is_allowed_exactly_its_calls(embedded_config(data.path())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
+async fn each_role_is_allowed_exactly_its_calls_on_kafka_and_redis() {
+    let Some(services) = services() else { return };
+    each_role_is_allowed_exactly_its_calls(kafka_config(&services)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
