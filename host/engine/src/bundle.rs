@@ -3,14 +3,11 @@
 //! section of the component ([`SECTION`], JSON). Custom sections do not change what the
 //! component does; they do change its bytes, so a bundled plugin has a digest of its
 //! own. The deploy gate runs a plugin's bundled examples on deploy, activate and
-//! rollback ([`Bundle::check`]).
-
-use std::sync::Arc;
+//! rollback ([`crate::bundle_check::check`]). This module is the byte format only: it
+//! knows no plugin or chain.
 
 use serde::{Deserialize, Serialize};
 use wasmparser::{Parser, Payload};
-
-use crate::{Isolation, Order, Plugin, RuleChain, RuleLimits, RuleSpec, runner};
 
 /// The name of the custom section that holds a plugin's bundled examples.
 pub const SECTION: &str = "order-pipeline-examples";
@@ -118,43 +115,4 @@ pub fn embed(bytes: &[u8], bundle: &Bundle) -> Result<Vec<u8>, BundleError> {
     };
     wasm_encoder::ComponentSection::append_to_component(&section, &mut out);
     Ok(out)
-}
-
-impl Bundle {
-    /// Runs every example on `plugin` alone, with the bundle's config, fresh instances
-    /// and the plugin's engine limits with the rule's own (`limits`) in place; answers
-    /// how many passed, or the first failure.
-    pub fn check(&self, plugin: &Arc<Plugin>, limits: RuleLimits) -> Result<usize, String> {
-        let name = plugin.name();
-        let chain = RuleChain::new(vec![RuleSpec {
-            plugin: Arc::clone(plugin),
-            config: self.config.clone(),
-            isolation: Isolation::Fresh,
-            limits,
-        }])
-        .map_err(|e| format!("{name} does not take its bundled config: {e}"))?;
-        for example in &self.examples {
-            let failed = |message: String| {
-                format!(
-                    "bundled example `{}` of {name} failed: {message}",
-                    example.name
-                )
-            };
-            let order: Order = serde_json::from_value(example.order.clone())
-                .map_err(|e| failed(format!("not an order: {e}")))?;
-            let actual =
-                serde_json::to_value(chain.evaluate(&order)).map_err(|e| failed(e.to_string()))?;
-            if let Some(m) = runner::compare(&example.expected, &actual).first() {
-                let got = m
-                    .actual
-                    .as_ref()
-                    .map_or("(missing)".to_string(), ToString::to_string);
-                return Err(failed(format!(
-                    "{}: expected {}, got {got}",
-                    m.path, m.expected
-                )));
-            }
-        }
-        Ok(self.examples.len())
-    }
 }

@@ -259,10 +259,8 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         .filter(|_| role.follows_rules())
         .map(|r| r.registry(&config.worker_group));
     let store = match (&embedded, &redis) {
-        (Some(db), _) => Some(Store::Embedded(Arc::clone(db))),
-        (None, Some(redis)) => Some(Store::Redis(Box::new(
-            redis.store().with_ttl(config.result_ttl),
-        ))),
+        (Some(db), _) => Some(Store::shared(Arc::clone(db) as _)),
+        (None, Some(redis)) => Some(Store::new(redis.store().with_ttl(config.result_ttl))),
         _ => None,
     };
 
@@ -331,8 +329,8 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
             store: administers,
         };
         let registry = match (&embedded, redis_registry) {
-            (Some(db), _) => Registry::Embedded(Arc::clone(db)),
-            (None, Some(registry)) => Registry::Redis(Box::new(registry)),
+            (Some(db), _) => Registry::shared(Arc::clone(db) as _),
+            (None, Some(registry)) => Registry::new(registry),
             (None, None) => anyhow::bail!("the worker has no registry (a bug in start-up)"),
         };
         let live = LiveRuleset::start(engine, registry, seed, config.history, trust).await?;
@@ -414,8 +412,8 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
     let mut order_addr = None;
     if role.serves_orders() {
         let publisher = match (&embedded, &producer) {
-            (Some(db), _) => Publisher::Embedded(Arc::clone(db)),
-            (None, Some(producer)) => Publisher::Kafka(kafka::KafkaPublisher::new(
+            (Some(db), _) => Publisher::shared(Arc::clone(db) as _),
+            (None, Some(producer)) => Publisher::new(kafka::KafkaPublisher::new(
                 producer.clone(),
                 &config.kafka_topic,
                 produce_timeout,

@@ -5,58 +5,60 @@
 use std::sync::Arc;
 
 use crate::backends::embedded::EmbeddedDb;
-use crate::backends::kafka::{DeadLetters, KafkaPublisher, OrderConsumer};
+use crate::backends::kafka::{DeadLetters, OrderConsumer};
 
 /// Why an order could not be published; the OrderService answers UNAVAILABLE.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct PublishError(pub String);
 
-/// Where accepted orders go.
-#[derive(Clone)]
-pub enum Publisher {
-    /// A Kafka topic.
-    Kafka(KafkaPublisher),
-    /// The embedded log.
-    Embedded(Arc<EmbeddedDb>),
-}
-
-impl Publisher {
+/// Where accepted orders go; implemented in `backends/<name>/`.
+#[async_trait::async_trait]
+pub trait OrderPublisher: Send + Sync + 'static {
     /// Where orders go, for spans: the topic, or `embedded`.
-    pub fn destination(&self) -> &str {
-        match self {
-            Self::Kafka(publisher) => publisher.topic(),
-            Self::Embedded(_) => "embedded",
-        }
-    }
+    fn destination(&self) -> &str;
 
     /// Publishes an order (binary protobuf `OrderRequest`) keyed by its id, with `headers`
-    /// (the trace context: Kafka message headers; the embedded log keeps the
-    /// `traceparent` in memory until the entry is processed); returns once the log has
-    /// durably stored it.
+    /// (the trace context); returns once the log has durably stored it.
+    async fn publish(
+        &self,
+        id: &str,
+        payload: Vec<u8>,
+        headers: &[(String, String)],
+    ) -> anyhow::Result<()>;
+}
+
+/// Where accepted orders go, as the OrderService holds it. Cheap to clone.
+#[derive(Clone)]
+pub struct Publisher(Arc<dyn OrderPublisher>);
+
+impl Publisher {
+    /// The publisher `backend` implements.
+    pub fn new(backend: impl OrderPublisher) -> Self {
+        Self(Arc::new(backend))
+    }
+
+    /// Like [`Publisher::new`], for a backend that is shared already.
+    pub fn shared(backend: Arc<dyn OrderPublisher>) -> Self {
+        Self(backend)
+    }
+
+    /// Where orders go, for spans: the topic, or `embedded`.
+    pub fn destination(&self) -> &str {
+        self.0.destination()
+    }
+
+    /// Publishes an order keyed by its id; returns once the log has durably stored it.
     pub async fn publish(
         &self,
         id: &str,
         payload: Vec<u8>,
         headers: &[(String, String)],
     ) -> Result<(), PublishError> {
-        match self {
-            Self::Kafka(publisher) => publisher
-                .publish(id, &payload, headers)
-                .await
-                .map_err(|e| PublishError(format!("{e:#}"))),
-            Self::Embedded(db) => db
-                .append(
-                    payload,
-                    headers
-                        .iter()
-                        .find(|(name, _)| name == "traceparent")
-                        .map(|(_, value)| value.clone()),
-                )
-                .await
-                .map(|_| ())
-                .map_err(|e| PublishError(format!("{e:#}"))),
-        }
+        self.0
+            .publish(id, payload, headers)
+            .await
+            .map_err(|e| PublishError(format!("{e:#}")))
     }
 }
 

@@ -80,9 +80,7 @@ pub async fn run(
             continue;
         };
         if started != run.id {
-            if let Store::Embedded(db) = &store {
-                db.drop_shadows_but(&run.id).await?;
-            }
+            store.start_shadow(&run.id).await?;
             started.clone_from(&run.id);
         }
         let who = name.clone();

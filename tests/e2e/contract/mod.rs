@@ -138,7 +138,7 @@ fn log_payloads(run: &str) -> Vec<Vec<u8>> {
 async fn order_log_contract_embedded() {
     let dir = tempfile::tempdir().unwrap();
     let db = EmbeddedDb::open(dir.path()).unwrap();
-    let log = Publisher::Embedded(Arc::clone(&db));
+    let log = Publisher::shared(Arc::clone(&db) as _);
     let sent = log_payloads("embedded");
     for payload in &sent {
         log.publish("same-key", payload.clone(), &[]).await.unwrap();
@@ -174,7 +174,7 @@ async fn order_log_contract_kafka() {
     .unwrap();
     let timeout = Duration::from_secs(10);
     let producer = kafka::producer(&services.kafka, &Default::default(), timeout).unwrap();
-    let log = Publisher::Kafka(KafkaPublisher::new(producer, &topic, timeout));
+    let log = Publisher::new(KafkaPublisher::new(producer, &topic, timeout));
     let sent = log_payloads("kafka");
     for payload in &sent {
         log.publish("same-key", payload.clone(), &[]).await.unwrap();
@@ -235,8 +235,8 @@ async fn contract_embedded() {
     let db = EmbeddedDb::open(dir.path()).unwrap();
     let backend = Backend {
         name: "embedded",
-        store: Store::Embedded(Arc::clone(&db)),
-        registry: Registry::Embedded(Arc::clone(&db)),
+        store: Store::shared(Arc::clone(&db) as _),
+        registry: Registry::shared(Arc::clone(&db) as _),
     };
     run_contract(&backend).await;
     drop(backend);
@@ -313,8 +313,8 @@ impl RedisUnderTest {
         Self {
             backend: Backend {
                 name,
-                store: Store::Redis(Box::new(redis.store())),
-                registry: Registry::Redis(Box::new(registry)),
+                store: Store::new(redis.store()),
+                registry: Registry::new(registry),
             },
             shutdown,
             listener,

@@ -6,7 +6,8 @@ use std::io::Write;
 use order_pipeline::proto;
 
 use super::serve::runtime;
-use crate::{AdminArgs, EXIT_OK, Failure};
+use crate::exit::{EXIT_OK, Failure};
+use crate::shared_args::AdminArgs;
 
 pub(crate) type AdminClient = proto::admin::admin_service_client::AdminServiceClient<
     tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
@@ -183,6 +184,6 @@ pub(crate) fn workers(admin: &AdminArgs, out: &mut dyn Write) -> Result<i32, Fai
     Ok(if all_current {
         EXIT_OK
     } else {
-        crate::EXIT_TEST_FAILED
+        crate::exit::EXIT_TEST_FAILED
     })
 }

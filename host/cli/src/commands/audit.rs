@@ -10,7 +10,8 @@ use order_pipeline::proto;
 
 use super::admin::client;
 use super::serve::runtime;
-use crate::{AdminArgs, EXIT_OK, EXIT_TEST_FAILED, Failure};
+use crate::exit::{EXIT_OK, EXIT_TEST_FAILED, Failure};
+use crate::shared_args::AdminArgs;
 
 /// Events asked for per call.
 const PAGE: u32 = 1000;

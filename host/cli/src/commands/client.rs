@@ -1,12 +1,15 @@
 //! The clients of the pipeline's gRPC services: `submit`, `get`, `health`, and `bench`
-//! (the load generator of [`loadgen`](crate::loadgen)).
+//! (the load generator of [`loadgen`](crate::loadgen)), and their arguments.
 
 use std::io::Write;
+use std::path::PathBuf;
 
+use clap::Args;
 use order_pipeline::proto;
 
 use super::plugin::read_order;
-use crate::{BenchArgs, EXIT_OK, EXIT_TEST_FAILED, Failure, GetArgs, HealthArgs, SubmitArgs};
+use crate::exit::{EXIT_OK, EXIT_TEST_FAILED, Failure};
+use crate::tls;
 
 pub(crate) async fn submit(args: SubmitArgs, out: &mut dyn Write) -> Result<i32, Failure> {
     let request = match &args.order {
@@ -182,4 +185,123 @@ fn result_json(r: &proto::ResultResponse) -> serde_json::Value {
         "processed_by": r.processed_by,
         "processed_at_unix_ms": r.processed_at_unix_ms,
     })
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct HealthArgs {
+    /// Server URL.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub(crate) addr: String,
+    /// Service to ask about; empty asks about the server as a whole.
+    #[arg(long, default_value = "")]
+    pub(crate) service: String,
+    /// TLS.
+    #[command(flatten)]
+    pub(crate) tls: tls::TlsArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// OrderService URL.
+    #[arg(
+        long,
+        env = "ORDER_SERVICE_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub(crate) order_addr: String,
+    /// CacheService URL.
+    #[arg(
+        long,
+        env = "CACHE_SERVICE_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub(crate) cache_addr: String,
+    /// Orders to submit [default: 10000, or no limit with --duration].
+    #[arg(long)]
+    pub(crate) orders: Option<usize>,
+    /// Stop submitting after this many seconds.
+    #[arg(long, value_parser = parse_seconds)]
+    pub(crate) duration: Option<std::time::Duration>,
+    /// Submit at this fixed rate (orders/s over all clients) instead of as fast as
+    /// possible; latencies then count from when each order was due.
+    #[arg(long)]
+    pub(crate) rate: Option<f64>,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) concurrency: usize,
+    /// Orders per CreateOrders call; 0 submits one by one with CreateOrder.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) batch: usize,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Also draw the latency distribution (CDF and latency over time) into this PNG.
+    #[arg(long, value_name = "FILE.png")]
+    pub(crate) plot: Option<PathBuf>,
+    /// TrueType font of the plot's labels [default: the first of the usual system fonts].
+    #[arg(long, env = "PLOT_FONT", value_name = "FONT.ttf")]
+    pub(crate) plot_font: Option<PathBuf>,
+    /// TLS.
+    #[command(flatten)]
+    pub(crate) tls: tls::TlsArgs,
+}
+
+fn parse_seconds(raw: &str) -> Result<std::time::Duration, String> {
+    let seconds: f64 = raw
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("`{raw}` is not a number of seconds (e.g. 30 or 2.5)"))?;
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err(format!("`{raw}`: the duration must be more than 0 seconds"));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SubmitArgs {
+    /// OrderService URL.
+    #[arg(
+        long,
+        env = "ORDER_SERVICE_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub(crate) addr: String,
+    /// Order id.
+    #[arg(long, required_unless_present = "order")]
+    pub(crate) id: Option<String>,
+    /// Single-item order: the item.
+    #[arg(long, requires = "id")]
+    pub(crate) item: Option<String>,
+    /// Single-item order: the price in minor units.
+    #[arg(long, requires = "id", allow_negative_numbers = true)]
+    pub(crate) price: Option<i32>,
+    /// Currency (ISO 4217); the server's default when not given.
+    #[arg(long)]
+    pub(crate) currency: Option<String>,
+    /// A full order as JSON (see examples/orders/) instead of --id/--item/--price.
+    #[arg(long, conflicts_with_all = ["id", "item", "price"])]
+    pub(crate) order: Option<PathBuf>,
+    /// TLS.
+    #[command(flatten)]
+    pub(crate) tls: tls::TlsArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GetArgs {
+    /// CacheService URL.
+    #[arg(
+        long,
+        env = "CACHE_SERVICE_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub(crate) addr: String,
+    /// Order id.
+    #[arg(long)]
+    pub(crate) id: String,
+    /// Wait up to this long for the result, in ms (at most 30000).
+    #[arg(long, default_value_t = 5000)]
+    pub(crate) wait_ms: u32,
+    /// TLS.
+    #[command(flatten)]
+    pub(crate) tls: tls::TlsArgs,
 }

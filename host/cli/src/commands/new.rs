@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use clap::ValueEnum;
 
-use crate::{EXIT_OK, Failure};
+use crate::exit::{EXIT_OK, Failure};
 
 /// The languages a rule can be written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

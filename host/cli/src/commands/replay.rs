@@ -16,7 +16,9 @@ use order_rules_engine::{Isolation, RuleChain, RuleLimits, RuleSpec};
 
 use super::admin::client;
 use super::serve::runtime;
-use crate::{AdminArgs, EXIT_OK, Failure, LimitArgs};
+use crate::config_args::LimitArgs;
+use crate::exit::{EXIT_OK, Failure};
+use crate::shared_args::AdminArgs;
 
 /// Which orders, with which version, and where the results go.
 #[derive(Debug, Args)]
@@ -274,7 +276,7 @@ pub(crate) struct PluginReplayArgs {
     candidates: Vec<PathBuf>,
     /// Config of the candidate plugins, KEY=VALUE (repeatable; default: the config of
     /// the rule each replaces).
-    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = crate::parse_key_value)]
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = crate::shared_args::parse_key_value)]
     config: Vec<(String, String)>,
     #[command(flatten)]
     limits: LimitArgs,

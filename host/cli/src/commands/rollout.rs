@@ -9,7 +9,8 @@ use order_pipeline::proto::admin::{self, DeployRequest};
 
 use super::admin::{admin_call, client};
 use super::serve::runtime;
-use crate::{AdminArgs, EXIT_OK, Failure};
+use crate::exit::{EXIT_OK, Failure};
+use crate::shared_args::AdminArgs;
 
 /// `plugin shadow ...`.
 #[derive(Debug, Subcommand)]
@@ -26,7 +27,7 @@ pub(crate) enum ShadowCommand {
         #[arg(long, conflicts_with = "plugins")]
         version: Option<u64>,
         /// Config of the plugins, as KEY=VALUE (repeatable; given to each plugin).
-        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = crate::parse_key_value)]
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = crate::shared_args::parse_key_value)]
         config: Vec<(String, String)>,
         #[command(flatten)]
         admin: AdminArgs,

@@ -4,7 +4,7 @@ use order_pipeline::app::{self, Role};
 use order_pipeline::telemetry;
 
 use crate::config_args::ConfigArgs;
-use crate::{EXIT_OK, Failure};
+use crate::exit::{EXIT_OK, Failure};
 
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()

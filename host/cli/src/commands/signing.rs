@@ -8,8 +8,8 @@ use order_pipeline::proto;
 use order_pipeline::rules::trust::{self, SignatureFile, Stated};
 use order_rules_engine::{Engine, Isolation, RuleLimits};
 
-use crate::plugin_args::RuleLimitArgs;
-use crate::{EXIT_OK, Failure};
+use crate::exit::{EXIT_OK, Failure};
+use crate::shared_args::RuleLimitArgs;
 
 /// The signature a deploy sends: `--signature`, else PLUGIN.sig when it exists. It is
 /// compared with what is deployed first, so that a config or limits that differ from

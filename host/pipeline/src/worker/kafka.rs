@@ -43,7 +43,7 @@ enum Persisted {
 async fn persist<F, Fut, T>(
     what: &str,
     shutdown: &CancellationToken,
-    refusal: fn(&anyhow::Error) -> Option<String>,
+    refusal: &(dyn Fn(&anyhow::Error) -> Option<String> + Sync),
     mut attempt: F,
 ) -> Persisted
 where
@@ -309,7 +309,7 @@ async fn dead_letter(
     shutdown: &CancellationToken,
 ) -> bool {
     headers.extend(entry.source_headers());
-    let refusal = crate::backends::kafka::permanent_error;
+    let refusal = &crate::backends::kafka::permanent_error;
     let sent = persist("dead-lettering", shutdown, refusal, || {
         dead_letters.send(entry, entry.payload(), &headers)
     })
@@ -353,7 +353,7 @@ async fn dead_letter(
 
 /// Writes a batch's results concurrently (Redis pipelines them on one connection), in
 /// waves so that two results of one id are written in message order. A result the
-/// store refuses for good ([`crate::store::refusal`]) is replaced by a `failed` one
+/// store refuses for good ([`Store::refusal`]) is replaced by a `failed` one
 /// saying why; the indexes of those orders come back with the headers to dead-letter
 /// them with. `None` on shutdown.
 async fn write_results(
@@ -375,7 +375,7 @@ async fn write_results(
     let mut replacements = Vec::new();
     for wave in waves {
         let writes = wave.iter().map(|&(index, result)| async move {
-            let written = persist("writing a result", shutdown, crate::store::refusal, || {
+            let written = persist("writing a result", shutdown, &|e| store.refusal(e), || {
                 store.put(result)
             })
             .await;
@@ -432,7 +432,7 @@ async fn store_refused(
     let stored = match persist(
         "writing a failed result",
         shutdown,
-        crate::store::refusal,
+        &|e| store.refusal(e),
         || store.put_recovery(&failed),
     )
     .await

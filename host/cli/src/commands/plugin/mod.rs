@@ -1,6 +1,8 @@
 //! `plugin run|test|bench|inspect|bundle` (the plugin author's tools, no server) and the admin
 //! calls `plugin deploy|list|history|activate|rollback`.
 
+pub(crate) mod args;
+
 use std::io::Write;
 use std::path::Path;
 
@@ -12,7 +14,9 @@ use order_rules_engine::{Engine, Isolation, Order, RuleChain, RuleSpec, runner};
 use order_rules_engine::RuleLimits;
 
 use super::admin::admin_call;
-use crate::{ChainArgs, EXIT_OK, EXIT_TEST_FAILED, Failure, PluginCommand};
+use crate::exit::{EXIT_OK, EXIT_TEST_FAILED, Failure};
+use crate::shared_args::ChainArgs;
+use args::PluginCommand;
 
 /// Runs one `plugin` subcommand.
 pub(crate) fn run(command: PluginCommand, out: &mut dyn Write) -> Result<i32, Failure> {
@@ -288,7 +292,7 @@ fn bundle(
     plugin: &Path,
     dir: &Path,
     output: Option<std::path::PathBuf>,
-    limits: &crate::LimitArgs,
+    limits: &crate::config_args::LimitArgs,
     out: &mut dyn Write,
 ) -> Result<i32, Failure> {
     let engine = Engine::new(limits.limits()).map_err(|e| format!("{e:#}"))?;
@@ -322,8 +326,7 @@ fn bundle(
         .into());
     }
     let bundle = Bundle { config, examples };
-    let passed = bundle
-        .check(&loaded, order_rules_engine::RuleLimits::default())
+    let passed = order_rules_engine::bundle_check::check(&bundle, &loaded, RuleLimits::default())
         .map_err(|e| format!("not bundled: {e} (bundle only examples that pass)"))?;
     let bundled = order_rules_engine::bundle::embed(&bytes, &bundle)
         .map_err(|e| format!("{}: {e}", plugin.display()))?;
@@ -352,7 +355,7 @@ fn bundle(
 fn profiled(
     chain: &RuleChain,
     order: &Order,
-    args: &crate::plugin_args::ProfileArgs,
+    args: &args::ProfileArgs,
     file: &Path,
 ) -> Result<order_rules_engine::Evaluation, Failure> {
     let names: Vec<&str> = chain.specs().map(|s| s.plugin.name()).collect();

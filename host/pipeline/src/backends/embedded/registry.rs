@@ -271,3 +271,72 @@ impl EmbeddedDb {
         self.rulesets.subscribe()
     }
 }
+
+/// The registry seam, on the embedded database.
+#[async_trait::async_trait]
+impl crate::rules::registry::RegistryBackend for EmbeddedDb {
+    async fn put_plugin(&self, digest: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        EmbeddedDb::put_plugin(self, digest, bytes).await
+    }
+    async fn plugin(&self, digest: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        EmbeddedDb::plugin(self, digest).await
+    }
+    async fn pin(&self, digests: &[&str]) -> anyhow::Result<Vec<String>> {
+        EmbeddedDb::pin(self, digests).await
+    }
+    async fn collect(&self, drop_to: u64, limits: &HistoryLimits) -> anyhow::Result<Collected> {
+        EmbeddedDb::collect(self, drop_to, limits).await
+    }
+    async fn latest_version(&self) -> anyhow::Result<u64> {
+        self.latest_ruleset().await
+    }
+    async fn oldest_version(&self) -> anyhow::Result<u64> {
+        self.oldest_ruleset().await
+    }
+    async fn active_version(&self) -> anyhow::Result<Option<u64>> {
+        self.active_ruleset().await
+    }
+    async fn ruleset(&self, version: u64) -> anyhow::Result<Option<String>> {
+        EmbeddedDb::ruleset(self, version).await
+    }
+    async fn create(&self, json: String) -> anyhow::Result<u64> {
+        self.create_ruleset(json).await
+    }
+    async fn activate(&self, json: String, expect: Expect) -> Result<u64, ActivateError> {
+        self.activate_ruleset(json, expect).await
+    }
+    async fn rollout(&self) -> anyhow::Result<Option<String>> {
+        EmbeddedDb::rollout(self).await
+    }
+    async fn set_rollout(&self, json: Option<String>) -> anyhow::Result<()> {
+        EmbeddedDb::set_rollout(self, json).await
+    }
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.ruleset_changes()
+    }
+    async fn put_heartbeat(
+        &self,
+        instance: &str,
+        json: String,
+        ttl: std::time::Duration,
+    ) -> anyhow::Result<()> {
+        EmbeddedDb::put_heartbeat(self, instance, json, ttl);
+        Ok(())
+    }
+    async fn heartbeats(&self) -> anyhow::Result<Vec<String>> {
+        Ok(EmbeddedDb::heartbeats(self))
+    }
+    async fn append_audit(
+        &self,
+        entry: crate::domain::audit::AuditEntry,
+    ) -> anyhow::Result<crate::domain::audit::AuditEvent> {
+        EmbeddedDb::append_audit(self, entry).await
+    }
+    async fn audit(
+        &self,
+        since: u64,
+        limit: usize,
+    ) -> anyhow::Result<Vec<crate::domain::audit::AuditEvent>> {
+        EmbeddedDb::audit(self, since, limit).await
+    }
+}

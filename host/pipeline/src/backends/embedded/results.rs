@@ -205,3 +205,61 @@ pub(super) fn put(
 pub(super) fn made_at(result: &OrderResult) -> u64 {
     u64::try_from(result.processed_at_unix_ms).unwrap_or(0)
 }
+
+/// The result store seam, on the embedded database.
+#[async_trait::async_trait]
+impl crate::store::ResultStore for EmbeddedDb {
+    async fn put(&self, result: &OrderResult) -> anyhow::Result<PutOutcome> {
+        self.put_result(result).await
+    }
+
+    async fn put_recovery(&self, result: &OrderResult) -> anyhow::Result<PutOutcome> {
+        // No value of another kind can be under a result's key here.
+        self.put_result(result).await
+    }
+
+    async fn replace(&self, result: &OrderResult) -> anyhow::Result<()> {
+        self.replace_result(result).await
+    }
+
+    async fn get(&self, id: &str) -> anyhow::Result<Option<OrderResult>> {
+        self.get_result(id).await
+    }
+
+    async fn wait_until(&self, id: &str, deadline: Instant) -> anyhow::Result<Option<OrderResult>> {
+        self.wait_result(id, deadline).await
+    }
+
+    /// One transaction for the batch (per wake-up, when waiting).
+    async fn get_many(
+        &self,
+        ids: &[String],
+        deadline: Option<Instant>,
+    ) -> anyhow::Result<Vec<Option<OrderResult>>> {
+        match deadline {
+            None => self.get_results(ids.to_vec()).await,
+            Some(deadline) => self.wait_results(ids, deadline).await,
+        }
+    }
+
+    async fn put_shadow(
+        &self,
+        run: &str,
+        candidates: &[OrderResult],
+        tally: &crate::domain::diff::DiffReport,
+    ) -> anyhow::Result<()> {
+        EmbeddedDb::put_shadow(self, run, candidates, tally).await
+    }
+
+    async fn start_shadow(&self, run: &str) -> anyhow::Result<()> {
+        self.drop_shadows_but(run).await
+    }
+
+    async fn shadow_report(&self, run: &str) -> anyhow::Result<crate::domain::diff::DiffReport> {
+        EmbeddedDb::shadow_report(self, run).await
+    }
+
+    async fn shadow_result(&self, run: &str, id: &str) -> anyhow::Result<Option<OrderResult>> {
+        EmbeddedDb::shadow_result(self, run, id).await
+    }
+}

@@ -334,3 +334,20 @@ fn consumer(
             )
         })
 }
+
+/// The order log's publishing side, on a Kafka topic.
+#[async_trait::async_trait]
+impl crate::order_log::OrderPublisher for KafkaPublisher {
+    fn destination(&self) -> &str {
+        &self.topic
+    }
+
+    async fn publish(
+        &self,
+        id: &str,
+        payload: Vec<u8>,
+        headers: &[(String, String)],
+    ) -> anyhow::Result<()> {
+        KafkaPublisher::publish(self, id, &payload, headers).await
+    }
+}

@@ -442,3 +442,74 @@ impl RedisRegistry {
         self.changes.subscribe()
     }
 }
+
+/// The registry seam, on Redis.
+#[async_trait::async_trait]
+impl crate::rules::registry::RegistryBackend for RedisRegistry {
+    async fn put_plugin(&self, digest: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        RedisRegistry::put_plugin(self, digest, bytes).await
+    }
+    async fn plugin(&self, digest: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        RedisRegistry::plugin(self, digest).await
+    }
+    async fn pin(&self, digests: &[&str]) -> anyhow::Result<Vec<String>> {
+        RedisRegistry::pin(self, digests).await
+    }
+    async fn collect(&self, drop_to: u64, limits: &HistoryLimits) -> anyhow::Result<Collected> {
+        RedisRegistry::collect(self, drop_to, limits).await
+    }
+    async fn latest_version(&self) -> anyhow::Result<u64> {
+        RedisRegistry::latest_version(self).await
+    }
+    async fn oldest_version(&self) -> anyhow::Result<u64> {
+        RedisRegistry::oldest_version(self).await
+    }
+    async fn active_version(&self) -> anyhow::Result<Option<u64>> {
+        RedisRegistry::active_version(self).await
+    }
+    async fn ruleset(&self, version: u64) -> anyhow::Result<Option<String>> {
+        RedisRegistry::ruleset(self, version).await
+    }
+    async fn create(&self, json: String) -> anyhow::Result<u64> {
+        RedisRegistry::create(self, json).await
+    }
+    async fn activate(&self, json: String, expect: Expect) -> Result<u64, ActivateError> {
+        RedisRegistry::activate(self, json, expect).await
+    }
+    async fn rollout(&self) -> anyhow::Result<Option<String>> {
+        RedisRegistry::rollout(self).await
+    }
+    async fn set_rollout(&self, json: Option<String>) -> anyhow::Result<()> {
+        RedisRegistry::set_rollout(self, json).await
+    }
+    fn changes(&self) -> watch::Receiver<u64> {
+        RedisRegistry::changes(self)
+    }
+    async fn put_heartbeat(
+        &self,
+        instance: &str,
+        json: String,
+        ttl: std::time::Duration,
+    ) -> anyhow::Result<()> {
+        RedisRegistry::put_heartbeat(self, instance, &json, ttl).await
+    }
+    async fn heartbeats(&self) -> anyhow::Result<Vec<String>> {
+        RedisRegistry::heartbeats(self).await
+    }
+    async fn append_audit(
+        &self,
+        entry: crate::domain::audit::AuditEntry,
+    ) -> anyhow::Result<crate::domain::audit::AuditEvent> {
+        RedisRegistry::append_audit(self, entry).await
+    }
+    async fn audit(
+        &self,
+        since: u64,
+        limit: usize,
+    ) -> anyhow::Result<Vec<crate::domain::audit::AuditEvent>> {
+        RedisRegistry::audit(self, since, limit).await
+    }
+    fn reports(&self) -> Option<&dyn crate::rules::registry::ReportQueue> {
+        Some(self)
+    }
+}

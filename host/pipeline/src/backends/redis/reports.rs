@@ -102,3 +102,20 @@ impl RedisRegistry {
         Ok(())
     }
 }
+
+/// Workers' reports in a Redis stream, for the supervisor of another process.
+#[async_trait::async_trait]
+impl crate::rules::registry::ReportQueue for RedisRegistry {
+    async fn push(&self, json: &str) -> anyhow::Result<()> {
+        self.push_report(json).await
+    }
+    async fn create_group(&self) -> anyhow::Result<()> {
+        self.reports_group().await
+    }
+    async fn read(&self, consumer: &str) -> anyhow::Result<Vec<(String, String)>> {
+        self.read_reports(consumer).await
+    }
+    async fn ack(&self, id: &str) -> anyhow::Result<()> {
+        self.ack_report(id).await
+    }
+}

@@ -98,7 +98,7 @@ impl RedisStore {
     }
 
     /// Writes the `failed` result of an order whose result Redis refused for good (see
-    /// [`crate::store::refusal`]), unless a final result exists; a value of another type
+    /// [`crate::store::ResultStore::refusal`]), unless a final result exists; a value of another type
     /// under its key is written over.
     pub async fn put_recovery(&self, result: &OrderResult) -> anyhow::Result<PutOutcome> {
         self.write(result, "recover").await
@@ -193,5 +193,61 @@ impl RedisStore {
             .arg(key)
             .query_async(&mut connection)
             .await?)
+    }
+}
+
+/// The result store seam, on Redis.
+#[async_trait::async_trait]
+impl crate::store::ResultStore for RedisStore {
+    async fn put(&self, result: &OrderResult) -> anyhow::Result<PutOutcome> {
+        RedisStore::put(self, result).await
+    }
+
+    async fn put_recovery(&self, result: &OrderResult) -> anyhow::Result<PutOutcome> {
+        RedisStore::put_recovery(self, result).await
+    }
+
+    async fn replace(&self, result: &OrderResult) -> anyhow::Result<()> {
+        RedisStore::replace(self, result).await
+    }
+
+    async fn get(&self, id: &str) -> anyhow::Result<Option<OrderResult>> {
+        RedisStore::get(self, id).await
+    }
+
+    async fn wait_until(
+        &self,
+        id: &str,
+        deadline: std::time::Instant,
+    ) -> anyhow::Result<Option<OrderResult>> {
+        self.wait(id, tokio::time::Instant::from_std(deadline))
+            .await
+    }
+
+    // get_many: the default; the reads pipeline on the multiplexed connection.
+
+    async fn announce(&self, ids: &[&str]) -> anyhow::Result<()> {
+        RedisStore::announce(self, ids).await
+    }
+
+    async fn put_shadow(
+        &self,
+        run: &str,
+        candidates: &[OrderResult],
+        tally: &crate::domain::diff::DiffReport,
+    ) -> anyhow::Result<()> {
+        RedisStore::put_shadow(self, run, candidates, tally).await
+    }
+
+    async fn shadow_report(&self, run: &str) -> anyhow::Result<crate::domain::diff::DiffReport> {
+        RedisStore::shadow_report(self, run).await
+    }
+
+    async fn shadow_result(&self, run: &str, id: &str) -> anyhow::Result<Option<OrderResult>> {
+        RedisStore::shadow_result(self, run, id).await
+    }
+
+    fn refusal(&self, error: &anyhow::Error) -> Option<String> {
+        super::permanent_error(error)
     }
 }

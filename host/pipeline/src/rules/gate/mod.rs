@@ -323,7 +323,7 @@ impl Gate {
         let checked = tokio::task::spawn_blocking(move || {
             for spec in chain.specs() {
                 if let Some(bundle) = spec.plugin.bundle() {
-                    bundle.check(&spec.plugin, spec.limits)?;
+                    order_rules_engine::bundle_check::check(bundle, &spec.plugin, spec.limits)?;
                 }
             }
             let smoke = chain.evaluate(&Order::single_item("smoke-test", "book", 100, "USD"));
