@@ -18,7 +18,7 @@ use tonic::service::Routes;
 
 use order_rules_engine::{Engine, RuleChain};
 
-use crate::backends::embedded::EmbeddedDb;
+use crate::backends::embedded::{EmbeddedDb, EmbeddedLog};
 use crate::backends::kafka;
 use crate::backends::redis::Redis;
 use crate::config::Config;
@@ -379,8 +379,11 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
             worker_name(config),
             shutdown.clone(),
         ));
-        let log = match (&embedded, &producer, kafka_brokers) {
-            (Some(db), _, _) => Consumer::Embedded(Arc::clone(db)),
+        let Some(store) = store.clone() else {
+            anyhow::bail!("the worker has no result store (a bug in start-up)");
+        };
+        let log: Consumer = match (&embedded, &producer, kafka_brokers) {
+            (Some(db), _, _) => Box::new(EmbeddedLog::new(Arc::clone(db))),
             (None, Some(producer), Some(brokers)) => {
                 let orders = kafka::OrderConsumer::subscribe(
                     brokers,
@@ -396,17 +399,11 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
                 tracing::info!(topic = %config.kafka_topic, group = %config.worker_group, "worker consuming");
                 let dead_letters =
                     kafka::DeadLetters::new(producer.clone(), &config.dlq_topic, produce_timeout);
-                Consumer::Kafka {
-                    orders,
-                    dead_letters,
-                }
+                Box::new(kafka::KafkaLog::new(orders, dead_letters, store))
             }
             _ => anyhow::bail!("the worker has no order log (a bug in start-up)"),
         };
-        let Some(store) = store.clone() else {
-            anyhow::bail!("the worker has no result store (a bug in start-up)");
-        };
-        tasks.spawn(worker::run(log, processor, store, shutdown.clone()));
+        tasks.spawn(worker::run(log, processor, shutdown.clone()));
     }
 
     let mut order_addr = None;

@@ -21,11 +21,13 @@ use crate::waiters::Waiters;
 use results::put;
 
 mod audit;
+mod lane;
 mod registry;
 mod results;
 mod retention;
 mod shadow;
 
+pub use lane::EmbeddedLog;
 pub use retention::run as run_retention;
 pub use retention::{PRUNE_BATCH, PRUNE_EVERY, Pruned};
 
@@ -251,13 +253,14 @@ impl EmbeddedDb {
     }
 
     /// Records the results and dead letters of processed entries and moves the consumed
-    /// offset to `next`, in one transaction. Final results are kept as in Redis.
+    /// offset to `next`, in one transaction. Final results are kept as in Redis. Hands
+    /// the results back with what became of each.
     pub async fn commit_batch(
         &self,
-        results: Vec<OrderResult>,
+        results: Vec<Box<OrderResult>>,
         dead_letters: Vec<DeadLetterRecord>,
         next: u64,
-    ) -> anyhow::Result<Vec<PutOutcome>> {
+    ) -> anyhow::Result<(Vec<PutOutcome>, Vec<Box<OrderResult>>)> {
         let db = Arc::clone(&self.db);
         let ids: Vec<String> = results.iter().map(|r| r.id.clone()).collect();
         let outcomes = blocking(move || {
@@ -281,7 +284,7 @@ impl EmbeddedDb {
                 outcomes
             };
             txn.commit()?;
-            Ok(outcomes)
+            Ok((outcomes, results))
         })
         .await?;
         self.waiters.wake(ids.iter().map(String::as_str));

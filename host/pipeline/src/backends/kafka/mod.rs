@@ -2,9 +2,11 @@
 //! path), topic creation at start-up, and the consumer the worker uses.
 
 mod consumer;
+mod lanes;
 pub mod reader;
 
 pub use consumer::{DeadLetters, LogEntry, OrderConsumer};
+pub use lanes::KafkaLog;
 
 /// How a worker takes part in its consumer group.
 #[derive(Debug, Clone, Copy)]

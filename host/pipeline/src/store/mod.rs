@@ -6,11 +6,15 @@
 //! changes a result a client has seen; a `failed` result may be replaced by a later
 //! attempt. `tests/e2e/contract` runs the same cases over every implementation.
 
+mod write;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::domain::diff::DiffReport;
 use crate::domain::{OrderResult, PutOutcome};
+
+pub use write::{Persisted, persist, write_batch};
 
 /// Longest wait a client may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
