@@ -498,7 +498,16 @@ pub async fn start(role: Role, config: &Config) -> anyhow::Result<Running> {
         let listener = bind("ADMIN_ADDR", addr).await?;
         admin_addr = Some(listener.local_addr()?);
         let mut api = AdminApi::new(Arc::clone(live), store.clone());
-        let log = crate::replay::Log::of(embedded.as_ref(), kafka_brokers, &kafka_options, config);
+        let log: Option<crate::replay::Log> = match (&embedded, kafka_brokers) {
+            (Some(db), _) => Some(Arc::clone(db) as _),
+            (None, Some(brokers)) => Some(Arc::new(kafka::reader::KafkaReplayLog::new(
+                brokers,
+                &kafka_options,
+                &config.kafka_topic,
+                &config.dlq_topic,
+            ))),
+            (None, None) => None,
+        };
         if let (Some(store), Some(log)) = (&store, log) {
             api = api.with_replayer(Arc::new(crate::replay::Replayer::new(
                 Arc::clone(live),

@@ -11,8 +11,6 @@ use std::time::Instant;
 
 use prost::Message as _;
 
-use crate::backends::embedded::EmbeddedDb;
-use crate::backends::kafka::{self, reader};
 use crate::domain::diff::DiffReport;
 use crate::domain::wire::order_from_request;
 use crate::domain::{Order, OrderResult, Replaced, now_unix_ms};
@@ -95,45 +93,50 @@ pub struct DeadLetter {
     pub result_status: Option<String>,
 }
 
-/// Where the worker's orders come from.
-#[derive(Clone)]
-pub enum Log {
-    /// The embedded database.
-    Embedded(Arc<EmbeddedDb>),
-    /// Kafka.
-    Kafka {
-        /// Bootstrap servers.
-        brokers: String,
-        /// Client options.
-        options: kafka::ClientOptions,
-        /// The order topic.
-        topic: String,
-        /// The dead-letter topic.
-        dlq_topic: String,
-    },
+/// An entry read back from the log or its dead letters.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Where it is: `partition/offset` (Kafka) or the log sequence number (embedded).
+    pub position: String,
+    /// Its headers.
+    pub headers: Headers,
+    /// Its bytes.
+    pub payload: Vec<u8>,
 }
 
-impl Log {
-    /// The worker's log as `config` and the backends started set it up: the embedded
-    /// database, or Kafka at `brokers`; `None` without either.
-    pub fn of(
-        embedded: Option<&Arc<EmbeddedDb>>,
-        brokers: Option<&str>,
-        options: &kafka::ClientOptions,
-        config: &crate::config::Config,
-    ) -> Option<Self> {
-        match (embedded, brokers) {
-            (Some(db), _) => Some(Self::Embedded(Arc::clone(db))),
-            (None, Some(brokers)) => Some(Self::Kafka {
-                brokers: brokers.to_string(),
-                options: options.clone(),
-                topic: config.kafka_topic.clone(),
-                dlq_topic: config.dlq_topic.clone(),
-            }),
-            (None, None) => None,
-        }
-    }
+/// What a time range of the log gives back.
+#[derive(Debug)]
+pub enum InRange {
+    /// The entries appended in it (Kafka keeps them).
+    Entries(Vec<Recorded>),
+    /// The results decided in it (the embedded log drops processed entries; a result
+    /// keeps the order it decided).
+    Results(Vec<OrderResult>),
 }
+
+/// Where a replay reads the worker's orders back; implemented in `backends/<name>/`.
+#[async_trait::async_trait]
+pub trait ReplayLog: Send + Sync + 'static {
+    /// The dead letters, oldest first, at most `limit`.
+    async fn dead_letters(&self, limit: usize) -> anyhow::Result<Vec<Recorded>>;
+
+    /// What was appended (or decided) from `since` (included) to `until` (excluded),
+    /// Unix ms, at most `limit`.
+    async fn between(&self, since: i64, until: i64, limit: usize) -> anyhow::Result<InRange>;
+
+    /// The entries of `partition` from offset `from` (included) to `to` (excluded;
+    /// `None`: the end), at most `limit`; `None` when this log has no offsets.
+    async fn offsets(
+        &self,
+        partition: i32,
+        from: i64,
+        to: Option<i64>,
+        limit: usize,
+    ) -> anyhow::Result<Option<Vec<Recorded>>>;
+}
+
+/// The worker's log, as a replayer holds it.
+pub type Log = Arc<dyn ReplayLog>;
 
 /// Why a replay did not run.
 #[derive(Debug, thiserror::Error)]
@@ -175,30 +178,6 @@ impl Replayer {
             .map_err(|e| format!("not a valid order: {e}"))
     }
 
-    async fn read_kafka(
-        &self,
-        dead_letters: bool,
-        range: reader::Range,
-        limit: usize,
-    ) -> Result<Vec<reader::ReadMessage>, ReplayError> {
-        let Log::Kafka {
-            brokers,
-            options,
-            topic,
-            dlq_topic,
-        } = self.log.clone()
-        else {
-            return Err(ReplayError::Invalid(
-                "offsets: the embedded mode has no Kafka offsets; choose ids, a time range or the dead letters".into(),
-            ));
-        };
-        let topic = if dead_letters { dlq_topic } else { topic };
-        tokio::task::spawn_blocking(move || reader::read(&brokers, &options, &topic, &range, limit))
-            .await
-            .map_err(|e| ReplayError::Unavailable(anyhow::anyhow!("reading Kafka panicked: {e}")))?
-            .map_err(ReplayError::Unavailable)
-    }
-
     /// The dead letters, oldest first, at most `limit`.
     pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, ReplayError> {
         Ok(self
@@ -214,36 +193,25 @@ impl Replayer {
         &self,
         limit: usize,
     ) -> Result<Vec<(DeadLetter, Option<OrderResult>)>, ReplayError> {
-        let raw: Vec<(String, Headers, Vec<u8>)> = match &self.log {
-            Log::Embedded(db) => db
-                .dead_letters()
-                .await
-                .map_err(ReplayError::Unavailable)?
-                .into_iter()
-                .take(limit)
-                .map(|d| (d.source_seq.to_string(), d.headers, d.payload))
-                .collect(),
-            Log::Kafka { .. } => self
-                .read_kafka(true, reader::Range::All, limit)
-                .await?
-                .into_iter()
-                .map(|m| {
-                    (
-                        format!("{}/{}", m.partition, m.offset),
-                        m.headers,
-                        m.payload,
-                    )
-                })
-                .collect(),
-        };
+        let raw = self
+            .log
+            .dead_letters(limit)
+            .await
+            .map_err(ReplayError::Unavailable)?;
         let letters: Vec<DeadLetter> = raw
             .into_iter()
-            .map(|(position, headers, payload)| DeadLetter {
-                order: self.decode(&payload),
-                position,
-                headers,
-                result_status: None,
-            })
+            .map(
+                |Recorded {
+                     position,
+                     headers,
+                     payload,
+                 }| DeadLetter {
+                    order: self.decode(&payload),
+                    position,
+                    headers,
+                    result_status: None,
+                },
+            )
             .collect();
         // Letters that are not orders have no result: their slot reads nothing.
         let ids: Vec<String> = letters
@@ -286,8 +254,8 @@ impl Replayer {
             }
             out
         };
-        let payloads: Vec<(String, Vec<u8>)> = match (selection, &self.log) {
-            (Selection::Ids(ids), _) => {
+        let payloads: Vec<Recorded> = match selection {
+            Selection::Ids(ids) => {
                 let ids: Vec<String> = ids.iter().take(limit).cloned().collect();
                 let stored = self
                     .store
@@ -303,45 +271,36 @@ impl Replayer {
                 }
                 return Ok(from_results(results, skipped));
             }
-            (Selection::Time { since, until }, Log::Embedded(db)) => {
-                let results = db
-                    .results_between(*since, *until, limit)
+            Selection::Time { since, until } => {
+                match self
+                    .log
+                    .between(*since, *until, limit)
                     .await
-                    .map_err(ReplayError::Unavailable)?;
-                return Ok(from_results(results, skipped));
+                    .map_err(ReplayError::Unavailable)?
+                {
+                    InRange::Entries(entries) => entries,
+                    InRange::Results(results) => return Ok(from_results(results, skipped)),
+                }
             }
-            (Selection::Time { since, until }, Log::Kafka { .. }) => self
-                .read_kafka(
-                    false,
-                    reader::Range::Time {
-                        since: *since,
-                        until: *until,
-                    },
-                    limit,
-                )
-                .await?
-                .into_iter()
-                .map(|m| (format!("{}/{}", m.partition, m.offset), m.payload))
-                .collect(),
-            (Selection::Offsets(ranges), _) => {
+            Selection::Offsets(ranges) => {
                 let mut all = Vec::new();
                 for (partition, from, to) in ranges {
-                    let range = reader::Range::Offsets {
-                        partition: *partition,
-                        from: *from,
-                        to: *to,
-                    };
                     let left = limit.saturating_sub(all.len());
-                    all.extend(
-                        self.read_kafka(false, range, left)
-                            .await?
-                            .into_iter()
-                            .map(|m| (format!("{}/{}", m.partition, m.offset), m.payload)),
-                    );
+                    let read = self
+                        .log
+                        .offsets(*partition, *from, *to, left)
+                        .await
+                        .map_err(ReplayError::Unavailable)?;
+                    let Some(read) = read else {
+                        return Err(ReplayError::Invalid(
+                            "offsets: the embedded mode has no Kafka offsets; choose ids, a time range or the dead letters".into(),
+                        ));
+                    };
+                    all.extend(read);
                 }
                 all
             }
-            (Selection::DeadLetters, _) => {
+            Selection::DeadLetters => {
                 let mut out = Vec::new();
                 for (letter, stored) in self.letters_with_results(limit).await? {
                     match letter.order {
@@ -353,7 +312,10 @@ impl Replayer {
             }
         };
         let mut orders = Vec::with_capacity(payloads.len());
-        for (position, payload) in payloads {
+        for Recorded {
+            position, payload, ..
+        } in payloads
+        {
             match self.decode(&payload) {
                 Ok(order) => orders.push(order),
                 Err(why) => skipped.push(format!("{position}: {why}")),

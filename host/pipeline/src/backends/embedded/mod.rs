@@ -23,6 +23,7 @@ use results::put;
 mod audit;
 mod lane;
 mod registry;
+mod replay;
 mod results;
 mod retention;
 mod shadow;

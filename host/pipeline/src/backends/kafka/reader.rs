@@ -163,3 +163,83 @@ pub fn read(
     }
     Ok(out)
 }
+
+/// The order topic and its dead-letter topic, read back for a replay.
+pub struct KafkaReplayLog {
+    brokers: String,
+    options: ClientOptions,
+    topic: String,
+    dlq_topic: String,
+}
+
+impl KafkaReplayLog {
+    /// Reads `topic` and `dlq_topic` at `brokers` with `options`.
+    pub fn new(brokers: &str, options: &ClientOptions, topic: &str, dlq_topic: &str) -> Self {
+        Self {
+            brokers: brokers.to_string(),
+            options: options.clone(),
+            topic: topic.to_string(),
+            dlq_topic: dlq_topic.to_string(),
+        }
+    }
+
+    /// `range` of `topic`, at most `limit`, on a blocking thread.
+    async fn read(
+        &self,
+        topic: &str,
+        range: Range,
+        limit: usize,
+    ) -> anyhow::Result<Vec<crate::replay::Recorded>> {
+        let (brokers, options, topic) = (
+            self.brokers.clone(),
+            self.options.clone(),
+            topic.to_string(),
+        );
+        let read =
+            tokio::task::spawn_blocking(move || read(&brokers, &options, &topic, &range, limit))
+                .await
+                .map_err(|e| anyhow::anyhow!("reading Kafka panicked: {e}"))??;
+        Ok(read
+            .into_iter()
+            .map(|m| crate::replay::Recorded {
+                position: format!("{}/{}", m.partition, m.offset),
+                headers: m.headers,
+                payload: m.payload,
+            })
+            .collect())
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::replay::ReplayLog for KafkaReplayLog {
+    async fn dead_letters(&self, limit: usize) -> anyhow::Result<Vec<crate::replay::Recorded>> {
+        self.read(&self.dlq_topic, Range::All, limit).await
+    }
+
+    async fn between(
+        &self,
+        since: i64,
+        until: i64,
+        limit: usize,
+    ) -> anyhow::Result<crate::replay::InRange> {
+        let entries = self
+            .read(&self.topic, Range::Time { since, until }, limit)
+            .await?;
+        Ok(crate::replay::InRange::Entries(entries))
+    }
+
+    async fn offsets(
+        &self,
+        partition: i32,
+        from: i64,
+        to: Option<i64>,
+        limit: usize,
+    ) -> anyhow::Result<Option<Vec<crate::replay::Recorded>>> {
+        let range = Range::Offsets {
+            partition,
+            from,
+            to,
+        };
+        self.read(&self.topic, range, limit).await.map(Some)
+    }
+}
