@@ -17,7 +17,7 @@ fn hash(token: &str) -> String {
 
 /// Runs the calls, checks the trail; returns the running pipeline for more.
 async fn every_call_appears_once(mut config: Config) -> app::Running {
-    config.admin_tokens = Some(format!(
+    config.admin.tokens = Some(format!(
         "dana:deployer:{},rita:reader:{}",
         hash("dana-token"),
         hash("rita-token")
@@ -96,7 +96,7 @@ async fn every_admin_call_is_audited_once_embedded() {
 async fn every_admin_call_is_audited_once_and_a_removed_event_shows_on_kafka_and_redis() {
     let Some(services) = services() else { return };
     let config = kafka_config(&services);
-    let group = config.worker_group.clone();
+    let group = config.kafka.group.clone();
     let running = every_call_appears_once(config).await;
     let url = format!("http://{}", running.admin_addr.unwrap());
 

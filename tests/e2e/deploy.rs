@@ -52,7 +52,7 @@ pub(crate) fn us_order(id: &str) -> OrderRequest {
 async fn deploy_under_load_switches_versions_and_loses_nothing() {
     let Some(services) = services() else { return };
     let mut config = kafka_config(&services);
-    config.admin_token = Some(TOKEN.into());
+    config.admin.token = Some(TOKEN.into());
     let running = app::start(Role::All, &config).await.unwrap();
     let mut admin = AdminServiceClient::connect(format!("http://{}", running.admin_addr.unwrap()))
         .await
@@ -151,7 +151,7 @@ async fn deploy_under_load_switches_versions_and_loses_nothing() {
 async fn a_second_worker_converges_on_the_new_version() {
     let Some(services) = services() else { return };
     let mut config = kafka_config(&services);
-    config.admin_token = Some(TOKEN.into());
+    config.admin.token = Some(TOKEN.into());
     let first = app::start(Role::All, &config).await.unwrap();
     let second = app::start(Role::Worker, &config).await.unwrap();
     let mut admin = AdminServiceClient::connect(format!("http://{}", first.admin_addr.unwrap()))
@@ -188,7 +188,7 @@ async fn a_second_worker_converges_on_the_new_version() {
 async fn refused_deploys_leave_the_live_ruleset_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = embedded_config(dir.path());
-    config.admin_token = Some(TOKEN.into());
+    config.admin.token = Some(TOKEN.into());
     let running = app::start(Role::All, &config).await.unwrap();
     let mut admin = AdminServiceClient::connect(format!("http://{}", running.admin_addr.unwrap()))
         .await
@@ -283,7 +283,7 @@ async fn refused_deploys_leave_the_live_ruleset_untouched() {
 async fn admin_refuses_a_public_address_without_a_token() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = embedded_config(dir.path());
-    config.admin_addr = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+    config.servers.admin = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
     let err = app::start(Role::All, &config).await.err().unwrap();
     assert!(format!("{err:#}").contains("ADMIN_TOKEN"), "{err:#}");
 }
@@ -292,9 +292,9 @@ async fn admin_refuses_a_public_address_without_a_token() {
 async fn a_failing_rule_is_quarantined_and_its_orders_retried() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = embedded_config(dir.path());
-    config.quarantine_failures = 3;
-    config.quarantine_window = 10;
-    config.metrics_addr = Some(crate::support::LOOPBACK_ANY_PORT);
+    config.worker.quarantine_failures = 3;
+    config.worker.quarantine_window = 10;
+    config.telemetry.metrics_addr = Some(crate::support::LOOPBACK_ANY_PORT);
     let running = app::start(Role::All, &config).await.unwrap();
     let mut admin = AdminServiceClient::connect(format!("http://{}", running.admin_addr.unwrap()))
         .await

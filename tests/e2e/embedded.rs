@@ -112,8 +112,8 @@ async fn embedded_mode_has_the_same_semantics() {
     let mut config = embedded_config(dir.path());
     let ruleset = dir.path().join("chaos.toml");
     std::fs::write(&ruleset, "[[rule]]\nplugin = \"builtin:rule-validate\"\n\n[[rule]]\nplugin = \"builtin:rule-chaos\"\n").unwrap();
-    config.ruleset = Some(ruleset);
-    config.max_retries = 1;
+    config.plugins.ruleset = Some(ruleset);
+    config.worker.max_retries = 1;
     let running = app::start(Role::All, &config).await.unwrap();
     let mut orders = order_client(running.order_addr.unwrap()).await;
     let mut cache = cache_client(running.cache_addr.unwrap()).await;

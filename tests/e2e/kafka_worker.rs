@@ -20,13 +20,13 @@ async fn a_partition_that_retries_in_place_does_not_stall_the_others() {
     let ruleset = dir.path().join("chaos.toml");
     std::fs::write(&ruleset, "[[rule]]\nplugin = \"builtin:rule-chaos\"\n").unwrap();
     let mut config = kafka_config(&services);
-    config.ruleset = Some(ruleset);
-    config.max_retries = 2;
+    config.plugins.ruleset = Some(ruleset);
+    config.worker.max_retries = 2;
     // 0.25 + 0.5 s of backoff per retried order: partition 0 waits ~30 s, five times the
     // max poll interval, and partition 1 has ample time even on a busy machine.
-    config.retry_backoff_ms = 250;
-    config.kafka_session_timeout_ms = 6_000;
-    config.kafka_max_poll_interval_ms = 6_000;
+    config.worker.retry_backoff_ms = 250;
+    config.kafka.session_timeout_ms = 6_000;
+    config.kafka.max_poll_interval_ms = 6_000;
     let running = app::start(Role::All, &config).await.unwrap();
     let mut cache = cache_client(running.cache_addr.unwrap()).await;
     let producer: FutureProducer = ClientConfig::new()
@@ -36,7 +36,7 @@ async fn a_partition_that_retries_in_place_does_not_stall_the_others() {
         .unwrap();
     let send = |id: String, item: &'static str, partition: i32| {
         let producer = producer.clone();
-        let topic = config.kafka_topic.clone();
+        let topic = config.kafka.topic.clone();
         async move {
             let payload = prost::Message::encode_to_vec(&go_request(&id, item, 1));
             producer
@@ -95,14 +95,14 @@ async fn kafka_properties_reach_every_client() {
     let Some(services) = services() else { return };
     // librdkafka checks every property: a wrong one stops the start, naming the variable.
     let mut config = kafka_config(&services);
-    config.kafka_properties = vec![("no.such.property".into(), "1".into())];
+    config.kafka.properties = vec![("no.such.property".into(), "1".into())];
     let error = format!("{:#}", app::start(Role::All, &config).await.err().unwrap());
     assert!(
         error.contains("KAFKA_PROPERTIES") && error.contains("no.such.property"),
         "{error}"
     );
     // Accepted ones go to the producer, the consumer and the admin client alike.
-    config.kafka_properties = vec![
+    config.kafka.properties = vec![
         ("client.id".into(), "order-pipeline-props-test".into()),
         ("security.protocol".into(), "plaintext".into()),
     ];

@@ -73,7 +73,7 @@ pub(crate) fn scrape_until(
 async fn embedded_pipeline_metrics_are_scraped_and_parse() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = embedded_config(dir.path());
-    config.metrics_addr = Some(crate::support::LOOPBACK_ANY_PORT);
+    config.telemetry.metrics_addr = Some(crate::support::LOOPBACK_ANY_PORT);
     let running = app::start(Role::All, &config).await.unwrap();
     let addr = running.metrics_addr.unwrap();
     let mut orders = order_client(running.order_addr.unwrap()).await;
@@ -169,11 +169,11 @@ async fn embedded_pipeline_metrics_are_scraped_and_parse() {
 async fn kafka_pipeline_reports_consumer_lag_and_end_to_end_latency() {
     let Some(services) = services() else { return };
     let mut config = kafka_config(&services);
-    config.metrics_addr = Some(crate::support::LOOPBACK_ANY_PORT);
+    config.telemetry.metrics_addr = Some(crate::support::LOOPBACK_ANY_PORT);
     let running = app::start(Role::All, &config).await.unwrap();
     let addr = running.metrics_addr.unwrap();
     crate::support::decide_one(&running, "metrics-kafka").await;
-    let topic = config.kafka_topic.clone();
+    let topic = config.kafka.topic.clone();
     let scraped = tokio::task::spawn_blocking(move || {
         // librdkafka reports its statistics every 5 s.
         scrape_until(addr, Duration::from_secs(20), |s| {
@@ -188,13 +188,13 @@ async fn kafka_pipeline_reports_consumer_lag_and_end_to_end_latency() {
         .samples
         .iter()
         .filter(|s| {
-            s.metric == m::CONSUMER_LAG && s.labels.get("topic") == Some(&config.kafka_topic)
+            s.metric == m::CONSUMER_LAG && s.labels.get("topic") == Some(&config.kafka.topic)
         })
         .collect();
     assert!(
         !lags.is_empty(),
         "no consumer lag for {}",
-        config.kafka_topic
+        config.kafka.topic
     );
     for lag in lags {
         assert!(lag.labels.get("partition").is_some());

@@ -101,8 +101,8 @@ async fn fail_orders_are_retried_then_failed_and_dead_lettered() {
     let ruleset = dir.path().join("chaos.toml");
     std::fs::write(&ruleset, "[[rule]]\nplugin = \"builtin:rule-validate\"\n\n[[rule]]\nplugin = \"builtin:rule-chaos\"\n").unwrap();
     let mut config = kafka_config(&services);
-    config.ruleset = Some(ruleset);
-    config.max_retries = 2;
+    config.plugins.ruleset = Some(ruleset);
+    config.worker.max_retries = 2;
     let running = app::start(Role::All, &config).await.unwrap();
     let mut orders = order_client(running.order_addr.unwrap()).await;
     let mut cache = cache_client(running.cache_addr.unwrap()).await;
@@ -121,14 +121,14 @@ async fn fail_orders_are_retried_then_failed_and_dead_lettered() {
         result.error
     );
 
-    let dead = read_topic(&services.kafka, &config.dlq_topic, 1).await;
+    let dead = read_topic(&services.kafka, &config.kafka.dlq_topic, 1).await;
     let record = &dead[0];
     assert_eq!(record.key(), Some(id.as_bytes()));
     assert_eq!(header(record, "rule").as_deref(), Some("rule-chaos"));
     assert_eq!(header(record, "attempts").as_deref(), Some("3"));
     assert_eq!(
         header(record, "source-topic").as_deref(),
-        Some(config.kafka_topic.as_str())
+        Some(config.kafka.topic.as_str())
     );
     assert!(
         header(record, "source-partition").is_some() && header(record, "source-offset").is_some()
@@ -167,7 +167,7 @@ async fn undecodable_message_is_dead_lettered_and_the_worker_goes_on() {
         .unwrap();
     producer
         .send(
-            FutureRecord::to(&config.kafka_topic)
+            FutureRecord::to(&config.kafka.topic)
                 .key("garbage")
                 .payload(&[0xff_u8, 0xff, 0xff][..]),
             Duration::from_secs(5),
@@ -186,7 +186,7 @@ async fn undecodable_message_is_dead_lettered_and_the_worker_goes_on() {
         "done"
     );
 
-    let dead = read_topic(&services.kafka, &config.dlq_topic, 1).await;
+    let dead = read_topic(&services.kafka, &config.kafka.dlq_topic, 1).await;
     assert_eq!(dead[0].payload(), Some(&[0xff_u8, 0xff, 0xff][..]));
     assert!(
         header(&dead[0], "reason")
@@ -201,7 +201,7 @@ async fn undecodable_message_is_dead_lettered_and_the_worker_goes_on() {
 async fn resubmitting_an_id_keeps_the_first_result() {
     let Some(services) = services() else { return };
     let mut config = kafka_config(&services);
-    config.kafka_partitions = 1;
+    config.kafka.partitions = 1;
     let running = app::start(Role::All, &config).await.unwrap();
     let mut orders = order_client(running.order_addr.unwrap()).await;
     let mut cache = cache_client(running.cache_addr.unwrap()).await;
@@ -285,9 +285,9 @@ async fn aborted_worker_loses_nothing_when_another_takes_over() {
     let dir = tempfile::tempdir().unwrap();
     let slow = crate::support::slow_ruleset(dir.path(), 1_000_000);
     let mut slow_config = config.clone();
-    slow_config.ruleset = Some(slow);
-    slow_config.limits.fuel = 1_000_000_000;
-    slow_config.limits.deadline = Duration::from_secs(5);
+    slow_config.plugins.ruleset = Some(slow);
+    slow_config.plugins.limits.fuel = 1_000_000_000;
+    slow_config.plugins.limits.deadline = Duration::from_secs(5);
     let worker = app::start(Role::Worker, &slow_config).await.unwrap();
     let mut orders = order_client(front.order_addr.unwrap()).await;
     let mut cache = cache_client(reader.cache_addr.unwrap()).await;
@@ -332,8 +332,8 @@ async fn broker_down_is_unavailable_never_accepted() {
     let Some(_services) = services() else { return };
     let broker = crate::support::OwnKafka::start();
     let mut config = kafka_config(&_services);
-    config.kafka_brokers = Some(broker.addr.clone());
-    config.produce_timeout_ms = 1500;
+    config.kafka.brokers = Some(broker.addr.clone());
+    config.kafka.produce_timeout_ms = 1500;
     let running = app::start(Role::OrderService, &config).await.unwrap();
     let mut orders = order_client(running.order_addr.unwrap()).await;
     // A broker that just opened its port may still be electing the topic's leaders (on a

@@ -33,14 +33,14 @@ async fn each_role_is_allowed_exactly_its_calls(mut config: Config) {
         ("dana", "deployer", "dana-token"),
         ("xena", "reader+data", "xena-token"),
     ];
-    config.admin_tokens = Some(
+    config.admin.tokens = Some(
         principals
             .iter()
             .map(|(name, role, token)| format!("{name}:{role}:{}", hash(token)))
             .collect::<Vec<_>>()
             .join(","),
     );
-    config.admin_token = Some("the-plain-token".into());
+    config.admin.token = Some("the-plain-token".into());
     let running = app::start(Role::All, &config).await.unwrap();
     let channel =
         tonic::transport::Endpoint::from_shared(format!("http://{}", running.admin_addr.unwrap()))
@@ -128,19 +128,19 @@ async fn each_role_is_allowed_exactly_its_calls_on_kafka_and_redis() {
 async fn tokens_never_cross_the_network_in_clear_unless_allowed() {
     let data = tempfile::tempdir().unwrap();
     let mut config = embedded_config(data.path());
-    config.admin_addr = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
-    config.admin_tokens = Some(format!("dana:deployer:{}", hash("dana-token")));
+    config.servers.admin = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+    config.admin.tokens = Some(format!("dana:deployer:{}", hash("dana-token")));
     let err = format!("{:#}", app::start(Role::All, &config).await.err().unwrap());
     assert!(
         err.contains("ADMIN_ALLOW_PLAINTEXT") && err.contains("TLS_CERT"),
         "{err}"
     );
-    config.admin_allow_plaintext = true;
+    config.admin.allow_plaintext = true;
     let running = app::start(Role::All, &config).await.unwrap();
     running.stop().await.unwrap();
 
     // A bad entry stops the start naming the variable, and never shows a token.
-    config.admin_tokens = Some("dana:deployer:dana-secret-token".into());
+    config.admin.tokens = Some("dana:deployer:dana-secret-token".into());
     let err = format!("{:#}", app::start(Role::All, &config).await.err().unwrap());
     assert!(
         err.contains("ADMIN_TOKENS") && !err.contains("dana-secret"),
@@ -163,11 +163,11 @@ async fn a_client_certificate_subject_can_be_the_principal() {
     );
     let data = tempfile::tempdir().unwrap();
     let mut config = embedded_config(data.path());
-    config.admin_cert_principals = Some("ops-robot:operator".into());
+    config.admin.cert_principals = Some("ops-robot:operator".into());
     // Without client certificates there is no subject to know a principal by.
     let err = format!("{:#}", app::start(Role::All, &config).await.err().unwrap());
     assert!(err.contains("TLS_CLIENT_CA"), "{err}");
-    config.tls = Some(TlsFiles {
+    config.servers.tls = Some(TlsFiles {
         cert: PathBuf::from(path(d, "server.pem")),
         key: PathBuf::from(path(d, "server.key")),
         client_ca: Some(PathBuf::from(path(d, "ca.pem"))),

@@ -23,19 +23,17 @@ fn config_for(prefix: &str, redis: String, kafka: String) -> (u128, Config) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    let config = Config {
-        kafka_brokers: Some(kafka),
-        redis_addr: Some(redis),
-        kafka_topic: format!("{prefix}-orders-{stamp}"),
-        dlq_topic: format!("{prefix}-dlq-{stamp}"),
-        worker_group: format!("{prefix}-group-{stamp}"),
-        kafka_partitions: 2,
-        order_service_addr: LOOPBACK_ANY_PORT,
-        cache_service_addr: LOOPBACK_ANY_PORT,
-        // Not Config's `data/component-cache`, relative to the tests' directory.
-        component_cache: Some(crate::support::component_cache()),
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.kafka.brokers = Some(kafka);
+    config.redis.addr = Some(redis);
+    config.kafka.topic = format!("{prefix}-orders-{stamp}");
+    config.kafka.dlq_topic = format!("{prefix}-dlq-{stamp}");
+    config.kafka.group = format!("{prefix}-group-{stamp}");
+    config.kafka.partitions = 2;
+    config.servers.order = LOOPBACK_ANY_PORT;
+    config.servers.cache = LOOPBACK_ANY_PORT;
+    // Not Config's `data/component-cache`, relative to the tests' directory.
+    config.plugins.component_cache = Some(crate::support::component_cache());
     (stamp, config)
 }
 
@@ -63,14 +61,14 @@ fn worker_process_with(
     let mut command = Command::new(env!("CARGO_BIN_EXE_order-pipeline"));
     command
         .arg("worker")
-        .env("KAFKA_BROKERS", config.kafka_brokers.as_deref().unwrap())
-        .env("REDIS_ADDR", config.redis_addr.as_deref().unwrap())
-        .env("KAFKA_TOPIC", &config.kafka_topic)
-        .env("DLQ_TOPIC", &config.dlq_topic)
-        .env("WORKER_GROUP", &config.worker_group)
+        .env("KAFKA_BROKERS", config.kafka.brokers.as_deref().unwrap())
+        .env("REDIS_ADDR", config.redis.addr.as_deref().unwrap())
+        .env("KAFKA_TOPIC", &config.kafka.topic)
+        .env("DLQ_TOPIC", &config.kafka.dlq_topic)
+        .env("WORKER_GROUP", &config.kafka.group)
         .env(
             "WORKER_INSTANCE_ID",
-            format!("{}-{instance}", config.worker_group),
+            format!("{}-{instance}", config.kafka.group),
         )
         .env("COMPONENT_CACHE_DIR", crate::support::component_cache())
         .env("PLUGIN_FUEL", "1000000000")

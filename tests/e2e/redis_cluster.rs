@@ -73,7 +73,7 @@ async fn the_pipeline_decides_orders_through_a_redis_cluster() {
     let Some(nodes) = redis_cluster() else { return };
     let Some(services) = services() else { return };
     let mut config = kafka_config(&services);
-    config.redis_addr = Some(nodes);
+    config.redis.addr = Some(nodes);
     let running = app::start(Role::All, &config).await.unwrap();
     let mut orders = order_client(running.order_addr.unwrap()).await;
     let mut cache = cache_client(running.cache_addr.unwrap()).await;

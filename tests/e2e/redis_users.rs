@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use order_pipeline::app::{self, Role};
-use order_pipeline::config::Config;
+use order_pipeline::config::{Config, WorkerConfig};
 use order_pipeline::proto::CreateOrdersRequest;
 use order_pipeline::proto::admin::admin_service_client::AdminServiceClient;
 use order_pipeline::proto::admin::{self, DeployRequest, deploy_request::Position};
@@ -80,23 +80,25 @@ async fn each_role_runs_with_its_own_redis_user() {
     let answer: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut connection).await;
     assert!(answer.is_err(), "the default user is off");
 
-    let base = Config {
-        worker_group: group.clone(),
-        quarantine_failures: 3,
-        quarantine_window: 10,
-        worker_instance_id: Some("acl-worker".into()),
-        ..kafka_config(&services)
-    };
-    let with_user = |user: &str| Config {
-        redis_addr: Some(format!("redis://{user}:{}@{addr}", password(user))),
-        ..base.clone()
+    let mut base = kafka_config(&services);
+    base.kafka.group = group.clone();
+    base.worker.quarantine_failures = 3;
+    base.worker.quarantine_window = 10;
+    base.kafka.instance_id = Some("acl-worker".into());
+    let with_user = |user: &str| {
+        let mut config = base.clone();
+        config.redis.addr = Some(format!("redis://{user}:{}@{addr}", password(user)));
+        config
     };
     // The admin role stores the first version; then the worker, which may not.
     let admin_role = app::start(Role::Admin, &with_user("admin")).await.unwrap();
     let worker = app::start(
         Role::Worker,
         &Config {
-            worker_admin: false,
+            worker: WorkerConfig {
+                admin: false,
+                ..base.worker.clone()
+            },
             ..with_user("worker")
         },
     )

@@ -500,7 +500,7 @@ async fn shadow_run_on_a_redis_cluster() {
     };
     let Some(services) = services() else { return };
     let mut config = kafka_config(&services);
-    config.redis_addr = Some(nodes);
+    config.redis.addr = Some(nodes);
     let running = app::start(Role::All, &config).await.unwrap();
     shadow_run_reports_differences_and_touches_no_result(&running).await;
     running.stop().await.unwrap();

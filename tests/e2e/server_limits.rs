@@ -11,8 +11,8 @@ use order_pipeline::proto::ResultRequest;
 async fn each_connection_is_held_to_its_limits() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = embedded_config(dir.path());
-    config.servers.concurrency_per_connection = 1;
-    config.servers.request_timeout = Duration::from_secs(1);
+    config.servers.limits.concurrency_per_connection = 1;
+    config.servers.limits.request_timeout = Duration::from_secs(1);
     let running = app::start(Role::All, &config).await.unwrap();
     let cache = cache_client(running.cache_addr.unwrap()).await;
 

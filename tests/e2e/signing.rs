@@ -140,15 +140,15 @@ async fn signed_plugins_are_required(mut config: Config) {
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(&bare, text).unwrap();
-    unsigned.ruleset = Some(bare);
-    unsigned.plugin_trust_file = Some(trust.clone());
-    unsigned.worker_group = unique("unsigned-group");
+    unsigned.plugins.ruleset = Some(bare);
+    unsigned.plugins.trust_file = Some(trust.clone());
+    unsigned.kafka.group = unique("unsigned-group");
     unsigned.data_dir = d.join("unsigned-data");
     let e = app::start(Role::All, &unsigned).await.err().unwrap();
     assert!(format!("{e:#}").contains("is not signed"), "{e:#}");
 
-    config.ruleset = Some(ruleset);
-    config.plugin_trust_file = Some(trust.clone());
+    config.plugins.ruleset = Some(ruleset);
+    config.plugins.trust_file = Some(trust.clone());
     let running = app::start(Role::All, &config).await.unwrap();
     let live = running.live.clone().unwrap();
     let registry = live.registry();

@@ -54,10 +54,10 @@ async fn plain_orders_end_done(
 async fn brace_ids_then_plain_orders(redis_addr: String) {
     let Some(services) = services() else { return };
     let mut config = kafka_config(&services);
-    config.kafka_partitions = 1;
-    config.redis_addr = Some(redis_addr.clone());
+    config.kafka.partitions = 1;
+    config.redis.addr = Some(redis_addr.clone());
     // A prefix of its own: the ids are the issue's, literally, in every run.
-    config.key_prefix = format!("{}:", unique("braces"));
+    config.redis.key_prefix = format!("{}:", unique("braces"));
     let running = app::start(Role::All, &config).await.unwrap();
     let mut orders = order_client(running.order_addr.unwrap()).await;
     let mut cache = cache_client(running.cache_addr.unwrap()).await;
@@ -68,7 +68,7 @@ async fn brace_ids_then_plain_orders(redis_addr: String) {
     plain_orders_end_done(running.order_addr.unwrap(), &mut cache, "plain", 200).await;
     // One partition, in order: the brace ids were decided before the plain orders.
     let go = RedisStore::connect(&redis_addr).await.unwrap();
-    let keys = Keys::new(&config.key_prefix, false);
+    let keys = Keys::new(&config.redis.key_prefix, false);
     for id in BRACE_IDS {
         let result = wait_result(&mut cache, id, 5).await;
         assert_eq!(result.unwrap().status, "done", "{id}");
@@ -113,12 +113,12 @@ fn header(message: &OwnedMessage, name: &str) -> String {
 async fn a_result_redis_refuses_for_good_ends_failed_and_the_partition_goes_on() {
     let Some(services) = services() else { return };
     let mut config = kafka_config(&services);
-    config.kafka_partitions = 1;
-    config.key_prefix = format!("{}:", unique("refused"));
+    config.kafka.partitions = 1;
+    config.redis.key_prefix = format!("{}:", unique("refused"));
     // The fault: a value of another type under the order's result key, so that the write
     // fails with WRONGTYPE, a real Redis error no retry gets past.
     let poison = unique("poison");
-    let keys = Keys::new(&config.key_prefix, false);
+    let keys = Keys::new(&config.redis.key_prefix, false);
     let client = redis::Client::open(format!("redis://{}", services.redis)).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     let _: i64 = redis::cmd("RPUSH")
@@ -141,7 +141,7 @@ async fn a_result_redis_refuses_for_good_ends_failed_and_the_partition_goes_on()
         "{}",
         failed.error
     );
-    let dead = read_key(&services.kafka, &config.dlq_topic, &poison).await;
+    let dead = read_key(&services.kafka, &config.kafka.dlq_topic, &poison).await;
     assert!(header(&dead, "reason").contains("WRONGTYPE"));
     assert_eq!(header(&dead, "stored-as"), "failed");
     assert!(
@@ -156,13 +156,13 @@ async fn a_result_redis_refuses_for_good_ends_failed_and_the_partition_goes_on()
 async fn a_dead_letter_too_large_for_its_topic_goes_without_its_payload() {
     let Some(services) = services() else { return };
     let mut config = kafka_config(&services);
-    config.kafka_partitions = 1;
+    config.kafka.partitions = 1;
     // A dead-letter topic that takes records of at most 1 KiB.
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &services.kafka)
         .create()
         .unwrap();
-    let topic = NewTopic::new(&config.dlq_topic, 1, TopicReplication::Fixed(1))
+    let topic = NewTopic::new(&config.kafka.dlq_topic, 1, TopicReplication::Fixed(1))
         .set("max.message.bytes", "1024");
     let created = admin
         .create_topics(&[topic], &AdminOptions::new())
@@ -178,7 +178,7 @@ async fn a_dead_letter_too_large_for_its_topic_goes_without_its_payload() {
     let garbage = vec![0xff_u8; 4096];
     producer
         .send(
-            FutureRecord::to(&config.kafka_topic)
+            FutureRecord::to(&config.kafka.topic)
                 .key("too-large")
                 .payload(&garbage),
             Duration::from_secs(5),
@@ -196,7 +196,7 @@ async fn a_dead_letter_too_large_for_its_topic_goes_without_its_payload() {
         wait_result(&mut cache, &after, 60).await.unwrap().status,
         "done"
     );
-    let dead = read_key(&services.kafka, &config.dlq_topic, "too-large").await;
+    let dead = read_key(&services.kafka, &config.kafka.dlq_topic, "too-large").await;
     assert!(dead.payload().is_none_or(<[u8]>::is_empty));
     assert!(header(&dead, "payload-omitted").starts_with("4096 bytes"));
     assert!(header(&dead, "reason").contains("not a protobuf OrderRequest"));

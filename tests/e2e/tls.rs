@@ -77,7 +77,7 @@ async fn the_servers_take_tls_and_mtls_and_refuse_what_they_cannot_trust() {
     // mTLS: clients must present a certificate of the CA.
     let data = tempfile::tempdir().unwrap();
     let mut config = embedded_config(data.path());
-    config.tls = Some(TlsFiles {
+    config.servers.tls = Some(TlsFiles {
         cert: PathBuf::from(path(d, "server.pem")),
         key: PathBuf::from(path(d, "server.key")),
         client_ca: Some(PathBuf::from(path(d, "ca.pem"))),
@@ -139,7 +139,7 @@ async fn the_servers_take_tls_and_mtls_and_refuse_what_they_cannot_trust() {
     // TLS without client certificates: the server's CA is enough; another CA is not.
     let data = tempfile::tempdir().unwrap();
     let mut config = embedded_config(data.path());
-    config.tls = Some(TlsFiles {
+    config.servers.tls = Some(TlsFiles {
         cert: PathBuf::from(path(d, "server.pem")),
         key: PathBuf::from(path(d, "server.key")),
         client_ca: None,
@@ -165,14 +165,14 @@ async fn unusable_tls_files_are_refused_at_start_naming_the_variable() {
     let d = dir.path();
     std::fs::write(d.join("junk.pem"), "not a certificate").unwrap();
     let mut config = embedded_config(d);
-    config.tls = Some(TlsFiles {
+    config.servers.tls = Some(TlsFiles {
         cert: d.join("junk.pem"),
         key: d.join("junk.pem"),
         client_ca: None,
     });
     let error = app::start(Role::All, &config).await.err().unwrap();
     assert!(format!("{error:#}").contains("TLS_CERT"), "{error:#}");
-    config.tls = Some(TlsFiles {
+    config.servers.tls = Some(TlsFiles {
         cert: d.join("missing.pem"),
         key: d.join("junk.pem"),
         client_ca: None,
@@ -245,7 +245,7 @@ async fn the_pipeline_reaches_redis_over_tls_with_a_client_certificate() {
     pki(d, "other-ca", &[("stranger", &["stranger"])]);
     let redis = TlsRedis::start(d);
     let mut config = kafka_config(&services);
-    config.redis_addr = Some(format!("rediss://127.0.0.1:{}", redis.port));
+    config.redis.addr = Some(format!("rediss://127.0.0.1:{}", redis.port));
     let tls = |ca: &str, client: Option<&str>| RedisTls {
         ca: Some(PathBuf::from(path(d, &format!("{ca}.pem")))),
         client: client.map(|c| {
@@ -263,14 +263,14 @@ async fn the_pipeline_reaches_redis_over_tls_with_a_client_certificate() {
         ("a foreign client certificate", tls("ca", Some("stranger"))),
         ("Redis's CA not trusted", tls("other-ca", Some("pipeline"))),
     ] {
-        config.redis_tls = redis_tls;
+        config.redis.tls = redis_tls;
         let error = app::start(Role::All, &config).await.err();
         let error = format!("{:#}", error.unwrap_or_else(|| panic!("{case}: started")));
         assert!(error.contains("cannot connect to Redis"), "{case}: {error}");
     }
 
     // The whole path through the TLS Redis: result written, announced, read.
-    config.redis_tls = tls("ca", Some("pipeline"));
+    config.redis.tls = tls("ca", Some("pipeline"));
     let running = app::start(Role::All, &config).await.unwrap();
     crate::support::decide_one(&running, "tls-redis").await;
     running.stop().await.unwrap();
@@ -332,15 +332,15 @@ async fn the_pipeline_runs_over_kafka_ssl_and_sasl_ssl_with_scram() {
     // plaintext, is refused at start; one that trusts the broker's CA runs the pipeline.
     let ssl = secure_kafka("SSL", d, None);
     let mut config = kafka_config(&services);
-    config.kafka_brokers = Some(ssl.addr.clone());
-    config.produce_timeout_ms = 3000;
-    config.kafka_properties = properties(&format!(
+    config.kafka.brokers = Some(ssl.addr.clone());
+    config.kafka.produce_timeout_ms = 3000;
+    config.kafka.properties = properties(&format!(
         "security.protocol=SSL;ssl.ca.location={}",
         path(d, "other-ca.pem")
     ));
     let refused = app::start(Role::All, &config).await.err();
     assert!(refused.is_some(), "a broker of an untrusted CA was taken");
-    config.kafka_properties = properties(&format!("security.protocol=SSL;ssl.ca.location={ca}"));
+    config.kafka.properties = properties(&format!("security.protocol=SSL;ssl.ca.location={ca}"));
     let running = app::start(Role::All, &config).await.unwrap();
     crate::support::decide_one(&running, "kafka-ssl").await;
     running.stop().await.unwrap();
@@ -349,22 +349,22 @@ async fn the_pipeline_runs_over_kafka_ssl_and_sasl_ssl_with_scram() {
     // SASL_SSL with SCRAM-SHA-512: a wrong password is refused; the right one runs it.
     let sasl = secure_kafka("SASL_SSL", d, Some(("pipeline", "pipeline-s3cret")));
     let mut config = kafka_config(&services);
-    config.kafka_brokers = Some(sasl.addr.clone());
-    config.produce_timeout_ms = 3000;
+    config.kafka.brokers = Some(sasl.addr.clone());
+    config.kafka.produce_timeout_ms = 3000;
     let scram = |password: &str| {
         properties(&format!(
             "security.protocol=SASL_SSL;ssl.ca.location={ca};sasl.mechanisms=SCRAM-SHA-512;\
              sasl.username=pipeline;sasl.password={password}"
         ))
     };
-    config.kafka_properties = scram("wrong");
+    config.kafka.properties = scram("wrong");
     let refused = app::start(Role::All, &config).await.err();
     let refused = format!("{:#}", refused.expect("a wrong SCRAM password was taken"));
     assert!(
         !refused.contains("wrong"),
         "the password is shown: {refused}"
     );
-    config.kafka_properties = scram("pipeline-s3cret");
+    config.kafka.properties = scram("pipeline-s3cret");
     let running = app::start(Role::All, &config).await.unwrap();
     crate::support::decide_one(&running, "kafka-sasl").await;
     running.stop().await.unwrap();

@@ -177,11 +177,11 @@ async fn rollback_follows_the_activation_history_on_kafka_and_redis() {
 async fn the_history_limit_drops_old_versions_and_the_plugins_only_they_used() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = embedded_config(dir.path());
-    config.history = HistoryLimits {
+    config.plugins.history = HistoryLimits {
         versions: 3,
         blob_grace: Duration::ZERO,
     };
-    config.metrics_addr = Some(crate::support::LOOPBACK_ANY_PORT);
+    config.telemetry.metrics_addr = Some(crate::support::LOOPBACK_ANY_PORT);
     let running = app::start(Role::All, &config).await.unwrap();
     let metrics = running.metrics_addr.unwrap();
     let removed = move || {

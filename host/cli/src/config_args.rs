@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use order_pipeline::config::{self, Config, ConfigError, HistoryLimits, parse_listen};
+use order_pipeline::config::{
+    self, AdminConfig, Config, ConfigError, HistoryLimits, KafkaConfig, PluginsConfig, RedisConfig,
+    ServersConfig, TelemetryConfig, WorkerConfig, parse_listen,
+};
 use order_rules_engine::{Limits, limits};
 
 /// The roles' configuration as flags and environment variables; [`ConfigArgs::into_config`]
@@ -297,70 +300,85 @@ impl ConfigArgs {
     /// The typed configuration: addresses parsed, every value checked; the error names
     /// the variable to fix.
     pub(crate) fn into_config(self) -> Result<Config, ConfigError> {
+        let component_cache = match self.component_cache_dir.as_deref().map(str::trim) {
+            Some("off") => None,
+            Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir)),
+            _ => Some(self.data_dir.join("component-cache")),
+        };
         let config = Config {
-            order_service_addr: parse_listen("ORDER_SERVICE_ADDR", &self.order_service_addr)?,
-            cache_service_addr: parse_listen("CACHE_SERVICE_ADDR", &self.cache_service_addr)?,
-            admin_addr: parse_listen("ADMIN_ADDR", &self.admin_addr)?,
-            metrics_addr: self
-                .metrics_addr
-                .as_deref()
-                .filter(|a| !a.trim().is_empty())
-                .map(|a| parse_listen("METRICS_ADDR", a))
-                .transpose()?,
-            kafka_brokers: self.kafka_brokers,
-            kafka_debug: self.kafka_debug,
-            kafka_properties: config::parse_kafka_properties(&self.kafka_properties)?,
-            kafka_topic: self.kafka_topic,
-            dlq_topic: self.dlq_topic,
-            worker_group: self.worker_group,
-            worker_instance_id: self.worker_instance_id,
-            kafka_partitions: self.kafka_partitions,
-            kafka_replication: self.kafka_replication,
-            kafka_session_timeout_ms: self.kafka_session_timeout_ms,
-            kafka_max_poll_interval_ms: self.kafka_max_poll_interval_ms,
-            redis_addr: self.redis_addr,
-            redis_tls: config::RedisTls::from_vars(self.redis_ca, self.redis_cert, self.redis_key)?,
-            redis_cluster: self.redis_cluster,
-            key_prefix: self.key_prefix,
-            admin_token: self.admin_token,
-            admin_tokens: admin_tokens(self.admin_tokens, self.admin_tokens_file.as_deref())?,
-            admin_cert_principals: self.admin_cert_principals.filter(|p| !p.trim().is_empty()),
-            admin_allow_plaintext: self.admin_allow_plaintext,
-            tls: config::TlsFiles::from_vars(self.tls_cert, self.tls_key, self.tls_client_ca)?,
-            component_cache: match self.component_cache_dir.as_deref().map(str::trim) {
-                Some("off") => None,
-                Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir)),
-                _ => Some(self.data_dir.join("component-cache")),
+            kafka: KafkaConfig {
+                brokers: self.kafka_brokers,
+                debug: self.kafka_debug,
+                properties: config::parse_kafka_properties(&self.kafka_properties)?,
+                topic: self.kafka_topic,
+                dlq_topic: self.dlq_topic,
+                group: self.worker_group,
+                instance_id: self.worker_instance_id,
+                partitions: self.kafka_partitions,
+                replication: self.kafka_replication,
+                session_timeout_ms: self.kafka_session_timeout_ms,
+                max_poll_interval_ms: self.kafka_max_poll_interval_ms,
+                produce_timeout_ms: self.produce_timeout_ms,
+            },
+            redis: RedisConfig {
+                addr: self.redis_addr,
+                tls: config::RedisTls::from_vars(self.redis_ca, self.redis_cert, self.redis_key)?,
+                cluster: self.redis_cluster,
+                key_prefix: self.key_prefix,
+            },
+            servers: ServersConfig {
+                order: parse_listen("ORDER_SERVICE_ADDR", &self.order_service_addr)?,
+                cache: parse_listen("CACHE_SERVICE_ADDR", &self.cache_service_addr)?,
+                admin: parse_listen("ADMIN_ADDR", &self.admin_addr)?,
+                tls: config::TlsFiles::from_vars(self.tls_cert, self.tls_key, self.tls_client_ca)?,
+                limits: config::ServerLimits {
+                    max_streams: self.grpc_max_streams,
+                    concurrency_per_connection: self.grpc_concurrency_per_connection,
+                    request_timeout: parse_duration(
+                        "GRPC_REQUEST_TIMEOUT",
+                        &self.grpc_request_timeout,
+                    )?,
+                    admin_request_timeout: parse_duration(
+                        "ADMIN_REQUEST_TIMEOUT",
+                        &self.admin_request_timeout,
+                    )?,
+                },
+            },
+            admin: AdminConfig {
+                token: self.admin_token,
+                tokens: admin_tokens(self.admin_tokens, self.admin_tokens_file.as_deref())?,
+                cert_principals: self.admin_cert_principals.filter(|p| !p.trim().is_empty()),
+                allow_plaintext: self.admin_allow_plaintext,
+            },
+            plugins: PluginsConfig {
+                ruleset: self.ruleset,
+                component_cache,
+                trust_file: self.plugin_trust_file,
+                limits: self.limits.limits(),
+                history: HistoryLimits {
+                    versions: self.ruleset_history,
+                    blob_grace: config::parse_grace(&self.plugin_grace)?,
+                },
+                native_baseline: self.limits.native_baseline,
+            },
+            worker: WorkerConfig {
+                admin: self.worker_admin,
+                default_currency: self.default_currency,
+                max_retries: self.max_retries,
+                retry_backoff_ms: self.retry_backoff_ms,
+                quarantine_failures: self.quarantine_failures,
+                quarantine_window: self.quarantine_window,
+            },
+            telemetry: TelemetryConfig {
+                metrics_addr: self
+                    .metrics_addr
+                    .as_deref()
+                    .filter(|a| !a.trim().is_empty())
+                    .map(|a| parse_listen("METRICS_ADDR", a))
+                    .transpose()?,
             },
             data_dir: self.data_dir,
-            ruleset: self.ruleset,
-            plugin_trust_file: self.plugin_trust_file,
-            worker_admin: self.worker_admin,
-            default_currency: self.default_currency,
-            max_retries: self.max_retries,
-            retry_backoff_ms: self.retry_backoff_ms,
-            quarantine_failures: self.quarantine_failures,
-            quarantine_window: self.quarantine_window,
-            produce_timeout_ms: self.produce_timeout_ms,
             result_ttl: config::parse_ttl("RESULT_TTL", &self.result_ttl)?,
-            history: HistoryLimits {
-                versions: self.ruleset_history,
-                blob_grace: config::parse_grace(&self.plugin_grace)?,
-            },
-            native_baseline: self.limits.native_baseline,
-            limits: self.limits.limits(),
-            servers: config::ServerLimits {
-                max_streams: self.grpc_max_streams,
-                concurrency_per_connection: self.grpc_concurrency_per_connection,
-                request_timeout: parse_duration(
-                    "GRPC_REQUEST_TIMEOUT",
-                    &self.grpc_request_timeout,
-                )?,
-                admin_request_timeout: parse_duration(
-                    "ADMIN_REQUEST_TIMEOUT",
-                    &self.admin_request_timeout,
-                )?,
-            },
         };
         config.validate()?;
         Ok(config)
@@ -398,12 +416,12 @@ mod tests {
             "cgrp",
         ])
         .unwrap();
-        assert_eq!(config.order_service_addr.to_string(), "0.0.0.0:6000");
-        assert_eq!(config.limits.deadline, Duration::from_millis(250));
-        assert_eq!(config.kafka_debug.as_deref(), Some("cgrp"));
-        assert_eq!(config.limits.reuse_max_uses, 1000);
-        assert_eq!(config.limits.reuse_high_water_percent, 75);
-        assert_eq!(config.limits.reuse_check_every, 100);
+        assert_eq!(config.servers.order.to_string(), "0.0.0.0:6000");
+        assert_eq!(config.plugins.limits.deadline, Duration::from_millis(250));
+        assert_eq!(config.kafka.debug.as_deref(), Some("cgrp"));
+        assert_eq!(config.plugins.limits.reuse_max_uses, 1000);
+        assert_eq!(config.plugins.limits.reuse_high_water_percent, 75);
+        assert_eq!(config.plugins.limits.reuse_check_every, 100);
         let config = parse(&[
             "--reuse-max-uses",
             "7",
@@ -413,9 +431,9 @@ mod tests {
             "0",
         ])
         .unwrap();
-        assert_eq!(config.limits.reuse_max_uses, 7);
-        assert_eq!(config.limits.reuse_high_water_percent, 50);
-        assert_eq!(config.limits.reuse_check_every, 0);
+        assert_eq!(config.plugins.limits.reuse_max_uses, 7);
+        assert_eq!(config.plugins.limits.reuse_high_water_percent, 50);
+        assert_eq!(config.plugins.limits.reuse_check_every, 0);
         assert!(Only::try_parse_from(["order-pipeline", "--reuse-max-uses", "0"]).is_err());
         let high = ["order-pipeline", "--reuse-high-water-percent", "101"];
         assert!(Only::try_parse_from(high).is_err());
@@ -423,7 +441,7 @@ mod tests {
 
     #[test]
     fn compiled_plugins_are_cached_under_the_data_dir_unless_off() {
-        let cache = |args: &[&str]| parse(args).unwrap().component_cache;
+        let cache = |args: &[&str]| parse(args).unwrap().plugins.component_cache;
         assert_eq!(
             cache(&["--data-dir", "/srv/op"]),
             Some(PathBuf::from("/srv/op/component-cache"))
@@ -438,7 +456,7 @@ mod tests {
     #[test]
     fn server_limits_have_defaults_and_are_checked() {
         let config = parse(&[]).unwrap();
-        assert_eq!(config.servers, config::ServerLimits::default());
+        assert_eq!(config.servers.limits, config::ServerLimits::default());
         let config = parse(&[
             "--grpc-max-streams",
             "8",
@@ -448,9 +466,12 @@ mod tests {
             "45s",
         ])
         .unwrap();
-        assert_eq!(config.servers.max_streams, 8);
-        assert_eq!(config.servers.concurrency_per_connection, 4);
-        assert_eq!(config.servers.request_timeout, Duration::from_secs(45));
+        assert_eq!(config.servers.limits.max_streams, 8);
+        assert_eq!(config.servers.limits.concurrency_per_connection, 4);
+        assert_eq!(
+            config.servers.limits.request_timeout,
+            Duration::from_secs(45)
+        );
         let err = parse(&["--grpc-request-timeout", "500ms"]).unwrap_err();
         assert!(err.0.contains("GRPC_REQUEST_TIMEOUT"), "{err}");
         let err = parse(&["--grpc-concurrency-per-connection", "0"]).unwrap_err();

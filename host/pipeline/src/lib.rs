@@ -9,11 +9,12 @@
 //! Layout (see docs/ARCHITECTURE.md):
 //! - [`domain`]: the order, the result, their wire format;
 //! - [`rules`]: the registry, the live ruleset, the deploy gate, the quarantine;
-//! - [`processor`]: decode -> evaluate -> retry -> result, no I/O of its own; [`shadow`]:
+//! - [`processor`]: decode -> evaluate -> retry -> result, writing nothing; [`shadow`]:
 //!   a shadow run's candidate decides the same orders again, off the client's path;
-//! - [`worker`]: the consumer loops around it (Kafka, embedded);
-//! - [`order_log`], [`store`], [`rules::registry`]: the seams; [`backends`]: embedded
-//!   (redb), Kafka, Redis, each in its own folder;
+//! - [`worker`]: the one loop around it, over the lanes of any order log;
+//! - [`order_log`], [`store`], [`rules::registry`], [`replay`]'s log: the seams, traits
+//!   that [`backends`] (embedded redb, Kafka, Redis, each in its own folder) implement;
+//!   [`app`]'s assembly is the one place that picks them;
 //! - [`grpc`]: the tonic services; [`proto`]: the generated code;
 //! - [`readiness`]: the probes behind `grpc.health.v1`; [`metrics`]: Prometheus;
 //!   [`telemetry`]: traces (OTLP).

@@ -1,7 +1,8 @@
 //! The processor: decode -> evaluate -> retry -> result, for a batch of messages from
-//! any order log; no I/O of its own (what the quarantine and a canary's watch observe
-//! goes to the rules supervisor, `rules::supervisor`, which alone changes the registry) (the backends' worker loops consume, write and
-//! commit: [`backends::kafka`](crate::backends::kafka), [`backends::embedded`](crate::backends::embedded)).
+//! any order log. It writes nothing: [`worker`](crate::worker) gives each batch's outcome
+//! to its log's lane, which commits it; what the quarantine and a canary's watch observe
+//! is reported to the rules supervisor (`rules::supervisor`), which alone changes the
+//! registry.
 //!
 //! Every message ends in exactly one of: a result (`done`, `rejected`, `failed`) written
 //! to the store, or a dead letter (bytes that are not an order). A `retryable` outcome

@@ -1,20 +1,21 @@
 //! One contract, every backend: the same cases run against the embedded backend (redb)
-//! and against Kafka + Redis, through the seams the pipeline uses (`Publisher`, `Store`,
-//! `Registry`): the order log hands back what was published, in order and intact, and
-//! does not hand back what was marked done; put, first result wins, get and batch reads,
+//! and against Kafka + Redis, through the seams the pipeline uses (`Publisher`,
+//! `LogConsumer` and its lanes, `Store`, `Registry`): the order log hands back what was
+//! published, in order and intact, and does not hand back what a lane committed; put, first result wins, get and batch reads,
 //! waits, the registry's compare-and-set and history, plugin blobs, change notifications,
 //! and worker heartbeats.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use order_pipeline::backends::embedded::EmbeddedDb;
-use order_pipeline::backends::kafka::{self, KafkaPublisher, OrderConsumer};
+use order_pipeline::backends::embedded::{EmbeddedDb, EmbeddedLog};
+use order_pipeline::backends::kafka::{self, DeadLetters, KafkaLog, KafkaPublisher, OrderConsumer};
 use order_pipeline::backends::redis::Redis;
 use order_pipeline::domain::{Order, OrderResult, PutOutcome, ResultStatus, Totals};
-use order_pipeline::order_log::Publisher;
+use order_pipeline::order_log::{BatchOutcome, Committed, Consumer, Lane, Publisher};
 use order_pipeline::rules::registry::Registry;
 use order_pipeline::store::Store;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{services, unique};
@@ -134,28 +135,93 @@ fn log_payloads(run: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Starts feeding `consumer` on a task; answers the lanes it opens, the token that stops
+/// it, and the task (which closes the consumer once the feed ends).
+fn feed(
+    mut consumer: Consumer,
+) -> (
+    mpsc::UnboundedReceiver<Box<dyn Lane>>,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let (lanes, opened) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let feeding = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut open = move |lane: Box<dyn Lane>| {
+                let _ = lanes.send(lane);
+            };
+            consumer.feed(&mut open, &stop).await.unwrap();
+            consumer.close().await;
+        })
+    };
+    (opened, stop, feeding)
+}
+
+/// The order log, through its seams (`Publisher`, `LogConsumer`, `Lane`): what is
+/// published comes back in order and intact, and what a lane committed is not handed
+/// to the next consumer of the log.
+async fn order_log_contract(name: &str, publisher: Publisher, consumer: impl Fn() -> Consumer) {
+    let sent = log_payloads(name);
+    for payload in &sent {
+        publisher
+            .publish("same-key", payload.clone(), &[])
+            .await
+            .unwrap();
+    }
+    let (mut opened, stop, feeding) = feed(consumer());
+    let mut lane = tokio::time::timeout(Duration::from_secs(30), opened.recv())
+        .await
+        .expect("a lane opens within 30 s")
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        let batch = tokio::time::timeout(Duration::from_secs(30), lane.take())
+            .await
+            .expect("the published orders come back within 30 s")
+            .unwrap()
+            .unwrap();
+        got.extend(batch.iter().map(|e| e.payload.clone()));
+        let mut nothing = BatchOutcome::default();
+        let committed = lane.commit(&batch, &mut nothing).await.unwrap();
+        assert_eq!(committed, Committed::Done, "{name}");
+    }
+    assert_eq!(got, sent, "{name}: in order, byte for byte");
+    stop.cancel();
+    drop(lane);
+    feeding.await.unwrap();
+
+    publisher
+        .publish("same-key", b"marker".to_vec(), &[])
+        .await
+        .unwrap();
+    let (mut opened, stop, feeding) = feed(consumer());
+    let mut lane = tokio::time::timeout(Duration::from_secs(60), opened.recv())
+        .await
+        .expect("a lane opens within 60 s")
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(60), lane.take())
+        .await
+        .expect("the marker comes within 60 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first[0].payload, b"marker",
+        "{name}: nothing committed was handed back"
+    );
+    stop.cancel();
+    drop(lane);
+    feeding.await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_log_contract_embedded() {
     let dir = tempfile::tempdir().unwrap();
     let db = EmbeddedDb::open(dir.path()).unwrap();
-    let log = Publisher::shared(Arc::clone(&db) as _);
-    let sent = log_payloads("embedded");
-    for payload in &sent {
-        log.publish("same-key", payload.clone(), &[]).await.unwrap();
-    }
-    let (consumed, read) = db.read_batch(100).await.unwrap();
-    assert_eq!(consumed, 0);
-    let got: Vec<Vec<u8>> = read.iter().map(|(_, p)| p.clone()).collect();
-    assert_eq!(got, sent, "in order, byte for byte");
-    // Marked done (committed with the batch's results), nothing is handed back, even
-    // after a restart.
-    let next = read.last().unwrap().0 + 1;
-    db.commit_batch(Vec::new(), Vec::new(), next).await.unwrap();
-    drop(log);
-    db.close().await.unwrap();
-    let db = EmbeddedDb::open(dir.path()).unwrap();
-    let (consumed, read) = db.read_batch(100).await.unwrap();
-    assert_eq!((consumed, read.len()), (next, 0));
+    let publisher = Publisher::shared(Arc::clone(&db) as _);
+    let consumer = || -> Consumer { Box::new(EmbeddedLog::new(Arc::clone(&db))) };
+    order_log_contract("embedded", publisher, consumer).await;
     db.close().await.unwrap();
 }
 
@@ -174,49 +240,25 @@ async fn order_log_contract_kafka() {
     .unwrap();
     let timeout = Duration::from_secs(10);
     let producer = kafka::producer(&services.kafka, &Default::default(), timeout).unwrap();
-    let log = Publisher::new(KafkaPublisher::new(producer, &topic, timeout));
-    let sent = log_payloads("kafka");
-    for payload in &sent {
-        log.publish("same-key", payload.clone(), &[]).await.unwrap();
-    }
-    let membership = kafka::Membership {
-        group: &group,
-        instance_id: None,
-        session_timeout: Duration::from_secs(10),
-        max_poll_interval: Duration::from_secs(300),
+    let publisher = Publisher::new(KafkaPublisher::new(producer.clone(), &topic, timeout));
+    let redis = Redis::connect(&services.redis, "", &Default::default(), None)
+        .await
+        .unwrap();
+    let store = Store::new(redis.store());
+    let consumer = || -> Consumer {
+        let membership = kafka::Membership {
+            group: &group,
+            instance_id: None,
+            session_timeout: Duration::from_secs(10),
+            max_poll_interval: Duration::from_secs(300),
+        };
+        let orders =
+            OrderConsumer::subscribe(&services.kafka, &Default::default(), &membership, &topic)
+                .unwrap();
+        let dead_letters = DeadLetters::new(producer.clone(), &unique("contract-dlq"), timeout);
+        Box::new(KafkaLog::new(orders, dead_letters, store.clone()))
     };
-    let consumer =
-        OrderConsumer::subscribe(&services.kafka, &Default::default(), &membership, &topic)
-            .unwrap();
-    let mut got = Vec::new();
-    let mut last = None;
-    while got.len() < sent.len() {
-        let entry = tokio::time::timeout(Duration::from_secs(30), consumer.next())
-            .await
-            .expect("the published orders come back within 30 s")
-            .unwrap();
-        got.push(entry.payload().to_vec());
-        last = Some(entry);
-    }
-    assert_eq!(got, sent, "in order, byte for byte");
-    // Marked done and committed: a new member of the group starts after them.
-    consumer.done(&last.unwrap());
-    consumer.commit();
-    drop(consumer);
-    log.publish("same-key", b"marker".to_vec(), &[])
-        .await
-        .unwrap();
-    let again = OrderConsumer::subscribe(&services.kafka, &Default::default(), &membership, &topic)
-        .unwrap();
-    let first = tokio::time::timeout(Duration::from_secs(60), again.next())
-        .await
-        .expect("the marker comes within 60 s")
-        .unwrap();
-    assert_eq!(
-        first.payload(),
-        b"marker",
-        "nothing marked done was handed back"
-    );
+    order_log_contract("kafka", publisher, consumer).await;
 }
 
 pub(crate) async fn run_contract(b: &Backend) {

@@ -187,34 +187,34 @@ pub fn component_cache() -> PathBuf {
 /// A config for the Kafka + Redis mode with topics and group of its own, listening on
 /// free loopback ports, with quick retries.
 pub fn kafka_config(services: &Services) -> order_pipeline::config::Config {
-    order_pipeline::config::Config {
-        kafka_brokers: Some(services.kafka.clone()),
-        redis_addr: Some(services.redis.clone()),
-        kafka_topic: unique("orders"),
-        dlq_topic: unique("orders-dlq"),
-        worker_group: unique("worker-group"),
-        kafka_partitions: 2,
-        order_service_addr: LOOPBACK_ANY_PORT,
-        cache_service_addr: LOOPBACK_ANY_PORT,
-        admin_addr: LOOPBACK_ANY_PORT,
-        retry_backoff_ms: 10,
-        produce_timeout_ms: 5000,
-        component_cache: Some(component_cache()),
-        ..order_pipeline::config::Config::default()
-    }
+    let mut config = loopback_config();
+    config.kafka.brokers = Some(services.kafka.clone());
+    config.redis.addr = Some(services.redis.clone());
+    config.kafka.topic = unique("orders");
+    config.kafka.dlq_topic = unique("orders-dlq");
+    config.kafka.group = unique("worker-group");
+    config.kafka.partitions = 2;
+    config.kafka.produce_timeout_ms = 5000;
+    config.plugins.component_cache = Some(component_cache());
+    config
 }
 
 /// A config for the embedded mode in `data_dir`, on free loopback ports.
 pub fn embedded_config(data_dir: &Path) -> order_pipeline::config::Config {
-    order_pipeline::config::Config {
-        data_dir: data_dir.to_path_buf(),
-        component_cache: Some(data_dir.join("component-cache")),
-        order_service_addr: LOOPBACK_ANY_PORT,
-        cache_service_addr: LOOPBACK_ANY_PORT,
-        admin_addr: LOOPBACK_ANY_PORT,
-        retry_backoff_ms: 10,
-        ..order_pipeline::config::Config::default()
-    }
+    let mut config = loopback_config();
+    config.data_dir = data_dir.to_path_buf();
+    config.plugins.component_cache = Some(data_dir.join("component-cache"));
+    config
+}
+
+/// The defaults, every server on a free loopback port, with quick retries.
+fn loopback_config() -> order_pipeline::config::Config {
+    let mut config = order_pipeline::config::Config::default();
+    config.servers.order = LOOPBACK_ANY_PORT;
+    config.servers.cache = LOOPBACK_ANY_PORT;
+    config.servers.admin = LOOPBACK_ANY_PORT;
+    config.worker.retry_backoff_ms = 10;
+    config
 }
 
 /// A gRPC client of the OrderService at `addr`.
