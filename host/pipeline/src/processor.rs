@@ -167,6 +167,16 @@ pub struct Processor {
     shadow: Option<ShadowSender>,
 }
 
+/// An order's last evaluation, after its retries.
+struct Decided {
+    evaluation: Evaluation,
+    /// When that evaluation started.
+    started: SystemTime,
+    /// The version that decided it.
+    version: u64,
+    attempts: u32,
+}
+
 impl Processor {
     /// A processor evaluating with `live`'s current chain.
     pub fn new(
@@ -263,28 +273,8 @@ impl Processor {
                     .collect();
             }
         };
-        // The quarantine watches the live version's rules; a canary has its own watch.
-        let live_only = evaluations
-            .iter()
-            .zip(&versions)
-            .filter(|(_, v)| !deciders.is_canary(**v))
-            .map(|(e, _)| e);
-        if let Some(breach) = self.windows.observe(live_only) {
-            // Take the rule out before deciding about this batch: its failed orders are
-            // then retried under the restored version.
-            self.take_out(first_version, &breach).await;
-        }
-        if let Some((canary, _)) = &deciders.canary {
-            let evaluated: Vec<(u64, &Evaluation)> =
-                versions.iter().copied().zip(&evaluations).collect();
-            if let Some(reason) = self.canary.observe(canary, &evaluated) {
-                let version = canary.version;
-                let live = &self.live;
-                let ended = || live.deciders().canary.map(|(c, _)| c.version) != Some(version);
-                self.report(Observation::CanaryWorse { version, reason }, ended)
-                    .await;
-            }
-        }
+        self.observe(&deciders, &evaluations, &versions, first_version)
+            .await;
         let mut evaluated = orders
             .into_iter()
             .zip(evaluations)
@@ -295,67 +285,13 @@ impl Processor {
             match d {
                 Err(reason) => out.push(not_an_order(reason)),
                 Ok(_) => {
-                    let Some((((order, mut evaluation), mut started), mut version)) =
-                        evaluated.next()
-                    else {
+                    let Some((((order, evaluation), started), version)) = evaluated.next() else {
                         break;
                     };
-                    let mut attempts = 1;
-                    // Retry a retryable outcome; and a failure if the version that decides
-                    // the order changed meanwhile (a rollback, a canary's end), under it.
-                    while attempts <= self.retry.max_retries
-                        && (evaluation.status == Status::Retryable
-                            || (evaluation.status == Status::Failed
-                                && self.live.deciders().for_order(&order.id).version != version))
-                    {
-                        let pause = self
-                            .retry
-                            .backoff
-                            .saturating_mul(1 << (attempts - 1).min(16));
-                        tracing::info!(order_id = %order.id, attempts, ?pause, "retrying");
-                        tokio::time::sleep(pause).await;
-                        attempts += 1;
-                        let active = self.live.deciders();
-                        version = active.for_order(&order.id).version;
-                        let again = order.clone();
-                        match tokio::task::spawn_blocking(move || evaluate_one(&active, &again))
-                            .await
-                        {
-                            Ok((next, at)) => {
-                                crate::metrics::record_evaluation(&next);
-                                self.stats.record(&next);
-                                evaluation = next;
-                                started = at;
-                            }
-                            Err(e) => {
-                                tracing::error!(error = %e, "rule evaluation panicked");
-                                break;
-                            }
-                        }
-                    }
-                    let mut result = OrderResult::from_evaluation(&order, evaluation, attempts);
-                    result.ruleset_version = version;
-                    result.processed_by.clone_from(&self.name);
-                    let dead_letter = (result.status == ResultStatus::Failed).then(|| {
-                        let rule = result
-                            .rules
-                            .iter()
-                            .rev()
-                            .find(|r| r.outcome != RuleOutcome::Accept)
-                            .map(|r| r.name.clone())
-                            .unwrap_or_default();
-                        vec![
-                            ("reason".to_string(), result.error.clone()),
-                            ("rule".to_string(), rule),
-                            ("attempts".to_string(), attempts.to_string()),
-                            ("order-id".to_string(), result.id.clone()),
-                        ]
-                    });
-                    out.push(Processed::Result {
-                        result: Box::new(result),
-                        dead_letter,
-                        evaluated: started,
-                    });
+                    let decided = self
+                        .retry_until_final(&order, evaluation, started, version)
+                        .await;
+                    out.push(self.finish(&order, decided));
                 }
             }
         }
@@ -363,6 +299,111 @@ impl Processor {
             offer_shadow(shadow, &self.live, &out);
         }
         out
+    }
+
+    /// What the quarantine (the live version's rules) and a canary's watch make of a
+    /// batch's evaluations; a breach or a worse canary is reported to the supervisor.
+    async fn observe(
+        &self,
+        deciders: &Deciders,
+        evaluations: &[Evaluation],
+        versions: &[u64],
+        first_version: u64,
+    ) {
+        let live_only = evaluations
+            .iter()
+            .zip(versions)
+            .filter(|(_, v)| !deciders.is_canary(**v))
+            .map(|(e, _)| e);
+        if let Some(breach) = self.windows.observe(live_only) {
+            // Take the rule out before deciding about this batch: its failed orders are
+            // then retried under the restored version.
+            self.take_out(first_version, &breach).await;
+        }
+        if let Some((canary, _)) = &deciders.canary {
+            let evaluated: Vec<(u64, &Evaluation)> =
+                versions.iter().copied().zip(evaluations).collect();
+            if let Some(reason) = self.canary.observe(canary, &evaluated) {
+                let version = canary.version;
+                let live = &self.live;
+                let ended = || live.deciders().canary.map(|(c, _)| c.version) != Some(version);
+                self.report(Observation::CanaryWorse { version, reason }, ended)
+                    .await;
+            }
+        }
+    }
+
+    /// Retries a retryable outcome with backoff; and a failure if the version that
+    /// decides the order changed meanwhile (a rollback, a canary's end), under it.
+    async fn retry_until_final(
+        &self,
+        order: &Order,
+        mut evaluation: Evaluation,
+        mut started: SystemTime,
+        mut version: u64,
+    ) -> Decided {
+        let mut attempts = 1;
+        while attempts <= self.retry.max_retries
+            && (evaluation.status == Status::Retryable
+                || (evaluation.status == Status::Failed
+                    && self.live.deciders().for_order(&order.id).version != version))
+        {
+            let pause = self
+                .retry
+                .backoff
+                .saturating_mul(1 << (attempts - 1).min(16));
+            tracing::info!(order_id = %order.id, attempts, ?pause, "retrying");
+            tokio::time::sleep(pause).await;
+            attempts += 1;
+            let active = self.live.deciders();
+            version = active.for_order(&order.id).version;
+            let again = order.clone();
+            match tokio::task::spawn_blocking(move || evaluate_one(&active, &again)).await {
+                Ok((next, at)) => {
+                    crate::metrics::record_evaluation(&next);
+                    self.stats.record(&next);
+                    evaluation = next;
+                    started = at;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "rule evaluation panicked");
+                    break;
+                }
+            }
+        }
+        Decided {
+            evaluation,
+            started,
+            version,
+            attempts,
+        }
+    }
+
+    /// The result of an order `decided`, and its dead letter's headers if it failed.
+    fn finish(&self, order: &Order, decided: Decided) -> Processed {
+        let mut result = OrderResult::from_evaluation(order, decided.evaluation, decided.attempts);
+        result.ruleset_version = decided.version;
+        result.processed_by.clone_from(&self.name);
+        let dead_letter = (result.status == ResultStatus::Failed).then(|| {
+            let rule = result
+                .rules
+                .iter()
+                .rev()
+                .find(|r| r.outcome != RuleOutcome::Accept)
+                .map(|r| r.name.clone())
+                .unwrap_or_default();
+            vec![
+                ("reason".to_string(), result.error.clone()),
+                ("rule".to_string(), rule),
+                ("attempts".to_string(), decided.attempts.to_string()),
+                ("order-id".to_string(), result.id.clone()),
+            ]
+        });
+        Processed::Result {
+            result: Box::new(result),
+            dead_letter,
+            evaluated: decided.started,
+        }
     }
 
     fn decode(&self, payload: &[u8]) -> Result<Order, String> {

@@ -241,36 +241,8 @@ impl Replayer {
         limit: usize,
         skipped: &mut Vec<String>,
     ) -> Result<Vec<(Order, Option<OrderResult>)>, ReplayError> {
-        let from_results = |results: Vec<OrderResult>, skipped: &mut Vec<String>| {
-            let mut out = Vec::new();
-            for result in results {
-                match result.order.clone() {
-                    Some(order) => out.push((order, Some(result))),
-                    None => skipped.push(format!(
-                        "{}: its result does not keep its order (written by the Go worker, or before results kept it)",
-                        result.id
-                    )),
-                }
-            }
-            out
-        };
-        let payloads: Vec<Recorded> = match selection {
-            Selection::Ids(ids) => {
-                let ids: Vec<String> = ids.iter().take(limit).cloned().collect();
-                let stored = self
-                    .store
-                    .get_many(&ids, None)
-                    .await
-                    .map_err(ReplayError::Unavailable)?;
-                let mut results = Vec::new();
-                for (id, result) in ids.iter().zip(stored) {
-                    match result {
-                        Some(result) => results.push(result),
-                        None => skipped.push(format!("{id}: no stored result")),
-                    }
-                }
-                return Ok(from_results(results, skipped));
-            }
+        let entries: Vec<Recorded> = match selection {
+            Selection::Ids(ids) => return self.by_ids(ids, limit, skipped).await,
             Selection::Time { since, until } => {
                 match self
                     .log
@@ -279,27 +251,10 @@ impl Replayer {
                     .map_err(ReplayError::Unavailable)?
                 {
                     InRange::Entries(entries) => entries,
-                    InRange::Results(results) => return Ok(from_results(results, skipped)),
+                    InRange::Results(results) => return Ok(with_orders(results, skipped)),
                 }
             }
-            Selection::Offsets(ranges) => {
-                let mut all = Vec::new();
-                for (partition, from, to) in ranges {
-                    let left = limit.saturating_sub(all.len());
-                    let read = self
-                        .log
-                        .offsets(*partition, *from, *to, left)
-                        .await
-                        .map_err(ReplayError::Unavailable)?;
-                    let Some(read) = read else {
-                        return Err(ReplayError::Invalid(
-                            "offsets: the embedded mode has no Kafka offsets; choose ids, a time range or the dead letters".into(),
-                        ));
-                    };
-                    all.extend(read);
-                }
-                all
-            }
+            Selection::Offsets(ranges) => self.by_offsets(ranges, limit).await?,
             Selection::DeadLetters => {
                 let mut out = Vec::new();
                 for (letter, stored) in self.letters_with_results(limit).await? {
@@ -311,10 +266,10 @@ impl Replayer {
                 return Ok(out);
             }
         };
-        let mut orders = Vec::with_capacity(payloads.len());
+        let mut orders = Vec::with_capacity(entries.len());
         for Recorded {
             position, payload, ..
-        } in payloads
+        } in entries
         {
             match self.decode(&payload) {
                 Ok(order) => orders.push(order),
@@ -329,6 +284,104 @@ impl Replayer {
             .await
             .map_err(ReplayError::Unavailable)?;
         Ok(orders.into_iter().zip(stored).collect())
+    }
+
+    /// The orders of these ids, from their stored results.
+    async fn by_ids(
+        &self,
+        ids: &[String],
+        limit: usize,
+        skipped: &mut Vec<String>,
+    ) -> Result<Vec<(Order, Option<OrderResult>)>, ReplayError> {
+        let ids: Vec<String> = ids.iter().take(limit).cloned().collect();
+        let stored = self
+            .store
+            .get_many(&ids, None)
+            .await
+            .map_err(ReplayError::Unavailable)?;
+        let mut results = Vec::new();
+        for (id, result) in ids.iter().zip(stored) {
+            match result {
+                Some(result) => results.push(result),
+                None => skipped.push(format!("{id}: no stored result")),
+            }
+        }
+        Ok(with_orders(results, skipped))
+    }
+
+    /// The entries of the order log in `ranges` (partition, first, after the last).
+    async fn by_offsets(
+        &self,
+        ranges: &[(i32, i64, Option<i64>)],
+        limit: usize,
+    ) -> Result<Vec<Recorded>, ReplayError> {
+        let mut all = Vec::new();
+        for (partition, from, to) in ranges {
+            let left = limit.saturating_sub(all.len());
+            let read = self
+                .log
+                .offsets(*partition, *from, *to, left)
+                .await
+                .map_err(ReplayError::Unavailable)?;
+            let Some(read) = read else {
+                return Err(ReplayError::Invalid(
+                    "offsets: the embedded mode has no Kafka offsets; choose ids, a time range or the dead letters".into(),
+                ));
+            };
+            all.extend(read);
+        }
+        Ok(all)
+    }
+
+    /// Stores the new results in the run's scratch namespace, with the diff against the
+    /// stored ones.
+    async fn store_scratch(
+        &self,
+        decided: &[(OrderResult, Option<OrderResult>)],
+        outcome: &mut Outcome,
+    ) -> Result<(), ReplayError> {
+        for chunk in decided.chunks(CHUNK) {
+            let mut tally = DiffReport::default();
+            for (candidate, stored) in chunk {
+                match stored {
+                    Some(stored) => tally.add(stored, candidate),
+                    None => outcome.without_result += 1,
+                }
+            }
+            let candidates: Vec<OrderResult> = chunk.iter().map(|(c, _)| c.clone()).collect();
+            self.store
+                .put_shadow(&outcome.run, &candidates, &tally)
+                .await
+                .map_err(ReplayError::Unavailable)?;
+            outcome.report.merge(&tally);
+            outcome.decided += chunk.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Replaces the stored results by the new ones, each recording what it replaced.
+    async fn overwrite(
+        &self,
+        decided: Vec<(OrderResult, Option<OrderResult>)>,
+        reason: &str,
+        outcome: &mut Outcome,
+    ) -> Result<(), ReplayError> {
+        for (mut candidate, stored) in decided {
+            candidate.replaced = stored.map(|old| Replaced {
+                status: old.status,
+                total: old.totals.total,
+                ruleset_version: old.ruleset_version,
+                processed_at_unix_ms: old.processed_at_unix_ms,
+                reason: reason.to_string(),
+                run: outcome.run.clone(),
+            });
+            self.store
+                .replace(&candidate)
+                .await
+                .map_err(ReplayError::Unavailable)?;
+            outcome.overwritten += 1;
+        }
+        Ok(())
     }
 
     /// Runs `request`.
@@ -374,38 +427,9 @@ impl Replayer {
         })
         .await
         .map_err(|e| ReplayError::Unavailable(anyhow::anyhow!("replay panicked: {e}")))?;
-        for chunk in decided.chunks(CHUNK) {
-            let mut tally = DiffReport::default();
-            for (candidate, stored) in chunk {
-                match stored {
-                    Some(stored) => tally.add(stored, candidate),
-                    None => outcome.without_result += 1,
-                }
-            }
-            let candidates: Vec<OrderResult> = chunk.iter().map(|(c, _)| c.clone()).collect();
-            self.store
-                .put_shadow(&outcome.run, &candidates, &tally)
-                .await
-                .map_err(ReplayError::Unavailable)?;
-            outcome.report.merge(&tally);
-            outcome.decided += chunk.len() as u64;
-        }
+        self.store_scratch(&decided, &mut outcome).await?;
         if let Some(reason) = &request.overwrite {
-            for (mut candidate, stored) in decided {
-                candidate.replaced = stored.map(|old| Replaced {
-                    status: old.status,
-                    total: old.totals.total,
-                    ruleset_version: old.ruleset_version,
-                    processed_at_unix_ms: old.processed_at_unix_ms,
-                    reason: reason.clone(),
-                    run: outcome.run.clone(),
-                });
-                self.store
-                    .replace(&candidate)
-                    .await
-                    .map_err(ReplayError::Unavailable)?;
-                outcome.overwritten += 1;
-            }
+            self.overwrite(decided, reason, &mut outcome).await?;
         }
         outcome.seconds = started.elapsed().as_secs_f64();
         tracing::info!(
@@ -419,4 +443,23 @@ impl Replayer {
         );
         Ok(outcome)
     }
+}
+
+/// The orders that `results` decided, with them; a result that does not keep its order
+/// is skipped, saying why.
+fn with_orders(
+    results: Vec<OrderResult>,
+    skipped: &mut Vec<String>,
+) -> Vec<(Order, Option<OrderResult>)> {
+    let mut out = Vec::new();
+    for result in results {
+        match result.order.clone() {
+            Some(order) => out.push((order, Some(result))),
+            None => skipped.push(format!(
+                "{}: its result does not keep its order (written by the Go worker, or before results kept it)",
+                result.id
+            )),
+        }
+    }
+    out
 }

@@ -48,43 +48,7 @@ pub fn validate(request: &proto::OrderRequest, encoded_len: usize) -> Result<(),
         ));
     }
     check_text("id", &request.id, true)?;
-    if request.lines.is_empty() {
-        check_text("item", &request.item, true)?;
-        if request.price < 0 {
-            return Err(field_error(
-                "price",
-                format!("{} is negative", request.price),
-            ));
-        }
-    } else {
-        if !request.item.is_empty() || request.price != 0 {
-            return Err(field_error(
-                "item",
-                "give either item and price (a single-item order) or lines, not both",
-            ));
-        }
-        if request.lines.len() > MAX_LINES {
-            return Err(field_error(
-                "lines",
-                format!("{} lines, at most {MAX_LINES} allowed", request.lines.len()),
-            ));
-        }
-        for (i, line) in request.lines.iter().enumerate() {
-            check_text(&format!("lines[{i}].sku"), &line.sku, true)?;
-            if line.quantity == 0 {
-                return Err(field_error(
-                    format!("lines[{i}].quantity"),
-                    "must be at least 1",
-                ));
-            }
-            if line.unit_price < 0 {
-                return Err(field_error(
-                    format!("lines[{i}].unit_price"),
-                    format!("{} is negative", line.unit_price),
-                ));
-            }
-        }
-    }
+    check_items(request)?;
     if !request.currency.is_empty() && !is_upper_code(&request.currency, 3) {
         return Err(field_error(
             "currency",
@@ -101,6 +65,53 @@ pub fn validate(request: &proto::OrderRequest, encoded_len: usize) -> Result<(),
         ));
     }
     check_text("customer_id", &request.customer_id, false)?;
+    check_extras(request)
+}
+
+/// The single item and price, or the lines.
+fn check_items(request: &proto::OrderRequest) -> Result<(), FieldError> {
+    if request.lines.is_empty() {
+        check_text("item", &request.item, true)?;
+        if request.price < 0 {
+            return Err(field_error(
+                "price",
+                format!("{} is negative", request.price),
+            ));
+        }
+        return Ok(());
+    }
+    if !request.item.is_empty() || request.price != 0 {
+        return Err(field_error(
+            "item",
+            "give either item and price (a single-item order) or lines, not both",
+        ));
+    }
+    if request.lines.len() > MAX_LINES {
+        return Err(field_error(
+            "lines",
+            format!("{} lines, at most {MAX_LINES} allowed", request.lines.len()),
+        ));
+    }
+    for (i, line) in request.lines.iter().enumerate() {
+        check_text(&format!("lines[{i}].sku"), &line.sku, true)?;
+        if line.quantity == 0 {
+            return Err(field_error(
+                format!("lines[{i}].quantity"),
+                "must be at least 1",
+            ));
+        }
+        if line.unit_price < 0 {
+            return Err(field_error(
+                format!("lines[{i}].unit_price"),
+                format!("{} is negative", line.unit_price),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The coupon codes and the attributes.
+fn check_extras(request: &proto::OrderRequest) -> Result<(), FieldError> {
     if request.coupon_codes.len() > MAX_COUPONS {
         return Err(field_error(
             "coupon_codes",

@@ -76,6 +76,48 @@ impl Seed {
     }
 }
 
+/// Stores the configured ruleset (`seeded`, from `chain`) as the first version, unless
+/// `trust` would refuse it or another worker seeded first (then theirs is active).
+async fn store_seed(
+    registry: &Registry,
+    chain: &RuleChain,
+    seeded: Vec<RuleRef>,
+    trust: Option<&TrustStore>,
+) -> anyhow::Result<RulesetRecord> {
+    // Never store a ruleset the workers would refuse.
+    if let Some(trust) = trust {
+        for rule in &seeded {
+            trust.check(rule).map_err(|e| {
+                anyhow::anyhow!(
+                    "the configured ruleset cannot be the first version: {e} (give \
+                     each [[rule]] of RULESET a `signature` file)"
+                )
+            })?;
+        }
+    }
+    for spec in chain.specs() {
+        registry
+            .put_plugin(spec.plugin.digest(), spec.plugin.bytes())
+            .await?;
+    }
+    let body = RulesetBody {
+        rules: seeded,
+        reason: "initial ruleset (from the configuration)".into(),
+        based_on: None,
+        previous: Some(0),
+        created_at_unix_ms: now_unix_ms(),
+    };
+    match registry.activate(&body, Expect::Nothing).await {
+        Ok(version) => Ok(RulesetRecord { version, body }),
+        // Another worker seeded it first: use theirs.
+        Err(ActivateError::Conflict(_)) => registry
+            .active()
+            .await?
+            .context("the registry lost its active ruleset"),
+        Err(ActivateError::Store(e)) => Err(e),
+    }
+}
+
 impl LiveRuleset {
     /// Starts from the registry's active version; with none, stores `seed` (the
     /// configured ruleset) as version 1. Changes keep the registry's history within
@@ -105,41 +147,7 @@ impl LiveRuleset {
                 }
                 active
             }
-            None => {
-                // Never store a ruleset the workers would refuse.
-                if let Some(trust) = &trust {
-                    for rule in &seeded {
-                        trust.check(rule).map_err(|e| {
-                            anyhow::anyhow!(
-                                "the configured ruleset cannot be the first version: {e} (give \
-                                 each [[rule]] of RULESET a `signature` file)"
-                            )
-                        })?;
-                    }
-                }
-                let rules = seeded;
-                for spec in seed.specs() {
-                    registry
-                        .put_plugin(spec.plugin.digest(), spec.plugin.bytes())
-                        .await?;
-                }
-                let body = RulesetBody {
-                    rules,
-                    reason: "initial ruleset (from the configuration)".into(),
-                    based_on: None,
-                    previous: Some(0),
-                    created_at_unix_ms: now_unix_ms(),
-                };
-                match registry.activate(&body, Expect::Nothing).await {
-                    Ok(version) => RulesetRecord { version, body },
-                    // Another worker seeded it first: use theirs.
-                    Err(ActivateError::Conflict(_)) => registry
-                        .active()
-                        .await?
-                        .context("the registry lost its active ruleset")?,
-                    Err(ActivateError::Store(e)) => return Err(e),
-                }
-            }
+            None => store_seed(&registry, &seed, seeded, trust.as_deref()).await?,
         };
         let plugins = seed
             .specs()

@@ -62,6 +62,15 @@ fn reader(brokers: &str, options: &ClientOptions) -> anyhow::Result<BaseConsumer
         .context("creating a Kafka reader")
 }
 
+/// What to read of one partition: offsets `from` (included) to `to` (excluded), and
+/// only messages older than `until` (Unix ms), if given.
+struct Span {
+    partition: i32,
+    from: i64,
+    to: i64,
+    until: Option<i64>,
+}
+
 /// Reads `range` of `topic`, at most `limit` messages, oldest first per partition.
 pub fn read(
     brokers: &str,
@@ -71,6 +80,18 @@ pub fn read(
     limit: usize,
 ) -> anyhow::Result<Vec<ReadMessage>> {
     let consumer = reader(brokers, options)?;
+    let mut out = Vec::new();
+    for span in spans(&consumer, topic, range)? {
+        if span.from >= span.to || out.len() >= limit {
+            continue;
+        }
+        read_span(&consumer, topic, &span, limit, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// The span of each partition of `topic` that `range` covers.
+fn spans(consumer: &BaseConsumer, topic: &str, range: &Range) -> anyhow::Result<Vec<Span>> {
     let metadata = consumer
         .fetch_metadata(Some(topic), READ_TIMEOUT)
         .with_context(|| format!("reading the metadata of topic {topic}"))?;
@@ -79,27 +100,27 @@ pub fn read(
         .iter()
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
-    // (partition, first offset, offset after the last, time bound)
-    let mut spans: Vec<(i32, i64, i64, Option<i64>)> = Vec::new();
+    let mut spans = Vec::new();
     for partition in partitions {
         let (low, high) = consumer
             .fetch_watermarks(topic, partition, READ_TIMEOUT)
             .with_context(|| format!("reading the offsets of {topic}/{partition}"))?;
+        let span = |from: i64, to: i64, until| Span {
+            partition,
+            from,
+            to,
+            until,
+        };
         match range {
             Range::Offsets {
                 partition: p,
                 from,
                 to,
             } if *p == partition => {
-                spans.push((
-                    partition,
-                    (*from).max(low),
-                    to.unwrap_or(high).min(high),
-                    None,
-                ));
+                spans.push(span((*from).max(low), to.unwrap_or(high).min(high), None));
             }
             Range::Offsets { .. } => {}
-            Range::All => spans.push((partition, low, high, None)),
+            Range::All => spans.push(span(low, high, None)),
             Range::Time { since, until } => {
                 let mut wanted = TopicPartitionList::new();
                 wanted.add_partition_offset(topic, partition, Offset::Offset(*since))?;
@@ -113,55 +134,63 @@ pub fn read(
                         _ => None,
                     });
                 if let Some(from) = from {
-                    spans.push((partition, from.max(low), high, Some(*until)));
+                    spans.push(span(from.max(low), high, Some(*until)));
                 }
             }
         }
     }
-    let mut out = Vec::new();
-    for (partition, from, to, until) in spans {
-        if from >= to || out.len() >= limit {
+    Ok(spans)
+}
+
+/// Reads `span` of `topic` into `out`, until its end, its time bound, or `limit`.
+fn read_span(
+    consumer: &BaseConsumer,
+    topic: &str,
+    span: &Span,
+    limit: usize,
+    out: &mut Vec<ReadMessage>,
+) -> anyhow::Result<()> {
+    let partition = span.partition;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, partition, Offset::Offset(span.from))?;
+    consumer.assign(&assignment)?;
+    loop {
+        let Some(message) = consumer.poll(READ_TIMEOUT) else {
+            anyhow::bail!("{topic}/{partition}: no message within {READ_TIMEOUT:?}");
+        };
+        let message = message.with_context(|| format!("reading {topic}/{partition}"))?;
+        if message.partition() != partition {
             continue;
         }
-        let mut assignment = TopicPartitionList::new();
-        assignment.add_partition_offset(topic, partition, Offset::Offset(from))?;
-        consumer.assign(&assignment)?;
-        loop {
-            let Some(message) = consumer.poll(READ_TIMEOUT) else {
-                anyhow::bail!("{topic}/{partition}: no message within {READ_TIMEOUT:?}");
-            };
-            let message = message.with_context(|| format!("reading {topic}/{partition}"))?;
-            if message.partition() != partition {
-                continue;
-            }
-            let timestamp_ms = message.timestamp().to_millis();
-            if until.is_some_and(|until| timestamp_ms.is_some_and(|t| t >= until)) {
-                break;
-            }
-            let headers = message
-                .headers()
-                .map(|hs| {
-                    hs.iter()
-                        .map(|h| {
-                            let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
-                            (h.key.to_string(), value.into_owned())
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            out.push(ReadMessage {
-                partition,
-                offset: message.offset(),
-                timestamp_ms,
-                payload: message.payload().unwrap_or_default().to_vec(),
-                headers,
-            });
-            if message.offset() + 1 >= to || out.len() >= limit {
-                break;
-            }
+        let timestamp_ms = message.timestamp().to_millis();
+        if span
+            .until
+            .is_some_and(|until| timestamp_ms.is_some_and(|t| t >= until))
+        {
+            return Ok(());
+        }
+        let headers = message
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| {
+                        let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                        (h.key.to_string(), value.into_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(ReadMessage {
+            partition,
+            offset: message.offset(),
+            timestamp_ms,
+            payload: message.payload().unwrap_or_default().to_vec(),
+            headers,
+        });
+        if message.offset() + 1 >= span.to || out.len() >= limit {
+            return Ok(());
         }
     }
-    Ok(out)
 }
 
 /// The order topic and its dead-letter topic, read back for a replay.
