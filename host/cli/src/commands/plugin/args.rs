@@ -11,92 +11,15 @@ use crate::shared_args::{AdminArgs, ChainArgs, IsolationArg, RuleLimitArgs, pars
 #[derive(Debug, Subcommand)]
 pub(crate) enum PluginCommand {
     /// Evaluates one order and prints the outcome as JSON, with fuel used and time.
-    Run {
-        #[command(flatten)]
-        chain: ChainArgs,
-        /// The order, as JSON (see examples/orders/).
-        #[arg(long)]
-        order: PathBuf,
-        #[command(flatten)]
-        profile: ProfileArgs,
-    },
+    Run(RunArgs),
     /// Runs every NAME.json order in a directory and compares the outcome with
     /// NAME.expected.json; prints a pass/fail table and exits 1 on any failure.
-    Test {
-        #[command(flatten)]
-        chain: ChainArgs,
-        /// Directory of NAME.json orders and NAME.expected.json expectations. With
-        /// --plugin, a config.toml there gives the plugin's config (--config overrides it).
-        #[arg(long)]
-        examples: PathBuf,
-    },
+    Test(TestArgs),
     /// Times the chain on the orders of an examples directory, cycling through them.
-    Bench {
-        #[command(flatten)]
-        chain: ChainArgs,
-        /// Directory of NAME.json orders.
-        #[arg(long)]
-        examples: PathBuf,
-        /// How many orders to evaluate.
-        #[arg(long, default_value_t = 10_000)]
-        count: usize,
-        /// Print the figures as JSON.
-        #[arg(long)]
-        json: bool,
-        /// Instead, time the parts of a fresh instance of each rule (store and WASI
-        /// context, instantiate, configure, evaluate, drop) on the first order, COUNT
-        /// times, and print their medians.
-        #[arg(long)]
-        breakdown: bool,
-    },
+    Bench(BenchArgs),
     /// Deploys a plugin to the running pipeline (through the AdminService): it is checked
     /// (world, config, examples, smoke order) and goes live on every worker.
-    Deploy {
-        /// The plugin component (.wasm).
-        plugin: PathBuf,
-        /// Its config, as KEY=VALUE (repeatable).
-        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
-        config: Vec<(String, String)>,
-        /// Put it before this rule.
-        #[arg(long, conflicts_with_all = ["after", "replace"])]
-        before: Option<String>,
-        /// Put it after this rule.
-        #[arg(long, conflicts_with = "replace")]
-        after: Option<String>,
-        /// Replace this rule.
-        #[arg(long)]
-        replace: Option<String>,
-        /// Instance isolation.
-        #[arg(long, value_enum, default_value = "reuse")]
-        isolation: IsolationArg,
-        /// Instead of activating the new ruleset, run it as a canary deciding this
-        /// percentage of the orders (a stable hash of the order id); end it with
-        /// `plugin promote` or `plugin rollback`.
-        #[arg(long, value_name = "PERCENT")]
-        canary: Option<f64>,
-        /// The canary ends by itself when its share of failed or rejected orders exceeds
-        /// the live version's by more than this many percentage points.
-        #[arg(
-            long,
-            value_name = "POINTS",
-            default_value_t = 5.0,
-            requires = "canary"
-        )]
-        canary_margin: f64,
-        /// Examples (NAME.json + NAME.expected.json) the plugin must pass on its own first;
-        /// a config.toml there gives the plugin's config (--config overrides it), as for
-        /// `plugin test`.
-        #[arg(long)]
-        examples: Option<PathBuf>,
-        #[command(flatten)]
-        limits: RuleLimitArgs,
-        /// Its signature file (`plugin sign`); default: PLUGIN.sig when it exists. Needed
-        /// when the workers have a trust file (PLUGIN_TRUST_FILE).
-        #[arg(long, value_name = "FILE")]
-        signature: Option<PathBuf>,
-        #[command(flatten)]
-        admin: AdminArgs,
-    },
+    Deploy(DeployArgs),
     /// Makes an Ed25519 signing key: ID.key (private, 0600; keep it off the servers) and
     /// ID.pub, and prints the trust file entry that lets workers accept its signatures.
     Keygen {
@@ -110,35 +33,7 @@ pub(crate) enum PluginCommand {
     /// rule name, and the config, limits and isolation it will be deployed with (give
     /// the same --config, --examples, --isolation and limit flags as to `plugin deploy`),
     /// valid for a window.
-    Sign {
-        /// The plugin component (.wasm).
-        plugin: PathBuf,
-        /// The private key (`plugin keygen`'s ID.key).
-        #[arg(long, value_name = "FILE")]
-        key: PathBuf,
-        /// The key's id in the trust file (default: the key file's name without .key).
-        #[arg(long)]
-        key_id: Option<String>,
-        /// Its config, as KEY=VALUE (repeatable), as it will be deployed.
-        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
-        config: Vec<(String, String)>,
-        /// The examples directory whose config.toml gives config (--config overrides it),
-        /// as for `plugin deploy --examples`.
-        #[arg(long)]
-        examples: Option<PathBuf>,
-        /// Instance isolation, as it will be deployed.
-        #[arg(long, value_enum, default_value = "reuse")]
-        isolation: IsolationArg,
-        #[command(flatten)]
-        limits: RuleLimitArgs,
-        /// How long the signature is valid from now (e.g. 90d, 12h); workers refuse the
-        /// rule after that, at deploy and at every load.
-        #[arg(long, default_value = "365d", value_parser = humantime::parse_duration)]
-        valid_for: std::time::Duration,
-        /// Where to write the signature (default: PLUGIN.sig).
-        #[arg(long, short)]
-        output: Option<PathBuf>,
-    },
+    Sign(SignArgs),
     /// Shadow runs: a candidate ruleset decides every order too, off the client's path.
     Shadow {
         #[command(subcommand)]
@@ -189,12 +84,7 @@ pub(crate) enum PluginCommand {
     },
     /// Loads a plugin and prints its name, version, description, digest and size, and
     /// the examples and config bundled in it.
-    Inspect {
-        /// The plugin component (.wasm).
-        plugin: PathBuf,
-        #[command(flatten)]
-        limits: LimitArgs,
-    },
+    Inspect(InspectArgs),
     /// Writes a ready rule project (the WIT, a build command, examples and a README) from
     /// the templates built into this binary; it builds and passes `plugin test` as
     /// written.
@@ -256,4 +146,138 @@ pub(crate) struct ProfileArgs {
         value_parser = clap::value_parser!(u32).range(1..=100_000)
     )]
     pub profile_runs: u32,
+}
+
+// The arguments of `plugin bench` (no doc comment: the variant's is its help).
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    #[command(flatten)]
+    pub(crate) chain: ChainArgs,
+    /// Directory of NAME.json orders.
+    #[arg(long)]
+    pub(crate) examples: PathBuf,
+    /// How many orders to evaluate.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) count: usize,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Instead, time the parts of a fresh instance of each rule (store and WASI
+    /// context, instantiate, configure, evaluate, drop) on the first order, COUNT
+    /// times, and print their medians.
+    #[arg(long)]
+    pub(crate) breakdown: bool,
+}
+
+// The arguments of `plugin deploy` (no doc comment: the variant's is its help).
+#[derive(Debug, Args)]
+pub(crate) struct DeployArgs {
+    /// The plugin component (.wasm).
+    pub(crate) plugin: PathBuf,
+    /// Its config, as KEY=VALUE (repeatable).
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub(crate) config: Vec<(String, String)>,
+    /// Put it before this rule.
+    #[arg(long, conflicts_with_all = ["after", "replace"])]
+    pub(crate) before: Option<String>,
+    /// Put it after this rule.
+    #[arg(long, conflicts_with = "replace")]
+    pub(crate) after: Option<String>,
+    /// Replace this rule.
+    #[arg(long)]
+    pub(crate) replace: Option<String>,
+    /// Instance isolation.
+    #[arg(long, value_enum, default_value = "reuse")]
+    pub(crate) isolation: IsolationArg,
+    /// Instead of activating the new ruleset, run it as a canary deciding this
+    /// percentage of the orders (a stable hash of the order id); end it with
+    /// `plugin promote` or `plugin rollback`.
+    #[arg(long, value_name = "PERCENT")]
+    pub(crate) canary: Option<f64>,
+    /// The canary ends by itself when its share of failed or rejected orders exceeds
+    /// the live version's by more than this many percentage points.
+    #[arg(
+        long,
+        value_name = "POINTS",
+        default_value_t = 5.0,
+        requires = "canary"
+    )]
+    pub(crate) canary_margin: f64,
+    /// Examples (NAME.json + NAME.expected.json) the plugin must pass on its own first;
+    /// a config.toml there gives the plugin's config (--config overrides it), as for
+    /// `plugin test`.
+    #[arg(long)]
+    pub(crate) examples: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) limits: RuleLimitArgs,
+    /// Its signature file (`plugin sign`); default: PLUGIN.sig when it exists. Needed
+    /// when the workers have a trust file (PLUGIN_TRUST_FILE).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) signature: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) admin: AdminArgs,
+}
+
+// The arguments of `plugin sign` (no doc comment: the variant's is its help).
+#[derive(Debug, Args)]
+pub(crate) struct SignArgs {
+    /// The plugin component (.wasm).
+    pub(crate) plugin: PathBuf,
+    /// The private key (`plugin keygen`'s ID.key).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key: PathBuf,
+    /// The key's id in the trust file (default: the key file's name without .key).
+    #[arg(long)]
+    pub(crate) key_id: Option<String>,
+    /// Its config, as KEY=VALUE (repeatable), as it will be deployed.
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub(crate) config: Vec<(String, String)>,
+    /// The examples directory whose config.toml gives config (--config overrides it),
+    /// as for `plugin deploy --examples`.
+    #[arg(long)]
+    pub(crate) examples: Option<PathBuf>,
+    /// Instance isolation, as it will be deployed.
+    #[arg(long, value_enum, default_value = "reuse")]
+    pub(crate) isolation: IsolationArg,
+    #[command(flatten)]
+    pub(crate) limits: RuleLimitArgs,
+    /// How long the signature is valid from now (e.g. 90d, 12h); workers refuse the
+    /// rule after that, at deploy and at every load.
+    #[arg(long, default_value = "365d", value_parser = humantime::parse_duration)]
+    pub(crate) valid_for: std::time::Duration,
+    /// Where to write the signature (default: PLUGIN.sig).
+    #[arg(long, short)]
+    pub(crate) output: Option<PathBuf>,
+}
+
+// The arguments of `plugin run` (no doc comment: the variant's is its help).
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    #[command(flatten)]
+    pub(crate) chain: ChainArgs,
+    /// The order, as JSON (see examples/orders/).
+    #[arg(long)]
+    pub(crate) order: PathBuf,
+    #[command(flatten)]
+    pub(crate) profile: ProfileArgs,
+}
+
+// The arguments of `plugin test` (no doc comment: the variant's is its help).
+#[derive(Debug, Args)]
+pub(crate) struct TestArgs {
+    #[command(flatten)]
+    pub(crate) chain: ChainArgs,
+    /// Directory of NAME.json orders and NAME.expected.json expectations. With
+    /// --plugin, a config.toml there gives the plugin's config (--config overrides it).
+    #[arg(long)]
+    pub(crate) examples: PathBuf,
+}
+
+// The arguments of `plugin inspect` (no doc comment: the variant's is its help).
+#[derive(Debug, Args)]
+pub(crate) struct InspectArgs {
+    /// The plugin component (.wasm).
+    pub(crate) plugin: PathBuf,
+    #[command(flatten)]
+    pub(crate) limits: LimitArgs,
 }

@@ -16,164 +16,15 @@ use order_rules_engine::RuleLimits;
 use super::admin::admin_call;
 use crate::exit::{EXIT_OK, EXIT_TEST_FAILED, Failure};
 use crate::shared_args::ChainArgs;
-use args::PluginCommand;
+use args::{BenchArgs, DeployArgs, InspectArgs, PluginCommand, RunArgs, TestArgs};
 
 /// Runs one `plugin` subcommand.
 pub(crate) fn run(command: PluginCommand, out: &mut dyn Write) -> Result<i32, Failure> {
     match command {
-        PluginCommand::Run {
-            chain,
-            order,
-            profile,
-        } => {
-            let chain = build_chain(&chain, None)?;
-            let order = read_order(&order)?;
-            let evaluation = match &profile.profile {
-                None => chain.evaluate(&order),
-                Some(file) => profiled(&chain, &order, &profile, file)?,
-            };
-            let json = serde_json::to_string_pretty(&evaluation)?;
-            writeln!(out, "{json}")?;
-            Ok(EXIT_OK)
-        }
-        PluginCommand::Test { chain, examples } => {
-            let chain = build_chain(&chain, Some(&examples))?;
-            let loaded = runner::load_examples(&examples)
-                .map_err(|e| format!("cannot read examples in {}: {e}", examples.display()))?;
-            if loaded.is_empty() {
-                return Err(format!(
-                    "no NAME.json examples in {}; add orders with NAME.expected.json beside them",
-                    examples.display()
-                )
-                .into());
-            }
-            let results = runner::run_examples(&chain, &loaded);
-            let (_, failed) = runner::print_report(out, &results)?;
-            Ok(if failed == 0 {
-                EXIT_OK
-            } else {
-                EXIT_TEST_FAILED
-            })
-        }
-        PluginCommand::Bench {
-            chain,
-            examples,
-            count,
-            json,
-            breakdown,
-        } => {
-            let chain = build_chain(&chain, Some(&examples))?;
-            let orders: Vec<Order> = runner::load_examples(&examples)
-                .map_err(|e| format!("cannot read examples in {}: {e}", examples.display()))?
-                .into_iter()
-                .filter_map(|e| e.order.ok())
-                .collect();
-            if orders.is_empty() {
-                return Err(format!("no valid orders in {}", examples.display()).into());
-            }
-            if breakdown {
-                let costs = chain.fresh_costs(&orders[0], count)?;
-                if json {
-                    writeln!(out, "{}", serde_json::to_string_pretty(&costs)?)?;
-                    return Ok(EXIT_OK);
-                }
-                writeln!(
-                    out,
-                    "fresh instance, median µs over {count} rounds:\n{:<24} {:>7} {:>12} {:>10} {:>9} {:>6} {:>7}",
-                    "rule", "store", "instantiate", "configure", "evaluate", "drop", "total"
-                )?;
-                for c in &costs {
-                    writeln!(
-                        out,
-                        "{:<24} {:>7.2} {:>12.2} {:>10.2} {:>9.2} {:>6.2} {:>7.2}",
-                        c.rule,
-                        c.store_us,
-                        c.instantiate_us,
-                        c.configure_us,
-                        c.evaluate_us,
-                        c.drop_us,
-                        c.total_us
-                    )?;
-                }
-                return Ok(EXIT_OK);
-            }
-            let report = runner::bench(&chain, &orders, count, count.min(1000));
-            let text = if json {
-                serde_json::to_string_pretty(&report)? + "\n"
-            } else {
-                report.summary()
-            };
-            write!(out, "{text}")?;
-            Ok(EXIT_OK)
-        }
-        PluginCommand::Deploy {
-            plugin,
-            config,
-            before,
-            after,
-            replace,
-            isolation,
-            examples,
-            canary,
-            canary_margin,
-            limits,
-            signature,
-            admin,
-        } => {
-            use proto::admin::{DeployRequest, Example, deploy_request::Position};
-            let wasm = std::fs::read(&plugin)
-                .map_err(|e| format!("cannot read {}: {e}", plugin.display()))?;
-            let config = deploy_config(config, examples.as_deref())?;
-            let signature = super::signing::deploy_signature(
-                &plugin,
-                signature.as_deref(),
-                &wasm,
-                &config,
-                isolation.into(),
-                limits.request().map(RuleLimits::from).unwrap_or_default(),
-            )?;
-            let examples = match examples {
-                Some(dir) => runner::load_examples(&dir)
-                    .map_err(|e| format!("cannot read examples in {}: {e}", dir.display()))?
-                    .into_iter()
-                    .map(|e| {
-                        let read = |suffix: &str| {
-                            let path = dir.join(format!("{}{suffix}", e.name));
-                            std::fs::read_to_string(&path)
-                                .map_err(|err| format!("{}: {err}", path.display()))
-                        };
-                        Ok(Example {
-                            order_json: read(".json")?,
-                            expected_json: read(runner::EXPECTED_SUFFIX)?,
-                            name: e.name,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, String>>()?,
-                None => Vec::new(),
-            };
-            let request = DeployRequest {
-                wasm,
-                config: config.into_iter().collect(),
-                position: before
-                    .map(Position::Before)
-                    .or(after.map(Position::After))
-                    .or(replace.map(Position::Replace)),
-                isolation: String::new(),
-                isolation_mode: match Isolation::from(isolation) {
-                    Isolation::Fresh => proto::admin::IsolationMode::Fresh,
-                    Isolation::Reuse => proto::admin::IsolationMode::Reuse,
-                }
-                .into(),
-                examples,
-                canary_percent: canary.unwrap_or(0.0),
-                canary_margin_percent: canary_margin,
-                limits: limits.request(),
-                signature,
-            };
-            admin_call(&admin, out, |mut c| async move {
-                c.deploy(request).await.map(|r| vec![r.into_inner()])
-            })
-        }
+        PluginCommand::Run(args) => run_order(args, out),
+        PluginCommand::Test(args) => test(args, out),
+        PluginCommand::Bench(args) => bench(args, out),
+        PluginCommand::Deploy(args) => deploy(args, out),
         PluginCommand::List { admin } => admin_call(&admin, out, |mut c| async move {
             c.active(proto::admin::ActiveRequest {})
                 .await
@@ -210,33 +61,7 @@ pub(crate) fn run(command: PluginCommand, out: &mut dyn Write) -> Result<i32, Fa
                 .map(|r| vec![r.into_inner()])
         }),
         PluginCommand::New { name, lang, dir } => super::new::new(&name, lang, dir, out),
-        PluginCommand::Inspect { plugin, limits } => {
-            let engine = Engine::new(limits.limits()).map_err(|e| format!("{e:#}"))?;
-            let bytes = std::fs::read(&plugin)
-                .map_err(|e| format!("cannot read {}: {e}", plugin.display()))?;
-            let loaded = engine
-                .load(&bytes)
-                .map_err(|e| format!("{}: {e}", plugin.display()))?;
-            let json = serde_json::json!({
-                "name": loaded.info().name,
-                "version": loaded.info().version,
-                "description": loaded.info().description,
-                "digest": loaded.digest(),
-                "size": loaded.size(),
-                // What its calls are held to unless its rule sets its own.
-                "limits": {
-                    "memory_mib": loaded.limits().memory_bytes >> 20,
-                    "fuel": loaded.limits().fuel,
-                    "deadline_ms": loaded.limits().deadline.as_millis(),
-                },
-                "bundle": loaded.bundle().map(|b| serde_json::json!({
-                    "config": b.config.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
-                    "examples": b.examples,
-                })),
-            });
-            writeln!(out, "{json:#}")?;
-            Ok(EXIT_OK)
-        }
+        PluginCommand::Inspect(args) => inspect(args, out),
         PluginCommand::Bundle {
             plugin,
             examples,
@@ -244,31 +69,232 @@ pub(crate) fn run(command: PluginCommand, out: &mut dyn Write) -> Result<i32, Fa
             limits,
         } => bundle(&plugin, &examples, output, &limits, out),
         PluginCommand::Keygen { id, dir } => super::signing::keygen(&id, &dir, out),
-        PluginCommand::Sign {
-            plugin,
-            key,
-            key_id,
-            config,
-            examples,
-            isolation,
-            limits,
-            valid_for,
-            output,
-        } => {
-            let config = deploy_config(config, examples.as_deref())?;
+        PluginCommand::Sign(args) => {
+            let config = deploy_config(args.config, args.examples.as_deref())?;
             super::signing::sign(
-                &plugin,
-                &key,
-                key_id,
+                &args.plugin,
+                &args.key,
+                args.key_id,
                 &config,
-                isolation.into(),
-                limits,
-                valid_for,
-                output,
+                args.isolation.into(),
+                args.limits,
+                args.valid_for,
+                args.output,
                 out,
             )
         }
     }
+}
+
+/// `plugin run`.
+fn run_order(args: RunArgs, out: &mut dyn Write) -> Result<i32, Failure> {
+    let RunArgs {
+        chain,
+        order,
+        profile,
+    } = args;
+    let chain = build_chain(&chain, None)?;
+    let order = read_order(&order)?;
+    let evaluation = match &profile.profile {
+        None => chain.evaluate(&order),
+        Some(file) => profiled(&chain, &order, &profile, file)?,
+    };
+    let json = serde_json::to_string_pretty(&evaluation)?;
+    writeln!(out, "{json}")?;
+    Ok(EXIT_OK)
+}
+
+/// `plugin test`.
+fn test(args: TestArgs, out: &mut dyn Write) -> Result<i32, Failure> {
+    let TestArgs { chain, examples } = args;
+    let chain = build_chain(&chain, Some(&examples))?;
+    let loaded = runner::load_examples(&examples)
+        .map_err(|e| format!("cannot read examples in {}: {e}", examples.display()))?;
+    if loaded.is_empty() {
+        return Err(format!(
+            "no NAME.json examples in {}; add orders with NAME.expected.json beside them",
+            examples.display()
+        )
+        .into());
+    }
+    let results = runner::run_examples(&chain, &loaded);
+    let (_, failed) = runner::print_report(out, &results)?;
+    Ok(if failed == 0 {
+        EXIT_OK
+    } else {
+        EXIT_TEST_FAILED
+    })
+}
+
+/// `plugin bench`.
+fn bench(args: BenchArgs, out: &mut dyn Write) -> Result<i32, Failure> {
+    let BenchArgs {
+        chain,
+        examples,
+        count,
+        json,
+        breakdown,
+    } = args;
+    let chain = build_chain(&chain, Some(&examples))?;
+    let orders: Vec<Order> = runner::load_examples(&examples)
+        .map_err(|e| format!("cannot read examples in {}: {e}", examples.display()))?
+        .into_iter()
+        .filter_map(|e| e.order.ok())
+        .collect();
+    if orders.is_empty() {
+        return Err(format!("no valid orders in {}", examples.display()).into());
+    }
+    if breakdown {
+        return print_breakdown(&chain, &orders[0], count, json, out);
+    }
+    let report = runner::bench(&chain, &orders, count, count.min(1000));
+    let text = if json {
+        serde_json::to_string_pretty(&report)? + "\n"
+    } else {
+        report.summary()
+    };
+    write!(out, "{text}")?;
+    Ok(EXIT_OK)
+}
+
+/// `plugin bench --breakdown`: the parts of a fresh instance of each rule.
+fn print_breakdown(
+    chain: &RuleChain,
+    order: &Order,
+    count: usize,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<i32, Failure> {
+    let costs = chain.fresh_costs(order, count)?;
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&costs)?)?;
+        return Ok(EXIT_OK);
+    }
+    writeln!(
+        out,
+        "fresh instance, median µs over {count} rounds:\n{:<24} {:>7} {:>12} {:>10} {:>9} {:>6} {:>7}",
+        "rule", "store", "instantiate", "configure", "evaluate", "drop", "total"
+    )?;
+    for c in &costs {
+        writeln!(
+            out,
+            "{:<24} {:>7.2} {:>12.2} {:>10.2} {:>9.2} {:>6.2} {:>7.2}",
+            c.rule,
+            c.store_us,
+            c.instantiate_us,
+            c.configure_us,
+            c.evaluate_us,
+            c.drop_us,
+            c.total_us
+        )?;
+    }
+    Ok(EXIT_OK)
+}
+
+/// `plugin deploy`.
+fn deploy(args: DeployArgs, out: &mut dyn Write) -> Result<i32, Failure> {
+    use proto::admin::{DeployRequest, deploy_request::Position};
+    let DeployArgs {
+        plugin,
+        config,
+        before,
+        after,
+        replace,
+        isolation,
+        examples,
+        canary,
+        canary_margin,
+        limits,
+        signature,
+        admin,
+    } = args;
+    let wasm =
+        std::fs::read(&plugin).map_err(|e| format!("cannot read {}: {e}", plugin.display()))?;
+    let config = deploy_config(config, examples.as_deref())?;
+    let signature = super::signing::deploy_signature(
+        &plugin,
+        signature.as_deref(),
+        &wasm,
+        &config,
+        isolation.into(),
+        limits.request().map(RuleLimits::from).unwrap_or_default(),
+    )?;
+    let examples = match examples {
+        Some(dir) => deploy_examples(&dir)?,
+        None => Vec::new(),
+    };
+    let request = DeployRequest {
+        wasm,
+        config: config.into_iter().collect(),
+        position: before
+            .map(Position::Before)
+            .or(after.map(Position::After))
+            .or(replace.map(Position::Replace)),
+        isolation: String::new(),
+        isolation_mode: match Isolation::from(isolation) {
+            Isolation::Fresh => proto::admin::IsolationMode::Fresh,
+            Isolation::Reuse => proto::admin::IsolationMode::Reuse,
+        }
+        .into(),
+        examples,
+        canary_percent: canary.unwrap_or(0.0),
+        canary_margin_percent: canary_margin,
+        limits: limits.request(),
+        signature,
+    };
+    admin_call(&admin, out, |mut c| async move {
+        c.deploy(request).await.map(|r| vec![r.into_inner()])
+    })
+}
+
+/// The examples of `dir`, as a deploy sends them (the files as the author wrote them).
+fn deploy_examples(dir: &Path) -> Result<Vec<proto::admin::Example>, Failure> {
+    let examples = runner::load_examples(dir)
+        .map_err(|e| format!("cannot read examples in {}: {e}", dir.display()))?
+        .into_iter()
+        .map(|e| {
+            let read = |suffix: &str| {
+                let path = dir.join(format!("{}{suffix}", e.name));
+                std::fs::read_to_string(&path).map_err(|err| format!("{}: {err}", path.display()))
+            };
+            Ok(proto::admin::Example {
+                order_json: read(".json")?,
+                expected_json: read(runner::EXPECTED_SUFFIX)?,
+                name: e.name,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(examples)
+}
+
+/// `plugin inspect`.
+fn inspect(args: InspectArgs, out: &mut dyn Write) -> Result<i32, Failure> {
+    let InspectArgs { plugin, limits } = args;
+    let engine = Engine::new(limits.limits()).map_err(|e| format!("{e:#}"))?;
+    let bytes =
+        std::fs::read(&plugin).map_err(|e| format!("cannot read {}: {e}", plugin.display()))?;
+    let loaded = engine
+        .load(&bytes)
+        .map_err(|e| format!("{}: {e}", plugin.display()))?;
+    let json = serde_json::json!({
+        "name": loaded.info().name,
+        "version": loaded.info().version,
+        "description": loaded.info().description,
+        "digest": loaded.digest(),
+        "size": loaded.size(),
+        // What its calls are held to unless its rule sets its own.
+        "limits": {
+            "memory_mib": loaded.limits().memory_bytes >> 20,
+            "fuel": loaded.limits().fuel,
+            "deadline_ms": loaded.limits().deadline.as_millis(),
+        },
+        "bundle": loaded.bundle().map(|b| serde_json::json!({
+            "config": b.config.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+            "examples": b.examples,
+        })),
+    });
+    writeln!(out, "{json:#}")?;
+    Ok(EXIT_OK)
 }
 
 /// A deploy's config: `--config`, and the examples' config.toml for the keys it does not
