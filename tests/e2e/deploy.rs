@@ -7,6 +7,7 @@ use crate::support::{
     wait_result,
 };
 use order_pipeline::app::{self, Role};
+use order_pipeline::config::Config;
 use order_pipeline::proto::admin::admin_service_client::AdminServiceClient;
 use order_pipeline::proto::admin::{self, DeployRequest, deploy_request::Position};
 use order_pipeline::proto::{CreateOrdersRequest, OrderLine, OrderRequest};
@@ -289,9 +290,24 @@ async fn admin_refuses_a_public_address_without_a_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_rule_is_quarantined_and_its_orders_retried() {
+async fn a_failing_rule_is_quarantined_and_its_orders_retried_embedded() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = embedded_config(dir.path());
+    a_failing_rule_is_quarantined_and_its_orders_retried(embedded_config(dir.path())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
+async fn a_failing_rule_is_quarantined_and_its_orders_retried_on_kafka_and_redis() {
+    let Some(services) = crate::support::services() else {
+        return;
+    };
+    a_failing_rule_is_quarantined_and_its_orders_retried(crate::support::kafka_config(&services))
+        .await;
+}
+
+/// The rules supervisor of the process takes a rule that fails too often out of the
+/// live version (a new version without it), from what the processor reported.
+async fn a_failing_rule_is_quarantined_and_its_orders_retried(mut config: Config) {
     config.worker.quarantine_failures = 3;
     config.worker.quarantine_window = 10;
     config.telemetry.metrics_addr = Some(crate::support::LOOPBACK_ANY_PORT);
@@ -310,8 +326,9 @@ async fn a_failing_rule_is_quarantined_and_its_orders_retried() {
     };
     let deployed = admin.deploy(trap).await.unwrap().into_inner();
     // ...then fails on real orders.
+    let run = crate::support::unique("boom");
     let batch = (0..20)
-        .map(|i| crate::support::go_request(&format!("boom-{i}"), &format!("boom-{i}"), 10))
+        .map(|i| crate::support::go_request(&format!("{run}-{i}"), &format!("boom-{i}"), 10))
         .collect();
     orders
         .create_orders(CreateOrdersRequest { orders: batch })
@@ -319,7 +336,7 @@ async fn a_failing_rule_is_quarantined_and_its_orders_retried() {
         .unwrap();
     let mut done = 0;
     for i in 0..20 {
-        let result = wait_result(&mut cache, &format!("boom-{i}"), 30)
+        let result = wait_result(&mut cache, &format!("{run}-{i}"), 30)
             .await
             .unwrap();
         if result.status == "done" {

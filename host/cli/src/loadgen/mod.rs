@@ -91,6 +91,20 @@ pub struct BenchReport {
     pub samples: Vec<Sample>,
 }
 
+/// What every client of one run shares.
+struct Shared {
+    run_id: i64,
+    started: Instant,
+    /// The next order number to submit.
+    next: AtomicUsize,
+    /// Orders finished so far.
+    done: AtomicUsize,
+    total: usize,
+    batch: usize,
+    rate: Option<f64>,
+    duration: Option<Duration>,
+}
+
 /// Runs `plan`, calling `progress` with the number of finished orders now and then.
 pub async fn run(
     plan: &BenchPlan,
@@ -112,112 +126,155 @@ pub async fn run(
     let cache_channel = crate::tls::connect(&plan.cache_url, &plan.tls, "CacheService")
         .await
         .map_err(anyhow::Error::msg)?;
-    let run_id = order_pipeline::domain::now_unix_ms();
-    let next = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicUsize::new(0));
+    let shared = Arc::new(Shared {
+        run_id: order_pipeline::domain::now_unix_ms(),
+        started: Instant::now(),
+        next: AtomicUsize::new(0),
+        done: AtomicUsize::new(0),
+        total: plan.orders,
+        batch: plan.batch,
+        rate: plan.rate,
+        duration: plan.duration,
+    });
     let progress = Arc::new(progress);
-    let started = Instant::now();
-    let step = plan.batch.max(1);
     let clients: Vec<_> = (0..plan.concurrency)
         .map(|_| {
-            let mut orders = OrderServiceClient::new(order_channel.clone());
+            let orders = OrderServiceClient::new(order_channel.clone());
             let cache = CacheServiceClient::new(cache_channel.clone());
-            let (next, done, progress) =
-                (Arc::clone(&next), Arc::clone(&done), Arc::clone(&progress));
-            let (total, batch, rate, duration) =
-                (plan.orders, plan.batch, plan.rate, plan.duration);
-            tokio::spawn(async move {
-                let mut samples: Vec<Sample> = Vec::new();
-                loop {
-                    let first = next.fetch_add(step, Ordering::Relaxed);
-                    if first >= total {
-                        break;
-                    }
-                    // At a fixed rate, order `first` is due at first/rate; latencies count
-                    // from when it was due, so a client that falls behind shows up in them.
-                    let due = rate.map(|r| started + Duration::from_secs_f64(first as f64 / r));
-                    if duration.is_some_and(|d| due.unwrap_or_else(Instant::now) >= started + d) {
-                        break;
-                    }
-                    if let Some(due) = due {
-                        tokio::time::sleep_until(due.into()).await;
-                    }
-                    let ids: Vec<String> = (first..(first + step).min(total))
-                        .map(|i| format!("bench-{run_id}-{i}"))
-                        .collect();
-                    let requests: Vec<OrderRequest> = ids
-                        .iter()
-                        .map(|id| OrderRequest {
-                            id: id.clone(),
-                            item: "book".into(),
-                            price: 4200,
-                            ..Default::default()
-                        })
-                        .collect();
-                    let t0 = due.unwrap_or_else(Instant::now);
-                    let accepted: Vec<bool> = if batch == 0 {
-                        let mut accepted = Vec::new();
-                        for request in requests {
-                            accepted.push(orders.create_order(request).await.is_ok());
-                        }
-                        accepted
-                    } else {
-                        match orders
-                            .create_orders(CreateOrdersRequest { orders: requests })
-                            .await
-                        {
-                            Ok(r) => r
-                                .into_inner()
-                                .responses
-                                .iter()
-                                .map(|r| r.status == "accepted")
-                                .collect(),
-                            Err(_) => vec![false; ids.len()],
-                        }
-                    };
-                    let submit = t0.elapsed();
-                    let at = t0.saturating_duration_since(started);
-                    let readable: Vec<Option<Duration>> = if batch == 0 {
-                        let reads = ids.iter().zip(&accepted).map(|(id, ok)| {
-                            let mut cache = cache.clone();
-                            let id = id.clone();
-                            let ok = *ok;
-                            async move {
-                                if !ok {
-                                    return None;
-                                }
-                                let answer = cache
-                                    .get_order_result(ResultRequest {
-                                        id,
-                                        wait_ms: 30_000,
-                                    })
-                                    .await;
-                                answer.ok().map(|_| t0.elapsed())
-                            }
-                        });
-                        join_all(reads).await
-                    } else {
-                        // A batch client reads its batch's results in one call too.
-                        read_batch(&mut cache.clone(), &ids, &accepted, t0).await
-                    };
-                    for readable in readable {
-                        samples.push(Sample {
-                            at,
-                            submit,
-                            readable,
-                        });
-                    }
-                    let finished = done.fetch_add(ids.len(), Ordering::Relaxed) + ids.len();
-                    progress(finished);
-                }
-                samples
-            })
+            let (shared, progress) = (Arc::clone(&shared), Arc::clone(&progress));
+            tokio::spawn(async move { client(&shared, orders, cache, &*progress).await })
         })
         .collect();
     let mut samples = Vec::new();
     for client in clients {
         samples.extend(client.await.context("a bench client panicked")?);
     }
+    Ok(report(plan, shared.started, samples))
+}
+
+/// One client: takes the next orders (a batch, or one) until the run's orders or time
+/// are used up, submits them, and reads their results back.
+async fn client(
+    shared: &Shared,
+    mut orders: OrderServiceClient<Channel>,
+    cache: CacheServiceClient<Channel>,
+    progress: &(dyn Fn(usize) + Send + Sync),
+) -> Vec<Sample> {
+    let step = shared.batch.max(1);
+    let mut samples: Vec<Sample> = Vec::new();
+    loop {
+        let first = shared.next.fetch_add(step, Ordering::Relaxed);
+        if first >= shared.total {
+            break;
+        }
+        // At a fixed rate, order `first` is due at first/rate; latencies count from when
+        // it was due, so a client that falls behind shows up in them.
+        let started = shared.started;
+        let due = shared
+            .rate
+            .map(|r| started + Duration::from_secs_f64(first as f64 / r));
+        if shared
+            .duration
+            .is_some_and(|d| due.unwrap_or_else(Instant::now) >= started + d)
+        {
+            break;
+        }
+        if let Some(due) = due {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let ids: Vec<String> = (first..(first + step).min(shared.total))
+            .map(|i| format!("bench-{}-{i}", shared.run_id))
+            .collect();
+        let t0 = due.unwrap_or_else(Instant::now);
+        let accepted = submit(&mut orders, &ids, shared.batch).await;
+        let submit = t0.elapsed();
+        let at = t0.saturating_duration_since(started);
+        let readable: Vec<Option<Duration>> = if shared.batch == 0 {
+            read_each(&cache, &ids, &accepted, t0).await
+        } else {
+            // A batch client reads its batch's results in one call too.
+            read_batch(&mut cache.clone(), &ids, &accepted, t0).await
+        };
+        for readable in readable {
+            samples.push(Sample {
+                at,
+                submit,
+                readable,
+            });
+        }
+        let finished = shared.done.fetch_add(ids.len(), Ordering::Relaxed) + ids.len();
+        progress(finished);
+    }
+    samples
+}
+
+/// Submits the orders `ids` (one `CreateOrder` each, or one `CreateOrders` when `batch`
+/// is not 0); answers which were accepted.
+async fn submit(
+    orders: &mut OrderServiceClient<Channel>,
+    ids: &[String],
+    batch: usize,
+) -> Vec<bool> {
+    let requests: Vec<OrderRequest> = ids
+        .iter()
+        .map(|id| OrderRequest {
+            id: id.clone(),
+            item: "book".into(),
+            price: 4200,
+            ..Default::default()
+        })
+        .collect();
+    if batch == 0 {
+        let mut accepted = Vec::new();
+        for request in requests {
+            accepted.push(orders.create_order(request).await.is_ok());
+        }
+        return accepted;
+    }
+    match orders
+        .create_orders(CreateOrdersRequest { orders: requests })
+        .await
+    {
+        Ok(r) => r
+            .into_inner()
+            .responses
+            .iter()
+            .map(|r| r.status == "accepted")
+            .collect(),
+        Err(_) => vec![false; ids.len()],
+    }
+}
+
+/// Reads each accepted order's result with its own `GetOrderResult` (waiting up to
+/// 30 s), concurrently: each one's latency from `t0`, or `None`.
+async fn read_each(
+    cache: &CacheServiceClient<Channel>,
+    ids: &[String],
+    accepted: &[bool],
+    t0: Instant,
+) -> Vec<Option<Duration>> {
+    let reads = ids.iter().zip(accepted).map(|(id, ok)| {
+        let mut cache = cache.clone();
+        let id = id.clone();
+        let ok = *ok;
+        async move {
+            if !ok {
+                return None;
+            }
+            let answer = cache
+                .get_order_result(ResultRequest {
+                    id,
+                    wait_ms: 30_000,
+                })
+                .await;
+            answer.ok().map(|_| t0.elapsed())
+        }
+    });
+    join_all(reads).await
+}
+
+/// The figures of a run that started at `started`.
+fn report(plan: &BenchPlan, started: Instant, mut samples: Vec<Sample>) -> BenchReport {
     let seconds = started.elapsed().as_secs_f64();
     let errors = samples.iter().filter(|s| s.readable.is_none()).count();
     let mut submit: Vec<Duration> = samples.iter().map(|s| s.submit).collect();
@@ -230,7 +287,7 @@ pub async fn run(
         .as_secs_f64()
         .max(f64::EPSILON);
     samples.sort_unstable_by_key(|s| s.at);
-    Ok(BenchReport {
+    BenchReport {
         orders: samples.len(),
         concurrency: plan.concurrency,
         batch: plan.batch,
@@ -242,7 +299,7 @@ pub async fn run(
         seconds,
         target_rate: plan.rate,
         samples,
-    })
+    }
 }
 
 /// Reads the results of a batch with `GetOrderResults`, asking again for those still
