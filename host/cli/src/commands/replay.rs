@@ -287,33 +287,7 @@ pub(crate) struct PluginReplayArgs {
 /// Fetches order `id` and the plugins of the version that decided it, then decides it
 /// here under that version and under the candidate, and prints the difference.
 pub(crate) fn plugin_replay(args: PluginReplayArgs, out: &mut dyn Write) -> Result<i32, Failure> {
-    let (stored, version, plugins) = runtime()?.block_on(async {
-        let mut c = client(&args.admin).await?;
-        let status = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
-        let decision = c
-            .decision(admin::DecisionRequest {
-                id: args.id.clone(),
-            })
-            .await
-            .map_err(status)?
-            .into_inner();
-        let version = decision
-            .version
-            .ok_or("the AdminService answered no version")?;
-        let mut plugins = Vec::new();
-        for rule in &version.rules {
-            let wasm = c
-                .plugin(admin::PluginRequest {
-                    digest: rule.digest.clone(),
-                })
-                .await
-                .map_err(status)?
-                .into_inner()
-                .wasm;
-            plugins.push(wasm);
-        }
-        Ok::<_, String>((decision.result_json, version, plugins))
-    })?;
+    let (stored, version, plugins) = runtime()?.block_on(fetch_decision(&args))?;
     let stored: OrderResult = serde_json::from_str(&stored)?;
     let order = stored
         .order
@@ -337,19 +311,63 @@ pub(crate) fn plugin_replay(args: PluginReplayArgs, out: &mut dyn Write) -> Resu
         });
     }
     let decided = RuleChain::new(specs.clone())?;
-    let mut candidate_specs = specs;
+    let candidate = RuleChain::new(with_candidates(&engine, specs, &args)?)?;
+    let mut again = OrderResult::from_evaluation(&order, decided.evaluate(&order), 1);
+    again.ruleset_version = version.version;
+    let mut other = OrderResult::from_evaluation(&order, candidate.evaluate(&order), 1);
+    other.ruleset_version = 0;
+    print_replay(out, &stored, &again, &other, version.version)?;
+    Ok(EXIT_OK)
+}
+
+/// The stored result of `args.id` (JSON), the version that decided it, and the bytes of
+/// each of its plugins, from the AdminService.
+async fn fetch_decision(
+    args: &PluginReplayArgs,
+) -> Result<(String, admin::RulesetInfo, Vec<Vec<u8>>), String> {
+    let mut c = client(&args.admin).await?;
+    let status = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
+    let decision = c
+        .decision(admin::DecisionRequest {
+            id: args.id.clone(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    let version = decision
+        .version
+        .ok_or("the AdminService answered no version")?;
+    let mut plugins = Vec::new();
+    for rule in &version.rules {
+        let wasm = c
+            .plugin(admin::PluginRequest {
+                digest: rule.digest.clone(),
+            })
+            .await
+            .map_err(status)?
+            .into_inner()
+            .wasm;
+        plugins.push(wasm);
+    }
+    Ok((decision.result_json, version, plugins))
+}
+
+/// `specs` with each candidate plugin in place of the rule of its name (or last, for a
+/// new rule), with `--config` or the config of the rule it replaces.
+fn with_candidates(
+    engine: &order_rules_engine::Engine,
+    mut specs: Vec<RuleSpec>,
+    args: &PluginReplayArgs,
+) -> Result<Vec<RuleSpec>, Failure> {
     for path in &args.candidates {
         let bytes =
             std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let plugin: Arc<_> = engine
             .load(&bytes)
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        let at = candidate_specs
-            .iter()
-            .position(|s| s.plugin.name() == plugin.name());
+        let at = specs.iter().position(|s| s.plugin.name() == plugin.name());
         let config = if args.config.is_empty() {
-            at.map(|i| candidate_specs[i].config.clone())
-                .unwrap_or_default()
+            at.map(|i| specs[i].config.clone()).unwrap_or_default()
         } else {
             args.config.clone()
         };
@@ -360,19 +378,26 @@ pub(crate) fn plugin_replay(args: PluginReplayArgs, out: &mut dyn Write) -> Resu
             limits: RuleLimits::default(),
         };
         match at {
-            Some(i) => candidate_specs[i] = spec,
-            None => candidate_specs.push(spec),
+            Some(i) => specs[i] = spec,
+            None => specs.push(spec),
         }
     }
-    let candidate = RuleChain::new(candidate_specs)?;
-    let mut again = OrderResult::from_evaluation(&order, decided.evaluate(&order), 1);
-    again.ruleset_version = version.version;
-    let mut other = OrderResult::from_evaluation(&order, candidate.evaluate(&order), 1);
-    other.ruleset_version = 0;
+    Ok(specs)
+}
+
+/// Prints the stored result, the result decided again under `version`, the candidate's,
+/// and how they differ.
+fn print_replay(
+    out: &mut dyn Write,
+    stored: &OrderResult,
+    again: &OrderResult,
+    other: &OrderResult,
+    version: u64,
+) -> Result<(), Failure> {
     let mut same_as_stored = DiffReport::default();
-    same_as_stored.add(&stored, &again);
+    same_as_stored.add(stored, again);
     let mut diff = DiffReport::default();
-    diff.add(&again, &other);
+    diff.add(again, other);
     let show = |r: &OrderResult| {
         let reasons: Vec<String> = r
             .reasons
@@ -386,7 +411,7 @@ pub(crate) fn plugin_replay(args: PluginReplayArgs, out: &mut dyn Write) -> Resu
             r.currency
         )
     };
-    writeln!(out, "order {} as stored: {}", stored.id, show(&stored))?;
+    writeln!(out, "order {} as stored: {}", stored.id, show(stored))?;
     let matches = if same_as_stored.differing == 0 {
         "as stored"
     } else {
@@ -394,11 +419,10 @@ pub(crate) fn plugin_replay(args: PluginReplayArgs, out: &mut dyn Write) -> Resu
     };
     writeln!(
         out,
-        "here, under version {} (which decided it): {} ({matches})",
-        version.version,
-        show(&again)
+        "here, under version {version} (which decided it): {} ({matches})",
+        show(again)
     )?;
-    writeln!(out, "here, under the candidate: {}", show(&other))?;
+    writeln!(out, "here, under the candidate: {}", show(other))?;
     if diff.differing == 0 {
         writeln!(out, "the candidate decides it the same way")?;
     } else {
@@ -407,10 +431,9 @@ pub(crate) fn plugin_replay(args: PluginReplayArgs, out: &mut dyn Write) -> Resu
         for (currency, amount) in &diff.money {
             writeln!(
                 out,
-                "  total {currency} {amount:+} (candidate - version {})",
-                version.version
+                "  total {currency} {amount:+} (candidate - version {version})"
             )?;
         }
     }
-    Ok(EXIT_OK)
+    Ok(())
 }

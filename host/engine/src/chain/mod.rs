@@ -10,12 +10,17 @@ use serde::{Deserialize, Serialize};
 
 use super::bindings::order::rules::types as wit;
 use super::instance::{Failure, FailureKind, Instance, RuleFailure};
-use super::limits::{Limits, MAX_ADJUSTMENTS, MAX_REASONS, RuleLimits};
+use super::limits::{Limits, RuleLimits};
 use super::native::{self, NativeRule};
 use super::plugin::{Isolation, Plugin};
 use super::reuse::{Pool, Ran};
 use super::wasi::OrderSeed;
 use crate::order::{AdjustmentKind, Order, Totals};
+
+mod outcome;
+
+use outcome::{check_outcome, conclude, outcome_label};
+pub(crate) use outcome::{to_wit_order, to_wit_totals};
 
 /// A plugin with its configuration, as one step of a chain.
 #[derive(Debug, Clone)]
@@ -299,68 +304,30 @@ impl RuleChain {
                 Ok((outcome, fuel)) => (check_outcome(outcome, plugin), fuel),
                 Err(failure) => (Err(failure), 0),
             };
-            let label = match &outcome {
-                Ok(wit::Outcome::Accept(_)) => RuleOutcome::Accept,
-                Ok(wit::Outcome::Reject(_)) => RuleOutcome::Reject,
-                Ok(wit::Outcome::Retryable(_)) => RuleOutcome::Retryable,
-                Err(_) => RuleOutcome::Failed,
-            };
-            let version = match step.native {
-                Some(_) => format!("{} (native baseline)", plugin.info().version),
-                None => plugin.info().version.clone(),
-            };
             evaluation.rules.push(RuleTrace {
                 name: plugin.name().to_string(),
-                version,
+                version: step_version(step),
                 digest: plugin.digest().to_string(),
-                outcome: label,
+                outcome: outcome_label(&outcome),
                 fuel_used,
                 duration_us,
                 retried_fresh,
                 state_leak,
             });
-            let name = plugin.name();
-            match outcome {
-                Ok(wit::Outcome::Accept(adjustments)) => {
-                    if let Err(failure) = apply(&mut evaluation, &mut context, name, adjustments) {
-                        evaluation.status = Status::Failed;
-                        evaluation.error = Some(failure.named(name));
-                        if let Some(trace) = evaluation.rules.last_mut() {
-                            trace.outcome = RuleOutcome::Failed;
-                        }
-                        break;
-                    }
-                }
-                Ok(wit::Outcome::Reject(reasons)) => {
-                    evaluation.status = Status::Rejected;
-                    evaluation.reasons = reasons
-                        .into_iter()
-                        .map(|r| RuleReason {
-                            rule: name.to_string(),
-                            code: r.code,
-                            message: r.message,
-                        })
-                        .collect();
-                    break;
-                }
-                Ok(wit::Outcome::Retryable(e)) => {
-                    evaluation.status = Status::Retryable;
-                    evaluation.retry = Some(RuleRetry {
-                        rule: name.to_string(),
-                        code: e.code,
-                        message: e.message,
-                    });
-                    break;
-                }
-                Err(failure) => {
-                    tracing::warn!(rule = name, kind = ?failure.kind, "{}", failure.message);
-                    evaluation.status = Status::Failed;
-                    evaluation.error = Some(failure.named(name));
-                    break;
-                }
+            if !conclude(&mut evaluation, &mut context, plugin.name(), outcome) {
+                break;
             }
         }
         evaluation
+    }
+}
+
+/// The version a step's trace names (a native twin says so).
+fn step_version(step: &Step) -> String {
+    let version = &step.spec.plugin.info().version;
+    match step.native {
+        Some(_) => format!("{version} (native baseline)"),
+        None => version.clone(),
     }
 }
 
@@ -419,132 +386,4 @@ pub(crate) fn configured(
     let mut instance = spec.plugin.instantiate(limits, seed)?;
     instance.configure(limits, &spec.config)?;
     Ok(instance)
-}
-
-/// Checks an outcome against the contract and the engine's output limit.
-fn check_outcome(outcome: wit::Outcome, plugin: &Plugin) -> Result<wit::Outcome, Failure> {
-    let malformed = |message: String| Err(Failure::new(FailureKind::MalformedOutput, message));
-    let max_bytes = plugin.limits().max_output_bytes;
-    let text_bytes: usize = match &outcome {
-        wit::Outcome::Accept(adjs) => adjs.iter().map(|a| a.label.len()).sum(),
-        wit::Outcome::Reject(reasons) => {
-            reasons.iter().map(|r| r.code.len() + r.message.len()).sum()
-        }
-        wit::Outcome::Retryable(e) => e.code.len() + e.message.len(),
-    };
-    if text_bytes > max_bytes {
-        return malformed(format!(
-            "the outcome holds {text_bytes} bytes of text, more than the limit of {max_bytes}"
-        ));
-    }
-    match &outcome {
-        wit::Outcome::Accept(adjs) => {
-            if adjs.len() > MAX_ADJUSTMENTS {
-                return malformed(format!(
-                    "{} adjustments, at most {MAX_ADJUSTMENTS} allowed",
-                    adjs.len()
-                ));
-            }
-            if let Some(a) = adjs.iter().find(|a| a.amount < 0) {
-                return malformed(format!(
-                    "adjustment `{}` has a negative amount {}; amounts are >= 0 and the kind gives the direction",
-                    a.label, a.amount
-                ));
-            }
-            if adjs.iter().any(|a| a.label.trim().is_empty()) {
-                return malformed("an adjustment has an empty label".into());
-            }
-        }
-        wit::Outcome::Reject(reasons) => {
-            if reasons.is_empty() {
-                return malformed("a rejection must give at least one reason".into());
-            }
-            if reasons.len() > MAX_REASONS {
-                return malformed(format!(
-                    "{} reasons, at most {MAX_REASONS} allowed",
-                    reasons.len()
-                ));
-            }
-            if reasons.iter().any(|r| r.code.is_empty()) {
-                return malformed("a rejection reason has an empty code".into());
-            }
-        }
-        wit::Outcome::Retryable(e) => {
-            if e.code.is_empty() {
-                return malformed("a retryable error has an empty code".into());
-            }
-        }
-    }
-    Ok(outcome)
-}
-
-/// Applies accepted adjustments to the evaluation and to the context later rules see.
-fn apply(
-    evaluation: &mut Evaluation,
-    context: &mut wit::ChainContext,
-    rule: &str,
-    adjustments: Vec<wit::Adjustment>,
-) -> Result<(), Failure> {
-    for adjustment in adjustments {
-        let kind = match adjustment.kind {
-            wit::AdjustmentKind::Discount => AdjustmentKind::Discount,
-            wit::AdjustmentKind::Surcharge => AdjustmentKind::Surcharge,
-            wit::AdjustmentKind::Tax => AdjustmentKind::Tax,
-        };
-        evaluation.totals = evaluation
-            .totals
-            .apply(kind, adjustment.amount)
-            .ok_or_else(|| {
-                Failure::new(
-                    FailureKind::MalformedOutput,
-                    format!(
-                        "adjustment `{}` makes the totals overflow",
-                        adjustment.label
-                    ),
-                )
-            })?;
-        evaluation.adjustments.push(AppliedAdjustment {
-            rule: rule.to_string(),
-            kind,
-            label: adjustment.label.clone(),
-            amount: adjustment.amount,
-        });
-        context.adjustments.push(adjustment);
-    }
-    context.totals = to_wit_totals(&evaluation.totals);
-    Ok(())
-}
-
-pub(crate) fn to_wit_order(order: &Order) -> wit::Order {
-    wit::Order {
-        id: order.id.clone(),
-        customer_id: order.customer_id.clone(),
-        currency: order.currency.clone(),
-        lines: order
-            .lines
-            .iter()
-            .map(|l| wit::OrderLine {
-                sku: l.sku.clone(),
-                quantity: l.quantity,
-                unit_price: l.unit_price,
-            })
-            .collect(),
-        shipping_country: order.shipping_country.clone(),
-        coupon_codes: order.coupon_codes.clone(),
-        attributes: order
-            .attributes
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-    }
-}
-
-pub(crate) fn to_wit_totals(t: &Totals) -> wit::Totals {
-    wit::Totals {
-        subtotal: t.subtotal,
-        discounts: t.discounts,
-        surcharges: t.surcharges,
-        tax: t.tax,
-        total: t.total,
-    }
 }
