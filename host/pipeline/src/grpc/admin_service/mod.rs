@@ -2,17 +2,17 @@
 //! flow. A thin translation to the [deploy gate](crate::rules::gate), which every change
 //! goes through; its errors become statuses in one place ([`super::status`]).
 
+mod data;
+
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::admin_convert::{
-    active_info, basis_points, deploy_of, info, replay_status, rollout_info, selection, worker_info,
-};
+use super::admin_convert::{active_info, basis_points, deploy_of, info, rollout_info, worker_info};
 use super::principals::{Need, Principal, Role, require};
 use crate::domain::audit::AuditEntry;
 use crate::proto::admin::{self, admin_service_server::AdminService};
-use crate::replay::{Replayer, Request as ReplayRun};
+use crate::replay::Replayer;
 use crate::rules::gate::{Candidate, DEFAULT_CANARY_MARGIN, Gate};
 use crate::rules::live::LiveRuleset;
 use crate::store::Store;
@@ -352,40 +352,9 @@ impl AdminService for AdminApi {
             ("ids", request.get_ref().ids.len().to_string()),
         ];
         self.audited(by, who, "Replay", args, async move {
-            let request = request.into_inner();
-            let selection = selection(&request)?;
-            if request.overwrite && request.reason.trim().is_empty() {
-                return Err(Status::invalid_argument(
-                    "reason: say why the results are replaced (it is recorded in each)",
-                ));
-            }
-            let outcome = self
-                .replayer()?
-                .replay(ReplayRun {
-                    selection,
-                    version: (request.version != 0).then_some(request.version),
-                    overwrite: request.overwrite.then_some(request.reason),
-                    limit: match request.limit {
-                        0 => crate::replay::DEFAULT_LIMIT,
-                        n => n as usize,
-                    },
-                })
+            self.run_replay(request.into_inner())
                 .await
-                .map_err(replay_status)?;
-            Ok(Response::new(admin::ReplayResponse {
-                run: outcome.run,
-                version: outcome.version,
-                decided: outcome.decided,
-                differing: outcome.report.differing,
-                by_kind: outcome.report.by_kind.into_iter().collect(),
-                money: outcome.report.money.into_iter().collect(),
-                samples_json: serde_json::to_string(&outcome.report.samples)
-                    .map_err(|e| Status::internal(e.to_string()))?,
-                without_result: outcome.without_result,
-                overwritten: outcome.overwritten,
-                skipped: outcome.skipped,
-                seconds: outcome.seconds,
-            }))
+                .map(Response::new)
         })
         .await
     }
@@ -398,35 +367,9 @@ impl AdminService for AdminApi {
         let by = principal_name(&request);
         let args = vec![("limit", request.get_ref().limit.to_string())];
         self.audited(by, who, "DeadLetters", args, async move {
-            let limit = match request.into_inner().limit {
-                0 => 1000,
-                n => n as usize,
-            };
-            let letters = self
-                .replayer()?
-                .dead_letters(limit)
+            self.list_dead_letters(request.into_inner())
                 .await
-                .map_err(replay_status)?;
-            let letters = letters
-                .into_iter()
-                .map(|l| {
-                    let (order_json, error) = match l.order {
-                        Ok(order) => (
-                            serde_json::to_string(&order).unwrap_or_default(),
-                            String::new(),
-                        ),
-                        Err(why) => (String::new(), why),
-                    };
-                    admin::DeadLetter {
-                        position: l.position,
-                        headers: l.headers.into_iter().collect(),
-                        order_json,
-                        error,
-                        result_status: l.result_status.unwrap_or_default(),
-                    }
-                })
-                .collect();
-            Ok(Response::new(admin::DeadLettersResponse { letters }))
+                .map(Response::new)
         })
         .await
     }
@@ -439,28 +382,9 @@ impl AdminService for AdminApi {
         let by = principal_name(&request);
         let args = vec![("id", request.get_ref().id.clone())];
         self.audited(by, who, "Decision", args, async move {
-        let id = request.into_inner().id;
-        let store = self
-            .store
-            .as_ref()
-            .ok_or_else(|| Status::unavailable("this process has no result store"))?;
-        let result = store
-            .get(&id)
-            .await
-            .map_err(|e| Status::unavailable(format!("store: {e:#}")))?
-            .ok_or_else(|| Status::not_found(format!("id: no result for `{id}`")))?;
-        if result.order.is_none() {
-            return Err(Status::failed_precondition(format!(
-                "id: the result of `{id}` does not keep its order (written by the Go worker, or before results kept it)"
-            )));
-        }
-        let version = self.gate.version(result.ruleset_version).await?;
-        let active = self.gate.active().await?.version == version.version;
-        Ok(Response::new(admin::DecisionResponse {
-            result_json: serde_json::to_string(&result)
-                .map_err(|e| Status::internal(e.to_string()))?,
-            version: Some(info(&version, active)),
-        }))
+            self.find_decision(request.into_inner())
+                .await
+                .map(Response::new)
         })
         .await
     }
@@ -473,23 +397,9 @@ impl AdminService for AdminApi {
         let by = principal_name(&request);
         let args = vec![("digest", request.get_ref().digest.clone())];
         self.audited(by, who, "Plugin", args, async move {
-        let digest = request.into_inner().digest;
-        let wasm = self
-            .live
-            .registry()
-            .plugin(&digest)
-            .await
-            .map_err(|e| Status::unavailable(format!("registry: {e:#}")))?
-            .ok_or_else(|| Status::not_found(format!("digest: no plugin {digest}")))?;
-        // The registry's bytes are handed out only when they are the ones the digest names.
-        if order_rules_engine::digest(&wasm) != digest {
-            metrics::counter!(crate::metrics::PLUGIN_BLOBS_REFUSED, "reason" => "digest-mismatch")
-                .increment(1);
-            return Err(Status::data_loss(format!(
-                "digest: the registry's blob for {digest} does not match it (substituted or corrupted)"
-            )));
-        }
-        Ok(Response::new(admin::PluginResponse { wasm }))
+            self.plugin_blob(request.into_inner())
+                .await
+                .map(Response::new)
         })
         .await
     }
@@ -502,34 +412,9 @@ impl AdminService for AdminApi {
         let by = principal_name(&request);
         let args = vec![("since", request.get_ref().since.to_string())];
         self.audited(by, who, "Audit", args, async move {
-            let request = request.into_inner();
-            let limit = match request.limit {
-                0 => 1000,
-                n => n.min(10_000) as usize,
-            };
-            let registry = self.live.registry();
-            let unavailable = |e: anyhow::Error| Status::unavailable(format!("registry: {e:#}"));
-            let events = registry
-                .audit(request.since, limit)
+            self.audit_events(request.into_inner())
                 .await
-                .map_err(unavailable)?;
-            // The hash the first returned event must follow.
-            let prev = match request.since {
-                0 => crate::domain::audit::GENESIS.to_string(),
-                since => registry
-                    .audit(since - 1, 1)
-                    .await
-                    .map_err(unavailable)?
-                    .first()
-                    .map(|e| e.hash.clone())
-                    .unwrap_or_default(),
-            };
-            let events_json = events
-                .iter()
-                .map(serde_json::to_string)
-                .collect::<Result<_, _>>()
-                .map_err(|e| Status::internal(e.to_string()))?;
-            Ok(Response::new(admin::AuditResponse { events_json, prev }))
+                .map(Response::new)
         })
         .await
     }
