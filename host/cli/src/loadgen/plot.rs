@@ -97,8 +97,7 @@ fn err(e: impl std::fmt::Display) -> anyhow::Error {
 pub fn latency_png(path: &Path, report: &BenchReport, font: Option<&Path>) -> anyhow::Result<()> {
     anyhow::ensure!(!report.samples.is_empty(), "the run has no samples to plot");
     register_font(font)?;
-    let mut submit: Vec<f64> = report.samples.iter().map(|s| ms(s.submit)).collect();
-    let mut readable: Vec<f64> = report
+    let readable: Vec<f64> = report
         .samples
         .iter()
         .filter_map(|s| s.readable.map(ms))
@@ -115,6 +114,18 @@ pub fn latency_png(path: &Path, report: &BenchReport, font: Option<&Path>) -> an
 
     let root = BitMapBackend::new(path, (1400, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
+    let root = root.titled(&title(report), (FONT, 17)).map_err(err)?;
+    let (left, right) = root.split_horizontally(700);
+    draw_cdf(&left, report, readable, x_max)?;
+    draw_over_time(&right, report, x_max)?;
+    root.present()
+        .map_err(err)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// The plot's title: the run and its figures.
+fn title(report: &BenchReport) -> String {
     let mode = if report.batch == 0 {
         "unary CreateOrder".to_string()
     } else {
@@ -124,7 +135,7 @@ pub fn latency_png(path: &Path, report: &BenchReport, font: Option<&Path>) -> an
         Some(r) => format!("fixed rate {r:.0}/s"),
         None => "max rate".into(),
     };
-    let title = format!(
+    format!(
         "order-pipeline bench: {} orders, {} clients, {mode}, {rate}: {:.0} readable/s; submit->readable p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         report.orders,
         report.concurrency,
@@ -132,11 +143,20 @@ pub fn latency_png(path: &Path, report: &BenchReport, font: Option<&Path>) -> an
         report.submit_to_readable.p50_ms,
         report.submit_to_readable.p99_ms,
         report.submit_to_readable.max_ms,
-    );
-    let root = root.titled(&title, (FONT, 17)).map_err(err)?;
-    let (left, right) = root.split_horizontally(700);
+    )
+}
 
-    let mut chart = ChartBuilder::on(&left)
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
+/// The CDF of submit and of submit→readable latency, up to `x_max` ms.
+fn draw_cdf(
+    area: &Area<'_>,
+    report: &BenchReport,
+    mut readable: Vec<f64>,
+    x_max: f64,
+) -> anyhow::Result<()> {
+    let mut submit: Vec<f64> = report.samples.iter().map(|s| ms(s.submit)).collect();
+    let mut chart = ChartBuilder::on(area)
         .caption("latency distribution (CDF)", (FONT, 16))
         .margin(12)
         .x_label_area_size(40)
@@ -186,14 +206,18 @@ pub fn latency_png(path: &Path, report: &BenchReport, font: Option<&Path>) -> an
         .border_style(BLACK)
         .draw()
         .map_err(err)?;
+    Ok(())
+}
 
+/// Each order's submit→readable latency (up to `x_max` ms) by when it was submitted.
+fn draw_over_time(area: &Area<'_>, report: &BenchReport, x_max: f64) -> anyhow::Result<()> {
     let seconds = report
         .samples
         .iter()
         .map(|s| s.at.as_secs_f64())
         .fold(0.0, f64::max)
         .max(0.001);
-    let mut over_time = ChartBuilder::on(&right)
+    let mut over_time = ChartBuilder::on(area)
         .caption("submit -> readable latency of each order", (FONT, 16))
         .margin(12)
         .x_label_area_size(40)
@@ -218,9 +242,6 @@ pub fn latency_png(path: &Path, report: &BenchReport, font: Option<&Path>) -> an
                 .map(|p| Circle::new(p, 1, RED.mix(0.35).filled())),
         )
         .map_err(err)?;
-    root.present()
-        .map_err(err)
-        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
