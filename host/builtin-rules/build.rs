@@ -33,19 +33,7 @@ fn run() -> Result<(), String> {
     let plugins = root.join("plugins");
     let out_dir = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
 
-    // Watch the plugin sources, not the whole directory (plugins/target may be in it).
-    for file in ["Cargo.toml", "Cargo.lock", ".cargo"] {
-        println!("cargo:rerun-if-changed={}", plugins.join(file).display());
-    }
-    for dir in crate_dirs(&plugins)? {
-        println!("cargo:rerun-if-changed={}", dir.join("src").display());
-        println!(
-            "cargo:rerun-if-changed={}",
-            dir.join("Cargo.toml").display()
-        );
-    }
-    println!("cargo:rerun-if-changed={}", root.join("wit").display());
-    println!("cargo:rerun-if-env-changed=ORDER_PIPELINE_PLUGIN_TARGET_DIR");
+    watch(&root, &plugins)?;
 
     // Share one plugin target dir between profiles: OUT_DIR is
     // <target>[/<triple>]/<profile>/build/<pkg>-<hash>/out.
@@ -58,20 +46,46 @@ fn run() -> Result<(), String> {
             .join("wasm-plugins"),
     };
 
+    let wasm_dir = build_components(&plugins, &target_dir)?;
+    write_builtins(&plugins, &wasm_dir, &out_dir)
+}
+
+/// Tells cargo to run this script again when a plugin's sources, the plugin workspace,
+/// the WIT or the plugin target dir change (not the whole directory: plugins/target may
+/// be in it).
+fn watch(root: &Path, plugins: &Path) -> Result<(), String> {
+    for file in ["Cargo.toml", "Cargo.lock", ".cargo"] {
+        println!("cargo:rerun-if-changed={}", plugins.join(file).display());
+    }
+    for dir in crate_dirs(plugins)? {
+        println!("cargo:rerun-if-changed={}", dir.join("src").display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            dir.join("Cargo.toml").display()
+        );
+    }
+    println!("cargo:rerun-if-changed={}", root.join("wit").display());
+    println!("cargo:rerun-if-env-changed=ORDER_PIPELINE_PLUGIN_TARGET_DIR");
+    Ok(())
+}
+
+/// Builds the plugin workspace for wasm and makes a component of each module; answers
+/// the directory of the components.
+fn build_components(plugins: &Path, target_dir: &Path) -> Result<PathBuf, String> {
     // The rule crates the host also links natively are `cdylib` + `rlib`, and cargo runs
     // no LTO for a crate with both (measured: components 11 KB bigger and a fresh
     // instance slower). So the workspace is built without them, and each of them alone
     // as a cdylib, with the profile's LTO.
-    let both = rlib_rule_crates(&plugins)?;
+    let both = rlib_rule_crates(plugins)?;
     let mut workspace = vec!["build", "--release", "--workspace", "--target", WASM_TARGET];
     for name in &both {
         workspace.extend(["--exclude", name.as_str()]);
     }
-    cargo_in(&plugins, &target_dir, &workspace)?;
+    cargo_in(plugins, target_dir, &workspace)?;
     for name in &both {
         cargo_in(
-            &plugins,
-            &target_dir,
+            plugins,
+            target_dir,
             &[
                 "rustc",
                 "--release",
@@ -84,7 +98,6 @@ fn run() -> Result<(), String> {
             ],
         )?;
     }
-
     let core_dir = target_dir.join(WASM_TARGET).join("release");
     let wasm_dir = target_dir.join("components");
     fs::create_dir_all(&wasm_dir).map_err(|e| format!("{}: {e}", wasm_dir.display()))?;
@@ -97,11 +110,17 @@ fn run() -> Result<(), String> {
             )?;
         }
     }
+    Ok(wasm_dir)
+}
+
+/// Writes `builtin_plugins.rs`: every rule component as a constant, and where the build
+/// put them.
+fn write_builtins(plugins: &Path, wasm_dir: &Path, out_dir: &Path) -> Result<(), String> {
     let mut builtins = String::from(
         "/// Rule plugins compiled from `plugins/rule-*` and embedded at build time.\n\
          pub static BUILTIN_PLUGINS: &[(&str, &[u8])] = &[\n",
     );
-    for name in rule_crates(&plugins)? {
+    for name in rule_crates(plugins)? {
         let wasm = wasm_dir.join(format!("{}.wasm", name.replace('-', "_")));
         if !wasm.is_file() {
             return Err(format!(
