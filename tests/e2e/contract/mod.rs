@@ -9,10 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use order_pipeline::backends::embedded::{EmbeddedDb, EmbeddedLog};
+use order_pipeline::backends::kafka::reader::KafkaReplayLog;
 use order_pipeline::backends::kafka::{self, DeadLetters, KafkaLog, KafkaPublisher, OrderConsumer};
 use order_pipeline::backends::redis::Redis;
 use order_pipeline::domain::{Order, OrderResult, PutOutcome, ResultStatus, Totals};
 use order_pipeline::order_log::{BatchOutcome, Committed, Consumer, Lane, Publisher};
+use order_pipeline::replay::Log;
 use order_pipeline::rules::registry::Registry;
 use order_pipeline::store::Store;
 use tokio::sync::mpsc;
@@ -159,10 +161,17 @@ fn feed(
     (opened, stop, feeding)
 }
 
-/// The order log, through its seams (`Publisher`, `LogConsumer`, `Lane`): what is
-/// published comes back in order and intact, and what a lane committed is not handed
-/// to the next consumer of the log.
-async fn order_log_contract(name: &str, publisher: Publisher, consumer: impl Fn() -> Consumer) {
+/// The order log, through its seams (`Publisher`, `LogConsumer`, `Lane`, `ReplayLog`):
+/// what is published comes back in order and intact; what a lane committed is not handed
+/// to the next consumer of the log; an entry committed as a dead letter is read back from
+/// the dead letters with its headers; reading by offsets gives the entries in order, or
+/// nothing from a log without offsets.
+async fn order_log_contract(
+    name: &str,
+    publisher: Publisher,
+    consumer: impl Fn() -> Consumer,
+    replay: Log,
+) {
     let sent = log_payloads(name);
     for payload in &sent {
         publisher
@@ -182,12 +191,38 @@ async fn order_log_contract(name: &str, publisher: Publisher, consumer: impl Fn(
             .expect("the published orders come back within 30 s")
             .unwrap()
             .unwrap();
+        // The first entry of all is dead-lettered, with a header saying why.
+        let mut outcome = BatchOutcome::default();
+        if got.is_empty() {
+            let why = vec![("reason".to_string(), format!("{name} contract"))];
+            outcome.dead_letters.push((0, why));
+        }
+        let (partition, first_offset) = (batch[0].partition, batch[0].offset);
         got.extend(batch.iter().map(|e| e.payload.clone()));
-        let mut nothing = BatchOutcome::default();
-        let committed = lane.commit(&batch, &mut nothing).await.unwrap();
+        let committed = lane.commit(&batch, &mut outcome).await.unwrap();
         assert_eq!(committed, Committed::Done, "{name}");
+        if got.len() == batch.len() {
+            let read = replay
+                .offsets(partition, first_offset, None, sent.len())
+                .await
+                .unwrap();
+            if let Some(read) = read {
+                let read: Vec<Vec<u8>> = read.into_iter().map(|r| r.payload).collect();
+                assert_eq!(read, sent, "{name}: by offsets, in order");
+            }
+        }
     }
     assert_eq!(got, sent, "{name}: in order, byte for byte");
+    let letters = replay.dead_letters(100).await.unwrap();
+    assert_eq!(letters.len(), 1, "{name}: one dead letter");
+    assert_eq!(letters[0].payload, sent[0], "{name}");
+    assert!(
+        letters[0]
+            .headers
+            .contains(&("reason".to_string(), format!("{name} contract"))),
+        "{name}: {:?}",
+        letters[0].headers
+    );
     stop.cancel();
     drop(lane);
     feeding.await.unwrap();
@@ -221,7 +256,7 @@ async fn order_log_contract_embedded() {
     let db = EmbeddedDb::open(dir.path()).unwrap();
     let publisher = Publisher::shared(Arc::clone(&db) as _);
     let consumer = || -> Consumer { Box::new(EmbeddedLog::new(Arc::clone(&db))) };
-    order_log_contract("embedded", publisher, consumer).await;
+    order_log_contract("embedded", publisher, consumer, Arc::clone(&db) as _).await;
     db.close().await.unwrap();
 }
 
@@ -230,10 +265,11 @@ async fn order_log_contract_embedded() {
 async fn order_log_contract_kafka() {
     let Some(services) = services() else { return };
     let (topic, group) = (unique("contract-log"), unique("contract-group"));
+    let dlq = unique("contract-dlq");
     kafka::ensure_topics(
         &services.kafka,
         &Default::default(),
-        &[(topic.as_str(), 2)],
+        &[(topic.as_str(), 2), (dlq.as_str(), 1)],
         1,
     )
     .await
@@ -255,10 +291,11 @@ async fn order_log_contract_kafka() {
         let orders =
             OrderConsumer::subscribe(&services.kafka, &Default::default(), &membership, &topic)
                 .unwrap();
-        let dead_letters = DeadLetters::new(producer.clone(), &unique("contract-dlq"), timeout);
+        let dead_letters = DeadLetters::new(producer.clone(), &dlq, timeout);
         Box::new(KafkaLog::new(orders, dead_letters, store.clone()))
     };
-    order_log_contract("kafka", publisher, consumer).await;
+    let replay = KafkaReplayLog::new(&services.kafka, &Default::default(), &topic, &dlq);
+    order_log_contract("kafka", publisher, consumer, Arc::new(replay)).await;
 }
 
 pub(crate) async fn run_contract(b: &Backend) {
