@@ -108,8 +108,7 @@ fn run_order(args: RunArgs, out: &mut dyn Write) -> Result<i32, Failure> {
 fn test(args: TestArgs, out: &mut dyn Write) -> Result<i32, Failure> {
     let TestArgs { chain, examples } = args;
     let chain = build_chain(&chain, Some(&examples))?;
-    let loaded = runner::load_examples(&examples)
-        .map_err(|e| format!("cannot read examples in {}: {e}", examples.display()))?;
+    let loaded = read_examples(&examples)?;
     if loaded.is_empty() {
         return Err(format!(
             "no NAME.json examples in {}; add orders with NAME.expected.json beside them",
@@ -136,8 +135,7 @@ fn bench(args: BenchArgs, out: &mut dyn Write) -> Result<i32, Failure> {
         breakdown,
     } = args;
     let chain = build_chain(&chain, Some(&examples))?;
-    let orders: Vec<Order> = runner::load_examples(&examples)
-        .map_err(|e| format!("cannot read examples in {}: {e}", examples.display()))?
+    let orders: Vec<Order> = read_examples(&examples)?
         .into_iter()
         .filter_map(|e| e.order.ok())
         .collect();
@@ -249,8 +247,7 @@ fn deploy(args: DeployArgs, out: &mut dyn Write) -> Result<i32, Failure> {
 
 /// The examples of `dir`, as a deploy sends them (the files as the author wrote them).
 fn deploy_examples(dir: &Path) -> Result<Vec<proto::admin::Example>, Failure> {
-    let examples = runner::load_examples(dir)
-        .map_err(|e| format!("cannot read examples in {}: {e}", dir.display()))?
+    let examples = read_examples(dir)?
         .into_iter()
         .map(|e| {
             let read = |suffix: &str| {
@@ -335,9 +332,7 @@ fn bundle(
             .map_err(|e| format!("{} is not valid JSON: {e}", path.display()).into())
     };
     let mut examples = Vec::new();
-    for example in runner::load_examples(dir)
-        .map_err(|e| format!("cannot read examples in {}: {e}", dir.display()))?
-    {
+    for example in read_examples(dir)? {
         examples.push(BundledExample {
             order: read(dir.join(format!("{}.json", example.name)))?,
             expected: read(dir.join(format!("{}{}", example.name, runner::EXPECTED_SUFFIX)))?,
@@ -455,4 +450,10 @@ pub(crate) fn read_order(path: &Path) -> Result<Order, Failure> {
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     serde_json::from_str(&text)
         .map_err(|e| format!("{} is not a valid order: {e}", path.display()).into())
+}
+
+/// The examples of `dir` (`runner::load_examples`), or an error naming the directory.
+fn read_examples(dir: &Path) -> Result<Vec<runner::Example>, Failure> {
+    runner::load_examples(dir)
+        .map_err(|e| format!("cannot read examples in {}: {e}", dir.display()).into())
 }

@@ -11,7 +11,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
 use super::{DeadLetters, LogEntry, OrderConsumer};
-use crate::order_log::{BatchOutcome, Committed, Entry, Lane, LogConsumer};
+use crate::order_log::{BatchOutcome, Committed, Entry, Headers, Lane, LogConsumer};
 use crate::store::{Persisted, Store, persist, write_batch};
 
 /// Messages queued per partition before the consumer waits.
@@ -190,6 +190,20 @@ struct KafkaLane {
     taken: Vec<LogEntry>,
 }
 
+impl KafkaLane {
+    /// Dead-letters these entries of the batch taken last, in order, each with its
+    /// headers; false on shutdown.
+    async fn dead_letter_all(&self, letters: Vec<(usize, Headers)>) -> bool {
+        for (index, headers) in letters {
+            let entry = &self.taken[index];
+            if !dead_letter(entry, headers, &self.dead_letters, &self.shutdown).await {
+                return false;
+            }
+        }
+        true
+    }
+}
+
 #[async_trait::async_trait]
 impl Lane for KafkaLane {
     fn source(&self) -> &str {
@@ -216,7 +230,10 @@ impl Lane for KafkaLane {
                     payload: m.payload().to_vec(),
                     partition: m.partition(),
                     offset: m.offset(),
-                    traceparent: m.header("traceparent").map(str::to_string),
+                    // Only traces read it.
+                    traceparent: crate::telemetry::enabled()
+                        .then(|| m.header("traceparent").map(str::to_string))
+                        .flatten(),
                     appended_at_ms: m.appended_at_ms(),
                 })
                 .collect(),
@@ -229,17 +246,11 @@ impl Lane for KafkaLane {
         _batch: &[Entry],
         outcome: &mut BatchOutcome,
     ) -> anyhow::Result<Committed> {
-        for (index, headers) in std::mem::take(&mut outcome.dead_letters) {
-            if !dead_letter(
-                &self.taken[index],
-                headers,
-                &self.dead_letters,
-                &self.shutdown,
-            )
+        if !self
+            .dead_letter_all(std::mem::take(&mut outcome.dead_letters))
             .await
-            {
-                return Ok(Committed::Stopped);
-            }
+        {
+            return Ok(Committed::Stopped);
         }
         let Some(refused) = write_batch(&self.store, &mut outcome.results, &self.shutdown).await
         else {
@@ -248,17 +259,8 @@ impl Lane for KafkaLane {
         // Orders whose result the store refused for good: dead-lettered with the reason
         // (their `failed` result is stored, when the store took that), so that the
         // partition moves on and the order can be replayed once the cause is fixed.
-        for (index, headers) in refused {
-            if !dead_letter(
-                &self.taken[index],
-                headers,
-                &self.dead_letters,
-                &self.shutdown,
-            )
-            .await
-            {
-                return Ok(Committed::Stopped);
-            }
+        if !self.dead_letter_all(refused).await {
+            return Ok(Committed::Stopped);
         }
         if let Some(last) = self.taken.last() {
             self.consumer.done(last);
