@@ -7,7 +7,7 @@
 //! (the time to recover). The soak runs them all on a schedule (docs/RELIABILITY.md).
 //!
 //! Each test starts brokers and a Redis of its own (scripts/kafka.sh, redis-server with
-//! `appendfsync always`, the setting the README documents), so they run one at a time.
+//! `appendfsync always`, the setting the README documents), so at most two run at once.
 
 pub(crate) mod harness;
 mod soak;
@@ -17,8 +17,19 @@ use std::time::Duration;
 use harness::{Account, Kafka, Load, Proc, Reader, Redis, RoleEnv, Stop, free_port, wait_port};
 use order_pipeline::domain::now_unix_ms;
 
-/// One fault test at a time: each runs brokers and a load of its own.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// At most two fault tests at a time: each runs brokers and a load of its own. Two, not
+/// one: most of a fault test is waiting (for a broker to start, a session to time out,
+/// a restarted process), and one at a time made them a chain of 5 minutes that held the
+/// other test threads waiting on this lock (scripts/test.sh runs 4 test threads).
+static FAULT_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Waits for one of the [`FAULT_SLOTS`].
+async fn fault_slot() -> tokio::sync::SemaphorePermit<'static> {
+    FAULT_SLOTS
+        .acquire()
+        .await
+        .expect("the fault tests' semaphore is never closed")
+}
 
 /// Orders per second of the load, and its concurrent clients.
 const RATE: u32 = 200;
@@ -177,7 +188,7 @@ impl Run {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Redis and Apache Kafka: scripts/test.sh runs it"]
 async fn worker_killed_without_static_membership_loses_nothing() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _slot = fault_slot().await;
     let dir = harness::run_dir();
     let kafka = Kafka::start(dir.path(), 1);
     let redis = Redis::start(dir.path());
@@ -220,7 +231,7 @@ impl Roles {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Redis and Apache Kafka: scripts/test.sh runs it"]
 async fn broker_restarted_mid_stream_loses_nothing() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _slot = fault_slot().await;
     let dir = harness::run_dir();
     let mut kafka = Kafka::start(dir.path(), 1);
     let redis = Redis::start(dir.path());
@@ -253,7 +264,7 @@ async fn broker_restarted_mid_stream_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Redis and Apache Kafka: scripts/test.sh runs it"]
 async fn leader_lost_from_a_three_node_cluster_loses_nothing() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _slot = fault_slot().await;
     let dir = harness::run_dir();
     let mut kafka = Kafka::start(dir.path(), 3);
     let redis = Redis::start(dir.path());
@@ -286,7 +297,7 @@ async fn leader_lost_from_a_three_node_cluster_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Redis and Apache Kafka: scripts/test.sh runs it"]
 async fn redis_killed_and_restarted_loses_nothing() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _slot = fault_slot().await;
     let dir = harness::run_dir();
     let kafka = Kafka::start(dir.path(), 1);
     let mut redis = Redis::start(dir.path());
@@ -315,7 +326,7 @@ async fn redis_killed_and_restarted_loses_nothing() {
 #[ignore = "needs Redis and Apache Kafka: scripts/test.sh runs it"]
 async fn health_follows_kafka_and_redis_going_away_and_coming_back() {
     use crate::readiness::{not_serving, serving, wait_health};
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _slot = fault_slot().await;
     let dir = harness::run_dir();
     let mut kafka = Kafka::start(dir.path(), 1);
     let mut redis = Redis::start(dir.path());
@@ -365,7 +376,7 @@ async fn health_follows_kafka_and_redis_going_away_and_coming_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Redis and Apache Kafka: scripts/test.sh runs it"]
 async fn second_worker_joins_and_leaves_under_load() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _slot = fault_slot().await;
     let dir = harness::run_dir();
     let kafka = Kafka::start(dir.path(), 1);
     let redis = Redis::start(dir.path());
@@ -405,7 +416,7 @@ async fn second_worker_joins_and_leaves_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Redis and Apache Kafka: scripts/test.sh runs it"]
 async fn embedded_run_killed_and_restarted_loses_nothing() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _slot = fault_slot().await;
     let dir = harness::run_dir();
     let (mut all, order_addr, cache_addr) = start_run(dir.path());
     let mut run = Run::start(&order_addr, &cache_addr, "ekill", usize::MAX);

@@ -57,7 +57,7 @@ fn summary(accounts: &[(String, Account)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Redis and Apache Kafka: scripts/test.sh runs it (short), scripts/soak.sh in full"]
 async fn soak() {
-    let _one = ONE_AT_A_TIME.lock().await;
+    let _slot = fault_slot().await;
     let total = env_number("SOAK_ORDERS", 12_000);
     let rate = u32::try_from(env_number("SOAK_RATE", 300)).expect("SOAK_RATE fits in u32");
     let steady = env_number("SOAK_STEADY", 800);
