@@ -5,7 +5,11 @@
 # packages, componentize-py and pytest from PyPI), starts Redis and a single-node
 # KRaft broker on free loopback ports, checks formatting, builds and lints (clippy
 # -D warnings) the workspace and the plugins, runs the plugins' unit tests, builds and
-# tests the rule templates (Rust, JavaScript, Python), runs `cargo test`, and stops the services by PID. The fault tests and the short soak (tests/e2e/faults, docs/RELIABILITY.md) start
+# tests the rule templates (Rust, JavaScript, Python), runs `cargo test`, and stops the
+# services by PID. What no other step needs (cargo-component and grpcurl when they are
+# not cached, the plugins' unit tests, the Rust and Python templates) runs in the
+# background at a lower CPU priority while the build or the tests leave cores idle
+# (docs/BUILD.md has the step times). The fault tests and the short soak (tests/e2e/faults, docs/RELIABILITY.md) start
 # brokers (one node, or a three-node cluster) and a Redis of their own with
 # scripts/kafka.sh and redis-server, on free ports, and stop them by PID.
 #
@@ -82,10 +86,20 @@ if ! command -v go >/dev/null; then
 fi
 # go install stamps no version into the binary: the cache folder names it.
 export TEST_GRPCURL="$CACHE/grpcurl-$GRPCURL_VERSION/grpcurl"
+# When it is missing it is built in the background at the lowest CPU priority (the build
+# below leaves cores idle while it downloads crates and links), and waited for before
+# the tests.
+GRPCURL_LOG="$CACHE/grpcurl-$GRPCURL_VERSION.log"
+GRPCURL_PID=""
 if [ ! -x "$TEST_GRPCURL" ]; then
-  GOBIN="$(dirname "$TEST_GRPCURL")" go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION"
+  mkdir -p "$CACHE"
+  (GOBIN="$(dirname "$TEST_GRPCURL")" nice -n 19 go install \
+    "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION") > "$GRPCURL_LOG" 2>&1 &
+  GRPCURL_PID=$!
+  echo "not cached: building it in the background (log: $GRPCURL_LOG)"
+else
+  go version -m "$TEST_GRPCURL" | sed -n 's/^[[:space:]]*mod[[:space:]]*//p'
 fi
-go version -m "$TEST_GRPCURL" | sed -n 's/^[[:space:]]*mod[[:space:]]*//p'
 
 step "node and npm, componentize-py and pytest (the JavaScript and Python rule templates)"
 if ! command -v npm >/dev/null; then
@@ -121,10 +135,11 @@ wait_port() { # port seconds name
 RUN_DIR="$(mktemp -d -t order-pipeline-test.XXXXXX)"
 PIDS=()
 cleanup() {
-  if [ -n "$CARGO_COMPONENT_PID" ]; then
-    pkill -TERM -P "$CARGO_COMPONENT_PID" 2>/dev/null || true
-    kill "$CARGO_COMPONENT_PID" 2>/dev/null || true
-  fi
+  for pid in "$CARGO_COMPONENT_PID" "$GRPCURL_PID"; do
+    [ -n "$pid" ] || continue
+    pkill -TERM -P "$pid" 2>/dev/null || true
+    kill "$pid" 2>/dev/null || true
+  done
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$RUN_DIR"
@@ -197,21 +212,12 @@ fi
 export RUSTC_WORKSPACE_WRAPPER="$(rustup which clippy-driver)"
 export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 
-step "plugins: clippy and unit tests (decision logic, on $HOST_TRIPLE)"
-(cd plugins && cargo test --workspace --quiet --target "$HOST_TRIPLE" --target-dir "$CARGO_TARGET_DIR/wasm-plugins")
-
 step "building and linting the workspace's tests and the order-pipeline binary"
 # Once, with the features the tests unify: the rule template below runs the same binary.
 # Every target, the benchmarks' too (built, not run; `cd bench && cargo bench` runs them).
 cargo test --workspace --all-targets --no-run --quiet
 
-step "rule templates (Rust, JavaScript, Python): unit tests, component build, plugin test"
-(cd examples/rule-template && unset RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS && \
-  cargo test --quiet --target "$HOST_TRIPLE" --target-dir "$CARGO_TARGET_DIR/rule-template" && \
-  cargo build --quiet --release --target-dir "$CARGO_TARGET_DIR/rule-template")
-"$CARGO_TARGET_DIR/debug/order-pipeline" plugin test \
-  --plugin "$CARGO_TARGET_DIR/rule-template/wasm32-wasip2/release/rule_small_order_fee.wasm" \
-  --examples examples/rule-template/examples
+step "JavaScript rule template: unit tests, component build, plugin test (the tests deploy it)"
 (cd examples/rule-template-js && npm ci --no-audit --no-fund --loglevel=error && \
   npm test --silent && npm run --silent build)
 "$CARGO_TARGET_DIR/debug/order-pipeline" plugin test \
@@ -223,11 +229,42 @@ export TEST_JS_RULE="$ROOT/examples/rule-template-js/rule-small-order-fee.wasm"
 export TEST_JS_HOSTILE="$ROOT/plugins/fixtures/js-hostile/fixture-js-hostile.wasm"
 (cd examples/rule-template-js && npx componentize-js ../../plugins/fixtures/js-hostile/rule.js \
   --wit wit --world-name rule --disable http fetch-event -o "$TEST_JS_HOSTILE" >/dev/null)
-(cd examples/rule-template-python && export PATH="$TEST_PYTHON_RULE_TOOLS:$PATH" && \
-  pytest -q -p no:cacheprovider && sh build.sh)
-"$CARGO_TARGET_DIR/debug/order-pipeline" plugin test \
-  --plugin examples/rule-template-python/rule-small-order-fee.wasm \
-  --examples examples/rule-template-python/examples
+
+step "beside the tests: the plugins' clippy and unit tests, the Rust and Python rule templates"
+# No test needs their output, so they run in the background (at a lower CPU priority)
+# while the tests below wait on brokers and processes; their log is shown after them.
+# The plugins: clippy and unit tests of their decision logic, on the host.
+# The templates: unit tests, component build, plugin test.
+templates() {
+  (cd plugins && cargo test --workspace --quiet --target "$HOST_TRIPLE" \
+    --target-dir "$CARGO_TARGET_DIR/wasm-plugins")
+  (cd examples/rule-template && unset RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS && \
+    cargo test --quiet --target "$HOST_TRIPLE" --target-dir "$CARGO_TARGET_DIR/rule-template" && \
+    cargo build --quiet --release --target-dir "$CARGO_TARGET_DIR/rule-template")
+  "$CARGO_TARGET_DIR/debug/order-pipeline" plugin test \
+    --plugin "$CARGO_TARGET_DIR/rule-template/wasm32-wasip2/release/rule_small_order_fee.wasm" \
+    --examples examples/rule-template/examples
+  (cd examples/rule-template-python && export PATH="$TEST_PYTHON_RULE_TOOLS:$PATH" && \
+    pytest -q -p no:cacheprovider && sh build.sh)
+  "$CARGO_TARGET_DIR/debug/order-pipeline" plugin test \
+    --plugin examples/rule-template-python/rule-small-order-fee.wasm \
+    --examples examples/rule-template-python/examples
+}
+TEMPLATES_LOG="$RUN_DIR/templates.log"
+(renice -n 10 -p "$BASHPID" >/dev/null; templates) > "$TEMPLATES_LOG" 2>&1 &
+TEMPLATES_PID=$!
+PIDS+=("$TEMPLATES_PID")
+
+if [ -n "$GRPCURL_PID" ]; then
+  if ! wait "$GRPCURL_PID"; then
+    GRPCURL_PID=""
+    cat "$GRPCURL_LOG" >&2
+    echo "error: go install grpcurl $GRPCURL_VERSION failed (log above)" >&2
+    exit 1
+  fi
+  GRPCURL_PID=""
+  go version -m "$TEST_GRPCURL" | sed -n 's/^[[:space:]]*mod[[:space:]]*//p'
+fi
 
 step "cargo test (with the tests marked #[ignore] because they need Redis and the broker)"
 # 4 test threads on 2 cores: most end-to-end tests wait on processes, brokers and
@@ -237,6 +274,15 @@ RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}" \
 # One closing line for the whole run: every test binary's counts added up.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "\ncargo test: %d passed, %d failed\n", p, f }' "$RUN_DIR/cargo-test.log"
+
+step "the plugins' unit tests and the Rust and Python rule templates: their log"
+TEMPLATES_OK=true
+wait "$TEMPLATES_PID" || TEMPLATES_OK=false
+cat "$TEMPLATES_LOG"
+if [ "$TEMPLATES_OK" != true ]; then
+  echo "error: the plugins' unit tests or a rule template failed (log above)" >&2
+  exit 1
+fi
 
 step "the rule template through cargo-component, as its README offers (wasm32-wasip1, adapted)"
 if [ -n "$CARGO_COMPONENT_PID" ]; then
