@@ -147,6 +147,24 @@ async fn each_role_runs_with_its_own_redis_user() {
         .await
         .unwrap()
         .into_inner();
+    // The worker is another role: it takes the new version from Redis a moment later.
+    // Plain orders (the rule traps only on `boom` SKUs) until one is decided under it,
+    // so that the `boom` orders below meet the breaking rule.
+    let mut picked_up = false;
+    for attempt in 0..120 {
+        let probe = unique(&format!("probe-{attempt}"));
+        orders
+            .create_order(go_request(&probe, "book", 42))
+            .await
+            .unwrap();
+        let result = wait_result(&mut cache, &probe, 60).await.unwrap();
+        if result.ruleset_version >= deployed.version {
+            picked_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(picked_up, "the worker took version {}", deployed.version);
     let ids: Vec<String> = (0..20).map(|i| unique(&format!("boom-{i}"))).collect();
     let batch = ids.iter().map(|id| go_request(id, "boom", 10)).collect();
     orders
