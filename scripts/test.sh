@@ -132,6 +132,15 @@ wait_port() { # port seconds name
   echo "error: $3 did not open port $1 within $2 s" >&2; return 1
 }
 
+# Waits for an install started in the background; if it failed, shows its log and stops.
+await_background() { # pid log what
+  if ! wait "$1"; then
+    cat "$2" >&2
+    echo "error: $3 failed (log above)" >&2
+    exit 1
+  fi
+}
+
 RUN_DIR="$(mktemp -d -t order-pipeline-test.XXXXXX)"
 PIDS=()
 cleanup() {
@@ -256,13 +265,8 @@ TEMPLATES_PID=$!
 PIDS+=("$TEMPLATES_PID")
 
 if [ -n "$GRPCURL_PID" ]; then
-  if ! wait "$GRPCURL_PID"; then
-    GRPCURL_PID=""
-    cat "$GRPCURL_LOG" >&2
-    echo "error: go install grpcurl $GRPCURL_VERSION failed (log above)" >&2
-    exit 1
-  fi
-  GRPCURL_PID=""
+  pid="$GRPCURL_PID"; GRPCURL_PID=""
+  await_background "$pid" "$GRPCURL_LOG" "go install grpcurl $GRPCURL_VERSION"
   go version -m "$TEST_GRPCURL" | sed -n 's/^[[:space:]]*mod[[:space:]]*//p'
 fi
 
@@ -286,13 +290,8 @@ fi
 
 step "the rule template through cargo-component, as its README offers (wasm32-wasip1, adapted)"
 if [ -n "$CARGO_COMPONENT_PID" ]; then
-  if ! wait "$CARGO_COMPONENT_PID"; then
-    CARGO_COMPONENT_PID=""
-    cat "$CARGO_COMPONENT_LOG" >&2
-    echo "error: cargo install cargo-component $CARGO_COMPONENT_VERSION failed (log above)" >&2
-    exit 1
-  fi
-  CARGO_COMPONENT_PID=""
+  pid="$CARGO_COMPONENT_PID"; CARGO_COMPONENT_PID=""
+  await_background "$pid" "$CARGO_COMPONENT_LOG" "cargo install cargo-component $CARGO_COMPONENT_VERSION"
 fi
 "$CARGO_COMPONENT" component --version
 (cd examples/rule-template && unset RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS && \
