@@ -231,6 +231,21 @@ async fn the_load_generator_runs_batched_and_at_a_fixed_rate() {
     assert_eq!(report["batch"], 50, "{out}");
     assert!(report["submit_to_readable"]["p99_ms"].as_f64().unwrap() > 0.0);
     assert_eq!(&std::fs::read(&plot).unwrap()[..4], b"\x89PNG");
+    // The pipeline listens in this process: bench finds it by its port and measures its
+    // CPU per order (and counts this process once, under that role).
+    let own = i64::from(std::process::id());
+    let processes = report["cpu"]["processes"].as_array().unwrap();
+    assert_eq!(processes.len(), 1, "{out}");
+    assert_eq!(
+        (processes[0]["role"].as_str(), processes[0]["pid"].as_i64()),
+        (Some("pipeline"), Some(own)),
+        "{out}"
+    );
+    assert!(
+        report["cpu"]["pipeline_us_per_order"].as_f64().unwrap() > 0.0,
+        "{out}"
+    );
+    assert!(report["cpu"]["serving_us_per_order"].is_null(), "{out}");
 
     // Orders are due at i / rate; a run of 0.3 s at 1000/s submits exactly 300.
     let (code, out, err) = run(args(&["--rate", "1000", "--duration", "0.3"]))
@@ -249,6 +264,11 @@ async fn the_load_generator_runs_batched_and_at_a_fixed_rate() {
         (vec!["--rate", "0"], "--rate 0: give a positive number"),
         (vec!["--duration", "0"], "the duration must be more than 0"),
         (vec!["--duration", "soon"], "is not a number of seconds"),
+        (vec!["--broker-pid", "0"], "0 is not a process id"),
+        (
+            vec!["--redis-pid", "2147483647"],
+            "cannot read the CPU time of process 2147483647",
+        ),
     ] {
         let (code, _, err) = run(args(&bad)).await.unwrap();
         assert_eq!(code, 2, "{bad:?}: {err}");

@@ -378,3 +378,73 @@ async fn batch_results_are_read_in_one_call_from_redis() {
     crate::support::check_batch_results(&running, "kafka-batch").await;
     running.stop().await.unwrap();
 }
+
+/// `order-pipeline bench` on Kafka + Redis with the broker's and Redis's PIDs (found by
+/// the ports they listen on): the CPU per order of the pipeline, of each server, and of
+/// the three together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
+async fn the_load_generator_measures_cpu_per_order_with_the_broker_and_redis() {
+    let Some(services) = services() else { return };
+    let running = app::start(Role::All, &kafka_config(&services))
+        .await
+        .unwrap();
+    let pid_of = |addr: &str| {
+        let first = addr.split(',').next().unwrap();
+        order_pipeline_cli::listener_pid(first)
+            .unwrap_or_else(|| panic!("no local process listens on {first}"))
+    };
+    let (broker, redis) = (pid_of(&services.kafka), pid_of(&services.redis));
+    let args: Vec<String> = [
+        "bench",
+        "--order-addr",
+        &format!("http://{}", running.order_addr.unwrap()),
+        "--cache-addr",
+        &format!("http://{}", running.cache_addr.unwrap()),
+        "--orders",
+        "400",
+        "--concurrency",
+        "16",
+        "--broker-pid",
+        &broker.to_string(),
+        "--redis-pid",
+        &redis.to_string(),
+        "--json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        crate::support::cli(&args)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["errors"], 0, "{out}");
+    let processes = report["cpu"]["processes"].as_array().unwrap();
+    let measured: Vec<(&str, i64)> = processes
+        .iter()
+        .map(|p| (p["role"].as_str().unwrap(), p["pid"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(
+        measured,
+        [
+            ("pipeline", i64::from(std::process::id())),
+            ("broker", i64::from(broker)),
+            ("redis", i64::from(redis)),
+        ],
+        "{out}"
+    );
+    // Each server worked for these orders (and for the other tests running beside).
+    for process in processes {
+        let seconds =
+            process["user_seconds"].as_f64().unwrap() + process["system_seconds"].as_f64().unwrap();
+        assert!(seconds > 0.0, "{process}");
+    }
+    let pipeline = report["cpu"]["pipeline_us_per_order"].as_f64().unwrap();
+    let serving = report["cpu"]["serving_us_per_order"].as_f64().unwrap();
+    assert!(pipeline > 0.0 && serving > pipeline, "{out}");
+    running.stop().await.unwrap();
+}

@@ -23,3 +23,4 @@ mod tls;
 pub use commands::serve::shutdown_signal;
 pub use entry::{Cli, main, run};
 pub use exit::{EXIT_OK, EXIT_TEST_FAILED, EXIT_USAGE};
+pub use loadgen::cpu::listener_pid;

@@ -9,6 +9,7 @@ use order_pipeline::proto;
 
 use super::plugin::read_order;
 use crate::exit::{EXIT_OK, EXIT_TEST_FAILED, Failure};
+use crate::loadgen::cpu;
 use crate::tls;
 
 pub(crate) async fn submit(args: SubmitArgs, out: &mut dyn Write) -> Result<i32, Failure> {
@@ -81,6 +82,7 @@ pub(crate) async fn load(args: BenchArgs, out: &mut dyn Write) -> Result<i32, Fa
     {
         return Err(format!("--rate {rate}: give a positive number of orders per second").into());
     }
+    let cpu = cpu_targets(&args);
     let plan = crate::loadgen::BenchPlan {
         order_url: args.order_addr,
         cache_url: args.cache_addr,
@@ -92,6 +94,7 @@ pub(crate) async fn load(args: BenchArgs, out: &mut dyn Write) -> Result<i32, Fa
         batch: args.batch,
         rate: args.rate,
         duration: args.duration,
+        cpu,
         tls: args.tls,
     };
     let total = plan.orders;
@@ -134,6 +137,32 @@ pub(crate) async fn load(args: BenchArgs, out: &mut dyn Write) -> Result<i32, Fa
     } else {
         EXIT_TEST_FAILED
     })
+}
+
+/// The processes whose CPU `bench` measures: the `--pid`s, or else the local processes
+/// listening on the OrderService's and CacheService's ports; then the broker's and
+/// Redis's. A note on stderr when the pipeline's cannot be found.
+fn cpu_targets(args: &BenchArgs) -> Vec<(cpu::Role, i32)> {
+    let mut targets: Vec<(cpu::Role, i32)> = Vec::new();
+    if args.pid.is_empty() {
+        for url in [&args.order_addr, &args.cache_addr] {
+            if let Some(pid) = cpu::listener_pid(url) {
+                targets.push((cpu::Role::Pipeline, pid));
+            }
+        }
+        if targets.is_empty() {
+            eprintln!(
+                "note: the pipeline's CPU is not measured: no local process listens on {}; \
+                 give its PID with --pid",
+                args.order_addr
+            );
+        }
+    } else {
+        targets.extend(args.pid.iter().map(|pid| (cpu::Role::Pipeline, *pid)));
+    }
+    targets.extend(args.broker_pid.iter().map(|pid| (cpu::Role::Broker, *pid)));
+    targets.extend(args.redis_pid.iter().map(|pid| (cpu::Role::Redis, *pid)));
+    targets
 }
 
 pub(crate) async fn get(args: GetArgs, out: &mut dyn Write) -> Result<i32, Failure> {
@@ -241,6 +270,16 @@ pub(crate) struct BenchArgs {
     /// TrueType font of the plot's labels [default: the first of the usual system fonts].
     #[arg(long, env = "PLOT_FONT", value_name = "FONT.ttf")]
     pub(crate) plot_font: Option<PathBuf>,
+    /// Measure the CPU of this pipeline process (repeat for several) [default: the local
+    /// processes listening on the OrderService's and CacheService's ports].
+    #[arg(long, value_name = "PID")]
+    pub(crate) pid: Vec<i32>,
+    /// Also measure the CPU of this Kafka broker process (repeat for several).
+    #[arg(long, value_name = "PID")]
+    pub(crate) broker_pid: Vec<i32>,
+    /// Also measure the CPU of this Redis process (repeat for several).
+    #[arg(long, value_name = "PID")]
+    pub(crate) redis_pid: Vec<i32>,
     /// TLS.
     #[command(flatten)]
     pub(crate) tls: tls::TlsArgs,

@@ -2,6 +2,7 @@
 //! (unary `CreateOrder` or `CreateOrders` batches) and wait for each result through the
 //! CacheService, measuring submit latency, submit-to-readable latency and throughput.
 
+pub mod cpu;
 pub mod plot;
 
 use std::sync::Arc;
@@ -36,6 +37,8 @@ pub struct BenchPlan {
     pub duration: Option<Duration>,
     /// How the clients connect.
     pub(crate) tls: crate::tls::TlsArgs,
+    /// The processes whose CPU to measure over the run, besides the load generator.
+    pub cpu: Vec<(cpu::Role, i32)>,
 }
 
 /// One order's measurements.
@@ -86,6 +89,8 @@ pub struct BenchReport {
     /// The fixed rate asked for, orders/s (absent: as fast as possible).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_rate: Option<f64>,
+    /// CPU of the measured processes over the run.
+    pub cpu: cpu::CpuReport,
     /// Every order's measurements, for plots.
     #[serde(skip)]
     pub samples: Vec<Sample>,
@@ -137,6 +142,7 @@ pub async fn run(
         duration: plan.duration,
     });
     let progress = Arc::new(progress);
+    let meter = cpu::CpuMeter::start(&plan.cpu).map_err(anyhow::Error::msg)?;
     let clients: Vec<_> = (0..plan.concurrency)
         .map(|_| {
             let orders = OrderServiceClient::new(order_channel.clone());
@@ -149,7 +155,9 @@ pub async fn run(
     for client in clients {
         samples.extend(client.await.context("a bench client panicked")?);
     }
-    Ok(report(plan, shared.started, samples))
+    let readable = samples.iter().filter(|s| s.readable.is_some()).count();
+    let cpu = meter.finish(readable).map_err(anyhow::Error::msg)?;
+    Ok(report(plan, shared.started, samples, cpu))
 }
 
 /// One client: takes the next orders (a batch, or one) until the run's orders or time
@@ -274,7 +282,12 @@ async fn read_each(
 }
 
 /// The figures of a run that started at `started`.
-fn report(plan: &BenchPlan, started: Instant, mut samples: Vec<Sample>) -> BenchReport {
+fn report(
+    plan: &BenchPlan,
+    started: Instant,
+    mut samples: Vec<Sample>,
+    cpu: cpu::CpuReport,
+) -> BenchReport {
     let seconds = started.elapsed().as_secs_f64();
     let errors = samples.iter().filter(|s| s.readable.is_none()).count();
     let mut submit: Vec<Duration> = samples.iter().map(|s| s.submit).collect();
@@ -298,6 +311,7 @@ fn report(plan: &BenchPlan, started: Instant, mut samples: Vec<Sample>) -> Bench
         errors,
         seconds,
         target_rate: plan.rate,
+        cpu,
         samples,
     }
 }
@@ -415,7 +429,7 @@ impl BenchReport {
             self.submit_to_readable.p90_ms,
             self.submit_to_readable.p99_ms,
             self.submit_to_readable.max_ms,
-        )
+        ) + &self.cpu.summary()
     }
 }
 

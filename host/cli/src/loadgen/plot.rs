@@ -290,6 +290,10 @@ mod tests {
             errors: 5,
             seconds: 1.0,
             target_rate: Some(5000.0),
+            cpu: crate::loadgen::cpu::CpuMeter::start(&[])
+                .unwrap()
+                .finish(4990)
+                .unwrap(),
             samples,
         };
         let dir = std::env::temp_dir().join(format!("plot-test-{}", std::process::id()));
