@@ -28,6 +28,12 @@ use crate::rules::status::WorkerStats;
 
 /// Batches at least this big are split over the evaluation threads.
 const PARALLEL_MIN: usize = 32;
+/// Most time a batch's evaluation may take on the lane's own task instead of the blocking
+/// pool. A hand-off to the pool and back costs two thread wake-ups (measured: 2–3 µs per
+/// order of unary load, docs/BENCHMARKS.md), more than evaluating a few orders with
+/// reused instances (about 5 µs each); a slower chain (fresh instances, a JS rule, a
+/// spinning guest) goes to the pool, so it never holds the threads that serve gRPC.
+const INLINE_BUDGET: Duration = Duration::from_micros(200);
 
 /// Evaluations of a batch, in order, and when each started (for its spans).
 type Evaluated = (Vec<Evaluation>, Vec<SystemTime>);
@@ -39,45 +45,132 @@ fn evaluate_one(deciders: &Deciders, order: &Order) -> (Evaluation, SystemTime) 
     (deciders.for_order(&order.id).chain.evaluate(order), started)
 }
 
-/// Evaluates `orders` on blocking threads: big batches are split in as many parts as
-/// there are CPUs (a fresh Wasm instance per rule per order is the worker's main cost).
+/// The CPUs evaluation may use, read once (`available_parallelism` reads the cgroup's
+/// files each time: 2% of the pipeline's CPU when it was asked per batch).
+fn evaluation_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
+}
+
+/// The recent evaluation time per order of the chains in use, which decides whether a
+/// small batch is evaluated inline ([`INLINE_BUDGET`]).
+#[derive(Default)]
+struct EvaluationCost {
+    /// The (live, canary) versions it was measured with, and the time per order.
+    measured: std::sync::Mutex<Option<((u64, u64), Duration)>>,
+}
+
+impl EvaluationCost {
+    /// What an estimate is for: the live version and the canary's (0: none).
+    fn key(deciders: &Deciders) -> (u64, u64) {
+        (
+            deciders.live.version,
+            deciders.canary.as_ref().map_or(0, |(_, c)| c.version),
+        )
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<((u64, u64), Duration)>> {
+        self.measured
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether `orders` orders fit the inline budget with these deciders; a version
+    /// not measured yet goes to the pool first.
+    fn inline(&self, versions: (u64, u64), orders: usize) -> bool {
+        match *self.lock() {
+            Some((key, per_order)) if key == versions => {
+                orders < PARALLEL_MIN && per_order.saturating_mul(orders as u32) <= INLINE_BUDGET
+            }
+            _ => false,
+        }
+    }
+
+    /// Notes that `orders` orders took `took` to evaluate with these deciders (a
+    /// moving average: one slow batch sends the next ones to the pool).
+    fn record(&self, key: (u64, u64), orders: usize, took: Duration) {
+        if orders == 0 {
+            return;
+        }
+        let sample = took / orders as u32;
+        let mut measured = self.lock();
+        let per_order = match *measured {
+            Some((old_key, old)) if old_key == key => (old * 3 + sample) / 4,
+            _ => sample,
+        };
+        *measured = Some((key, per_order.max(sample / 2)));
+    }
+}
+
+/// Evaluates `orders`, in order: inline when `inline`, else on blocking threads, where
+/// big batches are split in as many parts as there are CPUs. Also answers the time the
+/// evaluations took (summed over the parts). An error is a panic in the engine.
 async fn evaluate_all(
     active: Deciders,
     orders: Vec<Order>,
-) -> Result<(Vec<Order>, Evaluated), tokio::task::JoinError> {
-    let parts = std::thread::available_parallelism().map_or(1, usize::from);
-    if parts < 2 || orders.len() < PARALLEL_MIN {
-        return tokio::task::spawn_blocking(move || {
-            let evaluated = orders.iter().map(|o| evaluate_one(&active, o)).unzip();
-            (orders, evaluated)
+    inline: bool,
+) -> Result<(Vec<Order>, Evaluated, Duration), String> {
+    let evaluate = |active: &Deciders, orders: &[Order]| {
+        let started = std::time::Instant::now();
+        let evaluated: Vec<(Evaluation, SystemTime)> =
+            orders.iter().map(|o| evaluate_one(active, o)).collect();
+        (evaluated, started.elapsed())
+    };
+    let panicked = |e: &dyn std::fmt::Display| format!("{e}");
+    let parts = evaluation_threads();
+    let (parts_done, orders) = if inline {
+        let done =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| evaluate(&active, &orders)))
+                .map_err(|payload| panic_message(&payload))?;
+        (vec![done], orders)
+    } else if parts < 2 || orders.len() < PARALLEL_MIN {
+        let (done, orders) = tokio::task::spawn_blocking(move || {
+            let done = evaluate(&active, &orders);
+            (done, orders)
         })
-        .await;
-    }
-    let orders = Arc::new(orders);
-    let chunk = orders.len().div_ceil(parts);
-    let tasks: Vec<_> = (0..parts)
-        .map(|part| {
-            let (active, orders) = (active.clone(), Arc::clone(&orders));
-            tokio::task::spawn_blocking(move || {
-                let end = ((part + 1) * chunk).min(orders.len());
-                let start = (part * chunk).min(end);
-                orders[start..end]
-                    .iter()
-                    .map(|o| evaluate_one(&active, o))
-                    .collect::<Vec<_>>()
+        .await
+        .map_err(|e| panicked(&e))?;
+        (vec![done], orders)
+    } else {
+        let orders = Arc::new(orders);
+        let chunk = orders.len().div_ceil(parts);
+        let tasks: Vec<_> = (0..parts)
+            .map(|part| {
+                let (active, orders) = (active.clone(), Arc::clone(&orders));
+                tokio::task::spawn_blocking(move || {
+                    let end = ((part + 1) * chunk).min(orders.len());
+                    let start = (part * chunk).min(end);
+                    evaluate(&active, &orders[start..end])
+                })
             })
-        })
-        .collect();
+            .collect();
+        let mut done = Vec::with_capacity(parts);
+        for task in tasks {
+            done.push(task.await.map_err(|e| panicked(&e))?);
+        }
+        let orders = Arc::try_unwrap(orders).unwrap_or_else(|shared| (*shared).clone());
+        (done, orders)
+    };
     let mut evaluations = Vec::with_capacity(orders.len());
     let mut started = Vec::with_capacity(orders.len());
-    for task in tasks {
-        for (evaluation, at) in task.await? {
+    let mut took = Duration::ZERO;
+    for (part, part_took) in parts_done {
+        took += part_took;
+        for (evaluation, at) in part {
             evaluations.push(evaluation);
             started.push(at);
         }
     }
-    let orders = Arc::try_unwrap(orders).unwrap_or_else(|shared| (*shared).clone());
-    Ok((orders, (evaluations, started)))
+    Ok((orders, (evaluations, started), took))
+}
+
+/// The message of a caught panic.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
 /// How `retryable` outcomes are retried.
@@ -163,6 +256,8 @@ pub struct Processor {
     stats: Arc<WorkerStats>,
     /// A running canary's watch.
     canary: CanaryWatch,
+    /// What evaluating an order costs lately: small cheap batches are evaluated inline.
+    cost: EvaluationCost,
     /// Where live results go to be decided again by a shadow run's candidate.
     shadow: Option<ShadowSender>,
 }
@@ -196,6 +291,7 @@ impl Processor {
             name: name.to_string(),
             stats: Arc::default(),
             canary: CanaryWatch::default(),
+            cost: EvaluationCost::default(),
             shadow: None,
         }
     }
@@ -235,8 +331,9 @@ impl Processor {
         self.reporter.report(report, handled).await;
     }
 
-    /// Processes a batch: every order is evaluated once on one blocking thread, then
-    /// retryable ones are retried with backoff. Results come back in input order.
+    /// Processes a batch: every order is evaluated once (inline when the batch is small
+    /// and its chain cheap, else on the blocking pool), then retryable ones are retried
+    /// with backoff. Results come back in input order.
     pub async fn process_batch(&self, payloads: &[&[u8]]) -> Vec<Processed> {
         let decoded: Vec<Result<Order, String>> = payloads.iter().map(|p| self.decode(p)).collect();
         let orders: Vec<Order> = decoded
@@ -251,8 +348,12 @@ impl Processor {
             .iter()
             .map(|o| deciders.for_order(&o.id).version)
             .collect();
-        let evaluations = evaluate_all(deciders.clone(), orders).await;
-        if let Ok((_, (evaluations, _))) = &evaluations {
+        let count = orders.len();
+        let cost_key = EvaluationCost::key(&deciders);
+        let inline = self.cost.inline(cost_key, count);
+        let evaluations = evaluate_all(deciders.clone(), orders, inline).await;
+        if let Ok((_, (evaluations, _), took)) = &evaluations {
+            self.cost.record(cost_key, count, *took);
             for evaluation in evaluations {
                 crate::metrics::record_evaluation(evaluation);
                 self.stats.record(evaluation);
@@ -260,7 +361,7 @@ impl Processor {
         }
         self.stats.processed(payloads.len());
         let (orders, (evaluations, started)) = match evaluations {
-            Ok(done) => done,
+            Ok((orders, evaluated, _)) => (orders, evaluated),
             Err(e) => {
                 // A panic in the engine is a host bug; fail these orders visibly.
                 tracing::error!(error = %e, "rule evaluation panicked");
@@ -437,5 +538,42 @@ fn failed_by_host(order: &Order, message: &str) -> Processed {
         dead_letter: Some(vec![("reason".to_string(), message.to_string())]),
         result: Box::new(result),
         evaluated: SystemTime::now(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_small_batches_of_a_measured_cheap_chain_are_evaluated_inline() {
+        let cost = EvaluationCost::default();
+        let v1 = (1, 0);
+        // Not measured yet: the pool.
+        assert!(!cost.inline(v1, 1));
+        cost.record(v1, 10, Duration::from_micros(50));
+        assert!(cost.inline(v1, 1) && cost.inline(v1, 20));
+        // Too many for the budget at 5 µs each, or big enough to split over the CPUs.
+        assert!(!cost.inline(v1, PARALLEL_MIN));
+        // Another version (a deploy, a canary) is measured afresh.
+        assert!(!cost.inline((2, 0), 1) && !cost.inline((1, 2), 1));
+        // One slow batch sends the next ones to the pool at once.
+        cost.record(v1, 1, Duration::from_millis(5));
+        assert!(!cost.inline(v1, 1));
+        // Cheap again for a while: back inline.
+        for _ in 0..20 {
+            cost.record(v1, 10, Duration::from_micros(50));
+        }
+        assert!(cost.inline(v1, 4));
+        cost.record(v1, 0, Duration::from_secs(1));
+        assert!(cost.inline(v1, 4), "an empty batch measures nothing");
+    }
+
+    #[test]
+    fn a_panic_message_is_kept() {
+        let caught = std::panic::catch_unwind(|| panic!("boom {}", 7)).unwrap_err();
+        assert_eq!(panic_message(&*caught), "boom 7");
+        let caught = std::panic::catch_unwind(|| panic!("plain")).unwrap_err();
+        assert_eq!(panic_message(&*caught), "plain");
     }
 }

@@ -64,12 +64,17 @@ impl std::fmt::Debug for ClientOptions {
     }
 }
 
-/// Settings every client shares.
-fn base(brokers: &str, options: &ClientOptions) -> ClientConfig {
+/// Settings every client shares: the brokers, then `tuning` (the pipeline's defaults for
+/// this kind of client), then `KAFKA_PROPERTIES`, which may change the tuning but never
+/// the settings the caller sets after this.
+fn base(brokers: &str, options: &ClientOptions, tuning: &[(&str, &str)]) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers);
     if let Some(debug) = options.debug.as_deref().filter(|d| !d.is_empty()) {
         config.set("debug", debug);
+    }
+    for (key, value) in tuning {
+        config.set(*key, *value);
     }
     for (key, value) in &options.properties {
         config.set(key, value);
@@ -94,19 +99,21 @@ pub struct KafkaPublisher {
     timeout: Duration,
 }
 
-/// Producer settings: durable (acks=all), idempotent, no compression (an order is a few
-/// hundred bytes), 1 ms linger so concurrent orders share a request (5 ms measured no
-/// better: docs/BENCHMARKS.md).
+/// The producer's tuning, which `KAFKA_PROPERTIES` may change: no compression (an order
+/// is a few hundred bytes), 1 ms linger so concurrent orders share a request (5 ms
+/// measured no better: docs/BENCHMARKS.md).
+pub const PRODUCER_TUNING: [(&str, &str); 2] = [("compression.type", "none"), ("linger.ms", "1")];
+
+/// The producer: [`PRODUCER_TUNING`], and what no property changes: durable (acks=all),
+/// idempotent, the produce timeout.
 pub fn producer(
     brokers: &str,
     options: &ClientOptions,
     timeout: Duration,
 ) -> anyhow::Result<FutureProducer> {
-    base(brokers, options)
+    base(brokers, options, &PRODUCER_TUNING)
         .set("acks", "all")
         .set("enable.idempotence", "true")
-        .set("compression.type", "none")
-        .set("linger.ms", "1")
         .set("message.timeout.ms", timeout.as_millis().to_string())
         .create()
         .with_context(|| {
@@ -243,7 +250,7 @@ pub async fn ensure_topics(
     replication: i32,
 ) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> =
-        base(brokers, options).create().with_context(|| {
+        base(brokers, options, &[]).create().with_context(|| {
             format!(
                 "cannot create a Kafka admin client for `{brokers}`{}",
                 properties_hint(options)
@@ -298,12 +305,19 @@ impl rdkafka::ClientContext for LagContext {
 
 impl rdkafka::consumer::ConsumerContext for LagContext {}
 
+/// The worker consumer's tuning, which `KAFKA_PROPERTIES` may change. Kafka answers a
+/// fetch as soon as data arrives (fetch.min.bytes 1); the wait only bounds an idle fetch.
+/// 100 ms instead of librdkafka's 500 ms: a partition that goes idle and busy again is
+/// picked up sooner; 5 ms measured no faster under load and made idle workers poll 200
+/// times a second (docs/BENCHMARKS.md).
+pub const CONSUMER_TUNING: [(&str, &str); 1] = [("fetch.wait.max.ms", "100")];
+
 fn consumer(
     brokers: &str,
     options: &ClientOptions,
     membership: &Membership<'_>,
 ) -> anyhow::Result<StreamConsumer<LagContext>> {
-    let mut config = base(brokers, options);
+    let mut config = base(brokers, options, &CONSUMER_TUNING);
     if let Some(id) = membership.instance_id.filter(|id| !id.is_empty()) {
         config.set("group.instance.id", id);
     }
@@ -322,11 +336,6 @@ fn consumer(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
-        // Kafka answers a fetch as soon as data arrives (fetch.min.bytes 1); the wait
-        // only bounds an idle fetch. 100 ms instead of librdkafka's 500 ms: a partition
-        // that goes idle and busy again is picked up sooner; 5 ms measured no faster under
-        // load and made idle workers poll 200 times a second (docs/BENCHMARKS.md).
-        .set("fetch.wait.max.ms", "100")
         .set("statistics.interval.ms", "5000")
         .create_with_context(LagContext)
         .with_context(|| {

@@ -54,7 +54,7 @@ pub enum Range {
 }
 
 fn reader(brokers: &str, options: &ClientOptions) -> anyhow::Result<BaseConsumer> {
-    base(brokers, options)
+    base(brokers, options, &[])
         .set("group.id", "order-pipeline-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
