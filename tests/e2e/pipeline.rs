@@ -448,3 +448,85 @@ async fn the_load_generator_measures_cpu_per_order_with_the_broker_and_redis() {
     assert!(pipeline > 0.0 && serving > pipeline, "{out}");
     running.stop().await.unwrap();
 }
+
+/// Reads of one order cost Redis reads in proportion to the ids, not to the calls: a
+/// burst of reads shares one `MGET`, and calls waiting for a result are handed it from
+/// one read when it is announced (the listener's sweep reads every waited-for id at once,
+/// instead of each call polling). Counted with Redis's own `MONITOR`, by the order's key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
+async fn a_burst_of_reads_costs_redis_reads_per_id_not_per_call() {
+    use order_pipeline::backends::redis::Redis;
+    use order_pipeline::domain::OrderResult;
+    use std::io::{BufRead as _, Write as _};
+
+    let Some(services) = services() else { return };
+    let prefix = format!("{}:", unique("burst"));
+    let redis = Redis::connect(&services.redis, &prefix, &Default::default(), None)
+        .await
+        .unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let listener = tokio::spawn(redis.listener(None).run(shutdown.clone()));
+    let store = redis.store();
+    let id = "burst-1";
+    let key = format!("{prefix}order-result:{id}");
+
+    // MONITOR: every command Redis runs, one line each, from now on.
+    let mut monitor = std::net::TcpStream::connect(&services.redis).unwrap();
+    monitor.write_all(b"MONITOR\r\n").unwrap();
+    let mut lines = std::io::BufReader::new(monitor.try_clone().unwrap());
+    let mut ok = String::new();
+    lines.read_line(&mut ok).unwrap();
+    assert_eq!(ok.trim(), "+OK");
+    let seen = std::thread::spawn(move || {
+        let quoted = format!("\"{key}\"");
+        lines
+            .lines()
+            .map_while(Result::ok)
+            .filter(|line| line.contains(&quoted))
+            .map(|line| line.to_ascii_lowercase())
+            .collect::<Vec<String>>()
+    });
+
+    // 100 reads at once of a result that is not there yet.
+    let reads = futures::future::join_all((0..100).map(|_| store.get(id))).await;
+    assert!(reads.iter().all(|r| matches!(r, Ok(None))), "{reads:?}");
+    // 100 calls waiting for it; then it is written and announced.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let waiting = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            futures::future::join_all((0..100).map(|_| store.wait(id, deadline))).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let result =
+        OrderResult::from_go_json(id, r#"{"item":"book","price":42,"status":"done"}"#).unwrap();
+    store.put(&result).await.unwrap();
+    store.announce(&[id]).await.unwrap();
+    let waited = waiting.await.unwrap();
+    assert!(
+        waited
+            .iter()
+            .all(|r| matches!(r, Ok(Some(found)) if found.id == id)),
+        "{waited:?}"
+    );
+    // And 100 reads at once of the result that is there.
+    let reads = futures::future::join_all((0..100).map(|_| store.get(id))).await;
+    assert!(reads.iter().all(|r| matches!(r, Ok(Some(_)))), "{reads:?}");
+
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    monitor.shutdown(std::net::Shutdown::Both).unwrap();
+    let commands = seen.join().unwrap();
+    let reads: Vec<&String> = commands.iter().filter(|c| c.contains("\"mget\"")).collect();
+    // 300 calls: one read for the first burst, one for the waits' first look, a sweep
+    // every 100 ms while they wait (2-3), one for the announcement, one for the last
+    // burst. Each call reading on its own would be 300 reads and more.
+    assert!(
+        (3..=10).contains(&reads.len()),
+        "{} reads for 300 calls: {reads:#?}",
+        reads.len()
+    );
+    shutdown.cancel();
+    listener.await.unwrap().unwrap();
+}

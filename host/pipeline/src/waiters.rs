@@ -1,29 +1,38 @@
 //! Clients waiting for results, woken by order id: both result stores use it, so that a
-//! write wakes exactly the calls waiting for its ids.
+//! write wakes exactly the calls waiting for its ids. A store that has read a result for
+//! its waiters hands it to them ([`Waiters::deliver`]), so that they need not read it
+//! again each.
+
+use std::collections::HashMap;
+
+use tokio::sync::oneshot;
+
+use crate::domain::OrderResult;
+
+/// What a waiter is woken with: the result, when the waker read it for the waiters.
+pub type Wake = Option<Box<OrderResult>>;
 
 /// Clients waiting for the results of order ids, woken by id when a result is written
 /// (instead of every waiter re-reading the store on every write).
 #[derive(Default)]
 pub struct Waiters {
-    by_id:
-        std::sync::Mutex<std::collections::HashMap<String, Vec<tokio::sync::oneshot::Sender<()>>>>,
+    by_id: std::sync::Mutex<HashMap<String, Vec<oneshot::Sender<Wake>>>>,
+    /// Whether a task re-reads every waited-for id now and then, for all waiters at once
+    /// (then a waiter need not poll on its own).
+    swept: std::sync::atomic::AtomicBool,
 }
 
 impl Waiters {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        std::collections::HashMap<String, Vec<tokio::sync::oneshot::Sender<()>>>,
-    > {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<oneshot::Sender<Wake>>>> {
         self.by_id
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Registers interest in `id`; the receiver fires when [`Waiters::wake`] names it.
-    pub fn register(&self, id: &str) -> tokio::sync::oneshot::Receiver<()> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
+    /// Registers interest in `id`; the receiver fires when [`Waiters::wake`] or
+    /// [`Waiters::deliver`] names it.
+    pub fn register(&self, id: &str) -> oneshot::Receiver<Wake> {
+        let (tx, rx) = oneshot::channel();
         self.lock().entry(id.to_string()).or_default().push(tx);
         rx
     }
@@ -39,7 +48,7 @@ impl Waiters {
         }
     }
 
-    /// Wakes everyone waiting for one of `ids`.
+    /// Wakes everyone waiting for one of `ids`; they read the store again.
     pub fn wake<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
         let mut by_id = self.lock();
         if by_id.is_empty() {
@@ -47,24 +56,65 @@ impl Waiters {
         }
         for id in ids {
             for tx in by_id.remove(id).unwrap_or_default() {
-                let _ = tx.send(());
+                let _ = tx.send(None);
             }
+        }
+    }
+
+    /// Which of `ids` someone waits for, each once, in order.
+    pub fn waited<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        let by_id = self.lock();
+        if by_id.is_empty() {
+            return Vec::new();
+        }
+        let mut waited: Vec<String> = Vec::new();
+        for id in ids {
+            if by_id.contains_key(id) && !waited.iter().any(|w| w == id) {
+                waited.push(id.to_string());
+            }
+        }
+        waited
+    }
+
+    /// Every id someone waits for.
+    pub fn all(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Notes whether a task sweeps the waited-for ids (see [`Waiters::swept`]).
+    pub fn set_swept(&self, swept: bool) {
+        self.swept
+            .store(swept, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a task re-reads the waited-for ids for all waiters now and then.
+    pub fn swept(&self) -> bool {
+        self.swept.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Hands the result of `id`, read once for all of them, to everyone waiting for it
+    /// (`None`: not found after all; they read the store again).
+    pub fn deliver(&self, id: &str, result: Option<&OrderResult>) {
+        let waiting = self.lock().remove(id).unwrap_or_default();
+        for tx in waiting {
+            let _ = tx.send(result.map(|r| Box::new(r.clone())));
         }
     }
 
     /// Reads `id` with `read` until it is found or `deadline` passes. It registers before
     /// each read, so that a write between the two is not missed, then sleeps until woken
-    /// by [`Waiters::wake`], or at most `poll` when writers may not announce.
-    pub async fn wait_for<T, F, Fut>(
+    /// by [`Waiters::wake`] (and reads again) or handed the result by
+    /// [`Waiters::deliver`], or at most `poll` when writers may not announce.
+    pub async fn wait_for<F, Fut>(
         &self,
         id: &str,
         deadline: tokio::time::Instant,
         poll: Option<std::time::Duration>,
         mut read: F,
-    ) -> anyhow::Result<Option<T>>
+    ) -> anyhow::Result<Option<OrderResult>>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+        Fut: std::future::Future<Output = anyhow::Result<Option<OrderResult>>>,
     {
         let found = loop {
             let woken = self.register(id);
@@ -77,7 +127,9 @@ impl Waiters {
                 break Ok(None);
             }
             let until = poll.map_or(deadline, |poll| (now + poll).min(deadline));
-            let _ = tokio::time::timeout_at(until, woken).await;
+            if let Ok(Ok(Some(result))) = tokio::time::timeout_at(until, woken).await {
+                break Ok(Some(*result));
+            }
         };
         self.forget(id);
         found

@@ -284,7 +284,7 @@ impl Redis {
     pub fn listener(&self, registry: Option<&RedisRegistry>) -> Listener {
         Listener::new(
             self.client.clone(),
-            Arc::clone(&self.waiters),
+            self.store(),
             self.keys.written_channel(),
             registry.map(|r| (r.channel(), r.change_sender())),
         )

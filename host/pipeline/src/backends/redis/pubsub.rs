@@ -1,24 +1,29 @@
 //! The one pub/sub listener of a Redis backend: a single task subscribed to the result
-//! announcements (waking the CacheService's waiters by id) and to the ruleset changes of
-//! the worker group (waking the live ruleset). It reconnects on its own and stops on the
-//! shutdown signal, like every other task of the process.
+//! announcements and to the ruleset changes of the worker group (waking the live
+//! ruleset). For an announcement it reads the results that CacheService calls wait for,
+//! all in one read, and hands them over: a wait costs no read of its own once the result
+//! is there. It reconnects on its own and stops on the shutdown signal, like every other
+//! task of the process.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::waiters::Waiters;
+use super::RedisStore;
+use super::store::FALLBACK_POLL;
 
 /// Pause before subscribing again after the connection was lost.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+/// Most ids one read of the sweep asks for.
+const SWEEP_CHUNK: usize = 500;
 
 /// What the listener wakes.
 pub struct Listener {
     client: redis::Client,
-    waiters: Arc<Waiters>,
+    /// The store whose waiters it serves.
+    store: RedisStore,
     /// The channel of result announcements.
     written: String,
     /// The ruleset channel of the worker group and who is told of a new version.
@@ -28,28 +33,49 @@ pub struct Listener {
 impl Listener {
     pub(super) fn new(
         client: redis::Client,
-        waiters: Arc<Waiters>,
+        store: RedisStore,
         written: String,
         rulesets: Option<(String, watch::Sender<u64>)>,
     ) -> Self {
         Self {
             client,
-            waiters,
+            store,
             written,
             rulesets,
         }
     }
 
-    /// Listens until `shutdown`, subscribing again whenever the connection drops.
+    /// Listens until `shutdown`, subscribing again whenever the connection drops; and
+    /// sweeps the waited-for ids meanwhile.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                () = self.listen_once() => {}
+        let listen = async {
+            loop {
+                self.listen_once().await;
+                tokio::time::sleep(RECONNECT_PAUSE).await;
             }
-            tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                () = tokio::time::sleep(RECONNECT_PAUSE) => {}
+        };
+        self.store.waiters.set_swept(true);
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = listen => {}
+            () = self.sweep() => {}
+        }
+        self.store.waiters.set_swept(false);
+        Ok(())
+    }
+
+    /// Every [`FALLBACK_POLL`], reads every waited-for id at once and hands over the
+    /// results found: results whose announcement was missed (the connection dropped) or
+    /// never sent (the Go worker writes none) still reach their waiters, at a cost in
+    /// proportion to the ids waited for, not to the calls waiting.
+    async fn sweep(&self) {
+        let mut tick = tokio::time::interval(FALLBACK_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let ids = self.store.waiters.all();
+            for chunk in ids.chunks(SWEEP_CHUNK) {
+                deliver(&self.store, chunk).await;
             }
         }
     }
@@ -81,12 +107,35 @@ impl Listener {
     fn dispatch(&self, channel: &str, message: &redis::Msg) {
         if channel == self.written {
             let ids: String = message.get_payload().unwrap_or_default();
-            self.waiters.wake(ids.split('\n'));
+            let waited = self.store.waiters.waited(ids.split('\n'));
+            if !waited.is_empty() {
+                // Off the listener's task: announcements keep flowing while it reads.
+                let store = self.store.clone();
+                tokio::spawn(async move { deliver(&store, &waited).await });
+            }
         } else if let Some((rulesets, tx)) = &self.rulesets
             && channel == rulesets
         {
             let version: u64 = message.get_payload().unwrap_or(0);
             tx.send_replace(version);
+        }
+    }
+}
+
+/// Reads the results of `ids` in one go and hands those found to their waiters (the
+/// others wait on; if the read fails, the waiters' own deadline or the next sweep ends
+/// their wait).
+async fn deliver(store: &RedisStore, ids: &[String]) {
+    match store.read_many(ids).await {
+        Ok(results) => {
+            for (id, result) in ids.iter().zip(&results) {
+                if let Some(result) = result {
+                    store.waiters.deliver(id, Some(result));
+                }
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %format!("{e:#}"), ids = ids.len(), "cannot read waited-for results");
         }
     }
 }

@@ -3,10 +3,13 @@
 //! beside it holds the full result. Both are written by one Lua script, atomically, and
 //! expire together after the result TTL (`RESULT_TTL`).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures::FutureExt as _;
+use futures::future::{BoxFuture, Shared};
 
 use super::{Conn, Keys, connect};
 use crate::config::RedisTls;
@@ -48,13 +51,19 @@ return 1
 /// by other writers, such as the Go worker, or a missed message).
 pub const FALLBACK_POLL: Duration = Duration::from_millis(100);
 
-/// A Redis connection (reconnects on its own), the write script, and the waiters woken
-/// by result announcements (through the backend's [`Listener`](super::Listener)).
+/// One read of a result that every concurrent caller for the same id shares.
+type SharedRead = Shared<BoxFuture<'static, Result<Option<OrderResult>, Arc<anyhow::Error>>>>;
+
+/// A Redis connection (reconnects on its own), the write script, the waiters woken by
+/// result announcements (through the backend's [`Listener`](super::Listener)), and the
+/// reads in flight, which concurrent reads of the same id join instead of asking Redis
+/// again.
 #[derive(Clone)]
 pub struct RedisStore {
     pub(super) connection: Conn,
     put: redis::Script,
-    waiters: Arc<Waiters>,
+    pub(super) waiters: Arc<Waiters>,
+    reading: Arc<Mutex<HashMap<String, SharedRead>>>,
     pub(super) ttl_ms: u64,
     pub(super) keys: Keys,
 }
@@ -79,6 +88,7 @@ impl RedisStore {
             connection,
             put: redis::Script::new(PUT_SCRIPT),
             waiters,
+            reading: Arc::default(),
             ttl_ms: 0,
             keys,
         }
@@ -131,21 +141,68 @@ impl RedisStore {
         })
     }
 
-    /// The result of `id`: the full one, or one written by the Go worker.
+    /// The result of `id`: the full one, or one written by the Go worker. Concurrent
+    /// calls for the same id share one read: a burst of reads of one order costs Redis
+    /// one round trip at a time, not one per call.
     pub async fn get(&self, id: &str) -> anyhow::Result<Option<OrderResult>> {
+        let read = {
+            let mut reading = self
+                .reading
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match reading.get(id) {
+                Some(read) => read.clone(),
+                None => {
+                    let (full, go) = (self.keys.full(id), self.keys.go(id));
+                    let (mut connection, owned) = (self.connection.clone(), id.to_string());
+                    let registry = Arc::clone(&self.reading);
+                    let read = async move {
+                        let found = read_one(&mut connection, &owned, full, go).await;
+                        registry
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .remove(&owned);
+                        found.map_err(Arc::new)
+                    }
+                    .boxed()
+                    .shared();
+                    reading.insert(id.to_string(), read.clone());
+                    read
+                }
+            }
+        };
+        read.await.map_err(|e| anyhow::anyhow!("{e:#}"))
+    }
+
+    /// The results of `ids`, in order: one `MGET` for all of them (on a cluster, whose
+    /// `MGET` takes keys of one slot only, one per id, pipelined on the connection).
+    pub async fn read_many(&self, ids: &[String]) -> anyhow::Result<Vec<Option<OrderResult>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        if matches!(self.connection, Conn::Cluster(_)) {
+            let reads = ids.iter().map(|id| self.get(id));
+            return futures::future::join_all(reads).await.into_iter().collect();
+        }
+        let mut command = redis::cmd("MGET");
+        for id in ids {
+            command.arg(self.keys.full(id)).arg(self.keys.go(id));
+        }
         let mut connection = self.connection.clone();
-        let (full, go): (Option<String>, Option<String>) = redis::cmd("MGET")
-            .arg(self.keys.full(id))
-            .arg(self.keys.go(id))
+        let values: Vec<Option<String>> = command
             .query_async(&mut connection)
             .await
-            .context("reading a result from Redis")?;
-        if let Some(full) = full {
-            let result = serde_json::from_str(&full)
-                .with_context(|| format!("the stored result of `{id}` is not valid"))?;
-            return Ok(Some(result));
-        }
-        Ok(go.and_then(|json| OrderResult::from_go_json(id, &json)))
+            .context("reading results from Redis")?;
+        anyhow::ensure!(
+            values.len() == ids.len() * 2,
+            "Redis answered {} values to an MGET of {} keys",
+            values.len(),
+            ids.len() * 2
+        );
+        let mut values = values.into_iter();
+        ids.iter()
+            .map(|id| decode(id, values.next().flatten(), values.next().flatten()))
+            .collect()
     }
 
     /// Tells waiting readers (in any process) that these ids have results now.
@@ -163,15 +220,21 @@ impl RedisStore {
         Ok(())
     }
 
-    /// The result of `id`, waiting until `deadline` for it: woken by announcements, with
-    /// a re-read every [`FALLBACK_POLL`].
+    /// The result of `id`, waiting until `deadline` for it: handed over by the listener
+    /// when announced or found by its sweep every [`FALLBACK_POLL`]; without a running
+    /// listener, re-read every [`FALLBACK_POLL`].
     pub async fn wait(
         &self,
         id: &str,
         deadline: tokio::time::Instant,
     ) -> anyhow::Result<Option<OrderResult>> {
         self.waiters
-            .wait_for(id, deadline, Some(FALLBACK_POLL), || self.get(id))
+            .wait_for(
+                id,
+                deadline,
+                (!self.waiters.swept()).then_some(FALLBACK_POLL),
+                || self.get(id),
+            )
             .await
     }
 
@@ -194,6 +257,36 @@ impl RedisStore {
             .query_async(&mut connection)
             .await?)
     }
+}
+
+/// Reads the full result of `id` (key `full`) or else its Go result (key `go`).
+async fn read_one(
+    connection: &mut Conn,
+    id: &str,
+    full: String,
+    go: String,
+) -> anyhow::Result<Option<OrderResult>> {
+    let (full, go): (Option<String>, Option<String>) = redis::cmd("MGET")
+        .arg(full)
+        .arg(go)
+        .query_async(connection)
+        .await
+        .context("reading a result from Redis")?;
+    decode(id, full, go)
+}
+
+/// The result of `id` from its two keys' values: the full one, or the Go one.
+fn decode(
+    id: &str,
+    full: Option<String>,
+    go: Option<String>,
+) -> anyhow::Result<Option<OrderResult>> {
+    if let Some(full) = full {
+        let result = serde_json::from_str(&full)
+            .with_context(|| format!("the stored result of `{id}` is not valid"))?;
+        return Ok(Some(result));
+    }
+    Ok(go.and_then(|json| OrderResult::from_go_json(id, &json)))
 }
 
 /// The result store seam, on Redis.
@@ -224,7 +317,32 @@ impl crate::store::ResultStore for RedisStore {
             .await
     }
 
-    // get_many: the default; the reads pipeline on the multiplexed connection.
+    /// Without a wait, one `MGET` for every id ([`RedisStore::read_many`]); with one,
+    /// one wait per id (the waits share the reads of the announced results).
+    async fn get_many(
+        &self,
+        ids: &[String],
+        deadline: Option<std::time::Instant>,
+    ) -> anyhow::Result<Vec<Option<OrderResult>>> {
+        match deadline {
+            None => self.read_many(ids).await,
+            Some(deadline) => {
+                // One read for all; then a wait for each missing one.
+                let mut found = self.read_many(ids).await?;
+                let deadline = tokio::time::Instant::from_std(deadline);
+                let waits = ids
+                    .iter()
+                    .zip(&found)
+                    .enumerate()
+                    .filter(|(_, (_, result))| result.is_none())
+                    .map(|(i, (id, _))| async move { (i, self.wait(id, deadline).await) });
+                for (i, waited) in futures::future::join_all(waits).await {
+                    found[i] = waited?;
+                }
+                Ok(found)
+            }
+        }
+    }
 
     async fn announce(&self, ids: &[&str]) -> anyhow::Result<()> {
         RedisStore::announce(self, ids).await
