@@ -92,12 +92,14 @@ impl Waiters {
         self.swept.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Hands the result of `id`, read once for all of them, to everyone waiting for it
-    /// (`None`: not found after all; they read the store again).
-    pub fn deliver(&self, id: &str, result: Option<&OrderResult>) {
-        let waiting = self.lock().remove(id).unwrap_or_default();
+    /// Hands the result of `id` (read once for all of them, or just written) to everyone
+    /// waiting for it.
+    pub fn deliver(&self, id: &str, result: &OrderResult) {
+        let Some(waiting) = self.lock().remove(id) else {
+            return;
+        };
         for tx in waiting {
-            let _ = tx.send(result.map(|r| Box::new(r.clone())));
+            let _ = tx.send(Some(Box::new(result.clone())));
         }
     }
 

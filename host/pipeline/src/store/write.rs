@@ -114,7 +114,8 @@ pub async fn write_batch(
     for (position, replacement) in replacements {
         *results[position].1 = replacement;
     }
-    // Waiting readers re-read on this; if it is lost they re-read within 100 ms anyway.
+    // Waiting readers of other processes read on this; if it is lost they find the
+    // results within 100 ms anyway.
     let ids: Vec<&str> = results.iter().map(|(_, r)| r.id.as_str()).collect();
     if let Err(e) = store.announce(&ids).await {
         tracing::debug!(error = %format!("{e:#}"), "results written but not announced");

@@ -130,7 +130,7 @@ async fn deliver(store: &RedisStore, ids: &[String]) {
         Ok(results) => {
             for (id, result) in ids.iter().zip(&results) {
                 if let Some(result) = result {
-                    store.waiters.deliver(id, Some(result));
+                    store.waiters.deliver(id, result);
                 }
             }
         }

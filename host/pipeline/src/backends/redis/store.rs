@@ -134,11 +134,13 @@ impl RedisStore {
             .invoke_async(&mut connection)
             .await
             .context("writing a result to Redis")?;
-        Ok(if written == 1 {
-            PutOutcome::Written
-        } else {
-            PutOutcome::KeptExisting
-        })
+        if written != 1 {
+            return Ok(PutOutcome::KeptExisting);
+        }
+        // Calls of this process waiting for it get it now, as stored, without reading it
+        // back (the announcement still tells other processes).
+        self.waiters.deliver(&result.id, result);
+        Ok(PutOutcome::Written)
     }
 
     /// The result of `id`: the full one, or one written by the Go worker. Concurrent
