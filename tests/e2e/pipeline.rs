@@ -521,6 +521,30 @@ async fn a_burst_of_reads_costs_redis_reads_per_id_not_per_call() {
     store.put(&result("burst-b")).await.unwrap();
     waiting.await.unwrap();
 
+    // One call waiting for 50 results (GetOrderResults), written by another process.
+    let ids: Vec<String> = (0..50).map(|i| format!("burst-c{i}")).collect();
+    let waiting = {
+        let (store, ids) = (store.clone(), ids.clone());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        tokio::spawn(async move {
+            order_pipeline::store::ResultStore::get_many(&store, &ids, Some(deadline)).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    for id in &ids {
+        writer.put(&result(id)).await.unwrap();
+    }
+    let announced: Vec<&str> = ids.iter().map(String::as_str).collect();
+    writer.announce(&announced).await.unwrap();
+    let found = waiting.await.unwrap().unwrap();
+    assert!(
+        found
+            .iter()
+            .zip(&ids)
+            .all(|(r, id)| r.as_ref().is_some_and(|r| &r.id == id)),
+        "{found:?}"
+    );
+
     tokio::time::sleep(Duration::from_millis(100)).await;
     monitor.shutdown(std::net::Shutdown::Both).unwrap();
     let commands = seen.join().unwrap();
@@ -544,6 +568,16 @@ async fn a_burst_of_reads_costs_redis_reads_per_id_not_per_call() {
         (1..=5).contains(&b.len()),
         "{} reads of burst-b: {b:#?}",
         b.len()
+    );
+    // The 50 results: one read for all when the call came, the sweeps while it waited,
+    // one when they were announced; one read per id would be 50 and more.
+    let c = commands
+        .iter()
+        .filter(|c| c.contains(&format!("\"{prefix}order-result:burst-c")))
+        .count();
+    assert!(
+        (2..=6).contains(&c),
+        "{c} reads for 50 results waited for in one call"
     );
     shutdown.cancel();
     listener.await.unwrap().unwrap();

@@ -136,4 +136,66 @@ impl Waiters {
         self.forget(id);
         found
     }
+
+    /// Like [`Waiters::wait_for`] for many ids at once: `read` reads the missing ones in
+    /// one go (registering all of them first), then handed-over results are taken as they
+    /// come; only a wake without a result, or `poll`, makes it read the missing ones
+    /// again. Results in the order of `ids`.
+    pub async fn wait_for_many<F, Fut>(
+        &self,
+        ids: &[String],
+        deadline: tokio::time::Instant,
+        poll: Option<std::time::Duration>,
+        mut read: F,
+    ) -> anyhow::Result<Vec<Option<OrderResult>>>
+    where
+        F: FnMut(Vec<String>) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<Vec<Option<OrderResult>>>>,
+    {
+        use futures::StreamExt as _;
+        let mut results: Vec<Option<OrderResult>> = vec![None; ids.len()];
+        let mut missing: Vec<usize> = (0..ids.len()).collect();
+        let outcome = 'read: loop {
+            let woken: Vec<oneshot::Receiver<Wake>> =
+                missing.iter().map(|&i| self.register(&ids[i])).collect();
+            let read_now = match read(missing.iter().map(|&i| ids[i].clone()).collect()).await {
+                Ok(read_now) => read_now,
+                Err(e) => break Err(e),
+            };
+            let mut waiting = futures::stream::FuturesUnordered::new();
+            for ((&i, found), rx) in missing.iter().zip(read_now).zip(woken) {
+                match found {
+                    Some(result) => results[i] = Some(result),
+                    None => waiting.push(async move { (i, rx.await) }),
+                }
+            }
+            if waiting.is_empty() {
+                break Ok(());
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                break Ok(());
+            }
+            let until = poll.map_or(deadline, |poll| (now + poll).min(deadline));
+            loop {
+                match tokio::time::timeout_at(until, waiting.next()).await {
+                    // All handed over.
+                    Ok(None) => break 'read Ok(()),
+                    Ok(Some((i, Ok(Some(result))))) => results[i] = Some(*result),
+                    // Woken without a result (or the poll is due): read the rest again.
+                    Ok(Some(_)) | Err(_) => {
+                        if tokio::time::Instant::now() >= deadline {
+                            break 'read Ok(());
+                        }
+                        break;
+                    }
+                }
+            }
+            missing = (0..ids.len()).filter(|&i| results[i].is_none()).collect();
+        };
+        for id in ids {
+            self.forget(id);
+        }
+        outcome.map(|()| results)
+    }
 }

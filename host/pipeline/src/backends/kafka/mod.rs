@@ -362,3 +362,26 @@ impl crate::order_log::OrderPublisher for KafkaPublisher {
         KafkaPublisher::publish(self, id, &payload, headers).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_properties_change_the_tuning_but_not_the_guarantees() {
+        let options = ClientOptions {
+            debug: None,
+            properties: vec![
+                ("linger.ms".into(), "5".into()),
+                ("client.id".into(), "mine".into()),
+            ],
+        };
+        let config = base("broker:9092", &options, &PRODUCER_TUNING);
+        assert_eq!(config.get("linger.ms"), Some("5"));
+        assert_eq!(config.get("compression.type"), Some("none"));
+        assert_eq!(config.get("client.id"), Some("mine"));
+        let defaults = base("broker:9092", &ClientOptions::default(), &CONSUMER_TUNING);
+        assert_eq!(defaults.get("fetch.wait.max.ms"), Some("100"));
+        assert_eq!(defaults.get("linger.ms"), None);
+    }
+}

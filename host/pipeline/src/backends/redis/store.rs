@@ -319,8 +319,8 @@ impl crate::store::ResultStore for RedisStore {
             .await
     }
 
-    /// Without a wait, one `MGET` for every id ([`RedisStore::read_many`]); with one,
-    /// one wait per id (the waits share the reads of the announced results).
+    /// One `MGET` for every id ([`RedisStore::read_many`]); with a wait, the missing ones
+    /// are then handed over as they are written, with no read of their own.
     async fn get_many(
         &self,
         ids: &[String],
@@ -329,19 +329,15 @@ impl crate::store::ResultStore for RedisStore {
         match deadline {
             None => self.read_many(ids).await,
             Some(deadline) => {
-                // One read for all; then a wait for each missing one.
-                let mut found = self.read_many(ids).await?;
-                let deadline = tokio::time::Instant::from_std(deadline);
-                let waits = ids
-                    .iter()
-                    .zip(&found)
-                    .enumerate()
-                    .filter(|(_, (_, result))| result.is_none())
-                    .map(|(i, (id, _))| async move { (i, self.wait(id, deadline).await) });
-                for (i, waited) in futures::future::join_all(waits).await {
-                    found[i] = waited?;
-                }
-                Ok(found)
+                let poll = (!self.waiters.swept()).then_some(FALLBACK_POLL);
+                self.waiters
+                    .wait_for_many(
+                        ids,
+                        tokio::time::Instant::from_std(deadline),
+                        poll,
+                        |missing| async move { self.read_many(&missing).await },
+                    )
+                    .await
             }
         }
     }
