@@ -166,7 +166,7 @@ async fn embedded_pipeline_metrics_are_scraped_and_parse() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
-async fn kafka_pipeline_reports_consumer_lag_and_end_to_end_latency() {
+async fn kafka_pipeline_reports_consumer_lag_batch_size_and_end_to_end_latency() {
     let Some(services) = services() else { return };
     let mut config = kafka_config(&services);
     config.telemetry.metrics_addr = Some(crate::support::LOOPBACK_ANY_PORT);
@@ -177,9 +177,12 @@ async fn kafka_pipeline_reports_consumer_lag_and_end_to_end_latency() {
     let scraped = tokio::task::spawn_blocking(move || {
         // librdkafka reports its statistics every 5 s.
         scrape_until(addr, Duration::from_secs(20), |s| {
-            s.samples
-                .iter()
-                .any(|x| x.metric == m::CONSUMER_LAG && x.labels.get("topic") == Some(&topic))
+            let of_topic = |metric: &str| {
+                s.samples
+                    .iter()
+                    .any(|x| x.metric == metric && x.labels.get("topic") == Some(&topic))
+            };
+            of_topic(m::CONSUMER_LAG) && of_topic(m::PRODUCE_BATCH_MESSAGES)
         })
     })
     .await
@@ -201,5 +204,18 @@ async fn kafka_pipeline_reports_consumer_lag_and_end_to_end_latency() {
         assert!(matches!(lag.value, Value::Gauge(v) if v >= 0.0), "{lag:?}");
     }
     assert!(value(&scraped, m::END_TO_END_SECONDS, &[]) >= 1.0);
+    // The one order went out in a batch of its own.
+    let batch = scraped
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == m::PRODUCE_BATCH_MESSAGES
+                && s.labels.get("topic") == Some(&config.kafka.topic)
+        })
+        .unwrap_or_else(|| panic!("no produce batch size for {}", config.kafka.topic));
+    assert!(
+        matches!(batch.value, Value::Gauge(v) if v >= 1.0),
+        "{batch:?}"
+    );
     running.stop().await.unwrap();
 }

@@ -53,6 +53,11 @@ pub const RULESET_VERSION: &str = "order_pipeline_ruleset_active_version";
 /// yet (librdkafka's `consumer_lag`, refreshed every 5 s).
 pub const CONSUMER_LAG: &str = "order_pipeline_consumer_lag";
 
+/// Gauge `{topic}`: orders per produce batch (one partition's share of a produce
+/// request), librdkafka's rolling average, refreshed every 5 s: how many concurrent
+/// submits share a request to the broker.
+pub const PRODUCE_BATCH_MESSAGES: &str = "order_pipeline_kafka_produce_batch_messages";
+
 /// Counter `{what}`: orders of a shadow run: `compared` (decided again by the
 /// candidate), `differing` (decided differently), `dropped` (not compared: the shadow
 /// task fell behind).

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::producer::FutureProducer;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -29,7 +28,7 @@ pub(super) struct Backends {
     pub embedded: Option<Arc<EmbeddedDb>>,
     kafka_brokers: Option<String>,
     kafka_options: kafka::ClientOptions,
-    producer: Option<FutureProducer>,
+    producer: Option<kafka::Producer>,
     produce_timeout: Duration,
     redis: Option<Redis>,
     redis_registry: Option<RedisRegistry>,

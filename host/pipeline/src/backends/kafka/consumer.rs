@@ -9,7 +9,6 @@ use rdkafka::Message as _;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers as _, OwnedMessage};
-use rdkafka::producer::FutureProducer;
 
 /// One message of the order topic, detached from the consumer.
 pub struct LogEntry(OwnedMessage);
@@ -144,7 +143,7 @@ impl OrderConsumer {
 /// The dead-letter topic.
 #[derive(Clone)]
 pub struct DeadLetters {
-    producer: FutureProducer,
+    producer: super::Producer,
     topic: String,
     timeout: Duration,
 }
@@ -152,7 +151,7 @@ pub struct DeadLetters {
 impl DeadLetters {
     /// Dead letters go to `topic` through `producer`, each waiting up to `timeout` for the
     /// broker's acknowledgement.
-    pub fn new(producer: FutureProducer, topic: &str, timeout: Duration) -> Self {
+    pub fn new(producer: super::Producer, topic: &str, timeout: Duration) -> Self {
         Self {
             producer,
             topic: topic.to_string(),

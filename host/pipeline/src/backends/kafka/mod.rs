@@ -91,10 +91,29 @@ fn properties_hint(options: &ClientOptions) -> &'static str {
     }
 }
 
+/// The pipeline's producer: its statistics feed [`ProducerStats`].
+pub type Producer = FutureProducer<ProducerStats>;
+
+/// The producer's context: publishes librdkafka's messages per produce batch (statistics
+/// every 5 s) as [`crate::metrics::PRODUCE_BATCH_MESSAGES`].
+pub struct ProducerStats;
+
+impl rdkafka::ClientContext for ProducerStats {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, stats) in &statistics.topics {
+            // Zero until the window saw a batch.
+            if stats.batchcnt.cnt > 0 {
+                metrics::gauge!(crate::metrics::PRODUCE_BATCH_MESSAGES, "topic" => topic.clone())
+                    .set(stats.batchcnt.avg as f64);
+            }
+        }
+    }
+}
+
 /// A producer bound to one topic.
 #[derive(Clone)]
 pub struct KafkaPublisher {
-    producer: FutureProducer,
+    producer: Producer,
     topic: String,
     timeout: Duration,
 }
@@ -105,17 +124,18 @@ pub struct KafkaPublisher {
 pub const PRODUCER_TUNING: [(&str, &str); 2] = [("compression.type", "none"), ("linger.ms", "1")];
 
 /// The producer: [`PRODUCER_TUNING`], and what no property changes: durable (acks=all),
-/// idempotent, the produce timeout.
+/// idempotent, the produce timeout; statistics every 5 s for the batch-size metric.
 pub fn producer(
     brokers: &str,
     options: &ClientOptions,
     timeout: Duration,
-) -> anyhow::Result<FutureProducer> {
+) -> anyhow::Result<Producer> {
     base(brokers, options, &PRODUCER_TUNING)
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("message.timeout.ms", timeout.as_millis().to_string())
-        .create()
+        .set("statistics.interval.ms", "5000")
+        .create_with_context(ProducerStats)
         .with_context(|| {
             format!(
                 "cannot create a Kafka producer for `{brokers}`{}",
@@ -126,7 +146,7 @@ pub fn producer(
 
 impl KafkaPublisher {
     /// Publishes to `topic` with `producer`.
-    pub fn new(producer: FutureProducer, topic: &str, timeout: Duration) -> Self {
+    pub fn new(producer: Producer, topic: &str, timeout: Duration) -> Self {
         Self {
             producer,
             topic: topic.to_string(),
@@ -160,14 +180,14 @@ impl KafkaPublisher {
     }
 
     /// The underlying producer.
-    pub fn producer(&self) -> &FutureProducer {
+    pub fn producer(&self) -> &Producer {
         &self.producer
     }
 }
 
 /// Sends one record and waits for the broker's acknowledgement.
 pub(crate) async fn send(
-    producer: &FutureProducer,
+    producer: &Producer,
     topic: &str,
     key: &str,
     payload: &[u8],
@@ -213,11 +233,7 @@ pub fn permanent_error(e: &anyhow::Error) -> Option<String> {
 
 /// Whether the cluster answers a metadata request for `topic` within `timeout` and
 /// knows the topic: the readiness probe of the roles that use Kafka.
-pub async fn reachable(
-    producer: &FutureProducer,
-    topic: &str,
-    timeout: Duration,
-) -> anyhow::Result<()> {
+pub async fn reachable(producer: &Producer, topic: &str, timeout: Duration) -> anyhow::Result<()> {
     use rdkafka::producer::Producer as _;
     let producer = producer.clone();
     let topic = topic.to_string();
