@@ -219,3 +219,74 @@ async fn kafka_pipeline_reports_consumer_lag_batch_size_and_end_to_end_latency()
     );
     running.stop().await.unwrap();
 }
+
+/// Concurrent unary `CreateOrder` calls share produce batches, as
+/// `order_pipeline_kafka_produce_batch_messages` shows: with the shipped tuning (1 ms
+/// linger), orders that arrive while a batch waits or while the partition's request is in
+/// flight go out together. Every call still answers `accepted` only after the broker's
+/// ack, and every order is decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
+async fn concurrent_unary_submits_share_produce_batches() {
+    let Some(services) = services() else { return };
+    let mut config = kafka_config(&services);
+    config.telemetry.metrics_addr = Some(crate::support::LOOPBACK_ANY_PORT);
+    let running = app::start(Role::All, &config).await.unwrap();
+    let addr = running.metrics_addr.unwrap();
+    let topic = config.kafka.topic.clone();
+    let batch_size = move |s: &Scrape| {
+        s.samples
+            .iter()
+            .find(|x| {
+                x.metric == m::PRODUCE_BATCH_MESSAGES && x.labels.get("topic") == Some(&topic)
+            })
+            .map(|x| match x.value {
+                Value::Gauge(v) => v,
+                _ => 0.0,
+            })
+    };
+    let scrape_for = |ready: fn(Option<f64>) -> bool| {
+        let batch_size = batch_size.clone();
+        tokio::task::spawn_blocking(move || {
+            // librdkafka reports its statistics every 5 s.
+            let scraped = scrape_until(addr, Duration::from_secs(20), |s| ready(batch_size(s)));
+            batch_size(&scraped)
+        })
+    };
+
+    // One order alone first: the producer has its id and the topic's leaders, and its
+    // statistics have reported that batch (of one) before the burst.
+    crate::support::decide_one(&running, "coalesce-alone").await;
+    let alone = scrape_for(|size| size.is_some()).await.unwrap();
+    assert_eq!(alone, Some(1.0));
+
+    const CALLS: usize = 40;
+    let orders = order_client(running.order_addr.unwrap()).await;
+    let mut cache = cache_client(running.cache_addr.unwrap()).await;
+    let ids: Vec<String> = (0..CALLS)
+        .map(|i| unique(&format!("coalesce-{i}")))
+        .collect();
+    let calls = ids.iter().map(|id| {
+        let mut orders = orders.clone();
+        let request = go_request(id, "book", 42);
+        tokio::spawn(async move { orders.create_order(request).await })
+    });
+    for answer in futures::future::join_all(calls).await {
+        assert_eq!(answer.unwrap().unwrap().into_inner().status, "accepted");
+    }
+    for id in &ids {
+        assert_eq!(
+            wait_result(&mut cache, id, 30).await.unwrap().status,
+            "done"
+        );
+    }
+
+    // 40 orders at once over the topic's 2 partitions: never one request per order.
+    let size = scrape_for(|size| size.is_some_and(|s| s > 1.0))
+        .await
+        .unwrap();
+    eprintln!("SIZE {size:?}");
+    let size = size.expect("no produce batch size for the topic");
+    assert!(size >= 4.0, "{size} orders per produce batch");
+    running.stop().await.unwrap();
+}

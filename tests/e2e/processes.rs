@@ -1,7 +1,7 @@
 //! Worker processes (the real binary) against the real Redis and broker started by
 //! scripts/test.sh: one killed with SIGKILL mid-stream and restarted loses no order
 //! (offsets are stored only after results); two of them converge on a newly deployed
-//! ruleset.
+//! ruleset; a whole pipeline process runs one producer and one consumer.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -287,4 +287,101 @@ async fn two_worker_processes_converge_on_a_deployed_ruleset() {
     );
     front.stop().await.unwrap();
     reader.stop().await.unwrap();
+}
+
+/// The names of the threads of process `pid` (`/proc/PID/task/*/comm`).
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
+/// A whole pipeline process (`order-pipeline run`: OrderService, worker, CacheService) runs
+/// one Kafka producer, which the OrderService and the worker's dead letters share, and one
+/// consumer: two librdkafka clients, each with a main thread of its own (`rdk:main`), so
+/// their broker threads and wake-ups are not doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis and the broker: scripts/test.sh runs it"]
+async fn a_pipeline_process_runs_one_producer_and_one_consumer() {
+    let Some(crate::support::Services { redis, kafka }) = crate::support::services() else {
+        return;
+    };
+    let (stamp, config) = config_for("clients", redis, kafka);
+    let (order_port, cache_port) = (free_port(), free_port());
+    let process = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_order-pipeline"))
+            .arg("run")
+            .env("KAFKA_BROKERS", config.kafka.brokers.as_deref().unwrap())
+            .env("REDIS_ADDR", config.redis.addr.as_deref().unwrap())
+            .env("KAFKA_TOPIC", &config.kafka.topic)
+            .env("DLQ_TOPIC", &config.kafka.dlq_topic)
+            .env("WORKER_GROUP", &config.kafka.group)
+            .env("ORDER_SERVICE_ADDR", format!("127.0.0.1:{order_port}"))
+            .env("CACHE_SERVICE_ADDR", format!("127.0.0.1:{cache_port}"))
+            .env("ADMIN_ADDR", "127.0.0.1:0")
+            .env("COMPONENT_CACHE_DIR", crate::support::component_cache())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the pipeline binary"),
+    );
+    let pid = process.0.id();
+
+    // Up, consuming and storing once an order is done.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut orders = loop {
+        match OrderServiceClient::connect(format!("http://127.0.0.1:{order_port}")).await {
+            Ok(client) => break client,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("the pipeline's OrderService: {e}"),
+        }
+    };
+    let mut cache = CacheServiceClient::connect(format!("http://127.0.0.1:{cache_port}"))
+        .await
+        .unwrap();
+    let id = format!("clients-{stamp}");
+    let order = OrderRequest {
+        id: id.clone(),
+        item: "book".into(),
+        price: 42,
+        ..Default::default()
+    };
+    assert_eq!(
+        orders
+            .create_order(order)
+            .await
+            .unwrap()
+            .into_inner()
+            .status,
+        "accepted"
+    );
+    loop {
+        let read = ResultRequest {
+            id: id.clone(),
+            wait_ms: 5000,
+        };
+        match cache.get_order_result(read).await {
+            Ok(result) => {
+                assert_eq!(result.into_inner().status, "done");
+                break;
+            }
+            Err(_) if Instant::now() < deadline => {}
+            Err(e) => panic!("the result of {id}: {e}"),
+        }
+    }
+
+    let names = thread_names(pid);
+    let count = |name: &str| names.iter().filter(|n| *n == name).count();
+    // rdkafka's FutureProducer polls its delivery reports on a thread of its own.
+    assert_eq!(
+        (count("rdk:main"), count("producer pollin")),
+        (2, 1),
+        "{names:?}"
+    );
+    drop(process);
 }

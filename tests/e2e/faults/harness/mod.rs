@@ -171,6 +171,8 @@ pub struct Kafka {
     pub nodes: Vec<Proc>,
     /// Each node's bootstrap address.
     pub addrs: Vec<String>,
+    /// Each node's directory (its data, and `broker.log`).
+    dirs: Vec<PathBuf>,
 }
 
 impl Kafka {
@@ -197,8 +199,10 @@ impl Kafka {
             .join(",");
         let mut nodes = Vec::new();
         let mut addrs = Vec::new();
+        let mut dirs = Vec::new();
         for (i, (port, _)) in ports.iter().enumerate() {
             let node_dir = dir.join(format!("kafka-{}", i + 1));
+            dirs.push(node_dir.clone());
             let mut node = Proc::new(
                 &format!("kafka node {}", i + 1),
                 vec![
@@ -217,10 +221,45 @@ impl Kafka {
             nodes.push(node);
             addrs.push(format!("127.0.0.1:{port}"));
         }
-        for addr in &addrs {
-            wait_port(addr, Duration::from_secs(120), "Apache Kafka");
+        let mut kafka = Self { nodes, addrs, dirs };
+        for index in 0..count {
+            kafka.wait_listening(index);
         }
-        Self { nodes, addrs }
+        kafka
+    }
+
+    /// Waits until node `index` listens; panics with the tails of its output and of its
+    /// `broker.log` when it exits first or does not listen within 120 s.
+    fn wait_listening(&mut self, index: usize) {
+        let limit = Duration::from_secs(120);
+        let deadline = Instant::now() + limit;
+        let addr = &self.addrs[index];
+        let node = &mut self.nodes[index];
+        while std::net::TcpStream::connect(addr).is_err() {
+            let exited = node
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten());
+            let problem = match exited {
+                Some(status) => format!("exited ({status}) before it listened on {addr}"),
+                None if Instant::now() > deadline => {
+                    format!("did not listen on {addr} within {limit:?}")
+                }
+                None => {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            let broker_log =
+                std::fs::read_to_string(self.dirs[index].join("broker.log")).unwrap_or_default();
+            let lines: Vec<&str> = broker_log.lines().collect();
+            panic!(
+                "Apache Kafka ({}) {problem}\n--- its output:\n{}\n--- broker.log:\n{}",
+                node.name,
+                node.log_tail(),
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
     }
 
     /// Every node's address, as KAFKA_BROKERS.
@@ -231,7 +270,7 @@ impl Kafka {
     /// Starts node `index` again with its data and waits until it listens.
     pub fn restart(&mut self, index: usize) {
         self.nodes[index].start();
-        wait_port(&self.addrs[index], Duration::from_secs(120), "Apache Kafka");
+        self.wait_listening(index);
     }
 
     /// The index of the node that leads `partition` of `topic`.
