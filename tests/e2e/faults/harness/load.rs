@@ -239,6 +239,10 @@ impl Reader {
                     }
                     let ids: Vec<String> = {
                         let log = log.lock().expect("the load log");
+                        if cursor > log.accepted.len() {
+                            // The load finished and took its log: the run is over.
+                            return;
+                        }
                         let new = log.accepted[cursor..].iter().map(|a| a.id.clone());
                         let earlier: Vec<String> = if cursor == 0 {
                             Vec::new()
