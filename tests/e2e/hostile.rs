@@ -57,7 +57,7 @@ fn infinite_loop_hits_the_deadline_when_fuel_is_plentiful() {
     let engine = engine_with(Limits {
         fuel: u64::MAX / 2,
         deadline: Duration::from_millis(50),
-        ..Limits::default()
+        ..crate::support::test_limits()
     });
     let started = Instant::now();
     let evaluation = run_hostile(&engine, "fixture_spin", &[], Isolation::Fresh);
@@ -78,7 +78,7 @@ fn infinite_loop_hits_the_deadline_when_fuel_is_plentiful() {
 fn engine_plenty_of_fuel() -> Engine {
     engine_with(Limits {
         fuel: 1_000_000_000,
-        ..Limits::default()
+        ..crate::support::test_limits()
     })
 }
 

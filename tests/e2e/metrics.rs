@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use order_pipeline::app::{self, Role};
 use order_pipeline::metrics as m;
-use order_rules_engine::{Isolation, Limits, Order};
+use order_rules_engine::{Isolation, Order};
 use prometheus_parse::{Scrape, Value};
 
 use crate::support::{
@@ -138,7 +138,7 @@ async fn embedded_pipeline_metrics_are_scraped_and_parse() {
     assert!(value(&after, m::RULESET_SWITCHES, &[]) >= 1.0);
     // A rule caught carrying state between orders (its instance's 2nd order, checked
     // against a fresh instance) is counted.
-    let engine = engine_with(Limits::default());
+    let engine = engine_with(crate::support::test_limits());
     let carry = chain_with(&engine, &[("fixture_carry", &[])], Isolation::Reuse).unwrap();
     for id in ["leak-1", "leak-2", "leak-3"] {
         m::record_evaluation(&carry.evaluate(&Order::single_item(id, "book", 42, "EUR")));

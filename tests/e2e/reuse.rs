@@ -41,11 +41,11 @@ fn all_accepted(evaluations: &[Evaluation]) -> bool {
 fn a_leaking_rule_never_fails_an_order() {
     let leak = |limits: Limits, isolation| decide(limits, "fixture_leak", &[], isolation, 100);
 
-    let fresh = leak(Limits::default(), Isolation::Fresh);
+    let fresh = leak(crate::support::test_limits(), Isolation::Fresh);
     assert!(all_accepted(&fresh));
     assert_eq!(retried(&fresh), 0);
 
-    let reused = leak(Limits::default(), Isolation::Reuse);
+    let reused = leak(crate::support::test_limits(), Isolation::Reuse);
     assert!(
         all_accepted(&reused),
         "{:?}",
@@ -55,7 +55,7 @@ fn a_leaking_rule_never_fails_an_order() {
 
     let no_high_water = Limits {
         reuse_high_water_percent: 100,
-        ..Limits::default()
+        ..crate::support::test_limits()
     };
     let reused = leak(no_high_water, Isolation::Reuse);
     assert!(all_accepted(&reused));
@@ -74,11 +74,11 @@ fn a_rule_failing_on_its_nth_call_fails_no_order() {
     let nth = |limits: Limits, isolation| {
         decide(limits, "fixture_nth_call", &[("n", "3")], isolation, 20)
     };
-    let fresh = nth(Limits::default(), Isolation::Fresh);
+    let fresh = nth(crate::support::test_limits(), Isolation::Fresh);
     assert!(all_accepted(&fresh));
     assert_eq!(retried(&fresh), 0);
 
-    let reused = nth(Limits::default(), Isolation::Reuse);
+    let reused = nth(crate::support::test_limits(), Isolation::Reuse);
     assert!(
         all_accepted(&reused),
         "{:?}",
@@ -91,7 +91,7 @@ fn a_rule_failing_on_its_nth_call_fails_no_order() {
 
     let short_lived = Limits {
         reuse_max_uses: 2,
-        ..Limits::default()
+        ..crate::support::test_limits()
     };
     let reused = nth(short_lived, Isolation::Reuse);
     assert!(all_accepted(&reused));
@@ -117,10 +117,10 @@ fn only_fresh_instances_keep_one_orders_data_from_the_next() {
     };
     let unchecked = Limits {
         reuse_check_every: 0,
-        ..Limits::default()
+        ..crate::support::test_limits()
     };
 
-    let fresh = carry(Limits::default(), Isolation::Fresh, "2");
+    let fresh = carry(crate::support::test_limits(), Isolation::Fresh, "2");
     assert!(fresh.iter().all(none));
 
     let reused = carry(unchecked.clone(), Isolation::Reuse, "2");
@@ -136,7 +136,7 @@ fn only_fresh_instances_keep_one_orders_data_from_the_next() {
 
     // Checked (the default): caught at the instance's second order, which it shows in
     // the rule's trace; fresh from then on.
-    let checked = carry(Limits::default(), Isolation::Reuse, "2");
+    let checked = carry(crate::support::test_limits(), Isolation::Reuse, "2");
     assert!(checked.iter().all(none), "{checked:?}");
     let leaks: Vec<bool> = checked.iter().map(|e| e.rules[0].state_leak).collect();
     assert_eq!(leaks, [false, true, false, false, false, false]);
@@ -146,7 +146,7 @@ fn only_fresh_instances_keep_one_orders_data_from_the_next() {
     // order show its predecessor and catches the rule at the 5th; fresh after that.
     let every_2nd = Limits {
         reuse_check_every: 2,
-        ..Limits::default()
+        ..crate::support::test_limits()
     };
     let sampled = carry(every_2nd, Isolation::Reuse, "4");
     assert_eq!(label(&sampled[3]), "previous order: o-2");
@@ -163,7 +163,7 @@ fn only_fresh_instances_keep_one_orders_data_from_the_next() {
 fn idle_reused_instances_leave_slots_for_new_ones() {
     let engine = engine_with(Limits {
         max_instances: 2,
-        ..Limits::default()
+        ..crate::support::test_limits()
     });
     let quiet: &[(&str, &str)] = &[("from-call", "1000")];
     let chains: Vec<RuleChain> = (0..3)

@@ -75,9 +75,24 @@ pub fn slow_ruleset(dir: &Path, iterations: u64) -> PathBuf {
     path
 }
 
-/// An engine with default limits.
+/// The plugin limits of the tests: the defaults, but a wall-clock deadline of 10 s per
+/// call instead of 100 ms. On 2 cores running the suite's 4 test threads, the background
+/// template builds and the brokers, a call of a few ms has waited past 100 ms for a core
+/// (a fresh instance of fixture-random, 101 ms, in a CI run here). Tests of the deadline
+/// set one of their own; fuel still bounds every guest.
+pub fn test_limits() -> Limits {
+    Limits {
+        deadline: TEST_DEADLINE,
+        ..Limits::default()
+    }
+}
+
+/// The deadline of [`test_limits`].
+pub const TEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// An engine with [`test_limits`].
 pub fn engine() -> Engine {
-    engine_with(Limits::default())
+    engine_with(test_limits())
 }
 
 /// An engine with the given limits; panics (test helper) if it cannot be built.
@@ -214,6 +229,7 @@ fn loopback_config() -> order_pipeline::config::Config {
     config.servers.cache = LOOPBACK_ANY_PORT;
     config.servers.admin = LOOPBACK_ANY_PORT;
     config.worker.retry_backoff_ms = 10;
+    config.plugins.limits.deadline = TEST_DEADLINE;
     config
 }
 
