@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use order_pipeline::app::{self, Role};
 use order_pipeline::config::Config;
 
+use crate::faults::harness::wait_port;
 use crate::support::LOOPBACK_ANY_PORT;
 use order_pipeline::proto::cache_service_client::CacheServiceClient;
 use order_pipeline::proto::order_service_client::OrderServiceClient;
@@ -58,32 +59,40 @@ fn worker_process_with(
     admin_addr: &str,
     instance: &str,
 ) -> KillOnDrop {
+    let mut command = pipeline_command("worker", config);
+    command
+        .env(
+            "WORKER_INSTANCE_ID",
+            format!("{}-{instance}", config.kafka.group),
+        )
+        .env("ADMIN_ADDR", admin_addr);
+    if let Some(ruleset) = ruleset {
+        command.env("RULESET", ruleset);
+    }
+    KillOnDrop(command.spawn().expect("start the worker binary"))
+}
+
+/// `order-pipeline <subcommand>` with `config`'s Kafka, Redis, topics and group, the
+/// tests' component cache and generous plugin limits; logs at warn (`WORKER_LOG`).
+fn pipeline_command(subcommand: &str, config: &Config) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_order-pipeline"));
     command
-        .arg("worker")
+        .arg(subcommand)
         .env("KAFKA_BROKERS", config.kafka.brokers.as_deref().unwrap())
         .env("REDIS_ADDR", config.redis.addr.as_deref().unwrap())
         .env("KAFKA_TOPIC", &config.kafka.topic)
         .env("DLQ_TOPIC", &config.kafka.dlq_topic)
         .env("WORKER_GROUP", &config.kafka.group)
-        .env(
-            "WORKER_INSTANCE_ID",
-            format!("{}-{instance}", config.kafka.group),
-        )
         .env("COMPONENT_CACHE_DIR", crate::support::component_cache())
         .env("PLUGIN_FUEL", "1000000000")
         .env("PLUGIN_DEADLINE_MS", "5000")
-        .env("ADMIN_ADDR", admin_addr)
         .env(
             "RUST_LOG",
             std::env::var("WORKER_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
-    if let Some(ruleset) = ruleset {
-        command.env("RULESET", ruleset);
-    }
-    KillOnDrop(command.spawn().expect("start the worker binary"))
+    command
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,71 +318,34 @@ async fn a_pipeline_process_runs_one_producer_and_one_consumer() {
         return;
     };
     let (stamp, config) = config_for("clients", redis, kafka);
-    let (order_port, cache_port) = (free_port(), free_port());
+    let (order_addr, cache_addr) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
     let process = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_order-pipeline"))
-            .arg("run")
-            .env("KAFKA_BROKERS", config.kafka.brokers.as_deref().unwrap())
-            .env("REDIS_ADDR", config.redis.addr.as_deref().unwrap())
-            .env("KAFKA_TOPIC", &config.kafka.topic)
-            .env("DLQ_TOPIC", &config.kafka.dlq_topic)
-            .env("WORKER_GROUP", &config.kafka.group)
-            .env("ORDER_SERVICE_ADDR", format!("127.0.0.1:{order_port}"))
-            .env("CACHE_SERVICE_ADDR", format!("127.0.0.1:{cache_port}"))
+        pipeline_command("run", &config)
+            .env("ORDER_SERVICE_ADDR", &order_addr)
+            .env("CACHE_SERVICE_ADDR", &cache_addr)
             .env("ADMIN_ADDR", "127.0.0.1:0")
-            .env("COMPONENT_CACHE_DIR", crate::support::component_cache())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
             .spawn()
             .expect("start the pipeline binary"),
     );
     let pid = process.0.id();
 
     // Up, consuming and storing once an order is done.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut orders = loop {
-        match OrderServiceClient::connect(format!("http://127.0.0.1:{order_port}")).await {
-            Ok(client) => break client,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(e) => panic!("the pipeline's OrderService: {e}"),
-        }
-    };
-    let mut cache = CacheServiceClient::connect(format!("http://127.0.0.1:{cache_port}"))
+    for addr in [&order_addr, &cache_addr] {
+        wait_port(addr, Duration::from_secs(60), "order-pipeline run");
+    }
+    let mut orders = crate::support::order_client(order_addr.parse().unwrap()).await;
+    let mut cache = crate::support::cache_client(cache_addr.parse().unwrap()).await;
+    let id = format!("clients-{stamp}");
+    let answer = orders
+        .create_order(crate::support::go_request(&id, "book", 42))
         .await
         .unwrap();
-    let id = format!("clients-{stamp}");
-    let order = OrderRequest {
-        id: id.clone(),
-        item: "book".into(),
-        price: 42,
-        ..Default::default()
-    };
-    assert_eq!(
-        orders
-            .create_order(order)
-            .await
-            .unwrap()
-            .into_inner()
-            .status,
-        "accepted"
-    );
-    loop {
-        let read = ResultRequest {
-            id: id.clone(),
-            wait_ms: 5000,
-        };
-        match cache.get_order_result(read).await {
-            Ok(result) => {
-                assert_eq!(result.into_inner().status, "done");
-                break;
-            }
-            Err(_) if Instant::now() < deadline => {}
-            Err(e) => panic!("the result of {id}: {e}"),
-        }
-    }
+    assert_eq!(answer.into_inner().status, "accepted");
+    let result = crate::support::wait_result(&mut cache, &id, 60).await;
+    assert_eq!(result.unwrap().status, "done");
 
     let names = thread_names(pid);
     let count = |name: &str| names.iter().filter(|n| *n == name).count();
