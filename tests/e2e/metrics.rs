@@ -271,12 +271,13 @@ async fn concurrent_unary_submits_share_produce_batches() {
         );
     }
 
-    // 40 orders at once over the topic's 2 partitions: never one request per order.
+    // 40 orders at once over the topic's 2 partitions: not a request per order (8 to 20
+    // per batch measured here; at least about 3 even if each partition's first 5 orders
+    // went alone, which idempotence's 5 in flight allows).
     let size = scrape_for(|size| size.is_some_and(|s| s > 1.0))
         .await
-        .unwrap();
-    eprintln!("SIZE {size:?}");
-    let size = size.expect("no produce batch size for the topic");
-    assert!(size >= 4.0, "{size} orders per produce batch");
+        .unwrap()
+        .expect("no produce batch size for the topic");
+    assert!(size >= 2.0, "{size} orders per produce batch");
     running.stop().await.unwrap();
 }
