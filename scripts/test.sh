@@ -124,13 +124,6 @@ fi
 export TEST_PYTHON_RULE_TOOLS="$PY_TOOLS/bin"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { # port seconds name
-  for _ in $(seq 1 $(( $2 * 10 ))); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "error: $3 did not open port $1 within $2 s" >&2; return 1
-}
 
 # Waits for an install started in the background; if it failed, shows its log and stops.
 await_background() { # pid log what
@@ -155,30 +148,85 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Starts one redis-server on a free port and waits until it listens. A port that
+# free_port saw free can be taken before redis binds it (by another service starting
+# beside it, or an outgoing connection); redis then exits, and this tries fresh ports.
+# On the last failure it shows the server's log, which the cleanup would delete.
+# Sets STARTED_PORT; adds the server's pid to PIDS.
+start_redis() { # dir name [cluster]
+  local dir="$1" name="$2" port attempt pid args
+  mkdir -p "$dir"
+  for attempt in 1 2 3 4 5; do
+    port="$(free_port)"
+    args=(--port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" --logfile "$dir/redis.log")
+    # The cluster bus port is given too: by default it is the port + 10000, which does
+    # not exist for a free port above 55535.
+    if [ "${3:-}" = cluster ]; then
+      rm -f "$dir/nodes.conf"
+      args+=(--cluster-enabled yes --cluster-port "$(free_port)" --cluster-config-file "$dir/nodes.conf")
+    fi
+    redis-server "${args[@]}" &
+    pid="$!"
+    for _ in $(seq 1 300); do
+      # The server that answers must be this one, not whatever holds the port.
+      if timeout 2 redis-cli -p "$port" info server 2>/dev/null | grep -q "^process_id:$pid"; then
+        PIDS+=("$pid")
+        STARTED_PORT="$port"
+        return 0
+      fi
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    echo "note: $name did not start on port $port (attempt $attempt): $(tail -n 1 "$dir/redis.log" 2>/dev/null)" >&2
+  done
+  cat "$dir/redis.log" >&2 2>/dev/null || true
+  echo "error: $name did not start in 5 attempts (its log is above)" >&2
+  return 1
+}
+
+# Starts the broker in the background on free ports; await_kafka waits for it, and
+# starts it again on fresh ports if it exits (a port taken since free_port saw it free).
+start_kafka() {
+  KAFKA_PORT="$(free_port)"
+  rm -rf "$RUN_DIR/kafka"
+  "$TEST_KAFKA_SCRIPT" run "$RUN_DIR/kafka" "$KAFKA_PORT" "$(free_port)" > "$RUN_DIR/kafka.out" 2>&1 &
+  KAFKA_PID="$!"
+  PIDS+=("$KAFKA_PID")
+}
+await_kafka() {
+  local attempt
+  for attempt in 1 2 3; do
+    for _ in $(seq 1 1200); do
+      if grep -q "Kafka Server started" "$RUN_DIR/kafka/broker.log" 2>/dev/null \
+        && (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null; then
+        return 0
+      fi
+      kill -0 "$KAFKA_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill "$KAFKA_PID" 2>/dev/null || true
+    wait "$KAFKA_PID" 2>/dev/null || true
+    echo "note: Apache Kafka did not start on port $KAFKA_PORT (attempt $attempt); its output ends:" >&2
+    tail -n 5 "$RUN_DIR/kafka.out" "$RUN_DIR/kafka/broker.log" >&2 2>/dev/null || true
+    [ "$attempt" = 3 ] || start_kafka
+  done
+  echo "error: Apache Kafka did not start in 3 attempts (its output is above)" >&2
+  return 1
+}
+
 step "starting redis-server and Apache Kafka on free ports"
-REDIS_PORT="$(free_port)"
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-  --dir "$RUN_DIR" --logfile "$RUN_DIR/redis.log" &
-PIDS+=("$!")
-KAFKA_PORT="$(free_port)"
-"$TEST_KAFKA_SCRIPT" run "$RUN_DIR/kafka" "$KAFKA_PORT" "$(free_port)" > "$RUN_DIR/kafka.out" 2>&1 &
-PIDS+=("$!")
+start_kafka
+start_redis "$RUN_DIR/redis" redis-server
+REDIS_PORT="$STARTED_PORT"
 # A Redis Cluster of three masters (the cluster tests): three redis-server with
 # --cluster-enabled yes, joined by redis-cli --cluster create.
 CLUSTER_NODES=()
 for n in 1 2 3; do
-  port="$(free_port)"
-  mkdir -p "$RUN_DIR/cluster-$n"
-  # The cluster bus port is given too: by default it is the port + 10000, which does not
-  # exist for a free port above 55535.
-  redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes --cluster-port "$(free_port)" \
-    --cluster-config-file "$RUN_DIR/cluster-$n/nodes.conf" --save '' --appendonly no \
-    --dir "$RUN_DIR/cluster-$n" --logfile "$RUN_DIR/cluster-$n/redis.log" &
-  PIDS+=("$!")
-  CLUSTER_NODES+=("127.0.0.1:$port")
+  start_redis "$RUN_DIR/cluster-$n" "redis-server (cluster node $n)" cluster
+  CLUSTER_NODES+=("127.0.0.1:$STARTED_PORT")
 done
-wait_port "$REDIS_PORT" 30 redis-server
-for node in "${CLUSTER_NODES[@]}"; do wait_port "${node#*:}" 30 "redis-server (cluster node)"; done
 redis-cli --cluster create "${CLUSTER_NODES[@]}" --cluster-replicas 0 --cluster-yes > "$RUN_DIR/cluster-create.log"
 for _ in $(seq 1 100); do
   redis-cli -p "${CLUSTER_NODES[0]#*:}" cluster info | grep -q '^cluster_state:ok' && break
@@ -188,7 +236,7 @@ if ! redis-cli -p "${CLUSTER_NODES[0]#*:}" cluster info | grep -q '^cluster_stat
   echo "error: the Redis Cluster did not come up (see $RUN_DIR/cluster-*/redis.log)" >&2
   exit 1
 fi
-wait_port "$KAFKA_PORT" 60 "Apache Kafka (see $RUN_DIR/kafka/broker.log)"
+await_kafka
 export TEST_REDIS_ADDR="127.0.0.1:$REDIS_PORT"
 export TEST_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
 TEST_REDIS_CLUSTER="$(IFS=,; echo "${CLUSTER_NODES[*]}")"
