@@ -8,6 +8,7 @@ mod pubsub;
 mod registry;
 mod reports;
 mod shadow;
+mod singleflight;
 mod store;
 
 use std::sync::Arc;

@@ -3,14 +3,12 @@
 //! beside it holds the full result. Both are written by one Lua script, atomically, and
 //! expire together after the result TTL (`RESULT_TTL`).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures::FutureExt as _;
-use futures::future::{BoxFuture, Shared};
 
+use super::singleflight::SingleFlight;
 use super::{Conn, Keys, connect};
 use crate::config::RedisTls;
 use crate::domain::{OrderResult, PutOutcome};
@@ -51,9 +49,6 @@ return 1
 /// by other writers, such as the Go worker, or a missed message).
 pub const FALLBACK_POLL: Duration = Duration::from_millis(100);
 
-/// One read of a result that every concurrent caller for the same id shares.
-type SharedRead = Shared<BoxFuture<'static, Result<Option<OrderResult>, Arc<anyhow::Error>>>>;
-
 /// A Redis connection (reconnects on its own), the write script, the waiters woken by
 /// result announcements (through the backend's [`Listener`](super::Listener)), and the
 /// reads in flight, which concurrent reads of the same id join instead of asking Redis
@@ -63,7 +58,7 @@ pub struct RedisStore {
     pub(super) connection: Conn,
     put: redis::Script,
     pub(super) waiters: Arc<Waiters>,
-    reading: Arc<Mutex<HashMap<String, SharedRead>>>,
+    reading: Arc<SingleFlight<Result<Option<OrderResult>, Arc<anyhow::Error>>>>,
     pub(super) ttl_ms: u64,
     pub(super) keys: Keys,
 }
@@ -147,32 +142,15 @@ impl RedisStore {
     /// calls for the same id share one read: a burst of reads of one order costs Redis
     /// one round trip at a time, not one per call.
     pub async fn get(&self, id: &str) -> anyhow::Result<Option<OrderResult>> {
-        let read = {
-            let mut reading = self
-                .reading
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match reading.get(id) {
-                Some(read) => read.clone(),
-                None => {
-                    let (full, go) = (self.keys.full(id), self.keys.go(id));
-                    let (mut connection, owned) = (self.connection.clone(), id.to_string());
-                    let registry = Arc::clone(&self.reading);
-                    let read = async move {
-                        let found = read_one(&mut connection, &owned, full, go).await;
-                        registry
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .remove(&owned);
-                        found.map_err(Arc::new)
-                    }
-                    .boxed()
-                    .shared();
-                    reading.insert(id.to_string(), read.clone());
-                    read
-                }
+        let read = self.reading.read(id, || {
+            let (full, go) = (self.keys.full(id), self.keys.go(id));
+            let (mut connection, id) = (self.connection.clone(), id.to_string());
+            async move {
+                read_one(&mut connection, &id, full, go)
+                    .await
+                    .map_err(Arc::new)
             }
-        };
+        });
         read.await.map_err(|e| anyhow::anyhow!("{e:#}"))
     }
 
