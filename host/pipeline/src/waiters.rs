@@ -61,19 +61,16 @@ impl Waiters {
         }
     }
 
-    /// Which of `ids` someone waits for, each once, in order.
+    /// Which of `ids` someone waits for, in order.
     pub fn waited<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Vec<String> {
         let by_id = self.lock();
         if by_id.is_empty() {
             return Vec::new();
         }
-        let mut waited: Vec<String> = Vec::new();
-        for id in ids {
-            if by_id.contains_key(id) && !waited.iter().any(|w| w == id) {
-                waited.push(id.to_string());
-            }
-        }
-        waited
+        ids.into_iter()
+            .filter(|id| by_id.contains_key(*id))
+            .map(str::to_string)
+            .collect()
     }
 
     /// Every id someone waits for.

@@ -5,10 +5,11 @@
 //! is there. It reconnects on its own and stops on the shutdown signal, like every other
 //! task of the process.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::RedisStore;
@@ -16,8 +17,8 @@ use super::store::FALLBACK_POLL;
 
 /// Pause before subscribing again after the connection was lost.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
-/// Most ids one read of the sweep asks for.
-const SWEEP_CHUNK: usize = 500;
+/// Most ids one read of the sweep or of the announced results asks for.
+const READ_CHUNK: usize = 500;
 
 /// What the listener wakes.
 pub struct Listener {
@@ -28,6 +29,11 @@ pub struct Listener {
     written: String,
     /// The ruleset channel of the worker group and who is told of a new version.
     rulesets: Option<(String, watch::Sender<u64>)>,
+    /// Announced ids that calls wait for, not read yet, and the signal that there are
+    /// some: read off the subscription's loop, so that announcements keep flowing while
+    /// Redis answers, and all that came meanwhile in one read.
+    announced: Mutex<Vec<String>>,
+    announced_signal: Notify,
 }
 
 impl Listener {
@@ -42,11 +48,13 @@ impl Listener {
             store,
             written,
             rulesets,
+            announced: Mutex::default(),
+            announced_signal: Notify::new(),
         }
     }
 
     /// Listens until `shutdown`, subscribing again whenever the connection drops; and
-    /// sweeps the waited-for ids meanwhile.
+    /// meanwhile reads the announced results that calls wait for, and sweeps.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let listen = async {
             loop {
@@ -58,10 +66,30 @@ impl Listener {
         tokio::select! {
             () = shutdown.cancelled() => {}
             () = listen => {}
+            () = self.deliver_announced() => {}
             () = self.sweep() => {}
         }
         self.store.waiters.set_swept(false);
         Ok(())
+    }
+
+    /// Reads the results of the announced ids that calls wait for, all that were announced
+    /// since the last read at once, and hands them over.
+    async fn deliver_announced(&self) {
+        loop {
+            self.announced_signal.notified().await;
+            let mut ids = std::mem::take(
+                &mut *self
+                    .announced
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
+            ids.sort_unstable();
+            ids.dedup();
+            for chunk in ids.chunks(READ_CHUNK) {
+                deliver(&self.store, chunk).await;
+            }
+        }
     }
 
     /// Every [`FALLBACK_POLL`], reads every waited-for id at once and hands over the
@@ -74,7 +102,7 @@ impl Listener {
         loop {
             tick.tick().await;
             let ids = self.store.waiters.all();
-            for chunk in ids.chunks(SWEEP_CHUNK) {
+            for chunk in ids.chunks(READ_CHUNK) {
                 deliver(&self.store, chunk).await;
             }
         }
@@ -109,9 +137,11 @@ impl Listener {
             let ids: String = message.get_payload().unwrap_or_default();
             let waited = self.store.waiters.waited(ids.split('\n'));
             if !waited.is_empty() {
-                // Off the listener's task: announcements keep flowing while it reads.
-                let store = self.store.clone();
-                tokio::spawn(async move { deliver(&store, &waited).await });
+                self.announced
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .extend(waited);
+                self.announced_signal.notify_one();
             }
         } else if let Some((rulesets, tx)) = &self.rulesets
             && channel == rulesets
