@@ -148,6 +148,27 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Waits up to SECONDS until COMMAND succeeds while process PID runs: fails at once if the
+# process exits, or when the time runs out (the caller then stops it).
+await_ready() { # pid seconds command...
+  local pid="$1" tenths=$(( $2 * 10 ))
+  shift 2
+  for _ in $(seq 1 "$tenths"); do
+    if "$@"; then return 0; fi
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+# Ready checks: the server that answers must be this one, not whatever holds the port.
+redis_answers() { # port pid
+  timeout 2 redis-cli -p "$1" info server 2>/dev/null | grep -q "^process_id:$2"
+}
+kafka_answers() {
+  grep -q "Kafka Server started" "$RUN_DIR/kafka/broker.log" 2>/dev/null \
+    && (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null
+}
+
 # Starts one redis-server on a free port and waits until it listens. A port that
 # free_port saw free can be taken before redis binds it (by another service starting
 # beside it, or an outgoing connection); redis then exits, and this tries fresh ports.
@@ -167,16 +188,11 @@ start_redis() { # dir name [cluster]
     fi
     redis-server "${args[@]}" &
     pid="$!"
-    for _ in $(seq 1 300); do
-      # The server that answers must be this one, not whatever holds the port.
-      if timeout 2 redis-cli -p "$port" info server 2>/dev/null | grep -q "^process_id:$pid"; then
-        PIDS+=("$pid")
-        STARTED_PORT="$port"
-        return 0
-      fi
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
+    if await_ready "$pid" 30 redis_answers "$port" "$pid"; then
+      PIDS+=("$pid")
+      STARTED_PORT="$port"
+      return 0
+    fi
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     echo "note: $name did not start on port $port (attempt $attempt): $(tail -n 1 "$dir/redis.log" 2>/dev/null)" >&2
@@ -198,14 +214,7 @@ start_kafka() {
 await_kafka() {
   local attempt
   for attempt in 1 2 3; do
-    for _ in $(seq 1 1200); do
-      if grep -q "Kafka Server started" "$RUN_DIR/kafka/broker.log" 2>/dev/null \
-        && (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null; then
-        return 0
-      fi
-      kill -0 "$KAFKA_PID" 2>/dev/null || break
-      sleep 0.1
-    done
+    await_ready "$KAFKA_PID" 120 kafka_answers && return 0
     kill "$KAFKA_PID" 2>/dev/null || true
     wait "$KAFKA_PID" 2>/dev/null || true
     echo "note: Apache Kafka did not start on port $KAFKA_PORT (attempt $attempt); its output ends:" >&2
