@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use wasmtime::{ResourceLimiter, Store, Trap};
@@ -114,6 +115,8 @@ pub(crate) struct HostState {
     /// What the WASI randomness is seeded from, and the order of the current call.
     seed: OrderSeed,
     order_id: Option<String>,
+    /// The deadline of the current call, named when the call runs past it.
+    deadline: Duration,
 }
 
 impl HostState {
@@ -256,11 +259,12 @@ impl Instance {
             wasi: None,
             seed: *seed,
             order_id: None,
+            deadline: limits.deadline,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limiter);
         store.epoch_deadline_trap();
-        arm(&mut store, limits.fuel, limits.deadline_ticks())?;
+        arm(&mut store, limits.fuel, limits)?;
         Ok(store)
     }
 
@@ -330,7 +334,7 @@ impl Instance {
         context: &wit::ChainContext,
         seed: &OrderSeed,
         sampling: &Arc<Mutex<Sampling>>,
-        interval: std::time::Duration,
+        interval: Duration,
     ) -> Result<(wit::Outcome, u64), Failure> {
         locked(sampling).restart(limits.deadline);
         let shared = Arc::clone(sampling);
@@ -344,6 +348,11 @@ impl Instance {
         };
         let _ticker = Ticker::start(self.store.engine().clone(), interval);
         self.evaluate(&every_tick, order, context, seed)
+            .map_err(|failure| match failure.kind {
+                // The callback stopped it at the rule's deadline, not at the tick's.
+                FailureKind::DeadlineExceeded => deadline_exceeded(limits.deadline),
+                _ => failure,
+            })
     }
 
     /// How many times `evaluate` was called.
@@ -364,16 +373,29 @@ impl Instance {
     /// Like [`Instance::arm`], with `fuel` instead of the limits' own.
     fn arm_with(&mut self, limits: &Limits, fuel: u64) -> Result<u64, Failure> {
         self.store.data_mut().log_lines = 0;
-        arm(&mut self.store, fuel, limits.deadline_ticks())?;
+        arm(&mut self.store, fuel, limits)?;
         Ok(fuel)
     }
 }
 
-fn arm(store: &mut Store<HostState>, fuel: u64, deadline_ticks: u64) -> Result<(), Failure> {
-    store.set_epoch_deadline(deadline_ticks);
+/// Gives the next call `fuel` and the deadline of `limits`.
+fn arm(store: &mut Store<HostState>, fuel: u64, limits: &Limits) -> Result<(), Failure> {
+    store.data_mut().deadline = limits.deadline;
+    store.set_epoch_deadline(limits.deadline_ticks());
     store
         .set_fuel(fuel)
         .map_err(|e| Failure::new(FailureKind::Instantiate, format!("setting fuel: {e}")))
+}
+
+/// The failure of a call that ran past `deadline`.
+fn deadline_exceeded(deadline: Duration) -> Failure {
+    Failure::new(
+        FailureKind::DeadlineExceeded,
+        format!(
+            "ran past its {} ms deadline; make the rule faster or raise the deadline",
+            deadline.as_millis()
+        ),
+    )
 }
 
 /// Turns a wasmtime error from a call into a classified failure. `other` is the kind of
@@ -387,10 +409,7 @@ fn classify(store: &Store<HostState>, error: wasmtime::Error, other: FailureKind
             FailureKind::FuelExhausted,
             "used its whole fuel budget; make the rule cheaper or raise the fuel limit",
         ),
-        Some(Trap::Interrupt) => Failure::new(
-            FailureKind::DeadlineExceeded,
-            "ran past its deadline; make the rule faster or raise the deadline",
-        ),
+        Some(Trap::Interrupt) => deadline_exceeded(state.deadline),
         Some(_) if limits_hit => Failure::new(
             FailureKind::MemoryLimit,
             format!("tried to grow its memory beyond {max_mib} MiB"),
