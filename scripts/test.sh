@@ -335,11 +335,27 @@ fi
 step "cargo test (with the tests marked #[ignore] because they need Redis and the broker)"
 # 4 test threads on 2 cores: most end-to-end tests wait on processes, brokers and
 # timeouts rather than compute (tests/e2e/faults runs at most two of its tests at once).
+TESTS_OK=true
 RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}" \
-  cargo test --workspace -- --include-ignored "$@" 2>&1 | tee "$RUN_DIR/cargo-test.log"
+  cargo test --workspace -- --include-ignored "$@" 2>&1 | tee "$RUN_DIR/cargo-test.log" || TESTS_OK=false
 # One closing line for the whole run: every test binary's counts added up.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "\ncargo test: %d passed, %d failed\n", p, f }' "$RUN_DIR/cargo-test.log"
+if [ "$TESTS_OK" != true ]; then
+  # The reason of each failure again, last, without its backtrace: the panic message
+  # ends a failed test's block and is otherwise far above the end of a long log.
+  echo
+  echo "==> why each test failed: the end of its output, backtraces left out (whole log above)"
+  awk '/^---- .* stdout ----$/ { flush(); name = $0; n = 0; next }
+       /^failures:$/ || /^test result:/ { flush(); next }
+       name == "" { next }
+       /^stack backtrace:$/ || /^ *[0-9]+: / || /^ +at / || /^note: Some details are omitted/ { next }
+       { kept[n++] = $0 }
+       function flush(  i) { if (name == "") return; print name
+         for (i = (n > 40 ? n - 40 : 0); i < n; i++) print kept[i]; name = "" }' \
+    "$RUN_DIR/cargo-test.log"
+  exit 101
+fi
 
 step "the plugins' unit tests and the Rust and Python rule templates: their log"
 TEMPLATES_OK=true
