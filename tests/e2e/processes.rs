@@ -12,7 +12,7 @@ use order_pipeline::app::{self, Role};
 use order_pipeline::config::Config;
 
 use crate::faults::harness::wait_port;
-use crate::support::LOOPBACK_ANY_PORT;
+use crate::support::{LOOPBACK_ANY_PORT, free_port};
 use order_pipeline::proto::cache_service_client::CacheServiceClient;
 use order_pipeline::proto::order_service_client::OrderServiceClient;
 use order_pipeline::proto::{CreateOrdersRequest, OrderRequest, ResultRequest};
@@ -180,14 +180,6 @@ async fn sigkilled_worker_loses_nothing() {
     drop(second);
     front.stop().await.unwrap();
     reader.stop().await.unwrap();
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

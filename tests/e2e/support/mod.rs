@@ -327,11 +327,6 @@ impl OwnKafka {
             Ok(dir) => dir,
             Err(e) => panic!("temp dir: {e}"),
         };
-        let free_port =
-            || match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
-                Ok(addr) => addr.port(),
-                Err(e) => panic!("no free port: {e}"),
-            };
         let (port, controller) = (free_port(), free_port());
         let script = std::env::var_os("TEST_KAFKA_SCRIPT")
             .map(PathBuf::from)
@@ -517,10 +512,38 @@ pub async fn check_batch_results(running: &order_pipeline::app::Running, prefix:
     }
 }
 
-/// A free loopback `host:port` (bound, then released).
+/// A free loopback `host:port` ([`free_port`]).
 pub fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// A loopback port that is free now, chosen at random below the kernel's ephemeral
+/// range (`/proc/sys/net/ipv4/ip_local_port_range`) when there is room there. A port of
+/// that range can become the local port of any outgoing connection on the machine while
+/// a test has the service on it stopped, and the service then cannot listen on it again
+/// (and a port asked of the kernel with port 0 comes from that range too).
+pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    const LOWEST: u16 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low > LOWEST + 1000 {
+        let span = u64::from(ephemeral_low - LOWEST);
+        let mut random = std::collections::hash_map::RandomState::new().build_hasher();
+        for attempt in 0..1000_u64 {
+            random.write_u64(attempt);
+            let port = LOWEST + u16::try_from(random.finish() % span).expect("below the span");
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
+    match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+        Ok(addr) => addr.port(),
+        Err(e) => panic!("no free loopback port: {e}"),
+    }
 }
 
 /// A process of the real binary, killed when dropped.

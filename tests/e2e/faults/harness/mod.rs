@@ -42,13 +42,7 @@ pub fn run_dir() -> RunDir {
     }
 }
 
-/// A free loopback port (bound and released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
+pub use crate::support::free_port;
 
 /// Waits until `addr` accepts TCP connections; panics after `limit`.
 pub fn wait_port(addr: &str, limit: Duration, what: &str) {
@@ -269,8 +263,14 @@ impl Kafka {
 
     /// Starts node `index` again with its data and waits until it listens.
     pub fn restart(&mut self, index: usize) {
+        let started = Instant::now();
         self.nodes[index].start();
         self.wait_listening(index);
+        println!(
+            "{} listens again after {:.1} s",
+            self.nodes[index].name,
+            started.elapsed().as_secs_f64()
+        );
     }
 
     /// The index of the node that leads `partition` of `topic`.
